@@ -1,0 +1,65 @@
+//! Builds the test guests in `guests/` into Multiboot ELF32 images with the system C
+//! compiler, and generates `guests.rs`, which embeds them in hushvm.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Each guest: its name and its main source file; all share `start.S` and `lib.c`.
+const GUESTS: &[(&str, &str)] = &[("rtc", "rtc.c"), ("probe", "probe.c")];
+const SHARED: &[&str] = &["start.S", "lib.c", "lib.h", "link.ld"];
+
+fn main() {
+    let src = Path::new("guests");
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("guests");
+    fs::create_dir_all(&out).expect("create the guests output directory");
+    let compiler = env::var("HUSHVM_GUEST_CC").unwrap_or_else(|_| "gcc".to_string());
+    println!("cargo:rerun-if-env-changed=HUSHVM_GUEST_CC");
+    for file in SHARED {
+        println!("cargo:rerun-if-changed=guests/{file}");
+    }
+
+    let mut table =
+        String::from("/// The test guests built from `guests/`: (name, Multiboot ELF32 image).\n");
+    table.push_str("pub const GUESTS: &[(&str, &[u8])] = &[\n");
+    for (name, main) in GUESTS {
+        println!("cargo:rerun-if-changed=guests/{main}");
+        let elf = out.join(format!("{name}.elf"));
+        build_guest(&compiler, src, main, &elf);
+        table.push_str(&format!("    (\"{name}\", include_bytes!({:?})),\n", elf));
+    }
+    table.push_str("];\n");
+    fs::write(out.join("guests.rs"), table).expect("write guests.rs");
+}
+
+fn build_guest(compiler: &str, src: &Path, main: &str, elf: &Path) {
+    let status = Command::new(compiler)
+        .args([
+            "-m32",
+            "-march=i686",
+            "-std=gnu11",
+            "-O2",
+            "-Wall",
+            "-Werror",
+            "-ffreestanding",
+            "-fno-pic",
+            "-fno-pie",
+            "-no-pie",
+            "-fno-stack-protector",
+            "-fno-asynchronous-unwind-tables",
+            "-nostdlib",
+            "-static",
+            "-Wl,--build-id=none",
+            "-Wl,-z,noexecstack",
+        ])
+        .arg(format!("-Wl,-T,{}", src.join("link.ld").display()))
+        .arg("-o")
+        .arg(elf)
+        .arg(src.join("start.S"))
+        .arg(src.join("lib.c"))
+        .arg(src.join(main))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run the guest compiler `{compiler}`: {e}"));
+    assert!(status.success(), "building guest {main} failed");
+}

@@ -1,0 +1,3 @@
+//! Benchmarks: workloads run in fresh VMs, variant against variant, in one invocation.
+
+pub mod rtc;

@@ -1,0 +1,506 @@
+//! The PIO and MMIO buses: where a decoded access finds its device.
+//!
+//! Buses are built before any vCPU starts and are read-only afterwards, so the exit path
+//! takes no bus-wide lock: only the one device it reaches is locked. The port bus is a
+//! flat table indexed by port; the MMIO bus is a sorted range table.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use thiserror::Error;
+
+/// One access, carrying its direction and its data, so reads and writes share one
+/// dispatch path.
+#[derive(Debug)]
+pub enum Access<'a> {
+    /// The device fills the buffer.
+    Read(&'a mut [u8]),
+    /// The device consumes the buffer.
+    Write(&'a [u8]),
+}
+
+impl Access<'_> {
+    /// Bytes accessed.
+    pub fn len(&self) -> usize {
+        match self {
+            Access::Read(data) => data.len(),
+            Access::Write(data) => data.len(),
+        }
+    }
+
+    /// True for an access of no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True for a write.
+    pub fn is_write(&self) -> bool {
+        matches!(self, Access::Write(_))
+    }
+
+    /// The written value, little-endian, zero-extended (0 for a read).
+    pub fn write_value(&self) -> u64 {
+        match self {
+            Access::Read(_) => 0,
+            Access::Write(data) => le_value(data),
+        }
+    }
+}
+
+/// A little-endian value of up to 8 bytes.
+pub fn le_value(data: &[u8]) -> u64 {
+    data.iter()
+        .take(8)
+        .rev()
+        .fold(0u64, |value, byte| (value << 8) | u64::from(*byte))
+}
+
+/// The two address spaces of x86.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AddressSpace {
+    /// I/O ports.
+    Pio,
+    /// Memory-mapped I/O.
+    Mmio,
+}
+
+/// What an access asks of the whole VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopRequest {
+    /// isa-debug-exit: the guest wrote this value.
+    DebugExit(u32),
+    /// The guest asked for a reset (i8042 command 0xFE).
+    Reset,
+}
+
+/// A register whose writes only latch state, so KVM may post them to the coalesced ring
+/// instead of exiting (seed 000). The device must accept them late, but in order, and
+/// before any later access to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostedRegister {
+    /// Offset within the device's range.
+    pub offset: u64,
+    /// Width in bytes.
+    pub size: u32,
+}
+
+/// A device on a bus. Implementations are register-level state machines with no KVM
+/// types in them.
+pub trait BusDevice: Send {
+    /// Handles an access at `offset` within the device's range.
+    fn access(&mut self, offset: u64, access: Access<'_>) -> Option<StopRequest>;
+
+    /// The registers whose writes may be posted.
+    fn posted_registers(&self) -> &[PostedRegister] {
+        &[]
+    }
+}
+
+/// A device shared between the vCPUs (and, later, the event loop).
+pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+
+/// The result of one dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatch {
+    /// A device took the access.
+    Handled(Option<StopRequest>),
+    /// No device claims the whole access: a read was filled with all-ones and a write
+    /// was dropped.
+    Unclaimed,
+}
+
+/// Building a bus went wrong.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum BusError {
+    /// The range is empty or runs past the end of the address space.
+    #[error("{name}: range {base:#x}+{len:#x} is empty or outside the {space:?} space")]
+    BadRange {
+        name: &'static str,
+        space: AddressSpace,
+        base: u64,
+        len: u64,
+    },
+    /// The range overlaps a device already on the bus.
+    #[error("{name}: range {base:#x}+{len:#x} overlaps {other}")]
+    Overlap {
+        name: &'static str,
+        other: &'static str,
+        base: u64,
+        len: u64,
+    },
+}
+
+/// A device and the range it claims.
+#[derive(Clone)]
+struct Slot {
+    base: u64,
+    len: u64,
+    name: &'static str,
+    device: SharedDevice,
+}
+
+impl fmt::Debug for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{:#x}+{:#x}", self.name, self.base, self.len)
+    }
+}
+
+impl Slot {
+    /// True if the whole access `[addr, addr + len)` lies in this slot.
+    fn contains(&self, addr: u64, len: u64) -> bool {
+        addr >= self.base && addr - self.base + len <= self.len
+    }
+
+    fn overlaps(&self, base: u64, len: u64) -> bool {
+        base < self.base + self.len && self.base < base + len
+    }
+
+    fn dispatch(&self, addr: u64, access: Access<'_>) -> Dispatch {
+        Dispatch::Handled(lock(&self.device).access(addr - self.base, access))
+    }
+}
+
+/// Locks a device; a device whose lock was poisoned by a panic elsewhere is still
+/// reachable, because its state is plain data.
+fn lock(device: &SharedDevice) -> MutexGuard<'_, dyn BusDevice + 'static> {
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn unclaimed(access: Access<'_>) -> Dispatch {
+    if let Access::Read(data) = access {
+        data.fill(0xff);
+    }
+    Dispatch::Unclaimed
+}
+
+const PORT_COUNT: usize = 1 << 16;
+
+/// The I/O port bus: a flat table from port to device, so a lookup costs one index.
+pub struct PioBus {
+    slots: Vec<Slot>,
+    /// Slot index + 1 for every port; 0 where no device is.
+    by_port: Box<[u16]>,
+}
+
+impl fmt::Debug for PioBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PioBus")
+            .field("slots", &self.slots)
+            .finish()
+    }
+}
+
+impl Default for PioBus {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            by_port: vec![0; PORT_COUNT].into_boxed_slice(),
+        }
+    }
+}
+
+impl PioBus {
+    /// Places `device` at ports `[base, base + len)`.
+    pub fn insert(
+        &mut self,
+        name: &'static str,
+        base: u16,
+        len: u16,
+        device: SharedDevice,
+    ) -> Result<(), BusError> {
+        let (base, len) = (u64::from(base), u64::from(len));
+        if len == 0 || base + len > PORT_COUNT as u64 {
+            return Err(BusError::BadRange {
+                name,
+                space: AddressSpace::Pio,
+                base,
+                len,
+            });
+        }
+        check_overlap(&self.slots, name, base, len)?;
+        self.slots.push(Slot {
+            base,
+            len,
+            name,
+            device,
+        });
+        let index = u16::try_from(self.slots.len()).expect("fewer than 65536 port devices");
+        self.by_port[base as usize..(base + len) as usize].fill(index);
+        Ok(())
+    }
+
+    /// Sends an access to the device that claims all of it.
+    pub fn dispatch(&self, port: u16, access: Access<'_>) -> Dispatch {
+        match self.by_port[usize::from(port)] {
+            0 => unclaimed(access),
+            index => {
+                let slot = &self.slots[usize::from(index) - 1];
+                if slot.contains(u64::from(port), access.len() as u64) {
+                    slot.dispatch(u64::from(port), access)
+                } else {
+                    unclaimed(access)
+                }
+            }
+        }
+    }
+
+    fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+}
+
+/// The MMIO bus: ranges sorted by base, found by binary search.
+#[derive(Debug, Default)]
+pub struct MmioBus {
+    slots: Vec<Slot>,
+}
+
+impl MmioBus {
+    /// Places `device` at `[base, base + len)`.
+    pub fn insert(
+        &mut self,
+        name: &'static str,
+        base: u64,
+        len: u64,
+        device: SharedDevice,
+    ) -> Result<(), BusError> {
+        if len == 0 || base.checked_add(len).is_none() {
+            return Err(BusError::BadRange {
+                name,
+                space: AddressSpace::Mmio,
+                base,
+                len,
+            });
+        }
+        check_overlap(&self.slots, name, base, len)?;
+        let at = self.slots.partition_point(|slot| slot.base < base);
+        self.slots.insert(
+            at,
+            Slot {
+                base,
+                len,
+                name,
+                device,
+            },
+        );
+        Ok(())
+    }
+
+    /// Sends an access to the device that claims all of it.
+    pub fn dispatch(&self, addr: u64, access: Access<'_>) -> Dispatch {
+        let after = self.slots.partition_point(|slot| slot.base <= addr);
+        match after.checked_sub(1).map(|i| &self.slots[i]) {
+            Some(slot) if slot.contains(addr, access.len() as u64) => slot.dispatch(addr, access),
+            _ => unclaimed(access),
+        }
+    }
+
+    fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+}
+
+fn check_overlap(slots: &[Slot], name: &'static str, base: u64, len: u64) -> Result<(), BusError> {
+    match slots.iter().find(|slot| slot.overlaps(base, len)) {
+        Some(other) => Err(BusError::Overlap {
+            name,
+            other: other.name,
+            base,
+            len,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A posted-write zone: an absolute address range whose writes KVM may post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostedZone {
+    /// Which bus.
+    pub space: AddressSpace,
+    /// First address.
+    pub addr: u64,
+    /// Bytes.
+    pub size: u32,
+    /// The device's name, for messages.
+    pub device: &'static str,
+}
+
+/// Both buses of a VM.
+#[derive(Debug, Default)]
+pub struct IoBuses {
+    /// I/O ports.
+    pub pio: PioBus,
+    /// Memory-mapped I/O.
+    pub mmio: MmioBus,
+}
+
+impl IoBuses {
+    /// Dispatches an access in either space.
+    pub fn dispatch(&self, space: AddressSpace, addr: u64, access: Access<'_>) -> Dispatch {
+        match space {
+            AddressSpace::Pio => match u16::try_from(addr) {
+                Ok(port) => self.pio.dispatch(port, access),
+                Err(_) => unclaimed(access),
+            },
+            AddressSpace::Mmio => self.mmio.dispatch(addr, access),
+        }
+    }
+
+    /// Every posted register of every device, as absolute zones.
+    pub fn posted_zones(&self) -> Vec<PostedZone> {
+        let spaces = [
+            (AddressSpace::Pio, self.pio.slots()),
+            (AddressSpace::Mmio, self.mmio.slots()),
+        ];
+        let mut zones = Vec::new();
+        for (space, slots) in spaces {
+            for slot in slots {
+                for register in lock(&slot.device).posted_registers() {
+                    zones.push(PostedZone {
+                        space,
+                        addr: slot.base + register.offset,
+                        size: register.size,
+                        device: slot.name,
+                    });
+                }
+            }
+        }
+        zones
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Remembers the last access and answers reads with its offset.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<(u64, Vec<u8>)>,
+    }
+
+    impl BusDevice for Recorder {
+        fn access(&mut self, offset: u64, access: Access<'_>) -> Option<StopRequest> {
+            match access {
+                Access::Read(data) => data.fill(offset as u8),
+                Access::Write(data) => self.writes.push((offset, data.to_vec())),
+            }
+            None
+        }
+    }
+
+    fn recorder() -> Arc<Mutex<Recorder>> {
+        Arc::new(Mutex::new(Recorder::default()))
+    }
+
+    #[test]
+    fn pio_dispatch_reaches_device_with_offset_in_both_directions() {
+        let device = recorder();
+        let mut bus = PioBus::default();
+        bus.insert("rec", 0x70, 2, device.clone()).unwrap();
+        let mut data = [0u8; 1];
+        assert_eq!(
+            bus.dispatch(0x71, Access::Read(&mut data)),
+            Dispatch::Handled(None)
+        );
+        assert_eq!(data, [1]);
+        assert_eq!(
+            bus.dispatch(0x70, Access::Write(&[0x8f])),
+            Dispatch::Handled(None)
+        );
+        assert_eq!(device.lock().unwrap().writes, vec![(0, vec![0x8f])]);
+    }
+
+    #[test]
+    fn overlapping_and_bad_ranges_are_rejected() {
+        let mut bus = PioBus::default();
+        bus.insert("a", 0x60, 5, recorder()).unwrap();
+        assert!(matches!(
+            bus.insert("b", 0x64, 1, recorder()),
+            Err(BusError::Overlap { other: "a", .. })
+        ));
+        assert!(matches!(
+            bus.insert("c", 0xffff, 2, recorder()),
+            Err(BusError::BadRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert("d", 0x10, 0, recorder()),
+            Err(BusError::BadRange { .. })
+        ));
+        bus.insert("e", 0x65, 1, recorder()).unwrap();
+
+        let mut mmio = MmioBus::default();
+        mmio.insert("m1", 0x1000, 0x100, recorder()).unwrap();
+        assert!(mmio.insert("m2", 0x10ff, 1, recorder()).is_err());
+        assert!(mmio.insert("m3", 0xfff, 2, recorder()).is_err());
+        assert!(mmio.insert("m4", u64::MAX, 2, recorder()).is_err());
+        mmio.insert("m5", 0x1100, 0x100, recorder()).unwrap();
+    }
+
+    #[test]
+    fn unclaimed_reads_are_all_ones_and_accesses_past_the_end_are_unclaimed() {
+        let mut bus = IoBuses::default();
+        bus.pio.insert("rtc", 0x70, 2, recorder()).unwrap();
+        bus.mmio.insert("m", 0x1000, 0x10, recorder()).unwrap();
+        let mut data = [0u8; 4];
+        assert_eq!(
+            bus.dispatch(AddressSpace::Pio, 0x1234, Access::Read(&mut data)),
+            Dispatch::Unclaimed
+        );
+        assert_eq!(data, [0xff; 4]);
+        let mut data = [0u8; 4];
+        assert_eq!(
+            bus.dispatch(AddressSpace::Pio, 0x71, Access::Read(&mut data)),
+            Dispatch::Unclaimed,
+            "a 4-byte read at 0x71 runs past the device"
+        );
+        assert_eq!(data, [0xff; 4]);
+        let mut data = [0u8; 4];
+        assert_eq!(
+            bus.dispatch(AddressSpace::Mmio, 0x100c, Access::Read(&mut data)),
+            Dispatch::Handled(None)
+        );
+        assert_eq!(data, [0xc; 4]);
+        assert_eq!(
+            bus.dispatch(AddressSpace::Mmio, 0x100e, Access::Write(&[1, 2, 3, 4])),
+            Dispatch::Unclaimed
+        );
+        assert_eq!(
+            bus.dispatch(AddressSpace::Mmio, 0xfff, Access::Write(&[1])),
+            Dispatch::Unclaimed
+        );
+        assert_eq!(
+            bus.dispatch(AddressSpace::Pio, 0x1_0000, Access::Write(&[1])),
+            Dispatch::Unclaimed
+        );
+    }
+
+    #[test]
+    fn mmio_lookup_finds_the_right_range_among_many() {
+        let mut bus = MmioBus::default();
+        let devices: Vec<_> = (0..8).map(|_| recorder()).collect();
+        for (i, device) in devices.iter().enumerate().rev() {
+            bus.insert("m", 0x1000 * (i as u64 + 1), 0x100, device.clone())
+                .unwrap();
+        }
+        for i in 0..8u64 {
+            bus.dispatch(0x1000 * (i + 1) + 0xff, Access::Write(&[i as u8]));
+        }
+        for (i, device) in devices.iter().enumerate() {
+            assert_eq!(device.lock().unwrap().writes, vec![(0xff, vec![i as u8])]);
+        }
+        assert_eq!(
+            bus.dispatch(0x1100, Access::Write(&[0])),
+            Dispatch::Unclaimed
+        );
+    }
+
+    #[test]
+    fn le_value_reads_little_endian() {
+        assert_eq!(le_value(&[0x34, 0x12]), 0x1234);
+        assert_eq!(le_value(&[]), 0);
+        assert_eq!(Access::Write(&[1, 0, 0, 0]).write_value(), 1);
+    }
+}

@@ -1,0 +1,211 @@
+//! Posted writes (seeds 000/001): writes KVM records in the coalesced ring instead of
+//! exiting, and the one rule that makes them correct.
+//!
+//! The rule: every entry in the ring is applied to its device, in ring order, before any
+//! access that follows it is dispatched. The exit path calls [`PostedWrites::apply_pending`]
+//! first thing after `KVM_RUN` returns, for every exit; anything else that touches a
+//! device with posted registers (the event loop, later) must call it first as well.
+
+use std::sync::{Arc, Mutex};
+
+use crate::bus::{Access, AddressSpace, IoBuses};
+
+/// One write taken from the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostedWrite {
+    /// Port or MMIO.
+    pub space: AddressSpace,
+    /// Port or physical address.
+    pub addr: u64,
+    /// Bytes used in `data`.
+    pub len: u32,
+    /// The written bytes.
+    pub data: [u8; 8],
+}
+
+impl PostedWrite {
+    /// The written bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.data[..(self.len as usize).min(self.data.len())]
+    }
+}
+
+/// Where posted writes come from: KVM's ring, or a queue in tests.
+pub trait PostedWriteRing: Send + Sync {
+    /// True if no entry is waiting. Must be cheap: it runs on every exit.
+    fn is_empty(&self) -> bool;
+    /// Takes the oldest entry. Callers serialise calls to `pop`.
+    fn pop(&self) -> Option<PostedWrite>;
+}
+
+/// The VM's posted writes: a ring, if the kernel gave one, and the lock that keeps its
+/// entries in order when several threads drain it.
+#[derive(Default)]
+pub struct PostedWrites {
+    ring: Option<Arc<dyn PostedWriteRing>>,
+    /// Held while popping *and* applying, so that two drainers cannot apply entries out
+    /// of order. Taken only when the ring is not empty.
+    drain: Mutex<()>,
+}
+
+impl std::fmt::Debug for PostedWrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostedWrites")
+            .field("ring", &self.ring.is_some())
+            .finish()
+    }
+}
+
+impl PostedWrites {
+    /// Posted writes drained from `ring`.
+    pub fn new(ring: Arc<dyn PostedWriteRing>) -> Self {
+        Self {
+            ring: Some(ring),
+            drain: Mutex::new(()),
+        }
+    }
+
+    /// No ring: every write exits as usual.
+    pub fn disabled() -> Self {
+        Self::default()
+    }
+
+    /// True if writes may be posted.
+    pub fn is_enabled(&self) -> bool {
+        self.ring.is_some()
+    }
+
+    /// Applies every waiting entry to its device, in order, calling `observe` for each.
+    /// Returns how many were applied.
+    pub fn apply_pending(&self, buses: &IoBuses, mut observe: impl FnMut(&PostedWrite)) -> u64 {
+        let Some(ring) = &self.ring else { return 0 };
+        if ring.is_empty() {
+            return 0;
+        }
+        let _order = self.drain.lock().unwrap_or_else(|p| p.into_inner());
+        let mut applied = 0;
+        while let Some(write) = ring.pop() {
+            // A posted register latches state; it cannot ask the VM to stop.
+            let _ = buses.dispatch(write.space, write.addr, Access::Write(write.bytes()));
+            observe(&write);
+            applied += 1;
+        }
+        applied
+    }
+}
+
+/// A ring in memory, for tests and replay.
+#[derive(Debug, Default)]
+pub struct QueueRing {
+    entries: Mutex<std::collections::VecDeque<PostedWrite>>,
+}
+
+impl QueueRing {
+    /// Appends an entry, as KVM would on a posted write.
+    pub fn push(&self, write: PostedWrite) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(write);
+    }
+}
+
+impl PostedWriteRing for QueueRing {
+    fn is_empty(&self) -> bool {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    fn pop(&self) -> Option<PostedWrite> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::rtc::{Rtc, SystemClock};
+
+    fn pio_write(port: u16, value: u8) -> PostedWrite {
+        let mut data = [0; 8];
+        data[0] = value;
+        PostedWrite {
+            space: AddressSpace::Pio,
+            addr: u64::from(port),
+            len: 1,
+            data,
+        }
+    }
+
+    fn machine() -> (IoBuses, Arc<QueueRing>, PostedWrites) {
+        let mut buses = IoBuses::default();
+        let rtc = Arc::new(Mutex::new(Rtc::new(SystemClock)));
+        buses.pio.insert("rtc", 0x70, 2, rtc).unwrap();
+        let ring = Arc::new(QueueRing::default());
+        let posted = PostedWrites::new(ring.clone());
+        (buses, ring, posted)
+    }
+
+    fn read_data_port(buses: &IoBuses) -> u8 {
+        let mut data = [0u8];
+        buses.dispatch(AddressSpace::Pio, 0x71, Access::Read(&mut data));
+        data[0]
+    }
+
+    #[test]
+    fn the_rtc_declares_its_index_port_as_posted() {
+        let (buses, _, _) = machine();
+        let zones = buses.posted_zones();
+        assert_eq!(zones.len(), 1);
+        assert_eq!(
+            (zones[0].space, zones[0].addr, zones[0].size),
+            (AddressSpace::Pio, 0x70, 1)
+        );
+    }
+
+    #[test]
+    fn a_read_after_posted_index_writes_sees_the_last_one() {
+        let (buses, ring, posted) = machine();
+        // Program NVRAM 0x40 = 0xaa and 0x41 = 0xbb through ordinary exits.
+        for (index, value) in [(0x40u8, 0xaau8), (0x41, 0xbb)] {
+            buses.dispatch(AddressSpace::Pio, 0x70, Access::Write(&[index]));
+            buses.dispatch(AddressSpace::Pio, 0x71, Access::Write(&[value]));
+        }
+        // The guest writes 0x40, then 0x41 to the index port; KVM posts both.
+        ring.push(pio_write(0x70, 0x40));
+        ring.push(pio_write(0x70, 0x41));
+        // The read of 0x71 exits; the ring is applied first, in order.
+        let mut seen = Vec::new();
+        assert_eq!(posted.apply_pending(&buses, |w| seen.push(w.data[0])), 2);
+        assert_eq!(seen, vec![0x40, 0x41]);
+        assert_eq!(read_data_port(&buses), 0xbb);
+        assert!(ring.is_empty());
+    }
+
+    #[test]
+    fn dispatching_before_applying_is_the_bug_the_rule_prevents() {
+        let (buses, ring, posted) = machine();
+        for (index, value) in [(0x40u8, 0xaau8), (0x41, 0xbb)] {
+            buses.dispatch(AddressSpace::Pio, 0x70, Access::Write(&[index]));
+            buses.dispatch(AddressSpace::Pio, 0x71, Access::Write(&[value]));
+        }
+        ring.push(pio_write(0x70, 0x40));
+        // Wrong order: the read sees the stale index 0x41.
+        assert_eq!(read_data_port(&buses), 0xbb);
+        posted.apply_pending(&buses, |_| {});
+        assert_eq!(read_data_port(&buses), 0xaa);
+    }
+
+    #[test]
+    fn a_disabled_ring_applies_nothing() {
+        let (buses, _, _) = machine();
+        let posted = PostedWrites::disabled();
+        assert!(!posted.is_enabled());
+        assert_eq!(posted.apply_pending(&buses, |_| panic!("no entries")), 0);
+    }
+}

@@ -1,0 +1,157 @@
+//! Parsed and validated options: sizes, serial destinations. No KVM here.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use thiserror::Error;
+
+/// Smallest guest RAM: room for a kernel at 1 MiB and its boot information.
+pub const MIN_MEMORY: u64 = 2 << 20;
+/// Largest guest RAM: RAM is one block below the 32-bit MMIO hole at 3 GiB.
+pub const MAX_MEMORY: u64 = 3 << 30;
+const PAGE: u64 = 4096;
+
+/// A bad option value.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid size {0:?}: expected a number with an optional K, M or G suffix (default M), e.g. 64M")]
+    BadSize(String),
+    #[error("--mem {value}: too small, at least {} MiB", MIN_MEMORY >> 20)]
+    MemoryTooSmall { value: String },
+    #[error("--mem {value}: too large, at most {} GiB", MAX_MEMORY >> 30)]
+    MemoryTooLarge { value: String },
+    #[error("--mem {value}: not a multiple of 4 KiB")]
+    MemoryNotPageAligned { value: String },
+    #[error("invalid serial destination {0:?}: expected stdio, none or file:PATH")]
+    BadSerial(String),
+    #[error("invalid timeout {0:?}: expected a positive number of seconds")]
+    BadTimeout(String),
+}
+
+/// Parses a size the way QEMU's `-m` does: a plain number is MiB; K, M, G (or KiB, MiB,
+/// GiB) suffixes are binary.
+pub fn parse_size(text: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::BadSize(text.to_string());
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, suffix) = trimmed.split_at(split);
+    let number: u64 = digits.parse().map_err(|_| bad())?;
+    let shift = match suffix.to_ascii_uppercase().as_str() {
+        "K" | "KB" | "KIB" => 10,
+        "" | "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+/// Parses and checks `--mem`.
+pub fn parse_memory(text: &str) -> Result<u64, ConfigError> {
+    let bytes = parse_size(text)?;
+    let value = text.to_string();
+    if bytes < MIN_MEMORY {
+        Err(ConfigError::MemoryTooSmall { value })
+    } else if bytes > MAX_MEMORY {
+        Err(ConfigError::MemoryTooLarge { value })
+    } else if bytes % PAGE != 0 {
+        Err(ConfigError::MemoryNotPageAligned { value })
+    } else {
+        Ok(bytes)
+    }
+}
+
+/// Parses `--timeout` seconds.
+pub fn parse_timeout(text: &str) -> Result<std::time::Duration, ConfigError> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs > 0.0 && *secs < 1e9)
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| ConfigError::BadTimeout(text.to_string()))
+}
+
+/// Where COM1's output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialMode {
+    /// hushvm's standard output.
+    Stdio,
+    /// Nowhere.
+    None,
+    /// A file, created or truncated.
+    File(PathBuf),
+    /// A buffer the caller reads after the run (benchmarks and tests).
+    Capture,
+}
+
+impl FromStr for SerialMode {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "stdio" => Ok(SerialMode::Stdio),
+            "none" => Ok(SerialMode::None),
+            _ => match text.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Ok(SerialMode::File(PathBuf::from(path))),
+                _ => Err(ConfigError::BadSerial(text.to_string())),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_like_qemu() {
+        assert_eq!(parse_size("64"), Ok(64 << 20));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("4096k"), Ok(4 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        for bad in ["", "M", "-1M", "1.5G", "12Q", "99999999999999999999G"] {
+            assert!(
+                matches!(parse_size(bad), Err(ConfigError::BadSize(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn memory_limits_are_enforced() {
+        assert_eq!(parse_memory("64M"), Ok(64 << 20));
+        assert!(matches!(
+            parse_memory("1M"),
+            Err(ConfigError::MemoryTooSmall { .. })
+        ));
+        assert!(matches!(
+            parse_memory("4G"),
+            Err(ConfigError::MemoryTooLarge { .. })
+        ));
+        assert!(matches!(
+            parse_memory("4097K"),
+            Err(ConfigError::MemoryNotPageAligned { .. })
+        ));
+    }
+
+    #[test]
+    fn serial_modes_parse() {
+        assert_eq!("stdio".parse(), Ok(SerialMode::Stdio));
+        assert_eq!("none".parse(), Ok(SerialMode::None));
+        assert_eq!("file:/tmp/x".parse(), Ok(SerialMode::File("/tmp/x".into())));
+        assert!("file:".parse::<SerialMode>().is_err());
+        assert!("tcp:1".parse::<SerialMode>().is_err());
+    }
+
+    #[test]
+    fn timeouts_parse() {
+        assert_eq!(
+            parse_timeout("1.5"),
+            Ok(std::time::Duration::from_millis(1500))
+        );
+        for bad in ["0", "-1", "nan", "inf", "x"] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! isa-debug-exit, with QEMU's convention: a write of v ends the VM, and the VMM exits
+//! with status (v << 1) | 1.
+
+use crate::bus::{Access, BusDevice, StopRequest};
+
+/// QEMU's `-device isa-debug-exit,iobase=0xf4,iosize=4`.
+#[derive(Debug, Default)]
+pub struct DebugExit;
+
+/// The default base port.
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// Ports it occupies.
+pub const DEBUG_EXIT_PORT_COUNT: u16 = 4;
+
+impl BusDevice for DebugExit {
+    fn access(&mut self, _offset: u64, access: Access<'_>) -> Option<StopRequest> {
+        match access {
+            Access::Read(data) => {
+                data.fill(0);
+                None
+            }
+            Access::Write(_) => Some(StopRequest::DebugExit(access.write_value() as u32)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_requests_exit_with_the_value() {
+        let mut device = DebugExit;
+        assert_eq!(
+            device.access(0, Access::Write(&[0x10])),
+            Some(StopRequest::DebugExit(0x10))
+        );
+        assert_eq!(
+            device.access(0, Access::Write(&[0x34, 0x12])),
+            Some(StopRequest::DebugExit(0x1234))
+        );
+        let mut data = [0xaa];
+        assert_eq!(device.access(0, Access::Read(&mut data)), None);
+        assert_eq!(data, [0]);
+    }
+}

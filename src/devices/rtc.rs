@@ -1,0 +1,604 @@
+//! MC146818 CMOS RTC and NVRAM at ports 0x70 (index) and 0x71 (data).
+//!
+//! Time is read from an injected [`Clock`], so every register can be tested without the
+//! host clock. The guest's time is the clock plus an offset that the guest sets by
+//! writing the time registers. Register C's flags are computed when it is read, from the
+//! events that happened since the last read; interrupts come with the event loop.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::calendar::DateTime;
+use crate::bus::{Access, BusDevice, PostedRegister, StopRequest};
+
+/// Where the RTC's time comes from: time since the Unix epoch.
+pub trait Clock: Send {
+    /// Now.
+    fn now(&self) -> Duration;
+}
+
+/// The host's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+    }
+}
+
+/// Register numbers.
+pub mod reg {
+    pub const SECONDS: u8 = 0x00;
+    pub const SECONDS_ALARM: u8 = 0x01;
+    pub const MINUTES: u8 = 0x02;
+    pub const MINUTES_ALARM: u8 = 0x03;
+    pub const HOURS: u8 = 0x04;
+    pub const HOURS_ALARM: u8 = 0x05;
+    pub const WEEKDAY: u8 = 0x06;
+    pub const DAY: u8 = 0x07;
+    pub const MONTH: u8 = 0x08;
+    pub const YEAR: u8 = 0x09;
+    pub const A: u8 = 0x0a;
+    pub const B: u8 = 0x0b;
+    pub const C: u8 = 0x0c;
+    pub const D: u8 = 0x0d;
+    pub const CENTURY: u8 = 0x32;
+}
+
+const A_UIP: u8 = 0x80;
+const A_DIVIDER_MASK: u8 = 0x70;
+const A_DIVIDER_NORMAL: u8 = 0x20;
+const A_RATE_MASK: u8 = 0x0f;
+const B_SET: u8 = 0x80;
+const B_UIE: u8 = 0x10;
+const B_BINARY: u8 = 0x04;
+const B_24_HOUR: u8 = 0x02;
+const B_INTERRUPT_ENABLES: u8 = 0x70;
+const C_IRQF: u8 = 0x80;
+const C_PF: u8 = 0x40;
+const C_AF: u8 = 0x20;
+const C_UF: u8 = 0x10;
+const D_VALID_RAM_AND_TIME: u8 = 0x80;
+const HOUR_PM: u8 = 0x80;
+/// An alarm register value that matches any value ("don't care").
+const ALARM_ANY: u8 = 0xc0;
+/// UIP is set this long before each update (MC146818 datasheet: 244 us).
+const UPDATE_WARNING: Duration = Duration::from_micros(244);
+
+const INDEX_PORT: u64 = 0;
+const DATA_PORT: u64 = 1;
+const NMI_DISABLE: u8 = 0x80;
+const INDEX_MASK: u8 = 0x7f;
+
+/// The RTC and its 128 bytes of CMOS.
+#[derive(Debug)]
+pub struct Rtc<C: Clock> {
+    clock: C,
+    index: u8,
+    nmi_disabled: bool,
+    /// Alarm, status and NVRAM bytes. The time registers live in `offset`/`frozen`.
+    cmos: [u8; 128],
+    /// Guest time minus host time, in seconds.
+    offset: i64,
+    /// While register B's SET bit is on, the clock stands still at these fields, which the
+    /// guest may be rewriting one by one (so they are kept unnormalised).
+    frozen: Option<DateTime>,
+    /// The last read of register C; events after it raise its flags.
+    flags_since: Duration,
+}
+
+/// What a read of the whole device shows, for comparing two runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtcState {
+    /// The selected register.
+    pub index: u8,
+    /// Port 0x70 bit 7.
+    pub nmi_disabled: bool,
+    /// Non-time bytes of the CMOS.
+    pub cmos: [u8; 128],
+}
+
+impl<C: Clock> Rtc<C> {
+    /// An RTC in the state a PC firmware leaves: 24-hour BCD, divider running, 1024 Hz
+    /// rate selected, valid RAM and time.
+    pub fn new(clock: C) -> Self {
+        let mut cmos = [0u8; 128];
+        cmos[usize::from(reg::A)] = A_DIVIDER_NORMAL | 0x06;
+        cmos[usize::from(reg::B)] = B_24_HOUR;
+        cmos[usize::from(reg::D)] = D_VALID_RAM_AND_TIME;
+        let flags_since = clock.now();
+        Self {
+            clock,
+            index: 0,
+            nmi_disabled: false,
+            cmos,
+            offset: 0,
+            frozen: None,
+            flags_since,
+        }
+    }
+
+    /// Records the RAM size in the CMOS fields PC firmware reads (base, extended and
+    /// above-16-MiB memory), as QEMU does.
+    pub fn set_memory_size(&mut self, bytes: u64) {
+        let put16 = |cmos: &mut [u8; 128], at: usize, value: u64| {
+            let value = value.min(0xffff) as u16;
+            cmos[at..at + 2].copy_from_slice(&value.to_le_bytes());
+        };
+        put16(&mut self.cmos, 0x15, 640);
+        let extended_kib = bytes.saturating_sub(1 << 20) / 1024;
+        put16(&mut self.cmos, 0x17, extended_kib);
+        put16(&mut self.cmos, 0x30, extended_kib);
+        put16(&mut self.cmos, 0x34, bytes.saturating_sub(16 << 20) >> 16);
+    }
+
+    /// The device state that does not depend on the clock.
+    pub fn state(&self) -> RtcState {
+        RtcState {
+            index: self.index,
+            nmi_disabled: self.nmi_disabled,
+            cmos: self.cmos,
+        }
+    }
+
+    fn register_b(&self) -> u8 {
+        self.cmos[usize::from(reg::B)]
+    }
+
+    /// Guest time: seconds since the epoch, and nanoseconds into the second.
+    fn guest_now(&self) -> (i64, u32) {
+        let now = self.clock.now();
+        (now.as_secs() as i64 + self.offset, now.subsec_nanos())
+    }
+
+    fn guest_date(&self) -> DateTime {
+        self.frozen
+            .unwrap_or_else(|| DateTime::from_unix(self.guest_now().0))
+    }
+
+    fn set_guest_date(&mut self, date: DateTime) {
+        if self.frozen.is_some() {
+            self.frozen = Some(date);
+        } else {
+            self.offset = date.to_unix() - self.clock.now().as_secs() as i64;
+        }
+    }
+
+    fn encode(&self, value: u32) -> u8 {
+        let value = (value % 100) as u8;
+        if self.register_b() & B_BINARY != 0 {
+            value
+        } else {
+            (value / 10) << 4 | value % 10
+        }
+    }
+
+    fn decode(&self, value: u8) -> u32 {
+        if self.register_b() & B_BINARY != 0 {
+            u32::from(value)
+        } else {
+            u32::from(value >> 4) * 10 + u32::from(value & 0xf)
+        }
+    }
+
+    fn encode_hour(&self, hour: u32) -> u8 {
+        if self.register_b() & B_24_HOUR != 0 {
+            return self.encode(hour);
+        }
+        let pm = if hour >= 12 { HOUR_PM } else { 0 };
+        let twelve = match hour % 12 {
+            0 => 12,
+            h => h,
+        };
+        self.encode(twelve) | pm
+    }
+
+    fn decode_hour(&self, value: u8) -> u32 {
+        if self.register_b() & B_24_HOUR != 0 {
+            return self.decode(value);
+        }
+        let twelve = self.decode(value & !HOUR_PM) % 12;
+        twelve + if value & HOUR_PM != 0 { 12 } else { 0 }
+    }
+
+    fn update_in_progress(&self) -> bool {
+        let divider_running = self.cmos[usize::from(reg::A)] & A_DIVIDER_MASK == A_DIVIDER_NORMAL;
+        let (_, nanos) = self.guest_now();
+        self.frozen.is_none()
+            && divider_running
+            && Duration::from_nanos(u64::from(nanos)) >= Duration::from_secs(1) - UPDATE_WARNING
+    }
+
+    /// The periodic interrupt's period for register A's rate select, if any.
+    fn periodic_period(&self) -> Option<Duration> {
+        let rate = self.cmos[usize::from(reg::A)] & A_RATE_MASK;
+        let hz: u64 = match rate {
+            0 => return None,
+            1 => 256,
+            2 => 128,
+            r => 32_768 >> (r - 1),
+        };
+        Some(Duration::from_nanos(1_000_000_000 / hz))
+    }
+
+    fn alarm_matches(&self, date: &DateTime) -> bool {
+        let field = |alarm: u8, value: u8| {
+            let alarm = self.cmos[usize::from(alarm)];
+            alarm & ALARM_ANY == ALARM_ANY || alarm == value
+        };
+        field(reg::SECONDS_ALARM, self.encode(date.second))
+            && field(reg::MINUTES_ALARM, self.encode(date.minute))
+            && field(reg::HOURS_ALARM, self.encode_hour(date.hour))
+    }
+
+    /// Register C: the events since the last read, then cleared.
+    fn read_flags(&mut self) -> u8 {
+        let now = self.clock.now();
+        let since = self.flags_since;
+        self.flags_since = now;
+        let mut flags = 0;
+        if self.frozen.is_none() && now.as_secs() > since.as_secs() {
+            flags |= C_UF;
+            if self.alarm_matches(&self.guest_date()) {
+                flags |= C_AF;
+            }
+        }
+        if let Some(period) = self.periodic_period() {
+            if now.as_nanos() / period.as_nanos() > since.as_nanos() / period.as_nanos() {
+                flags |= C_PF;
+            }
+        }
+        if flags & self.register_b() & B_INTERRUPT_ENABLES != 0 {
+            flags |= C_IRQF;
+        }
+        flags
+    }
+
+    fn read_register(&mut self, index: u8) -> u8 {
+        let date = self.guest_date();
+        match index {
+            reg::SECONDS => self.encode(date.second),
+            reg::MINUTES => self.encode(date.minute),
+            reg::HOURS => self.encode_hour(date.hour),
+            reg::WEEKDAY => self.encode(date.weekday()),
+            reg::DAY => self.encode(date.day),
+            reg::MONTH => self.encode(date.month),
+            reg::YEAR => self.encode(date.year.rem_euclid(100) as u32),
+            reg::CENTURY => self.encode(date.year.div_euclid(100) as u32),
+            reg::A => {
+                let uip = if self.update_in_progress() { A_UIP } else { 0 };
+                self.cmos[usize::from(reg::A)] & !A_UIP | uip
+            }
+            reg::C => self.read_flags(),
+            reg::D => D_VALID_RAM_AND_TIME,
+            _ => self.cmos[usize::from(index)],
+        }
+    }
+
+    fn write_register(&mut self, index: u8, value: u8) {
+        let mut date = self.guest_date();
+        match index {
+            reg::SECONDS => date.second = self.decode(value),
+            reg::MINUTES => date.minute = self.decode(value),
+            reg::HOURS => date.hour = self.decode_hour(value),
+            reg::DAY => date.day = self.decode(value),
+            reg::MONTH => date.month = self.decode(value),
+            reg::YEAR => {
+                date.year = date.year.div_euclid(100) * 100 + i64::from(self.decode(value))
+            }
+            reg::CENTURY => {
+                date.year = i64::from(self.decode(value)) * 100 + date.year.rem_euclid(100)
+            }
+            // The weekday follows from the date here; a written one is not kept.
+            reg::WEEKDAY => return,
+            reg::A => {
+                self.cmos[usize::from(reg::A)] = value & !A_UIP;
+                return;
+            }
+            reg::B => {
+                self.write_register_b(value);
+                return;
+            }
+            reg::C | reg::D => return,
+            _ => {
+                self.cmos[usize::from(index)] = value;
+                return;
+            }
+        }
+        self.set_guest_date(date);
+    }
+
+    fn write_register_b(&mut self, value: u8) {
+        let value = if value & B_SET != 0 {
+            value & !B_UIE
+        } else {
+            value
+        };
+        match (self.frozen, value & B_SET != 0) {
+            (None, true) => self.frozen = Some(self.guest_date()),
+            (Some(date), false) => {
+                self.frozen = None;
+                self.set_guest_date(date);
+            }
+            _ => {}
+        }
+        self.cmos[usize::from(reg::B)] = value;
+    }
+}
+
+impl<C: Clock> BusDevice for Rtc<C> {
+    fn access(&mut self, offset: u64, access: Access<'_>) -> Option<StopRequest> {
+        match (offset, access) {
+            (INDEX_PORT, Access::Write(data)) => {
+                if let Some(&value) = data.first() {
+                    self.index = value & INDEX_MASK;
+                    self.nmi_disabled = value & NMI_DISABLE != 0;
+                }
+            }
+            // The index port is write-only; QEMU reads it as 0xff.
+            (INDEX_PORT, Access::Read(data)) => data.fill(0xff),
+            (DATA_PORT, Access::Write(data)) => {
+                if let Some(&value) = data.first() {
+                    self.write_register(self.index, value);
+                }
+            }
+            (DATA_PORT, Access::Read(data)) => {
+                let value = self.read_register(self.index);
+                data.fill(value);
+            }
+            (_, Access::Read(data)) => data.fill(0xff),
+            (_, Access::Write(_)) => {}
+        }
+        None
+    }
+
+    fn posted_registers(&self) -> &[PostedRegister] {
+        // Writing the index only latches it (seed 000).
+        const INDEX: [PostedRegister; 1] = [PostedRegister {
+            offset: INDEX_PORT,
+            size: 1,
+        }];
+        &INDEX
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    /// A clock the test moves by hand.
+    #[derive(Clone, Default)]
+    struct TestClock(Arc<AtomicU64>);
+
+    impl TestClock {
+        fn at(seconds: u64, nanos: u64) -> Self {
+            let clock = Self::default();
+            clock.set(seconds, nanos);
+            clock
+        }
+        fn set(&self, seconds: u64, nanos: u64) {
+            self.0
+                .store(seconds * 1_000_000_000 + nanos, Ordering::SeqCst);
+        }
+        fn advance(&self, by: Duration) {
+            self.0.fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
+        }
+    }
+
+    impl Clock for TestClock {
+        fn now(&self) -> Duration {
+            Duration::from_nanos(self.0.load(Ordering::SeqCst))
+        }
+    }
+
+    /// 2026-11-21 21:06:40 UTC, a Saturday.
+    const SATURDAY_EVENING: u64 = 1_795_300_000;
+
+    fn rtc() -> (Rtc<TestClock>, TestClock) {
+        let clock = TestClock::at(SATURDAY_EVENING, 0);
+        (Rtc::new(clock.clone()), clock)
+    }
+
+    fn read(rtc: &mut Rtc<TestClock>, index: u8) -> u8 {
+        rtc.access(0, Access::Write(&[index]));
+        let mut data = [0u8];
+        rtc.access(1, Access::Read(&mut data));
+        data[0]
+    }
+
+    fn write(rtc: &mut Rtc<TestClock>, index: u8, value: u8) {
+        rtc.access(0, Access::Write(&[index]));
+        rtc.access(1, Access::Write(&[value]));
+    }
+
+    fn time_registers(rtc: &mut Rtc<TestClock>) -> [u8; 8] {
+        [
+            reg::SECONDS,
+            reg::MINUTES,
+            reg::HOURS,
+            reg::WEEKDAY,
+            reg::DAY,
+            reg::MONTH,
+            reg::YEAR,
+            reg::CENTURY,
+        ]
+        .map(|index| read(rtc, index))
+    }
+
+    #[test]
+    fn time_reads_in_bcd_24_hour_by_default() {
+        let (mut rtc, _) = rtc();
+        assert_eq!(
+            time_registers(&mut rtc),
+            [0x40, 0x06, 0x21, 0x07, 0x21, 0x11, 0x26, 0x20]
+        );
+    }
+
+    #[test]
+    fn time_reads_in_binary() {
+        let (mut rtc, _) = rtc();
+        write(&mut rtc, reg::B, B_24_HOUR | B_BINARY);
+        assert_eq!(time_registers(&mut rtc), [40, 6, 21, 7, 21, 11, 26, 20]);
+    }
+
+    #[test]
+    fn twelve_hour_mode_sets_the_pm_bit() {
+        let (mut rtc, clock) = rtc();
+        write(&mut rtc, reg::B, 0);
+        assert_eq!(read(&mut rtc, reg::HOURS), 0x80 | 0x09, "21h is 9 PM");
+        clock.set(SATURDAY_EVENING - 21 * 3600, 0);
+        assert_eq!(read(&mut rtc, reg::HOURS), 0x12, "midnight is 12 AM");
+        clock.set(SATURDAY_EVENING - 9 * 3600, 0);
+        assert_eq!(read(&mut rtc, reg::HOURS), 0x80 | 0x12, "noon is 12 PM");
+        write(&mut rtc, reg::B, B_BINARY);
+        assert_eq!(read(&mut rtc, reg::HOURS), 0x80 | 12);
+        write(&mut rtc, reg::HOURS, 0x80 | 3);
+        write(&mut rtc, reg::B, B_BINARY | B_24_HOUR);
+        assert_eq!(
+            read(&mut rtc, reg::HOURS),
+            15,
+            "3 PM written in 12-hour mode"
+        );
+    }
+
+    #[test]
+    fn the_clock_runs_and_written_time_keeps_running() {
+        let (mut rtc, clock) = rtc();
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(read(&mut rtc, reg::SECONDS), 0x45);
+        write(&mut rtc, reg::MINUTES, 0x30);
+        assert_eq!(read(&mut rtc, reg::MINUTES), 0x30);
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(read(&mut rtc, reg::MINUTES), 0x31);
+        assert_eq!(read(&mut rtc, reg::SECONDS), 0x45);
+    }
+
+    #[test]
+    fn set_bit_freezes_the_clock_and_applies_fields_together() {
+        let (mut rtc, clock) = rtc();
+        write(&mut rtc, reg::B, B_SET | B_24_HOUR | B_UIE);
+        assert_eq!(read(&mut rtc, reg::B) & B_UIE, 0, "SET clears UIE");
+        // Set 2024-02-29 from 2026-11-21: day 29 is invalid in November's month order
+        // until the month is written too, which must not matter while SET is on.
+        write(&mut rtc, reg::DAY, 0x29);
+        write(&mut rtc, reg::MONTH, 0x02);
+        write(&mut rtc, reg::YEAR, 0x24);
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(read(&mut rtc, reg::SECONDS), 0x40, "frozen while SET");
+        write(&mut rtc, reg::B, B_24_HOUR);
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(
+            time_registers(&mut rtc),
+            [0x42, 0x06, 0x21, 0x05, 0x29, 0x02, 0x24, 0x20]
+        );
+    }
+
+    #[test]
+    fn century_register_sets_the_century() {
+        let (mut rtc, _) = rtc();
+        write(&mut rtc, reg::CENTURY, 0x19);
+        assert_eq!(read(&mut rtc, reg::YEAR), 0x26);
+        assert_eq!(read(&mut rtc, reg::CENTURY), 0x19);
+    }
+
+    #[test]
+    fn nvram_holds_bytes_and_the_index_keeps_the_nmi_bit_apart() {
+        let (mut rtc, _) = rtc();
+        for index in 0x0eu8..0x80 {
+            if index != reg::CENTURY {
+                write(&mut rtc, index | NMI_DISABLE, index ^ 0x5a);
+            }
+        }
+        assert!(rtc.state().nmi_disabled);
+        for index in 0x0eu8..0x80 {
+            if index != reg::CENTURY {
+                assert_eq!(read(&mut rtc, index), index ^ 0x5a);
+            }
+        }
+        assert!(!rtc.state().nmi_disabled);
+        assert_eq!(rtc.state().index, 0x7f);
+        let mut data = [0u8];
+        rtc.access(0, Access::Read(&mut data));
+        assert_eq!(data, [0xff], "the index port reads as 0xff");
+    }
+
+    #[test]
+    fn status_registers_a_and_d() {
+        let (mut rtc, _) = rtc();
+        assert_eq!(read(&mut rtc, reg::A), 0x26);
+        write(&mut rtc, reg::A, 0xaf);
+        assert_eq!(read(&mut rtc, reg::A), 0x2f, "UIP is read-only");
+        assert_eq!(read(&mut rtc, reg::D), 0x80);
+        write(&mut rtc, reg::D, 0);
+        assert_eq!(read(&mut rtc, reg::D), 0x80, "D is read-only");
+    }
+
+    #[test]
+    fn update_in_progress_shows_244us_before_each_second() {
+        let (mut rtc, clock) = rtc();
+        clock.set(SATURDAY_EVENING, 999_755_999);
+        assert_eq!(read(&mut rtc, reg::A) & A_UIP, 0);
+        clock.set(SATURDAY_EVENING, 999_756_000);
+        assert_eq!(read(&mut rtc, reg::A) & A_UIP, A_UIP);
+        write(&mut rtc, reg::A, 0x06);
+        assert_eq!(
+            read(&mut rtc, reg::A) & A_UIP,
+            0,
+            "no update while the divider is stopped"
+        );
+        write(&mut rtc, reg::A, 0x26);
+        write(&mut rtc, reg::B, B_SET | B_24_HOUR);
+        assert_eq!(read(&mut rtc, reg::A) & A_UIP, 0, "no update while SET");
+    }
+
+    #[test]
+    fn register_c_reports_events_once_and_clears_on_read() {
+        let (mut rtc, clock) = rtc();
+        assert_eq!(read(&mut rtc, reg::C), 0);
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(read(&mut rtc, reg::C), C_PF, "1024 Hz period elapsed");
+        assert_eq!(read(&mut rtc, reg::C), 0, "cleared by the read");
+        write(&mut rtc, reg::B, B_24_HOUR | 0x40 | B_UIE);
+        write(&mut rtc, reg::SECONDS_ALARM, 0x41);
+        write(&mut rtc, reg::MINUTES_ALARM, ALARM_ANY);
+        write(&mut rtc, reg::HOURS_ALARM, ALARM_ANY);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(read(&mut rtc, reg::C), C_IRQF | C_PF | C_AF | C_UF);
+        write(&mut rtc, reg::A, 0x20);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            read(&mut rtc, reg::C),
+            C_IRQF | C_UF,
+            "no rate, no alarm match"
+        );
+    }
+
+    #[test]
+    fn memory_size_is_recorded_in_cmos() {
+        let (mut rtc, _) = rtc();
+        rtc.set_memory_size(64 << 20);
+        assert_eq!(read(&mut rtc, 0x15), 0x80);
+        assert_eq!(read(&mut rtc, 0x16), 0x02);
+        assert_eq!(
+            u16::from_le_bytes([read(&mut rtc, 0x17), read(&mut rtc, 0x18)]),
+            63 * 1024
+        );
+        assert_eq!(
+            u16::from_le_bytes([read(&mut rtc, 0x34), read(&mut rtc, 0x35)]),
+            48 * 16
+        );
+    }
+
+    #[test]
+    fn the_index_port_is_posted() {
+        let (rtc, _) = rtc();
+        assert_eq!(
+            rtc.posted_registers(),
+            &[PostedRegister { offset: 0, size: 1 }]
+        );
+    }
+}

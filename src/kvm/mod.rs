@@ -1,0 +1,89 @@
+//! Everything that talks to KVM: the only module that imports `kvm-ioctls`.
+
+mod ring;
+mod stats;
+mod vcpu;
+mod vm;
+
+use kvm_ioctls::{Cap, Kvm};
+use thiserror::Error;
+
+pub use ring::KvmRing;
+pub use stats::StatsReader;
+pub use vcpu::Vcpu;
+pub use vm::Vm;
+
+/// A KVM operation failed.
+#[derive(Debug, Error)]
+pub enum KvmError {
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm: {source} ({hint})")]
+    Open {
+        hint: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// KVM's API is not the stable one.
+    #[error("KVM API version {0}, expected 12")]
+    ApiVersion(i32),
+    /// A capability hushvm cannot run without.
+    #[error("KVM lacks a capability hushvm needs: {0}")]
+    MissingCapability(&'static str),
+    /// An ioctl failed.
+    #[error("{what} failed: {source}")]
+    Ioctl {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Reading KVM's binary statistics failed.
+    #[error("reading KVM statistics failed: {0}")]
+    Stats(#[source] std::io::Error),
+}
+
+fn ioctl_error(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
+    move |source| KvmError::Ioctl { what, source }
+}
+
+/// The host's KVM.
+#[derive(Debug)]
+pub struct Hypervisor {
+    kvm: Kvm,
+}
+
+impl Hypervisor {
+    /// Opens `/dev/kvm` and checks what hushvm cannot run without.
+    pub fn open() -> Result<Self, KvmError> {
+        let kvm = Kvm::new().map_err(|source| KvmError::Open {
+            hint: match source.errno() {
+                libc::ENOENT => "is the kvm module loaded?",
+                libc::EACCES | libc::EPERM => "is this user in the kvm group?",
+                _ => "is KVM available on this host?",
+            },
+            source,
+        })?;
+        let version = kvm.get_api_version();
+        if version != 12 {
+            return Err(KvmError::ApiVersion(version));
+        }
+        for (cap, name) in [
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(KvmError::MissingCapability(name));
+            }
+        }
+        Ok(Self { kvm })
+    }
+
+    /// True if `/dev/kvm` can be opened here.
+    pub fn is_available() -> bool {
+        Self::open().is_ok()
+    }
+
+    /// How many vCPUs KVM recommends per VM.
+    pub fn max_vcpus(&self) -> usize {
+        self.kvm.get_nr_vcpus()
+    }
+}

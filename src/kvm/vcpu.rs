@@ -1,0 +1,210 @@
+//! A vCPU: its registers, `KVM_RUN`, and the decoding of `kvm_run` into a [`VmExit`].
+
+use std::fmt::Write as _;
+
+use kvm_bindings::{
+    kvm_run, kvm_segment, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HLT, KVM_EXIT_INTERNAL_ERROR,
+    KVM_EXIT_INTR, KVM_EXIT_IO, KVM_EXIT_IO_OUT, KVM_EXIT_MMIO, KVM_EXIT_SHUTDOWN,
+    KVM_EXIT_SYSTEM_EVENT,
+};
+use kvm_ioctls::VcpuFd;
+
+use super::{ioctl_error, KvmError, KvmRing, StatsReader};
+use crate::bus::Access;
+use crate::exit::VmExit;
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_ET: u64 = 1 << 4;
+const RFLAGS_RESERVED: u64 = 1 << 1;
+/// x87 control word after FNINIT; MXCSR at reset.
+const FPU_CONTROL_WORD: u16 = 0x37f;
+const MXCSR_DEFAULT: u32 = 0x1f80;
+
+/// A vCPU of a [`super::Vm`].
+#[derive(Debug)]
+pub struct Vcpu {
+    fd: VcpuFd,
+    id: u8,
+    run_size: usize,
+    coalesced_ring_page: Option<u32>,
+}
+
+fn flat_segment(selector: u16, kind: u8) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: kind,
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+impl Vcpu {
+    pub(super) fn new(
+        fd: VcpuFd,
+        id: u8,
+        run_size: usize,
+        coalesced_ring_page: Option<u32>,
+    ) -> Self {
+        Self {
+            fd,
+            id,
+            run_size,
+            coalesced_ring_page,
+        }
+    }
+
+    /// This vCPU's index.
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// Puts the vCPU where a Multiboot loader leaves it: 32-bit protected mode, flat
+    /// 4 GiB code and data segments, paging off, interrupts off, at `entry` with
+    /// EAX = `eax` and EBX = `ebx`.
+    pub fn enter_protected_mode(&self, entry: u32, eax: u32, ebx: u32) -> Result<(), KvmError> {
+        let mut sregs = self.fd.get_sregs().map_err(ioctl_error("KVM_GET_SREGS"))?;
+        sregs.cs = flat_segment(0x08, 0xb);
+        let data = flat_segment(0x10, 0x3);
+        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+        sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & !(1 << 31);
+        sregs.cr4 = 0;
+        sregs.efer = 0;
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(ioctl_error("KVM_SET_SREGS"))?;
+        let mut fpu = self.fd.get_fpu().map_err(ioctl_error("KVM_GET_FPU"))?;
+        fpu.fcw = FPU_CONTROL_WORD;
+        fpu.mxcsr = MXCSR_DEFAULT;
+        self.fd.set_fpu(&fpu).map_err(ioctl_error("KVM_SET_FPU"))?;
+        let mut regs = self.fd.get_regs().map_err(ioctl_error("KVM_GET_REGS"))?;
+        regs.rip = u64::from(entry);
+        regs.rax = u64::from(eax);
+        regs.rbx = u64::from(ebx);
+        regs.rflags = RFLAGS_RESERVED;
+        self.fd.set_regs(&regs).map_err(ioctl_error("KVM_SET_REGS"))
+    }
+
+    /// Runs the vCPU until its next exit to userspace.
+    pub fn run(&mut self) -> Result<VmExit<'_>, KvmError> {
+        if let Err(error) = self.fd.run() {
+            return match error.errno() {
+                libc::EINTR | libc::EAGAIN => Ok(VmExit::Interrupted),
+                _ => Err(KvmError::Ioctl {
+                    what: "KVM_RUN",
+                    source: error,
+                }),
+            };
+        }
+        let run_size = self.run_size;
+        Ok(decode(self.fd.get_kvm_run(), run_size))
+    }
+
+    /// The raw vCPU, for the benchmark floor, which runs its own minimal loop.
+    pub fn raw_fd(&mut self) -> &mut VcpuFd {
+        &mut self.fd
+    }
+
+    /// Maps the VM's coalesced ring through this vCPU.
+    pub fn map_posted_write_ring(&self) -> Result<Option<KvmRing>, KvmError> {
+        self.coalesced_ring_page
+            .map(|page| KvmRing::map(&self.fd, page))
+            .transpose()
+    }
+
+    /// Opens KVM's binary statistics for this vCPU.
+    pub fn stats(&self) -> Result<StatsReader, KvmError> {
+        StatsReader::open(&self.fd)
+    }
+
+    /// The registers, for a message about a VM that stopped.
+    pub fn dump_registers(&self) -> String {
+        let (Ok(regs), Ok(sregs)) = (self.fd.get_regs(), self.fd.get_sregs()) else {
+            return "registers unavailable".to_string();
+        };
+        let mut out = String::new();
+        let _ = write!(
+            out,
+            "rip={:#x} rsp={:#x} rflags={:#x}\n  rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} rbp={:#x}\n  cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x} ss={:#x} idt={:#x}+{:#x}",
+            regs.rip, regs.rsp, regs.rflags, regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi,
+            regs.rdi, regs.rbp, sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4, sregs.efer,
+            sregs.cs.selector, sregs.ss.selector, sregs.idt.base, sregs.idt.limit
+        );
+        out
+    }
+}
+
+/// Decodes the exit KVM described in `run`.
+fn decode(run: &mut kvm_run, run_size: usize) -> VmExit<'_> {
+    match run.exit_reason {
+        KVM_EXIT_IO => decode_io(run, run_size),
+        KVM_EXIT_MMIO => {
+            // SAFETY: exit_reason says `mmio` is the valid member of the union.
+            let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
+            let len = (mmio.len as usize).min(mmio.data.len());
+            let (addr, is_write) = (mmio.phys_addr, mmio.is_write != 0);
+            let data = &mut mmio.data[..len];
+            let access = if is_write {
+                Access::Write(data)
+            } else {
+                Access::Read(data)
+            };
+            VmExit::Mmio { addr, access }
+        }
+        KVM_EXIT_HLT => VmExit::Halt,
+        KVM_EXIT_SHUTDOWN => VmExit::Shutdown,
+        KVM_EXIT_INTR => VmExit::Interrupted,
+        KVM_EXIT_INTERNAL_ERROR => VmExit::InternalError {
+            // SAFETY: exit_reason says `internal` is the valid member of the union.
+            suberror: unsafe { run.__bindgen_anon_1.internal.suberror },
+        },
+        KVM_EXIT_FAIL_ENTRY => VmExit::FailEntry {
+            // SAFETY: exit_reason says `fail_entry` is the valid member of the union.
+            reason: unsafe {
+                run.__bindgen_anon_1
+                    .fail_entry
+                    .hardware_entry_failure_reason
+            },
+        },
+        KVM_EXIT_SYSTEM_EVENT => VmExit::SystemEvent {
+            // SAFETY: exit_reason says `system_event` is the valid member of the union.
+            kind: unsafe { run.__bindgen_anon_1.system_event.type_ },
+        },
+        reason => VmExit::Unexpected { reason },
+    }
+}
+
+fn decode_io(run: &mut kvm_run, run_size: usize) -> VmExit<'_> {
+    // SAFETY: the caller saw exit_reason KVM_EXIT_IO, so `io` is the valid member.
+    let io = unsafe { run.__bindgen_anon_1.io };
+    let len = usize::from(io.size) * io.count as usize;
+    let offset = io.data_offset as usize;
+    if io.size == 0 || offset.checked_add(len).is_none_or(|end| end > run_size) {
+        return VmExit::Unexpected {
+            reason: KVM_EXIT_IO,
+        };
+    }
+    let base = (run as *mut kvm_run).cast::<u8>();
+    // SAFETY: KVM maps `run_size` bytes for kvm_run and puts the I/O data inside them
+    // (checked just above); the slice borrows `run` mutably, so nothing else touches
+    // those bytes while it lives.
+    let data = unsafe { std::slice::from_raw_parts_mut(base.add(offset), len) };
+    let access = if u32::from(io.direction) == KVM_EXIT_IO_OUT {
+        Access::Write(data)
+    } else {
+        Access::Read(data)
+    };
+    VmExit::Io {
+        port: io.port,
+        size: io.size,
+        access,
+    }
+}

@@ -1,0 +1,28 @@
+//! hushvm: a KVM virtual machine monitor whose guests leave the CPU as rarely and as
+//! cheaply as possible, with the measurements to show it. See ARCHITECTURE.md.
+
+pub mod bench;
+pub mod bus;
+pub mod coalesced;
+pub mod config;
+pub mod devices;
+pub mod exit;
+pub mod kvm;
+pub mod loader;
+pub mod machine;
+pub mod profile;
+pub mod ratelimit;
+pub mod vcpu;
+
+/// The test guests, built from `guests/` by `build.rs` and embedded in the binary.
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests/guests.rs"));
+
+    /// The image of the guest called `name`.
+    pub fn image(name: &str) -> Option<&'static [u8]> {
+        GUESTS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, image)| *image)
+    }
+}

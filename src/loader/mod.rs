@@ -1,0 +1,312 @@
+//! Guest image loading. Today: Multiboot (v1) ELF32 kernels.
+//!
+//! ELF32 is parsed here rather than with `linux-loader`, whose ELF loader takes 64-bit
+//! images only.
+
+pub mod elf32;
+pub mod multiboot;
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+pub use multiboot::{kernel_cmdline, load, BootInfo, Module};
+
+/// Why an image could not be loaded.
+#[derive(Debug, Error)]
+pub enum LoaderError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not an ELF file")]
+    NotElf,
+    #[error("not an ELF32 file (ELF class {class}; a Multiboot kernel must be 32-bit)")]
+    NotElf32 { class: u8 },
+    #[error("not a little-endian ELF file")]
+    NotLittleEndian,
+    #[error("not an x86 ELF file (machine {machine})")]
+    NotX86 { machine: u16 },
+    #[error("not an executable ELF file (type {kind})")]
+    NotExecutable { kind: u16 },
+    #[error("truncated ELF file: {0} runs past the end")]
+    Truncated(&'static str),
+    #[error("the ELF file has no loadable segment")]
+    NoLoadableSegment,
+    #[error("bad segment at {paddr:#x}: {reason}")]
+    BadSegment { paddr: u32, reason: &'static str },
+    #[error("no Multiboot header (magic 0x1BADB002 with a valid checksum) in the first 8 KiB")]
+    NoMultibootHeader,
+    #[error(
+        "the Multiboot header asks for the a.out kludge (flag 16), which hushvm does not support"
+    )]
+    AoutKludge,
+    #[error("the Multiboot header requires features hushvm does not provide (flags {0:#x})")]
+    UnsupportedFlags(u32),
+    #[error("segment at {paddr:#x} ({size:#x} bytes) lies outside guest RAM ({ram:#x} bytes)")]
+    SegmentOutsideRam { paddr: u32, size: u32, ram: u64 },
+    #[error("the entry point {0:#x} is not inside a loaded segment")]
+    EntryNotLoaded(u32),
+    #[error("kernel, modules and boot information need {needed:#x} bytes; guest RAM is {ram:#x}")]
+    DoesNotFit { needed: u64, ram: u64 },
+    #[error("the {0} contains a NUL byte")]
+    NulInString(&'static str),
+    #[error("cannot write guest memory at {at:#x}: {source}")]
+    GuestMemory {
+        at: u64,
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+}
+
+/// Reads a file for loading.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, LoaderError> {
+    std::fs::read(path).map_err(|source| LoaderError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    const MIB: u64 = 1 << 20;
+
+    fn memory(size: u64) -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap()
+    }
+
+    /// An ELF32 image: one PT_LOAD segment at `paddr` holding a Multiboot header with
+    /// `flags`, then `payload`, with `bss` zero bytes after it.
+    fn image(paddr: u32, flags: u32, payload: &[u8], bss: u32) -> Vec<u8> {
+        let mut data = Vec::new();
+        for word in [
+            multiboot::HEADER_MAGIC,
+            flags,
+            0u32.wrapping_sub(multiboot::HEADER_MAGIC.wrapping_add(flags)),
+        ] {
+            data.extend_from_slice(&word.to_le_bytes());
+        }
+        data.extend_from_slice(payload);
+        let mut elf = vec![0u8; 52 + 32];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 1;
+        elf[5] = 1;
+        elf[6] = 1;
+        elf[16..18].copy_from_slice(&2u16.to_le_bytes());
+        elf[18..20].copy_from_slice(&3u16.to_le_bytes());
+        elf[24..28].copy_from_slice(&(paddr + 12).to_le_bytes());
+        elf[28..32].copy_from_slice(&52u32.to_le_bytes());
+        elf[42..44].copy_from_slice(&32u16.to_le_bytes());
+        elf[44..46].copy_from_slice(&1u16.to_le_bytes());
+        let ph = [
+            1u32,
+            84,
+            paddr,
+            paddr,
+            data.len() as u32,
+            data.len() as u32 + bss,
+            7,
+            4,
+        ];
+        for (i, word) in ph.iter().enumerate() {
+            elf[52 + 4 * i..56 + 4 * i].copy_from_slice(&word.to_le_bytes());
+        }
+        elf.extend_from_slice(&data);
+        elf
+    }
+
+    fn read_u32(memory: &GuestMemoryMmap, at: u64) -> u32 {
+        memory.read_obj(GuestAddress(at)).unwrap()
+    }
+
+    fn read_string(memory: &GuestMemoryMmap, at: u64) -> String {
+        let mut bytes = Vec::new();
+        for i in 0.. {
+            let byte: u8 = memory.read_obj(GuestAddress(at + i)).unwrap();
+            if byte == 0 {
+                break;
+            }
+            bytes.push(byte);
+        }
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_good_image_loads_with_info_modules_and_cmdline() {
+        let mem = memory(8 * MIB);
+        let elf = image(0x10_0000, 3, &[0x90, 0xf4], 0x2000);
+        let modules = [
+            Module {
+                name: "initrd.img root=x".into(),
+                data: vec![7; 5000],
+            },
+            Module {
+                name: "second".into(),
+                data: vec![9; 3],
+            },
+        ];
+        let cmdline = kernel_cmdline("kernel.elf", "console=ttyS0");
+        let boot = load(&mem, &elf, &cmdline, &modules).unwrap();
+        assert_eq!(boot.entry, 0x10_000c);
+        let payload: u8 = mem.read_obj(GuestAddress(0x10_000c)).unwrap();
+        assert_eq!(payload, 0x90);
+        let info = u64::from(boot.info_addr);
+        assert_eq!(info % 4096, 0);
+        assert_eq!(
+            read_u32(&mem, info) & 0x24d,
+            0x24d,
+            "mem, cmdline, mods, mmap, name"
+        );
+        assert_eq!(read_u32(&mem, info + 4), 640);
+        assert_eq!(read_u32(&mem, info + 8), 7 * 1024);
+        assert_eq!(
+            read_string(&mem, u64::from(read_u32(&mem, info + 16))),
+            "kernel.elf console=ttyS0"
+        );
+        assert_eq!(
+            read_string(&mem, u64::from(read_u32(&mem, info + 64))),
+            "hushvm"
+        );
+        assert_eq!(read_u32(&mem, info + 20), 2);
+        let mods = u64::from(read_u32(&mem, info + 24));
+        let (start, end) = (read_u32(&mem, mods), read_u32(&mem, mods + 4));
+        assert_eq!(start % 4096, 0, "modules are page-aligned");
+        assert!(
+            u64::from(start) >= 0x10_0000 + 0x2000,
+            "after the kernel's bss"
+        );
+        assert_eq!(end - start, 5000);
+        assert_eq!(
+            read_string(&mem, u64::from(read_u32(&mem, mods + 8))),
+            "initrd.img root=x"
+        );
+        let second = read_u32(&mem, mods + 16);
+        assert_eq!(second % 4096, 0);
+        let byte: u8 = mem.read_obj(GuestAddress(u64::from(second))).unwrap();
+        assert_eq!(byte, 9);
+        let (mmap_len, mmap) = (
+            read_u32(&mem, info + 44),
+            u64::from(read_u32(&mem, info + 48)),
+        );
+        assert_eq!(mmap_len, 3 * 24);
+        let last_base: u64 = mem.read_obj(GuestAddress(mmap + 48 + 4)).unwrap();
+        let last_len: u64 = mem.read_obj(GuestAddress(mmap + 48 + 12)).unwrap();
+        assert_eq!((last_base, last_len), (MIB, 7 * MIB));
+    }
+
+    #[test]
+    fn the_cmdline_is_the_file_name_and_a_space_even_when_empty() {
+        assert_eq!(kernel_cmdline("k.elf", ""), "k.elf ");
+    }
+
+    #[test]
+    fn malformed_images_get_their_own_errors() {
+        let mem = memory(4 * MIB);
+        let good = image(0x10_0000, 3, &[0; 16], 0);
+        let load_with = |bytes: &[u8]| load(&mem, bytes, "k ", &[]).unwrap_err();
+
+        assert!(matches!(load_with(b"#!/bin/sh\n"), LoaderError::NotElf));
+        assert!(matches!(load_with(&[]), LoaderError::NotElf));
+        let mut elf64 = good.clone();
+        elf64[4] = 2;
+        assert!(matches!(
+            load_with(&elf64),
+            LoaderError::NotElf32 { class: 2 }
+        ));
+        let mut big_endian = good.clone();
+        big_endian[5] = 2;
+        assert!(matches!(
+            load_with(&big_endian),
+            LoaderError::NotLittleEndian
+        ));
+        let mut arm = good.clone();
+        arm[18] = 40;
+        assert!(matches!(
+            load_with(&arm),
+            LoaderError::NotX86 { machine: 40 }
+        ));
+        let mut shared = good.clone();
+        shared[16] = 3;
+        assert!(matches!(
+            load_with(&shared),
+            LoaderError::NotExecutable { kind: 3 }
+        ));
+        assert!(matches!(load_with(&good[..40]), LoaderError::Truncated(_)));
+        assert!(matches!(
+            load_with(&good[..90]),
+            LoaderError::Truncated("segment data")
+        ));
+        let mut no_header = good.clone();
+        no_header[84] ^= 0xff;
+        assert!(matches!(
+            load_with(&no_header),
+            LoaderError::NoMultibootHeader
+        ));
+        assert!(matches!(
+            load_with(&image(0x10_0000, 1 << 16, &[], 0)),
+            LoaderError::AoutKludge
+        ));
+        assert!(matches!(
+            load_with(&image(0x10_0000, 1 << 5, &[], 0)),
+            LoaderError::UnsupportedFlags(_)
+        ));
+        assert!(matches!(
+            load_with(&image(0x3f_f000, 3, &[0; 16], 0x1000)),
+            LoaderError::SegmentOutsideRam {
+                paddr: 0x3f_f000,
+                ..
+            }
+        ));
+        let mut far_entry = good.clone();
+        far_entry[24..28].copy_from_slice(&0x20_0000u32.to_le_bytes());
+        assert!(matches!(
+            load_with(&far_entry),
+            LoaderError::EntryNotLoaded(0x20_0000)
+        ));
+        let mut huge_table = good.clone();
+        huge_table[44..46].copy_from_slice(&0xffffu16.to_le_bytes());
+        assert!(matches!(
+            load_with(&huge_table),
+            LoaderError::Truncated("program header table")
+        ));
+    }
+
+    #[test]
+    fn modules_that_do_not_fit_are_an_error() {
+        let mem = memory(2 * MIB);
+        let elf = image(0x10_0000, 3, &[0; 16], 0);
+        let module = Module {
+            name: "big".into(),
+            data: vec![0; MIB as usize],
+        };
+        assert!(matches!(
+            load(&mem, &elf, "k ", &[module]),
+            Err(LoaderError::DoesNotFit { .. })
+        ));
+    }
+
+    #[test]
+    fn a_nul_in_the_command_line_is_an_error() {
+        let mem = memory(2 * MIB);
+        let elf = image(0x10_0000, 3, &[0; 16], 0);
+        assert!(matches!(
+            load(&mem, &elf, "a\0b", &[]),
+            Err(LoaderError::NulInString(_))
+        ));
+    }
+
+    #[test]
+    fn the_built_guests_load() {
+        let mem = memory(4 * MIB);
+        for (name, elf) in crate::guests::GUESTS {
+            let boot = load(&mem, elf, name, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(boot.entry >= 0x10_0000, "{name}");
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The `hushvm` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use hushvm::bench::rtc::{self, RtcBenchOptions};
+use hushvm::config::{self, SerialMode};
+use hushvm::loader::{self, Module};
+use hushvm::machine::{self, Coalescing, Kernel, MachineConfig};
+use hushvm::profile::ProfileReport;
+use hushvm::vcpu::VmStop;
+
+#[derive(Parser)]
+#[command(
+    name = "hushvm",
+    version,
+    about = "A KVM VMM that keeps guest I/O out of userspace, and measures it"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a Multiboot (v1) ELF32 kernel, as `qemu-system-x86_64 -kernel` does.
+    Run(RunArgs),
+    /// Run a workload under each variant and compare.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Write the built-in test guests (Multiboot ELF32 files) to a directory.
+    Guests {
+        /// Where to write them.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The kernel: a Multiboot ELF32 image.
+    #[arg(long, value_name = "FILE")]
+    multiboot: PathBuf,
+    /// Guest RAM (QEMU syntax: 64M, 1G; a plain number is MiB).
+    #[arg(long, default_value = "64M", value_parser = config::parse_memory)]
+    mem: u64,
+    /// Where COM1 goes: stdio, none or file:PATH.
+    #[arg(long, default_value = "stdio")]
+    serial: SerialMode,
+    /// The command line, after the kernel's file name.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// A Multiboot module (repeatable), as QEMU's -initrd for a Multiboot kernel.
+    #[arg(long = "module", value_name = "FILE")]
+    modules: Vec<PathBuf>,
+    /// Let every write exit to userspace: no coalesced PIO.
+    #[arg(long)]
+    no_coalesce: bool,
+    /// Print the exit profile when the VM stops.
+    #[arg(long)]
+    profile: bool,
+    /// Write the exit profile as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    profile_json: Option<PathBuf>,
+    /// Stop a guest still running after SECS seconds (status 124).
+    #[arg(long, value_name = "SECS", value_parser = config::parse_timeout)]
+    timeout: Option<std::time::Duration>,
+    /// Count exits without timing them (to measure what the profiler's clock costs).
+    #[arg(long, hide = true)]
+    no_exit_timing: bool,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Seed 000: write an RTC index to 0x70, read 0x71; without and with coalescing.
+    Rtc {
+        /// Loop iterations per measured run.
+        #[arg(long, default_value_t = 10_000)]
+        iterations: u64,
+        /// Repetitions (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        repeat: u32,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Run only this variant (baseline or coalesced).
+        #[arg(long, value_name = "NAME")]
+        variant: Option<String>,
+        /// Count exits without timing them.
+        #[arg(long)]
+        no_exit_timing: bool,
+    },
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let image = loader::read_file(&args.multiboot)?;
+    let modules = args
+        .modules
+        .iter()
+        .map(|path| {
+            Ok(Module {
+                name: path.display().to_string(),
+                data: loader::read_file(path)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut config = MachineConfig::new(Kernel {
+        name: file_name(&args.multiboot),
+        image,
+    });
+    config.memory = args.mem;
+    config.cmdline = args.cmdline;
+    config.modules = modules;
+    config.serial = args.serial;
+    config.coalesce = !args.no_coalesce;
+    config.timeout = args.timeout;
+    config.time_exits = !args.no_exit_timing;
+
+    let report = machine::run(&config)?;
+    let stop = &report.vcpu.stop;
+    match stop {
+        VmStop::Fault(fault) => {
+            eprintln!("hushvm: the VM stopped: {fault}");
+            if let Some(registers) = &report.vcpu.registers {
+                eprintln!("  {registers}");
+            }
+        }
+        VmStop::Timeout => {
+            eprintln!("hushvm: the guest was still running after the timeout; stopped")
+        }
+        VmStop::DebugExit(_) | VmStop::Reset => {}
+    }
+    if args.profile || args.profile_json.is_some() {
+        let profile = ProfileReport::new(&report.vcpu.profile, report.kvm_stats.clone());
+        if args.profile {
+            eprint!("{}", profile.render());
+            if let Coalescing::On(zones) = &report.coalescing {
+                let zones: Vec<String> = zones.iter().map(|(a, s)| format!("{a:#x}+{s}")).collect();
+                eprintln!("coalesced PIO zones: {}", zones.join(" "));
+            }
+            eprintln!("wall time: {:.3} ms", report.wall.as_secs_f64() * 1e3);
+        }
+        if let Some(path) = &args.profile_json {
+            let json = serde_json::to_string_pretty(&profile)?;
+            std::fs::write(path, json)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    Ok(ExitCode::from((stop.exit_status() & 0xff) as u8))
+}
+
+fn bench(command: BenchCommand) -> Result<ExitCode> {
+    let BenchCommand::Rtc {
+        iterations,
+        repeat,
+        json,
+        variant,
+        no_exit_timing,
+    } = command;
+    let options = RtcBenchOptions {
+        iterations,
+        repeat,
+        variant,
+        time_exits: !no_exit_timing,
+    };
+    let report = rtc::run(&options)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    if !report.all_passed() {
+        bail!("a guest reported a wrong value (exit status other than 1)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_guests(out: &Path) -> Result<ExitCode> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    for (name, image) in hushvm::guests::GUESTS {
+        let path = out.join(format!("{name}.elf"));
+        std::fs::write(&path, image).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Bench(command) => bench(command),
+        Command::Guests { out } => write_guests(&out),
+    };
+    result.unwrap_or_else(|error| {
+        eprintln!("hushvm: error: {error:#}");
+        ExitCode::FAILURE
+    })
+}

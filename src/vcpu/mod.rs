@@ -1,0 +1,183 @@
+//! The vCPU run loop: a small state machine around `KVM_RUN`.
+//!
+//! ```text
+//! loop: stop asked? -> KVM_RUN -> start timer -> ExitContext::handle -> record time
+//!         ^                                          |
+//!         +-------- Continue / Interrupted ----------+--> Stop(VmStop)
+//! ```
+
+mod exit;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Once;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::bus::IoBuses;
+use crate::coalesced::PostedWrites;
+use crate::kvm::Vcpu;
+use crate::profile::{ExitKey, ExitProfile};
+use crate::ratelimit::RateLimiter;
+
+pub use exit::{ExitContext, ExitOutcome};
+
+/// Something the guest did that ends the VM abnormally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestFault {
+    /// KVM_EXIT_SHUTDOWN: a triple fault.
+    TripleFault,
+    /// KVM could not handle something (often an instruction its emulator lacks).
+    InternalError { suberror: u32 },
+    /// VM entry failed.
+    FailEntry { reason: u64 },
+    /// A HLT reached userspace.
+    Halted,
+    /// A system event exit.
+    SystemEvent { kind: u32 },
+    /// An exit reason hushvm does not handle.
+    UnexpectedExit { reason: u32 },
+    /// `KVM_RUN` itself failed.
+    RunFailed(String),
+}
+
+impl fmt::Display for GuestFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GuestFault::TripleFault => write!(f, "the guest shut down (triple fault)"),
+            GuestFault::InternalError { suberror } => {
+                write!(
+                    f,
+                    "KVM internal error (suberror {suberror}: {})",
+                    suberror_name(*suberror)
+                )
+            }
+            GuestFault::FailEntry { reason } => write!(f, "VM entry failed (reason {reason:#x})"),
+            GuestFault::Halted => write!(f, "the guest halted with nothing to wake it"),
+            GuestFault::SystemEvent { kind } => write!(f, "system event {kind}"),
+            GuestFault::UnexpectedExit { reason } => {
+                write!(f, "unhandled KVM exit reason {reason}")
+            }
+            GuestFault::RunFailed(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+fn suberror_name(suberror: u32) -> &'static str {
+    match suberror {
+        1 => "instruction emulation failed",
+        2 => "simultaneous exceptions",
+        3 => "delivery event",
+        4 => "unexpected exit reason",
+        _ => "unknown",
+    }
+}
+
+/// Why the VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmStop {
+    /// isa-debug-exit with this value.
+    DebugExit(u32),
+    /// The guest asked for a reset.
+    Reset,
+    /// `--timeout` ran out.
+    Timeout,
+    /// The guest crashed or KVM failed.
+    Fault(GuestFault),
+}
+
+/// Status for a guest crash or KVM failure.
+pub const FAULT_STATUS: i32 = 2;
+/// Status for a timeout, as `timeout(1)` uses.
+pub const TIMEOUT_STATUS: i32 = 124;
+
+impl VmStop {
+    /// The process exit status: QEMU's `(v << 1) | 1` for isa-debug-exit, 0 for a reset,
+    /// 124 for a timeout, 2 for a crash.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            VmStop::DebugExit(value) => ((value << 1) | 1) as i32,
+            VmStop::Reset => 0,
+            VmStop::Timeout => TIMEOUT_STATUS,
+            VmStop::Fault(_) => FAULT_STATUS,
+        }
+    }
+}
+
+/// How a vCPU thread ended.
+#[derive(Debug)]
+pub struct VcpuReport {
+    /// Why.
+    pub stop: VmStop,
+    /// The registers, when the stop was a fault.
+    pub registers: Option<String>,
+    /// Its exit profile.
+    pub profile: ExitProfile,
+}
+
+/// Runs `vcpu` until the VM stops or `stop` is set.
+pub fn run(
+    vcpu: &mut Vcpu,
+    buses: &IoBuses,
+    posted: &PostedWrites,
+    stop: &AtomicBool,
+    timed: bool,
+) -> VcpuReport {
+    let mut profile = ExitProfile::default();
+    let mut warnings = RateLimiter::default();
+    let outcome = loop {
+        if stop.load(Ordering::Acquire) {
+            break VmStop::Timeout;
+        }
+        let exit = match vcpu.run() {
+            Ok(exit) => exit,
+            Err(error) => break VmStop::Fault(GuestFault::RunFailed(error.to_string())),
+        };
+        let started = timed.then(Instant::now);
+        let key = ExitKey::of(&exit);
+        let mut context = ExitContext {
+            buses,
+            posted,
+            profile: &mut profile,
+            warnings: &mut warnings,
+        };
+        let outcome = context.handle(exit);
+        let elapsed = started.map(|s| s.elapsed()).unwrap_or_default();
+        profile.record(key, elapsed);
+        if let ExitOutcome::Stop(stop) = outcome {
+            break stop;
+        }
+    };
+    let registers = matches!(outcome, VmStop::Fault(_)).then(|| vcpu.dump_registers());
+    VcpuReport {
+        stop: outcome,
+        registers,
+        profile,
+    }
+}
+
+extern "C" fn ignore_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// The signal that knocks a vCPU thread out of `KVM_RUN`.
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+/// Installs the (empty) handler for the kick signal, once per process. Without a
+/// handler the signal would kill the process; with one, `KVM_RUN` returns EINTR.
+pub fn install_kick_handler() -> Result<(), String> {
+    static INSTALL: Once = Once::new();
+    let mut result = Ok(());
+    INSTALL.call_once(|| {
+        result = register_signal_handler(kick_signal(), ignore_signal)
+            .map_err(|e| format!("cannot install the vCPU kick signal handler: {e}"));
+    });
+    result
+}
+
+/// Knocks the vCPU thread out of `KVM_RUN`, so that it sees its stop flag.
+pub fn kick<T>(thread: &JoinHandle<T>) {
+    let _ = thread.kill(kick_signal());
+}
