@@ -3,7 +3,9 @@
  *   info    Multiboot information, fw_cfg, unclaimed port and MMIO reads (exit 0x10)
  *   rtc     RTC registers in BCD/24h, binary/24h and BCD/12h form (exit 0x11)
  *   nvram   a long mix of index and data writes and reads; prints a checksum (exit 0x12)
- *   triple  a triple fault (no exit code: the VM shuts down)
+ *   triple  a triple fault: ud2 with an empty IDT (no exit code: the VM shuts down)
+ *   int3    int3 with an empty IDT: a triple fault, or on hosts whose KVM emulates
+ *           guest code, an emulation failure (KVM_EXIT_INTERNAL_ERROR)
  *   hang    cli; hlt (never exits)
  *   spin    an endless loop without exits
  *   reset   i8042 command 0xFE
@@ -120,11 +122,11 @@ static int action_nvram(void)
     return 0x12;
 }
 
-static void triple_fault(void)
-{
-    static const struct { uint16_t limit; uint32_t base; } __attribute__((packed)) empty = {0, 0};
-    __asm__ volatile("lidt %0\n\tint3" : : "m"(empty));
-}
+static const struct { uint16_t limit; uint32_t base; } __attribute__((packed)) empty_idt = {0, 0};
+
+static void triple_fault(void) { __asm__ volatile("lidt %0\n\tud2" : : "m"(empty_idt)); }
+
+static void int3_without_idt(void) { __asm__ volatile("lidt %0\n\tint3" : : "m"(empty_idt)); }
 
 int guest_main(uint32_t magic, const struct mb_info *mbi)
 {
@@ -133,6 +135,7 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
     if (value_is(action, "rtc")) return action_rtc();
     if (value_is(action, "nvram")) return action_nvram();
     if (value_is(action, "triple")) triple_fault();
+    if (value_is(action, "int3")) int3_without_idt();
     if (value_is(action, "hang")) __asm__ volatile("cli\n\thlt");
     if (value_is(action, "spin")) for (;;) __asm__ volatile("");
     if (value_is(action, "reset")) outb(0x64, 0xfe);

@@ -171,7 +171,7 @@ impl<C: Clock> Rtc<C> {
         if self.register_b() & B_BINARY != 0 {
             value
         } else {
-            (value / 10) << 4 | value % 10
+            ((value / 10) << 4) | (value % 10)
         }
     }
 
@@ -396,7 +396,7 @@ mod tests {
     }
 
     /// 2026-11-21 21:06:40 UTC, a Saturday.
-    const SATURDAY_EVENING: u64 = 1_795_300_000;
+    const SATURDAY_EVENING: u64 = 1_795_295_200;
 
     fn rtc() -> (Rtc<TestClock>, TestClock) {
         let clock = TestClock::at(SATURDAY_EVENING, 0);

@@ -5,6 +5,8 @@ mod stats;
 mod vcpu;
 mod vm;
 
+use std::ffi::CString;
+
 use kvm_ioctls::{Cap, Kvm};
 use thiserror::Error;
 
@@ -13,12 +15,16 @@ pub use stats::StatsReader;
 pub use vcpu::Vcpu;
 pub use vm::Vm;
 
+/// Names another KVM device than `/dev/kvm` (tests use it to check the error).
+pub const KVM_DEVICE_VARIABLE: &str = "HUSHVM_KVM_DEVICE";
+
 /// A KVM operation failed.
 #[derive(Debug, Error)]
 pub enum KvmError {
     /// `/dev/kvm` could not be opened.
-    #[error("cannot open /dev/kvm: {source} ({hint})")]
+    #[error("cannot open {path}: {source} ({hint})")]
     Open {
+        path: String,
         hint: &'static str,
         #[source]
         source: kvm_ioctls::Error,
@@ -52,9 +58,15 @@ pub struct Hypervisor {
 }
 
 impl Hypervisor {
-    /// Opens `/dev/kvm` and checks what hushvm cannot run without.
+    /// Opens `/dev/kvm` (or the device `HUSHVM_KVM_DEVICE` names) and checks what hushvm
+    /// cannot run without.
     pub fn open() -> Result<Self, KvmError> {
-        let kvm = Kvm::new().map_err(|source| KvmError::Open {
+        let path = std::env::var_os(KVM_DEVICE_VARIABLE)
+            .map(std::os::unix::ffi::OsStringExt::into_vec)
+            .and_then(|bytes| CString::new(bytes).ok())
+            .unwrap_or_else(|| c"/dev/kvm".to_owned());
+        let kvm = Kvm::new_with_path(&path).map_err(|source| KvmError::Open {
+            path: path.to_string_lossy().into_owned(),
             hint: match source.errno() {
                 libc::ENOENT => "is the kvm module loaded?",
                 libc::EACCES | libc::EPERM => "is this user in the kvm group?",

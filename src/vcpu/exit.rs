@@ -182,7 +182,7 @@ mod tests {
         fn new() -> Self {
             let mut buses = IoBuses::default();
             let port = Arc::new(Mutex::new(DataPort::default()));
-            buses.pio.insert("data", 0x1f0, 2, port.clone()).unwrap();
+            buses.pio.insert("data", 0x1f0, 8, port.clone()).unwrap();
             buses
                 .pio
                 .insert("exit", 0xf4, 4, Arc::new(Mutex::new(DebugExit)))

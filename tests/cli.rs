@@ -1,0 +1,222 @@
+//! The command line: every bad input is one clear error line and a non-zero status,
+//! never a panic; good runs exit with the guest's status.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::kvm_available;
+
+fn hushvm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hushvm"))
+        .args(args)
+        .output()
+        .expect("hushvm runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hushvm-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn guest_file(name: &str) -> PathBuf {
+    let path = scratch(&format!("{name}.elf"));
+    std::fs::write(&path, hushvm::guests::image(name).unwrap()).unwrap();
+    path
+}
+
+/// Asserts one `hushvm: error:` line containing `expected`, status 1, no panic.
+fn assert_clear_error(output: &Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("hushvm: error: "), "{stderr}");
+    assert!(
+        stderr.contains(expected),
+        "expected {expected:?} in {stderr}"
+    );
+}
+
+#[test]
+fn bad_images_are_clear_errors() {
+    let missing = scratch("missing.elf");
+    assert_clear_error(
+        &hushvm(&["run", "--multiboot", missing.to_str().unwrap()]),
+        "cannot read",
+    );
+
+    let text = scratch("text.elf");
+    std::fs::write(&text, "not a kernel").unwrap();
+    assert_clear_error(
+        &hushvm(&["run", "--multiboot", text.to_str().unwrap()]),
+        "not an ELF file",
+    );
+
+    // hushvm itself is a 64-bit ELF.
+    let elf64 = env!("CARGO_BIN_EXE_hushvm");
+    assert_clear_error(&hushvm(&["run", "--multiboot", elf64]), "not an ELF32 file");
+
+    let mut image = hushvm::guests::image("probe").unwrap().to_vec();
+    let magic = 0x1BAD_B002u32.to_le_bytes();
+    let at = image.windows(4).position(|w| w == magic).unwrap();
+    image[at] ^= 0xff;
+    let headerless = scratch("headerless.elf");
+    std::fs::write(&headerless, &image).unwrap();
+    assert_clear_error(
+        &hushvm(&["run", "--multiboot", headerless.to_str().unwrap()]),
+        "no Multiboot header",
+    );
+
+    let truncated = scratch("truncated.elf");
+    std::fs::write(&truncated, &hushvm::guests::image("probe").unwrap()[..200]).unwrap();
+    assert_clear_error(
+        &hushvm(&["run", "--multiboot", truncated.to_str().unwrap()]),
+        "truncated",
+    );
+}
+
+#[test]
+fn bad_sizes_and_options_are_clear_errors() {
+    let probe = guest_file("probe");
+    let probe = probe.to_str().unwrap();
+    assert_clear_error(
+        &hushvm(&["run", "--multiboot", probe, "--mem", "1M"]),
+        "too small",
+    );
+    assert_clear_error(
+        &hushvm(&["run", "--multiboot", probe, "--mem", "64G"]),
+        "too large",
+    );
+    assert_clear_error(
+        &hushvm(&["run", "--multiboot", probe, "--mem", "lots"]),
+        "invalid size",
+    );
+    assert_clear_error(
+        &hushvm(&["run", "--multiboot", probe, "--serial", "tcp:1"]),
+        "invalid serial",
+    );
+    assert_clear_error(
+        &hushvm(&["run", "--multiboot", probe, "--timeout=-3"]),
+        "invalid timeout",
+    );
+    let missing_module = scratch("no-such-module");
+    assert_clear_error(
+        &hushvm(&[
+            "run",
+            "--multiboot",
+            probe,
+            "--module",
+            missing_module.to_str().unwrap(),
+        ]),
+        "cannot read",
+    );
+    assert_clear_error(
+        &hushvm(&["bench", "rtc", "--variant", "turbo"]),
+        "unknown variant",
+    );
+}
+
+#[test]
+fn a_module_that_does_not_fit_is_a_clear_error() {
+    let probe = guest_file("probe");
+    let module = scratch("big-module");
+    std::fs::write(&module, vec![0u8; 3 << 20]).unwrap();
+    let output = hushvm(&[
+        "run",
+        "--multiboot",
+        probe.to_str().unwrap(),
+        "--mem",
+        "2M",
+        "--module",
+        module.to_str().unwrap(),
+    ]);
+    assert_clear_error(&output, "guest RAM is");
+}
+
+#[test]
+fn a_missing_kvm_device_is_a_clear_error() {
+    let probe = guest_file("probe");
+    let output = Command::new(env!("CARGO_BIN_EXE_hushvm"))
+        .args(["run", "--multiboot", probe.to_str().unwrap()])
+        .env(hushvm::kvm::KVM_DEVICE_VARIABLE, "/nonexistent/kvm")
+        .output()
+        .unwrap();
+    assert_clear_error(&output, "cannot open /nonexistent/kvm");
+}
+
+#[test]
+fn a_run_exits_with_the_guest_status_and_writes_its_profile() {
+    if !kvm_available() {
+        return;
+    }
+    let probe = guest_file("probe");
+    let serial = scratch("serial.txt");
+    let json = scratch("profile.json");
+    let output = hushvm(&[
+        "run",
+        "--multiboot",
+        probe.to_str().unwrap(),
+        "--cmdline",
+        "action=exit code=7",
+        "--serial",
+        &format!("file:{}", serial.display()),
+        "--profile",
+        "--profile-json",
+        json.to_str().unwrap(),
+        "--timeout",
+        "30",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(15), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&serial).unwrap(), "probe: start\n");
+    assert!(stderr.contains("Samples  Samples%"), "{stderr}");
+    assert!(stderr.contains("0xf4:POUT"), "{stderr}");
+    let profile: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        profile["userspace_exits"], 14,
+        "13 bytes of output and the exit"
+    );
+    assert!(profile["kvm_stats"]["exits"].as_u64().unwrap() >= 14);
+}
+
+#[test]
+fn timeout_and_crash_statuses() {
+    if !kvm_available() {
+        return;
+    }
+    let probe = guest_file("probe");
+    let probe = probe.to_str().unwrap();
+    let output = hushvm(&[
+        "run",
+        "--multiboot",
+        probe,
+        "--cmdline",
+        "action=spin",
+        "--timeout",
+        "0.3",
+        "--serial",
+        "none",
+    ]);
+    assert_eq!(output.status.code(), Some(124));
+    let output = hushvm(&[
+        "run",
+        "--multiboot",
+        probe,
+        "--cmdline",
+        "action=triple",
+        "--serial",
+        "none",
+        "--timeout",
+        "30",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("triple fault") && stderr.contains("rip="),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,60 @@
+//! Helpers for tests that need `/dev/kvm`.
+//!
+//! Without KVM these tests fail, unless HUSHVM_SKIP_KVM_TESTS=1 asks to skip them; with
+//! HUSHVM_REQUIRE_KVM=1 (as CI sets it) they always fail without KVM.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use hushvm::config::SerialMode;
+use hushvm::kvm::Hypervisor;
+use hushvm::machine::{self, Kernel, MachineConfig, RunReport};
+
+/// True if the test should go on; false if it may be skipped; panics otherwise.
+pub fn kvm_available() -> bool {
+    if Hypervisor::is_available() {
+        return true;
+    }
+    let required = std::env::var("HUSHVM_REQUIRE_KVM").as_deref() == Ok("1");
+    let skip = std::env::var("HUSHVM_SKIP_KVM_TESTS").as_deref() == Ok("1");
+    if skip && !required {
+        eprintln!("SKIPPED: /dev/kvm is not available and HUSHVM_SKIP_KVM_TESTS=1");
+        return false;
+    }
+    panic!("this test needs /dev/kvm, which cannot be opened (set HUSHVM_SKIP_KVM_TESTS=1 to skip KVM tests)");
+}
+
+/// A configuration that boots built-in guest `name` with `cmdline`, capturing COM1.
+pub fn guest_config(name: &str, cmdline: &str) -> MachineConfig {
+    let image = hushvm::guests::image(name)
+        .expect("built-in guest")
+        .to_vec();
+    let mut config = MachineConfig::new(Kernel {
+        name: format!("{name}.elf"),
+        image,
+    });
+    config.cmdline = cmdline.to_string();
+    config.serial = SerialMode::Capture;
+    config.timeout = Some(Duration::from_secs(60));
+    config
+}
+
+/// Boots and runs `config`.
+pub fn run(config: &MachineConfig) -> RunReport {
+    machine::run(config).expect("the machine runs")
+}
+
+/// COM1's output as text.
+pub fn serial_text(report: &RunReport) -> String {
+    String::from_utf8_lossy(&report.serial).into_owned()
+}
+
+/// The value after `key=` on the line that starts with `key`.
+pub fn field<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(key)
+                .and_then(|rest| rest.strip_prefix('='))
+        })
+        .unwrap_or_else(|| panic!("no {key}= in:\n{text}"))
+}
