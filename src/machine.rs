@@ -260,6 +260,8 @@ fn stats_delta(
 
 /// Boots the machine and runs it until it stops.
 pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
+    // Calibrate the profiler's clock before the run's wall time starts.
+    let _ = crate::profile::ExitClock::get();
     let started = Instant::now();
     let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), config.memory as usize)])
         .map_err(|source| MachineError::Memory {
@@ -273,7 +275,7 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     let vm = Vm::new(&hypervisor, &memory)?;
     let capture = SharedBuffer::default();
     let devices = build_devices(config, serial_output(&config.serial, &capture)?)?;
-    let mut vcpu = vm.create_vcpu(0)?;
+    let vcpu = vm.create_vcpu(0)?;
     vcpu.enter_protected_mode(
         boot.entry,
         loader::multiboot::BOOTLOADER_MAGIC,
@@ -292,32 +294,30 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         .as_ref()
         .and_then(|s| s.read().ok())
         .unwrap_or_default();
-    vcpu::install_kick_handler().map_err(MachineError::Thread)?;
 
     let buses = Arc::new(devices.buses);
     let posted = Arc::new(posted);
     let stop = Arc::new(AtomicBool::new(false));
-    let (done_tx, done_rx) = mpsc::channel();
     let time_exits = config.time_exits;
-    let thread = {
+    let run_vcpu = {
         let (buses, posted, stop) = (buses.clone(), posted.clone(), stop.clone());
-        thread::Builder::new()
-            .name("vcpu0".into())
-            .spawn(move || {
-                let report = vcpu::run(&mut vcpu, &buses, &posted, &stop, time_exits);
-                let stats_after = stats
-                    .as_ref()
-                    .and_then(|s| s.read().ok())
-                    .unwrap_or_default();
-                let _ = done_tx.send(());
-                (report, stats_after)
-            })
-            .map_err(|e| MachineError::Thread(e.to_string()))?
+        move || {
+            let mut vcpu = vcpu;
+            let report = vcpu::run(&mut vcpu, &buses, &posted, &stop, time_exits);
+            let stats_after = stats
+                .as_ref()
+                .and_then(|s| s.read().ok())
+                .unwrap_or_default();
+            (report, stats_after)
+        }
     };
-    wait_for(&thread, &done_rx, &stop, config.timeout);
-    let (report, stats_after) = thread
-        .join()
-        .map_err(|_| MachineError::Thread("the vCPU thread panicked".into()))?;
+    let (report, stats_after) = match config.timeout {
+        // Without a timeout nothing needs to watch the vCPU, so it runs on this thread: a
+        // second thread in the process makes every exit measurably dearer on hosts where
+        // KVM_RUN switches address spaces (docs/RESULTS.md).
+        None => run_vcpu(),
+        Some(limit) => run_with_watchdog(run_vcpu, &stop, limit)?,
+    };
     let wall = started.elapsed();
     let rtc = devices
         .rtc
@@ -335,27 +335,33 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     })
 }
 
-/// Waits for the vCPU thread; past the timeout, raises the stop flag and kicks the thread
-/// out of `KVM_RUN` until it notices (a kick can land just before it enters the guest).
-fn wait_for<T>(
-    thread: &thread::JoinHandle<T>,
-    done: &mpsc::Receiver<()>,
+/// Runs `body` (the vCPU loop) on its own thread and waits for it; past `limit`, raises
+/// the stop flag and kicks the thread out of `KVM_RUN` until it notices (a kick can land
+/// just before it enters the guest).
+fn run_with_watchdog<T: Send + 'static>(
+    body: impl FnOnce() -> T + Send + 'static,
     stop: &AtomicBool,
-    timeout: Option<Duration>,
-) {
-    let finished = match timeout {
-        Some(limit) => done.recv_timeout(limit).is_ok(),
-        None => done.recv().is_ok(),
-    };
-    if finished {
-        return;
-    }
-    stop.store(true, Ordering::Release);
-    loop {
-        vcpu::kick(thread);
-        match done.recv_timeout(Duration::from_millis(10)) {
-            Err(mpsc::RecvTimeoutError::Timeout) => continue,
-            _ => return,
+    limit: Duration,
+) -> Result<T, MachineError> {
+    vcpu::install_kick_handler().map_err(MachineError::Thread)?;
+    let (done_tx, done_rx) = mpsc::channel();
+    let thread = thread::Builder::new()
+        .name("vcpu0".into())
+        .spawn(move || {
+            let result = body();
+            let _ = done_tx.send(());
+            result
+        })
+        .map_err(|e| MachineError::Thread(e.to_string()))?;
+    if done_rx.recv_timeout(limit).is_err() {
+        stop.store(true, Ordering::Release);
+        while let Err(mpsc::RecvTimeoutError::Timeout) =
+            done_rx.recv_timeout(Duration::from_millis(10))
+        {
+            vcpu::kick(&thread);
         }
     }
+    thread
+        .join()
+        .map_err(|_| MachineError::Thread("the vCPU thread panicked".into()))
 }

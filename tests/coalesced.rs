@@ -46,7 +46,10 @@ fn with_coalescing_index_writes_are_posted_and_applied_in_order() {
     if !kvm_available() {
         return;
     }
-    let report = rtc_run(500, true);
+    // No timeout: the vCPU runs on the calling thread (the other tests use a watchdog).
+    let mut config = guest_config("rtc", "iterations=500");
+    config.timeout = None;
+    let report = run(&config);
     assert_eq!(
         report.vcpu.stop,
         VmStop::DebugExit(0),

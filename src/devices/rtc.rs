@@ -256,7 +256,21 @@ impl<C: Clock> Rtc<C> {
         flags
     }
 
-    fn read_register(&mut self, index: u8) -> u8 {
+    fn is_time_register(index: u8) -> bool {
+        matches!(
+            index,
+            reg::SECONDS
+                | reg::MINUTES
+                | reg::HOURS
+                | reg::WEEKDAY
+                | reg::DAY
+                | reg::MONTH
+                | reg::YEAR
+                | reg::CENTURY
+        )
+    }
+
+    fn read_time_register(&self, index: u8) -> u8 {
         let date = self.guest_date();
         match index {
             reg::SECONDS => self.encode(date.second),
@@ -266,7 +280,13 @@ impl<C: Clock> Rtc<C> {
             reg::DAY => self.encode(date.day),
             reg::MONTH => self.encode(date.month),
             reg::YEAR => self.encode(date.year.rem_euclid(100) as u32),
-            reg::CENTURY => self.encode(date.year.div_euclid(100) as u32),
+            _ => self.encode(date.year.div_euclid(100) as u32),
+        }
+    }
+
+    fn read_register(&mut self, index: u8) -> u8 {
+        match index {
+            _ if Self::is_time_register(index) => self.read_time_register(index),
             reg::A => {
                 let uip = if self.update_in_progress() { A_UIP } else { 0 };
                 self.cmos[usize::from(reg::A)] & !A_UIP | uip
@@ -278,6 +298,18 @@ impl<C: Clock> Rtc<C> {
     }
 
     fn write_register(&mut self, index: u8, value: u8) {
+        match index {
+            // The weekday follows from the date here; a written one is not kept.
+            reg::WEEKDAY => {}
+            _ if Self::is_time_register(index) => self.write_time_register(index, value),
+            reg::A => self.cmos[usize::from(reg::A)] = value & !A_UIP,
+            reg::B => self.write_register_b(value),
+            reg::C | reg::D => {}
+            _ => self.cmos[usize::from(index)] = value,
+        }
+    }
+
+    fn write_time_register(&mut self, index: u8, value: u8) {
         let mut date = self.guest_date();
         match index {
             reg::SECONDS => date.second = self.decode(value),
@@ -288,24 +320,7 @@ impl<C: Clock> Rtc<C> {
             reg::YEAR => {
                 date.year = date.year.div_euclid(100) * 100 + i64::from(self.decode(value))
             }
-            reg::CENTURY => {
-                date.year = i64::from(self.decode(value)) * 100 + date.year.rem_euclid(100)
-            }
-            // The weekday follows from the date here; a written one is not kept.
-            reg::WEEKDAY => return,
-            reg::A => {
-                self.cmos[usize::from(reg::A)] = value & !A_UIP;
-                return;
-            }
-            reg::B => {
-                self.write_register_b(value);
-                return;
-            }
-            reg::C | reg::D => return,
-            _ => {
-                self.cmos[usize::from(index)] = value;
-                return;
-            }
+            _ => date.year = i64::from(self.decode(value)) * 100 + date.year.rem_euclid(100),
         }
         self.set_guest_date(date);
     }

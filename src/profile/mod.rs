@@ -4,6 +4,7 @@
 //! Each vCPU thread owns its [`ExitProfile`] (no lock on the exit path); profiles are
 //! merged when the VM stops.
 
+mod clock;
 mod histogram;
 mod report;
 
@@ -15,6 +16,7 @@ use serde::Serialize;
 use crate::bus::Access;
 use crate::exit::VmExit;
 
+pub use clock::{ExitClock, Ticks};
 pub use histogram::Histogram;
 pub use report::{ExitRow, ProfileReport};
 

@@ -12,14 +12,13 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::bus::IoBuses;
 use crate::coalesced::PostedWrites;
 use crate::kvm::Vcpu;
-use crate::profile::{ExitKey, ExitProfile};
+use crate::profile::{ExitClock, ExitKey, ExitProfile};
 use crate::ratelimit::RateLimiter;
 
 pub use exit::{ExitContext, ExitOutcome};
@@ -127,6 +126,7 @@ pub fn run(
 ) -> VcpuReport {
     let mut profile = ExitProfile::default();
     let mut warnings = RateLimiter::default();
+    let clock = ExitClock::get();
     let outcome = loop {
         if stop.load(Ordering::Acquire) {
             break VmStop::Timeout;
@@ -135,7 +135,7 @@ pub fn run(
             Ok(exit) => exit,
             Err(error) => break VmStop::Fault(GuestFault::RunFailed(error.to_string())),
         };
-        let started = timed.then(Instant::now);
+        let started = timed.then(|| clock.now());
         let key = ExitKey::of(&exit);
         let mut context = ExitContext {
             buses,
@@ -144,7 +144,7 @@ pub fn run(
             warnings: &mut warnings,
         };
         let outcome = context.handle(exit);
-        let elapsed = started.map(|s| s.elapsed()).unwrap_or_default();
+        let elapsed = started.map(|s| clock.since(s)).unwrap_or_default();
         profile.record(key, elapsed);
         if let ExitOutcome::Stop(stop) = outcome {
             break stop;
