@@ -19,7 +19,7 @@ pub enum Access<'a> {
     Write(&'a [u8]),
 }
 
-impl Access<'_> {
+impl<'a> Access<'a> {
     /// Bytes accessed.
     pub fn len(&self) -> usize {
         match self {
@@ -36,6 +36,20 @@ impl Access<'_> {
     /// True for a write.
     pub fn is_write(&self) -> bool {
         matches!(self, Access::Write(_))
+    }
+
+    /// Splits the access into consecutive elements of `size` bytes, in order, each with
+    /// the same direction (string I/O: `rep ins`/`rep outs`).
+    pub fn into_elements(self, size: usize) -> impl Iterator<Item = Access<'a>> {
+        let size = size.max(1);
+        let (reads, writes) = match self {
+            Access::Read(data) => (Some(data.chunks_mut(size).map(Access::Read)), None),
+            Access::Write(data) => (None, Some(data.chunks(size).map(Access::Write))),
+        };
+        reads
+            .into_iter()
+            .flatten()
+            .chain(writes.into_iter().flatten())
     }
 
     /// The written value, little-endian, zero-extended (0 for a read).

@@ -80,33 +80,18 @@ impl ExitContext<'_> {
         size: usize,
         access: Access<'_>,
     ) -> ExitOutcome {
-        let size = size.max(1);
-        let mut stop = None;
-        match access {
-            Access::Read(data) => {
-                for element in data.chunks_mut(size) {
-                    let result = self.buses.dispatch(space, addr, Access::Read(element));
-                    stop = stop.or(self.account(space, addr, false, size, result));
-                    if stop.is_some() {
-                        break;
-                    }
+        for element in access.into_elements(size) {
+            let is_write = element.is_write();
+            let result = self.buses.dispatch(space, addr, element);
+            match self.account(space, addr, is_write, size, result) {
+                Some(StopRequest::DebugExit(value)) => {
+                    return ExitOutcome::Stop(VmStop::DebugExit(value))
                 }
-            }
-            Access::Write(data) => {
-                for element in data.chunks(size) {
-                    let result = self.buses.dispatch(space, addr, Access::Write(element));
-                    stop = stop.or(self.account(space, addr, true, size, result));
-                    if stop.is_some() {
-                        break;
-                    }
-                }
+                Some(StopRequest::Reset) => return ExitOutcome::Stop(VmStop::Reset),
+                None => {}
             }
         }
-        match stop {
-            Some(StopRequest::DebugExit(value)) => ExitOutcome::Stop(VmStop::DebugExit(value)),
-            Some(StopRequest::Reset) => ExitOutcome::Stop(VmStop::Reset),
-            None => ExitOutcome::Continue,
-        }
+        ExitOutcome::Continue
     }
 
     fn account(
