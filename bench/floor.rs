@@ -61,7 +61,9 @@ fn run(options: &Options) -> Result<u8, String> {
     let boot = loader::load(&memory, &image, &cmdline, &[]).map_err(|e| e.to_string())?;
     let hypervisor = Hypervisor::open().map_err(|e| e.to_string())?;
     let vm = Vm::new(&hypervisor, &memory).map_err(|e| e.to_string())?;
-    let mut vcpu = vm.create_vcpu(0).map_err(|e| e.to_string())?;
+    let mut vcpu = vm
+        .create_vcpu(0, &hushvm::kvm::VcpuOptions { pv_eoi: true })
+        .map_err(|e| e.to_string())?;
     vcpu.enter_protected_mode(
         boot.entry,
         loader::multiboot::BOOTLOADER_MAGIC,

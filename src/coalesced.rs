@@ -6,6 +6,7 @@
 //! first thing after `KVM_RUN` returns, for every exit; anything else that touches a
 //! device with posted registers (the event loop, later) must call it first as well.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::bus::{Access, AddressSpace, IoBuses};
@@ -46,6 +47,8 @@ pub struct PostedWrites {
     /// Held while popping *and* applying, so that two drainers cannot apply entries out
     /// of order. Taken only when the ring is not empty.
     drain: Mutex<()>,
+    /// Entries applied so far, by every drainer.
+    applied: AtomicU64,
 }
 
 impl std::fmt::Debug for PostedWrites {
@@ -62,12 +65,18 @@ impl PostedWrites {
         Self {
             ring: Some(ring),
             drain: Mutex::new(()),
+            applied: AtomicU64::new(0),
         }
     }
 
     /// No ring: every write exits as usual.
     pub fn disabled() -> Self {
         Self::default()
+    }
+
+    /// Entries applied so far.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
     }
 
     /// True if writes may be posted.
@@ -90,6 +99,7 @@ impl PostedWrites {
             observe(&write);
             applied += 1;
         }
+        self.applied.fetch_add(applied, Ordering::Relaxed);
         applied
     }
 }

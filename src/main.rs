@@ -44,6 +44,9 @@ struct RunArgs {
     /// The kernel: a Multiboot ELF32 image.
     #[arg(long, value_name = "FILE")]
     multiboot: PathBuf,
+    /// vCPUs: vCPU 0 starts at the entry point, the others wait for INIT/SIPI.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+    cpus: u8,
     /// Guest RAM (QEMU syntax: 64M, 1G; a plain number is MiB).
     #[arg(long, default_value = "64M", value_parser = config::parse_memory)]
     mem: u64,
@@ -59,6 +62,9 @@ struct RunArgs {
     /// Let every write exit to userspace: no coalesced PIO.
     #[arg(long)]
     no_coalesce: bool,
+    /// Do not advertise KVM_FEATURE_PV_EOI in CPUID (the guest then writes every EOI).
+    #[arg(long)]
+    no_pv_eoi: bool,
     /// Print the exit profile when the VM stops.
     #[arg(long)]
     profile: bool,
@@ -118,6 +124,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         image,
     });
     config.memory = args.mem;
+    config.cpus = args.cpus;
+    config.pv_eoi = !args.no_pv_eoi;
     config.cmdline = args.cmdline;
     config.modules = modules;
     config.serial = args.serial;
@@ -126,21 +134,21 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     config.time_exits = !args.no_exit_timing;
 
     let report = machine::run(&config)?;
-    let stop = &report.vcpu.stop;
+    let stop = &report.stop;
     match stop {
         VmStop::Fault(fault) => {
             eprintln!("hushvm: the VM stopped: {fault}");
-            if let Some(registers) = &report.vcpu.registers {
+            if let Some(registers) = &report.registers {
                 eprintln!("  {registers}");
             }
         }
         VmStop::Timeout => {
             eprintln!("hushvm: the guest was still running after the timeout; stopped")
         }
-        VmStop::DebugExit(_) | VmStop::Reset => {}
+        VmStop::DebugExit(_) | VmStop::Reset | VmStop::Requested => {}
     }
     if args.profile || args.profile_json.is_some() {
-        let profile = ProfileReport::new(&report.vcpu.profile, report.kvm_stats.clone());
+        let profile = ProfileReport::new(&report.profile, report.kvm_stats.clone());
         if args.profile {
             eprint!("{}", profile.render());
             if let Coalescing::On(zones) = &report.coalescing {

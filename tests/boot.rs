@@ -23,8 +23,8 @@ fn the_guest_sees_multiboot_information_and_fw_cfg() {
     }];
     let report = run(&config);
     let text = serial_text(&report);
-    assert_eq!(report.vcpu.stop, VmStop::DebugExit(0x10), "{text}");
-    assert_eq!(report.vcpu.stop.exit_status(), 0x21);
+    assert_eq!(report.stop, VmStop::DebugExit(0x10), "{text}");
+    assert_eq!(report.stop.exit_status(), 0x21);
     assert_eq!(field(&text, "magic"), "0x2badb002");
     assert_eq!(field(&text, "mem_lower"), "640");
     assert_eq!(field(&text, "mem_upper"), (31 * 1024).to_string());
@@ -51,7 +51,7 @@ fn exits_are_exactly_the_accesses_the_guest_made() {
         return;
     }
     let report = run(&guest_config("probe", "action=info"));
-    let profile = &report.vcpu.profile;
+    let profile = &report.profile;
     let count = |kind, addr| profile.count(|k: &ExitKey| *k == ExitKey { kind, addr });
     assert_eq!(
         count(ExitKind::PioOut, 0x3f8),
@@ -87,7 +87,7 @@ fn the_rtc_reads_host_time_in_every_format() {
     }
     let report = run(&guest_config("probe", "action=rtc"));
     let text = serial_text(&report);
-    assert_eq!(report.vcpu.stop, VmStop::DebugExit(0x11), "{text}");
+    assert_eq!(report.stop, VmStop::DebugExit(0x11), "{text}");
     let values = |label: &str| -> Vec<u32> {
         let line = text.lines().find(|l| l.starts_with(label)).expect(label);
         line.split_whitespace()
@@ -122,9 +122,9 @@ fn a_triple_fault_stops_the_vm_with_registers() {
         return;
     }
     let report = run(&guest_config("probe", "action=triple"));
-    assert_eq!(report.vcpu.stop, VmStop::Fault(GuestFault::TripleFault));
-    assert_eq!(report.vcpu.stop.exit_status(), 2);
-    let registers = report.vcpu.registers.expect("registers are reported");
+    assert_eq!(report.stop, VmStop::Fault(GuestFault::TripleFault));
+    assert_eq!(report.stop.exit_status(), 2);
+    let registers = report.registers.expect("registers are reported");
     assert!(
         registers.contains("rip=") && registers.contains("idt=0x0+0x0"),
         "{registers}"
@@ -139,14 +139,14 @@ fn a_fault_kvm_cannot_handle_stops_the_vm_with_registers() {
     let report = run(&guest_config("probe", "action=int3"));
     assert!(
         matches!(
-            report.vcpu.stop,
+            report.stop,
             VmStop::Fault(GuestFault::TripleFault | GuestFault::InternalError { .. })
         ),
         "{:?}",
-        report.vcpu.stop
+        report.stop
     );
-    assert_eq!(report.vcpu.stop.exit_status(), 2);
-    assert!(report.vcpu.registers.expect("registers").contains("rip="));
+    assert_eq!(report.stop.exit_status(), 2);
+    assert!(report.registers.expect("registers").contains("rip="));
 }
 
 #[test]
@@ -159,8 +159,8 @@ fn a_halted_or_spinning_guest_is_stopped_by_the_timeout() {
         config.timeout = Some(Duration::from_millis(300));
         let started = Instant::now();
         let report = run(&config);
-        assert_eq!(report.vcpu.stop, VmStop::Timeout, "{action}");
-        assert_eq!(report.vcpu.stop.exit_status(), 124);
+        assert_eq!(report.stop, VmStop::Timeout, "{action}");
+        assert_eq!(report.stop.exit_status(), 124);
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "{action} took {:?}",
@@ -175,9 +175,9 @@ fn i8042_reset_and_debug_exit_codes_stop_the_vm() {
         return;
     }
     let report = run(&guest_config("probe", "action=reset"));
-    assert_eq!(report.vcpu.stop, VmStop::Reset);
-    assert_eq!(report.vcpu.stop.exit_status(), 0);
+    assert_eq!(report.stop, VmStop::Reset);
+    assert_eq!(report.stop.exit_status(), 0);
     let report = run(&guest_config("probe", "action=exit code=5"));
-    assert_eq!(report.vcpu.stop, VmStop::DebugExit(5));
-    assert_eq!(report.vcpu.stop.exit_status(), 11);
+    assert_eq!(report.stop, VmStop::DebugExit(5));
+    assert_eq!(report.stop.exit_status(), 11);
 }

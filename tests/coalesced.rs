@@ -18,7 +18,7 @@ fn rtc_run(iterations: u64, coalesce: bool) -> RunReport {
 }
 
 fn count(report: &RunReport, kind: ExitKind, addr: u64) -> u64 {
-    report.vcpu.profile.count(|k| *k == ExitKey { kind, addr })
+    report.profile.count(|k| *k == ExitKey { kind, addr })
 }
 
 #[test]
@@ -28,7 +28,7 @@ fn without_coalescing_every_index_write_exits() {
     }
     let report = rtc_run(500, false);
     assert_eq!(
-        report.vcpu.stop,
+        report.stop,
         VmStop::DebugExit(0),
         "the guest checked every value"
     );
@@ -38,7 +38,7 @@ fn without_coalescing_every_index_write_exits() {
         500 + SETUP_INDEX_WRITES
     );
     assert_eq!(count(&report, ExitKind::PioIn, 0x71), 500);
-    assert_eq!(report.vcpu.profile.posted_writes, 0);
+    assert_eq!(report.profile.posted_writes, 0);
 }
 
 #[test]
@@ -51,7 +51,7 @@ fn with_coalescing_index_writes_are_posted_and_applied_in_order() {
     config.timeout = None;
     let report = run(&config);
     assert_eq!(
-        report.vcpu.stop,
+        report.stop,
         VmStop::DebugExit(0),
         "every read saw its own index"
     );
@@ -62,7 +62,7 @@ fn with_coalescing_index_writes_are_posted_and_applied_in_order() {
         "no index write exits"
     );
     assert_eq!(count(&report, ExitKind::PioIn, 0x71), 500);
-    assert_eq!(report.vcpu.profile.posted_writes, 500 + SETUP_INDEX_WRITES);
+    assert_eq!(report.profile.posted_writes, 500 + SETUP_INDEX_WRITES);
 }
 
 /// The seed's ordering rule, observed from the guest: the same guest, with and without
@@ -79,7 +79,7 @@ fn coalescing_changes_nothing_the_guest_or_the_devices_can_see() {
         on.coalesce = true;
         let (off, on) = (run(&off), run(&on));
         assert_eq!(off.serial, on.serial, "{cmdline}: serial output");
-        assert_eq!(off.vcpu.stop, on.vcpu.stop, "{cmdline}: exit");
+        assert_eq!(off.stop, on.stop, "{cmdline}: exit");
         assert_eq!(off.rtc, on.rtc, "{cmdline}: RTC state");
     }
     let (off, on) = (rtc_run(300, false), rtc_run(300, true));
@@ -91,7 +91,7 @@ fn coalescing_changes_nothing_the_guest_or_the_devices_can_see() {
             .join(" ")
     };
     assert_eq!(without_tsc(&off.serial), without_tsc(&on.serial));
-    assert_eq!(off.vcpu.stop, on.vcpu.stop);
+    assert_eq!(off.stop, on.stop);
     assert_eq!(off.rtc, on.rtc);
 }
 

@@ -182,16 +182,16 @@ pub fn run(options: &RtcBenchOptions) -> Result<RtcBenchReport, BenchError> {
 
 fn summarise(variant: &Variant, iterations: u64, mut samples: Samples) -> VariantResult {
     let (full, empty) = samples.last.take().expect("at least one repetition");
-    let exits = |r: &RunReport| r.vcpu.profile.total_exits();
+    let exits = |r: &RunReport| r.profile.total_exits();
     let kvm_exits = |r: &RunReport| r.kvm_stats.get("exits").copied().unwrap_or(0);
     let per_iteration = |n: u64, zero: u64| (n as f64 - zero as f64) / iterations as f64;
-    let profile = ProfileReport::new(&full.vcpu.profile, full.kvm_stats.clone());
+    let profile = ProfileReport::new(&full.profile, full.kvm_stats.clone());
     VariantResult {
         name: variant.name,
         coalesce: variant.coalesce,
         userspace_exits: exits(&full),
         kvm_exits: kvm_exits(&full),
-        posted_writes: full.vcpu.profile.posted_writes,
+        posted_writes: full.profile.posted_writes,
         wall_ns: median(&mut samples.wall_ns) as u64,
         ns_per_iteration: median(&mut samples.ns_per_iteration),
         userspace_exits_per_iteration: per_iteration(exits(&full), exits(&empty)),
@@ -199,7 +199,7 @@ fn summarise(variant: &Variant, iterations: u64, mut samples: Samples) -> Varian
         pio_handling_median_ns: profile.pio_median_ns,
         guest_tsc_per_iteration: (!samples.tsc_per_iteration.is_empty())
             .then(|| median(&mut samples.tsc_per_iteration)),
-        exit_status: full.vcpu.stop.exit_status(),
+        exit_status: full.stop.exit_status(),
         kvm_stats: full.kvm_stats.clone(),
         profile,
     }

@@ -2,13 +2,22 @@
 //!
 //! Time is read from an injected [`Clock`], so every register can be tested without the
 //! host clock. The guest's time is the clock plus an offset that the guest sets by
-//! writing the time registers. Register C's flags are computed when it is read, from the
-//! events that happened since the last read; interrupts come with the event loop.
+//! writing the time registers.
+//!
+//! Events (periodic, alarm, update-ended) are collected from the clock whenever the
+//! device is touched: on register accesses and when the event loop's timer calls
+//! [`Rtc::tick`] at the time [`Rtc::next_event`] asked for. An enabled event raises the
+//! IRQ 8 line, which stays high until register C is read; the device pulses its
+//! [`InterruptLine`] on each rising edge. Events that happen while the line is high are
+//! folded into the flags already pending, so however long the host was busy, the guest
+//! gets at most one interrupt for it (no storm), as with QEMU's `lost_tick_policy=discard`.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::calendar::DateTime;
 use crate::bus::{Access, BusDevice, PostedRegister, StopRequest};
+use crate::irq::{CountingLine, InterruptLine};
 
 /// Where the RTC's time comes from: time since the Unix epoch.
 pub trait Clock: Send {
@@ -52,6 +61,8 @@ const A_DIVIDER_MASK: u8 = 0x70;
 const A_DIVIDER_NORMAL: u8 = 0x20;
 const A_RATE_MASK: u8 = 0x0f;
 const B_SET: u8 = 0x80;
+const B_PIE: u8 = 0x40;
+const B_AIE: u8 = 0x20;
 const B_UIE: u8 = 0x10;
 const B_BINARY: u8 = 0x04;
 const B_24_HOUR: u8 = 0x02;
@@ -72,8 +83,10 @@ const DATA_PORT: u64 = 1;
 const NMI_DISABLE: u8 = 0x80;
 const INDEX_MASK: u8 = 0x7f;
 
+/// Called when the time of the next interrupt may have changed.
+pub type RearmNotifier = Box<dyn Fn() + Send>;
+
 /// The RTC and its 128 bytes of CMOS.
-#[derive(Debug)]
 pub struct Rtc<C: Clock> {
     clock: C,
     index: u8,
@@ -85,8 +98,24 @@ pub struct Rtc<C: Clock> {
     /// While register B's SET bit is on, the clock stands still at these fields, which the
     /// guest may be rewriting one by one (so they are kept unnormalised).
     frozen: Option<DateTime>,
-    /// The last read of register C; events after it raise its flags.
+    /// Events are collected up to this time.
     flags_since: Duration,
+    /// Register C's event flags (PF, AF, UF) not yet read.
+    flags: u8,
+    /// IRQ 8 as the device drives it.
+    line_high: bool,
+    irq: Arc<dyn InterruptLine>,
+    rearm: Option<RearmNotifier>,
+}
+
+impl<C: Clock> std::fmt::Debug for Rtc<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rtc")
+            .field("index", &self.index)
+            .field("flags", &self.flags)
+            .field("line_high", &self.line_high)
+            .finish()
+    }
 }
 
 /// What a read of the whole device shows, for comparing two runs.
@@ -117,6 +146,57 @@ impl<C: Clock> Rtc<C> {
             offset: 0,
             frozen: None,
             flags_since,
+            flags: 0,
+            line_high: false,
+            irq: Arc::new(CountingLine::default()),
+            rearm: None,
+        }
+    }
+
+    /// Drives `irq` for IRQ 8.
+    pub fn connect_interrupt(&mut self, irq: Arc<dyn InterruptLine>) {
+        self.irq = irq;
+    }
+
+    /// Calls `notify` whenever the guest changes what the next interrupt depends on.
+    pub fn set_rearm_notifier(&mut self, notify: RearmNotifier) {
+        self.rearm = Some(notify);
+    }
+
+    /// Interrupts raised so far.
+    pub fn interrupts(&self) -> u64 {
+        self.irq.pulses()
+    }
+
+    /// Collects the events due by now; the event loop calls it when its timer expires.
+    pub fn tick(&mut self) {
+        self.collect_events();
+    }
+
+    /// How long from now until an interrupt could next be raised; `None` when none can
+    /// (no interrupt enabled, or the line already high until register C is read).
+    pub fn next_event(&self) -> Option<Duration> {
+        if self.line_high {
+            return None;
+        }
+        let b = self.register_b();
+        let now = self.clock.now();
+        let until = |period: Duration| {
+            let period_ns = period.as_nanos();
+            Duration::from_nanos((period_ns - now.as_nanos() % period_ns) as u64)
+        };
+        let periodic = (b & B_PIE != 0)
+            .then(|| self.periodic_period())
+            .flatten()
+            .map(until);
+        let per_second = (b & (B_AIE | B_UIE) != 0 && self.frozen.is_none())
+            .then(|| until(Duration::from_secs(1)));
+        periodic.into_iter().chain(per_second).min()
+    }
+
+    fn notify_rearm(&self) {
+        if let Some(notify) = &self.rearm {
+            notify();
         }
     }
 
@@ -233,27 +313,45 @@ impl<C: Clock> Rtc<C> {
             && field(reg::HOURS_ALARM, self.encode_hour(date.hour))
     }
 
-    /// Register C: the events since the last read, then cleared.
-    fn read_flags(&mut self) -> u8 {
+    /// Adds the events since the last collection to register C's flags, and moves the
+    /// line.
+    fn collect_events(&mut self) {
         let now = self.clock.now();
-        let since = self.flags_since;
-        self.flags_since = now;
-        let mut flags = 0;
+        let since = std::mem::replace(&mut self.flags_since, now);
         if self.frozen.is_none() && now.as_secs() > since.as_secs() {
-            flags |= C_UF;
+            self.flags |= C_UF;
             if self.alarm_matches(&self.guest_date()) {
-                flags |= C_AF;
+                self.flags |= C_AF;
             }
         }
         if let Some(period) = self.periodic_period() {
             if now.as_nanos() / period.as_nanos() > since.as_nanos() / period.as_nanos() {
-                flags |= C_PF;
+                self.flags |= C_PF;
             }
         }
-        if flags & self.register_b() & B_INTERRUPT_ENABLES != 0 {
-            flags |= C_IRQF;
+        self.update_line();
+    }
+
+    /// Raises the line when an enabled event is pending (pulsing on the rising edge), and
+    /// lowers it when none is.
+    fn update_line(&mut self) {
+        let high = self.flags & self.register_b() & B_INTERRUPT_ENABLES != 0;
+        if high && !self.line_high {
+            self.irq.pulse();
         }
-        flags
+        self.line_high = high;
+    }
+
+    /// Register C: the pending events, then cleared, and the line lowered.
+    fn read_flags(&mut self) -> u8 {
+        self.collect_events();
+        let irqf = if self.line_high { C_IRQF } else { 0 };
+        let value = std::mem::take(&mut self.flags) | irqf;
+        if self.line_high {
+            self.line_high = false;
+            self.notify_rearm();
+        }
+        value
     }
 
     fn is_time_register(index: u8) -> bool {
@@ -302,8 +400,17 @@ impl<C: Clock> Rtc<C> {
             // The weekday follows from the date here; a written one is not kept.
             reg::WEEKDAY => {}
             _ if Self::is_time_register(index) => self.write_time_register(index, value),
-            reg::A => self.cmos[usize::from(reg::A)] = value & !A_UIP,
-            reg::B => self.write_register_b(value),
+            reg::A => {
+                self.collect_events();
+                self.cmos[usize::from(reg::A)] = value & !A_UIP;
+                self.notify_rearm();
+            }
+            reg::B => {
+                self.collect_events();
+                self.write_register_b(value);
+                self.update_line();
+                self.notify_rearm();
+            }
             reg::C | reg::D => {}
             _ => self.cmos[usize::from(index)] = value,
         }
@@ -605,6 +712,124 @@ mod tests {
         assert_eq!(
             u16::from_le_bytes([read(&mut rtc, 0x34), read(&mut rtc, 0x35)]),
             48 * 16
+        );
+    }
+
+    fn rtc_with_line() -> (Rtc<TestClock>, TestClock, Arc<CountingLine>) {
+        let (mut rtc, clock) = rtc();
+        let line = Arc::new(CountingLine::default());
+        rtc.connect_interrupt(line.clone());
+        (rtc, clock, line)
+    }
+
+    #[test]
+    fn rate_select_sets_the_period() {
+        let (mut rtc, _) = rtc();
+        for (rate, hz) in [(1u8, 256u64), (2, 128), (3, 8192), (6, 1024), (15, 2)] {
+            write(&mut rtc, reg::A, 0x20 | rate);
+            assert_eq!(
+                rtc.periodic_period(),
+                Some(Duration::from_nanos(1_000_000_000 / hz))
+            );
+        }
+        write(&mut rtc, reg::A, 0x20);
+        assert_eq!(rtc.periodic_period(), None);
+    }
+
+    #[test]
+    fn periodic_interrupts_follow_reads_of_register_c() {
+        let (mut rtc, clock, line) = rtc_with_line();
+        write(&mut rtc, reg::B, B_24_HOUR | B_PIE);
+        assert_eq!(line.pulses(), 0, "no period has passed");
+        let period = Duration::from_nanos(976_562);
+        assert!(rtc.next_event().unwrap() <= period);
+        for tick in 1..=5 {
+            clock.advance(period);
+            rtc.tick();
+            assert_eq!(line.pulses(), tick, "one edge per period");
+            assert_eq!(rtc.next_event(), None, "nothing new until C is read");
+            assert_eq!(read(&mut rtc, reg::C), C_IRQF | C_PF);
+            assert!(rtc.next_event().is_some());
+        }
+    }
+
+    #[test]
+    fn no_storm_after_a_long_host_pause() {
+        let (mut rtc, clock, line) = rtc_with_line();
+        write(&mut rtc, reg::B, B_24_HOUR | B_PIE | B_UIE);
+        clock.advance(Duration::from_secs(30));
+        rtc.tick();
+        rtc.tick();
+        assert_eq!(
+            line.pulses(),
+            1,
+            "30 s of missed periods give one interrupt"
+        );
+        assert_eq!(read(&mut rtc, reg::C), C_IRQF | C_PF | C_UF);
+        assert_eq!(read(&mut rtc, reg::C), 0);
+        assert_eq!(line.pulses(), 1);
+    }
+
+    #[test]
+    fn events_without_their_enable_set_flags_but_no_interrupt() {
+        let (mut rtc, clock, line) = rtc_with_line();
+        clock.advance(Duration::from_secs(1));
+        rtc.tick();
+        assert_eq!(line.pulses(), 0);
+        assert_eq!(rtc.next_event(), None, "nothing enabled, no timer needed");
+        // Enabling an interrupt whose event is already pending raises the line at once.
+        write(&mut rtc, reg::B, B_24_HOUR | B_UIE);
+        assert_eq!(line.pulses(), 1);
+        assert_eq!(read(&mut rtc, reg::C), C_IRQF | C_PF | C_UF);
+    }
+
+    #[test]
+    fn update_and_alarm_interrupts_come_once_a_second() {
+        let (mut rtc, clock, line) = rtc_with_line();
+        write(&mut rtc, reg::A, 0x20);
+        write(&mut rtc, reg::SECONDS_ALARM, 0x42);
+        write(&mut rtc, reg::MINUTES_ALARM, ALARM_ANY);
+        write(&mut rtc, reg::HOURS_ALARM, ALARM_ANY);
+        write(&mut rtc, reg::B, B_24_HOUR | B_AIE);
+        clock.set(SATURDAY_EVENING, 400_000_000);
+        assert_eq!(rtc.next_event(), Some(Duration::from_millis(600)));
+        clock.set(SATURDAY_EVENING + 1, 0);
+        rtc.tick();
+        assert_eq!(line.pulses(), 0, "21:06:41 does not match the alarm");
+        clock.set(SATURDAY_EVENING + 2, 0);
+        rtc.tick();
+        assert_eq!(line.pulses(), 1, "21:06:42 does");
+        assert_eq!(read(&mut rtc, reg::C), C_IRQF | C_AF | C_UF);
+        write(&mut rtc, reg::B, B_24_HOUR | B_UIE);
+        clock.set(SATURDAY_EVENING + 3, 0);
+        rtc.tick();
+        assert_eq!(line.pulses(), 2);
+    }
+
+    #[test]
+    fn the_rearm_notifier_hears_of_changes_to_a_and_b_and_of_c_reads() {
+        let (mut rtc, clock, _line) = rtc_with_line();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = calls.clone();
+        rtc.set_rearm_notifier(Box::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }));
+        write(&mut rtc, reg::B, B_24_HOUR | B_PIE);
+        write(&mut rtc, reg::A, 0x26);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        read(&mut rtc, reg::C);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the line was low: nothing changes"
+        );
+        clock.advance(Duration::from_millis(1));
+        rtc.tick();
+        read(&mut rtc, reg::C);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "a lowered line needs the timer again"
         );
     }
 

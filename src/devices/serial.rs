@@ -1,26 +1,30 @@
 //! The 16550 UART (COM1) from `vm-superio`, adapted to the bus.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use vm_superio::{serial::NoEvents, Serial, Trigger};
 
 use crate::bus::{Access, BusDevice, StopRequest};
+use crate::irq::{CountingLine, InterruptLine};
 
-/// An interrupt line that goes nowhere, until the UART is wired to the irqchip.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoInterrupt;
+/// The UART's interrupt (IRQ 4): vm-superio triggers it on each THR-empty or
+/// received-data event the guest enabled.
+#[derive(Clone)]
+pub struct UartInterrupt(Arc<dyn InterruptLine>);
 
-impl Trigger for NoInterrupt {
+impl Trigger for UartInterrupt {
     type E = std::convert::Infallible;
 
     fn trigger(&self) -> Result<(), Self::E> {
+        self.0.pulse();
         Ok(())
     }
 }
 
 /// COM1: eight byte-wide registers.
 pub struct SerialPort<W: Write + Send> {
-    uart: Serial<NoInterrupt, NoEvents, W>,
+    uart: Serial<UartInterrupt, NoEvents, W>,
 }
 
 impl<W: Write + Send> std::fmt::Debug for SerialPort<W> {
@@ -33,11 +37,27 @@ impl<W: Write + Send> std::fmt::Debug for SerialPort<W> {
 pub const SERIAL_PORT_COUNT: u16 = 8;
 
 impl<W: Write + Send> SerialPort<W> {
-    /// A UART whose transmitted bytes go to `out`.
+    /// A UART whose transmitted bytes go to `out`, with an interrupt line that only counts.
     pub fn new(out: W) -> Self {
+        Self::with_interrupt(out, Arc::new(CountingLine::default()))
+    }
+
+    /// A UART whose transmitted bytes go to `out` and whose interrupt drives `irq`.
+    pub fn with_interrupt(out: W, irq: Arc<dyn InterruptLine>) -> Self {
         Self {
-            uart: Serial::new(NoInterrupt, out),
+            uart: Serial::new(UartInterrupt(irq), out),
         }
+    }
+
+    /// Queues host input for the guest to read; returns how many bytes fitted in the
+    /// receive FIFO (the rest are the caller's to keep or drop).
+    pub fn receive(&mut self, input: &[u8]) -> usize {
+        self.uart.enqueue_raw_bytes(input).unwrap_or(0)
+    }
+
+    /// Room in the receive FIFO.
+    pub fn receive_room(&self) -> usize {
+        self.uart.fifo_capacity()
     }
 
     /// Where transmitted bytes went.
@@ -89,6 +109,45 @@ mod tests {
         let mut data = [0u8];
         port.access(LSR, Access::Read(&mut data));
         assert_eq!(data[0] & 0x60, 0x60);
+    }
+
+    const RBR: u64 = 0;
+    const IER: u64 = 1;
+    const IIR: u64 = 2;
+
+    #[test]
+    fn received_bytes_raise_the_interrupt_when_enabled_and_read_back() {
+        let line = Arc::new(CountingLine::default());
+        let mut port = SerialPort::with_interrupt(Vec::new(), line.clone());
+        assert_eq!(port.receive(b"a"), 1);
+        assert_eq!(line.pulses(), 0, "receive interrupt not enabled");
+        port.access(IER, Access::Write(&[0x01]));
+        assert_eq!(port.receive(b"bc"), 2);
+        assert_eq!(line.pulses(), 1);
+        let mut data = [0u8];
+        for expected in b"abc" {
+            port.access(RBR, Access::Read(&mut data));
+            assert_eq!(data[0], *expected);
+        }
+        port.access(LSR, Access::Read(&mut data));
+        assert_eq!(data[0] & 0x01, 0, "no more data ready");
+    }
+
+    #[test]
+    fn transmitter_empty_interrupt_fires_when_enabled() {
+        let line = Arc::new(CountingLine::default());
+        let mut port = SerialPort::with_interrupt(Vec::new(), line.clone());
+        port.access(IER, Access::Write(&[0x02]));
+        assert_eq!(line.pulses(), 1, "enabling it with THR already empty");
+        let mut iir = [0u8];
+        port.access(IIR, Access::Read(&mut iir));
+        assert_eq!(
+            iir[0] & 0x0f,
+            0x02,
+            "THR empty identified, and acknowledged by this read"
+        );
+        port.access(THR, Access::Write(b"x"));
+        assert_eq!(line.pulses(), 2, "THR empty again after a write");
     }
 
     #[test]

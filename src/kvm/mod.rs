@@ -1,5 +1,6 @@
 //! Everything that talks to KVM: the only module that imports `kvm-ioctls`.
 
+mod irq;
 mod ring;
 mod stats;
 mod vcpu;
@@ -10,10 +11,11 @@ use std::ffi::CString;
 use kvm_ioctls::{Cap, Kvm};
 use thiserror::Error;
 
+pub use irq::IrqFd;
 pub use ring::KvmRing;
 pub use stats::StatsReader;
 pub use vcpu::Vcpu;
-pub use vm::Vm;
+pub use vm::{VcpuOptions, Vm};
 
 /// Names another KVM device than `/dev/kvm` (tests use it to check the error).
 pub const KVM_DEVICE_VARIABLE: &str = "HUSHVM_KVM_DEVICE";
@@ -42,6 +44,9 @@ pub enum KvmError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
     /// Reading KVM's binary statistics failed.
     #[error("reading KVM statistics failed: {0}")]
     Stats(#[source] std::io::Error),

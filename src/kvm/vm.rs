@@ -4,13 +4,25 @@ use kvm_bindings::{kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, IoEventAddress, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use super::{ioctl_error, Hypervisor, KvmError, Vcpu};
+use super::{ioctl_error, Hypervisor, IrqFd, KvmError, Vcpu};
 use crate::bus::{AddressSpace, PostedZone};
 
 /// Where KVM may put the TSS and identity map that Intel VMX needs (top of 4 GiB,
 /// below the BIOS area, outside guest RAM).
 const TSS_ADDRESS: usize = 0xfffb_d000;
 const IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+/// How to set up each vCPU.
+#[derive(Debug, Clone, Copy)]
+pub struct VcpuOptions {
+    /// Advertise KVM_FEATURE_PV_EOI (seed 002) in CPUID leaf 0x40000001.
+    pub pv_eoi: bool,
+}
+
+/// CPUID leaf with KVM's paravirtual features.
+const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
+/// KVM_FEATURE_PV_EOI: the guest may skip the EOI write when its flag says so.
+const KVM_FEATURE_PV_EOI: u32 = 1 << 6;
 
 /// A KVM VM.
 #[derive(Debug)]
@@ -88,8 +100,15 @@ impl Vm {
             .map_err(ioctl_error("KVM_REGISTER_COALESCED_MMIO"))
     }
 
-    /// Creates vCPU `id`, with the host's supported CPUID and its APIC ID.
-    pub fn create_vcpu(&self, id: u8) -> Result<Vcpu, KvmError> {
+    /// An interrupt line to `gsi` of the in-kernel irqchip (IOAPIC pin and, below 16,
+    /// PIC line).
+    pub fn irq_line(&self, gsi: u32) -> Result<IrqFd, KvmError> {
+        IrqFd::register(&self.fd, gsi)
+    }
+
+    /// Creates vCPU `id`, with the host's supported CPUID (including KVM's signature and
+    /// paravirtual feature leaves), its APIC ID, and `options`.
+    pub fn create_vcpu(&self, id: u8, options: &VcpuOptions) -> Result<Vcpu, KvmError> {
         let fd = self
             .fd
             .create_vcpu(u64::from(id))
@@ -99,6 +118,7 @@ impl Vm {
             match entry.function {
                 1 => entry.ebx = (entry.ebx & 0x00ff_ffff) | (u32::from(id) << 24),
                 0xb | 0x1f => entry.edx = u32::from(id),
+                KVM_CPUID_FEATURES if !options.pv_eoi => entry.eax &= !KVM_FEATURE_PV_EOI,
                 _ => {}
             }
         }

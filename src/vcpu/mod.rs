@@ -83,6 +83,9 @@ pub enum VmStop {
     Reset,
     /// `--timeout` ran out.
     Timeout,
+    /// This vCPU was asked to stop (another vCPU stopped the VM, or the timeout ran
+    /// out); never the VM's own reason.
+    Requested,
     /// The guest crashed or KVM failed.
     Fault(GuestFault),
 }
@@ -99,7 +102,7 @@ impl VmStop {
         match self {
             VmStop::DebugExit(value) => ((value << 1) | 1) as i32,
             VmStop::Reset => 0,
-            VmStop::Timeout => TIMEOUT_STATUS,
+            VmStop::Timeout | VmStop::Requested => TIMEOUT_STATUS,
             VmStop::Fault(_) => FAULT_STATUS,
         }
     }
@@ -129,7 +132,7 @@ pub fn run(
     let clock = ExitClock::get();
     let outcome = loop {
         if stop.load(Ordering::Acquire) {
-            break VmStop::Timeout;
+            break VmStop::Requested;
         }
         let exit = match vcpu.run() {
             Ok(exit) => exit,

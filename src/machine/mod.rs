@@ -1,34 +1,34 @@
 //! A PC-like machine: RAM, the in-kernel irqchip, the legacy devices at their PC
-//! addresses, a Multiboot kernel, one vCPU thread, and what it all reports at the end.
+//! addresses, a Multiboot kernel, one thread per vCPU, the event loop on the calling
+//! thread, and what it all reports at the end.
+
+mod devices;
+mod vcpus;
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use event_manager::{EventManager, SubscriberOps};
 use thiserror::Error;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::bus::{AddressSpace, BusError, IoBuses};
 use crate::coalesced::PostedWrites;
 use crate::config::SerialMode;
-use crate::devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT};
-use crate::devices::fw_cfg::{FwCfg, FW_CFG_PORT, FW_CFG_PORT_COUNT};
-use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_COUNT};
-use crate::devices::post_code::{PostCode, POST_CODE_PORT};
-use crate::devices::rtc::{Rtc, RtcState, SystemClock};
-use crate::devices::serial::{SerialPort, SERIAL_PORT_COUNT};
-use crate::kvm::{Hypervisor, KvmError, Vm};
+use crate::devices::rtc::RtcState;
+use crate::event_loop::{DeviceAccess, RtcTimer, SerialInput, StopWake, Subscriber};
+use crate::irq::InterruptLine;
+use crate::kvm::{Hypervisor, KvmError, Vcpu, VcpuOptions, Vm};
 use crate::loader::{self, LoaderError, Module};
-use crate::vcpu::{self, VcpuReport};
+use crate::profile::ExitProfile;
+use crate::vcpu::{self, VmStop};
 
-const COM1: u16 = 0x3f8;
-const RTC_PORT: u16 = 0x70;
-const RTC_PORT_COUNT: u16 = 2;
+pub use devices::{COM1_GSI, RTC_GSI};
 
 /// A kernel image and the name the guest's command line gives it.
 #[derive(Debug, Clone)]
@@ -44,16 +44,20 @@ pub struct Kernel {
 pub struct MachineConfig {
     /// Guest RAM in bytes, already validated.
     pub memory: u64,
+    /// vCPUs; vCPU 0 boots, the others wait for INIT/SIPI.
+    pub cpus: u8,
     /// The kernel.
     pub kernel: Kernel,
     /// The user's command line (after the kernel's name).
     pub cmdline: String,
     /// Multiboot modules.
     pub modules: Vec<Module>,
-    /// Where COM1 goes.
+    /// Where COM1 goes (and, for stdio, where its input comes from).
     pub serial: SerialMode,
     /// Post writes to declared registers in the coalesced ring.
     pub coalesce: bool,
+    /// Advertise KVM_FEATURE_PV_EOI in CPUID leaf 0x40000001.
+    pub pv_eoi: bool,
     /// Stop the guest after this long.
     pub timeout: Option<Duration>,
     /// Time every exit (the profiler's clock); counting is always on.
@@ -65,11 +69,13 @@ impl MachineConfig {
     pub fn new(kernel: Kernel) -> Self {
         Self {
             memory: 64 << 20,
+            cpus: 1,
             kernel,
             cmdline: String::new(),
             modules: Vec::new(),
             serial: SerialMode::Stdio,
             coalesce: true,
+            pv_eoi: true,
             timeout: None,
             time_exits: true,
         }
@@ -91,14 +97,24 @@ pub enum MachineError {
     Kvm(#[from] KvmError),
     #[error("cannot place a device: {0}")]
     Bus(#[from] BusError),
+    #[error("--cpus {asked}: this KVM allows 1 to {max}")]
+    TooManyCpus { asked: u8, max: usize },
     #[error("cannot open the serial output file {}: {source}", path.display())]
     SerialFile {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot start the vCPU thread: {0}")]
+    #[error("cannot set up the event loop: {0}")]
+    EventLoop(String),
+    #[error("vCPU thread: {0}")]
     Thread(String),
+}
+
+impl From<io::Error> for MachineError {
+    fn from(error: io::Error) -> Self {
+        MachineError::EventLoop(error.to_string())
+    }
 }
 
 /// What the posted-write machinery did.
@@ -112,12 +128,25 @@ pub enum Coalescing {
     Unsupported,
 }
 
+/// Interrupts the devices raised (edges sent through irqfd).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Interrupts {
+    /// COM1, IRQ 4.
+    pub com1: u64,
+    /// RTC, IRQ 8.
+    pub rtc: u64,
+}
+
 /// How a run ended and what it measured.
 #[derive(Debug)]
 pub struct RunReport {
-    /// The vCPU's report: why it stopped, and its exit profile.
-    pub vcpu: VcpuReport,
-    /// KVM's own counters for the run.
+    /// Why the VM stopped.
+    pub stop: VmStop,
+    /// The registers of the vCPU that stopped it, for a fault.
+    pub registers: Option<String>,
+    /// Every vCPU's exit profile, merged.
+    pub profile: ExitProfile,
+    /// KVM's own counters for the run, summed over vCPUs.
     pub kvm_stats: BTreeMap<String, u64>,
     /// From the start of setup to the stop.
     pub wall: Duration,
@@ -127,6 +156,10 @@ pub struct RunReport {
     pub rtc: RtcState,
     /// Posted writes.
     pub coalescing: Coalescing,
+    /// Interrupts raised by the devices.
+    pub interrupts: Interrupts,
+    /// vCPUs the VM had.
+    pub cpus: u8,
 }
 
 /// A byte buffer shared between the UART and the caller.
@@ -166,59 +199,10 @@ fn serial_output(
     })
 }
 
-/// The legacy devices and where they sit.
-struct Devices {
-    buses: IoBuses,
-    rtc: Arc<Mutex<Rtc<SystemClock>>>,
-}
-
-fn build_devices(
-    config: &MachineConfig,
-    serial_out: Box<dyn Write + Send>,
-) -> Result<Devices, MachineError> {
-    let mut buses = IoBuses::default();
-    let mut rtc = Rtc::new(SystemClock);
-    rtc.set_memory_size(config.memory);
-    let rtc = Arc::new(Mutex::new(rtc));
-    let pio = &mut buses.pio;
-    pio.insert("rtc", RTC_PORT, RTC_PORT_COUNT, rtc.clone())?;
-    pio.insert(
-        "com1",
-        COM1,
-        SERIAL_PORT_COUNT,
-        Arc::new(Mutex::new(SerialPort::new(serial_out))),
-    )?;
-    pio.insert(
-        "isa-debug-exit",
-        DEBUG_EXIT_PORT,
-        DEBUG_EXIT_PORT_COUNT,
-        Arc::new(Mutex::new(DebugExit)),
-    )?;
-    pio.insert(
-        "i8042",
-        I8042_PORT,
-        I8042_PORT_COUNT,
-        Arc::new(Mutex::new(I8042::default())),
-    )?;
-    pio.insert(
-        "post-code",
-        POST_CODE_PORT,
-        1,
-        Arc::new(Mutex::new(PostCode::default())),
-    )?;
-    pio.insert(
-        "fw_cfg",
-        FW_CFG_PORT,
-        FW_CFG_PORT_COUNT,
-        Arc::new(Mutex::new(FwCfg::new(config.memory, 1))),
-    )?;
-    Ok(Devices { buses, rtc })
-}
-
 /// Registers every declared posted register with KVM, or says why not.
 fn enable_posted_writes(
     vm: &Vm,
-    vcpu: &crate::kvm::Vcpu,
+    vcpu: &Vcpu,
     buses: &IoBuses,
 ) -> Result<(PostedWrites, Coalescing), KvmError> {
     let zones = buses.posted_zones();
@@ -245,17 +229,24 @@ fn enable_posted_writes(
     ))
 }
 
-fn stats_delta(
-    before: &BTreeMap<String, u64>,
-    after: BTreeMap<String, u64>,
-) -> BTreeMap<String, u64> {
-    after
-        .into_iter()
-        .map(|(name, value)| {
-            let start = before.get(&name).copied().unwrap_or(0);
-            (name, value.saturating_sub(start))
-        })
-        .collect()
+fn create_vcpus(
+    hypervisor: &Hypervisor,
+    vm: &Vm,
+    config: &MachineConfig,
+) -> Result<Vec<Vcpu>, MachineError> {
+    let max = hypervisor.max_vcpus().min(usize::from(u8::MAX));
+    if config.cpus == 0 || usize::from(config.cpus) > max {
+        return Err(MachineError::TooManyCpus {
+            asked: config.cpus,
+            max,
+        });
+    }
+    let options = VcpuOptions {
+        pv_eoi: config.pv_eoi,
+    };
+    Ok((0..config.cpus)
+        .map(|id| vm.create_vcpu(id, &options))
+        .collect::<Result<_, _>>()?)
 }
 
 /// Boots the machine and runs it until it stops.
@@ -273,52 +264,85 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
 
     let hypervisor = Hypervisor::open()?;
     let vm = Vm::new(&hypervisor, &memory)?;
+    let com1_line: Arc<dyn InterruptLine> = Arc::new(vm.irq_line(COM1_GSI)?);
+    let rtc_line: Arc<dyn InterruptLine> = Arc::new(vm.irq_line(RTC_GSI)?);
     let capture = SharedBuffer::default();
-    let devices = build_devices(config, serial_output(&config.serial, &capture)?)?;
-    let vcpu = vm.create_vcpu(0)?;
-    vcpu.enter_protected_mode(
+    let lines = devices::Lines {
+        com1: com1_line.clone(),
+        rtc: rtc_line.clone(),
+    };
+    let devices = devices::build(config, serial_output(&config.serial, &capture)?, lines)?;
+    let vcpus = create_vcpus(&hypervisor, &vm, config)?;
+    vcpus[0].enter_protected_mode(
         boot.entry,
         loader::multiboot::BOOTLOADER_MAGIC,
         boot.info_addr,
     )?;
     let (posted, coalescing) = if config.coalesce {
-        enable_posted_writes(&vm, &vcpu, &devices.buses)?
+        enable_posted_writes(&vm, &vcpus[0], &devices.buses)?
     } else {
         (PostedWrites::disabled(), Coalescing::Off)
     };
     if coalescing == Coalescing::Unsupported {
         eprintln!("hushvm: warning: KVM cannot post port writes (no KVM_CAP_COALESCED_PIO); running without coalescing");
     }
-    let stats = vcpu.stats().ok();
-    let stats_before = stats
-        .as_ref()
-        .and_then(|s| s.read().ok())
-        .unwrap_or_default();
 
-    let buses = Arc::new(devices.buses);
-    let posted = Arc::new(posted);
-    let stop = Arc::new(AtomicBool::new(false));
-    let time_exits = config.time_exits;
-    let run_vcpu = {
-        let (buses, posted, stop) = (buses.clone(), posted.clone(), stop.clone());
-        move || {
-            let mut vcpu = vcpu;
-            let report = vcpu::run(&mut vcpu, &buses, &posted, &stop, time_exits);
-            let stats_after = stats
-                .as_ref()
-                .and_then(|s| s.read().ok())
-                .unwrap_or_default();
-            (report, stats_after)
-        }
+    let access = DeviceAccess {
+        buses: Arc::new(devices.buses),
+        posted: Arc::new(posted),
     };
-    let (report, stats_after) = match config.timeout {
-        // Without a timeout nothing needs to watch the vCPU, so it runs on this thread: a
-        // second thread in the process makes every exit measurably dearer on hosts where
-        // KVM_RUN switches address spaces (docs/RESULTS.md).
-        None => run_vcpu(),
-        Some(limit) => run_with_watchdog(run_vcpu, &stop, limit)?,
+    let mut events =
+        EventManager::<Subscriber>::new().map_err(|e| MachineError::EventLoop(format!("{e:?}")))?;
+    events.add_subscriber(Arc::new(Mutex::new(RtcTimer::new(
+        devices.rtc.clone(),
+        access.clone(),
+    )?)));
+    if config.serial == SerialMode::Stdio {
+        events.add_subscriber(Arc::new(Mutex::new(SerialInput::from_stdin(
+            devices.com1.clone(),
+            access.clone(),
+        )?)));
+    }
+    let (wake_subscriber, wake) = StopWake::new()?;
+    events.add_subscriber(Arc::new(Mutex::new(wake_subscriber)));
+    vcpu::install_kick_handler().map_err(MachineError::Thread)?;
+
+    let shared = vcpus::Shared {
+        buses: access.buses.clone(),
+        posted: access.posted.clone(),
+        stop: Arc::new(AtomicBool::new(false)),
+        wake,
+        first_stop: Arc::default(),
+        time_exits: config.time_exits,
     };
+    let threads = vcpus
+        .into_iter()
+        .map(|vcpu| vcpus::spawn(vcpu, shared.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let deadline = config.timeout.map(|limit| Instant::now() + limit);
+    let (outcomes, timed_out) =
+        vcpus::run_until_stopped(&mut events, threads, &shared.stop, deadline)?;
     let wall = started.elapsed();
+
+    let first = shared
+        .first_stop
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let (stop, registers) = match first {
+        Some(first) => first,
+        None if timed_out => (VmStop::Timeout, None),
+        None => (VmStop::Requested, None),
+    };
+    let mut profile = ExitProfile::default();
+    let mut kvm_stats = BTreeMap::new();
+    for outcome in &outcomes {
+        profile.merge(&outcome.report.profile);
+        for (name, value) in &outcome.stats {
+            *kvm_stats.entry(name.clone()).or_insert(0) += value;
+        }
+    }
+    profile.posted_writes = access.posted.applied();
     let rtc = devices
         .rtc
         .lock()
@@ -326,42 +350,18 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         .state();
     let serial = std::mem::take(&mut *capture.0.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(RunReport {
-        vcpu: report,
-        kvm_stats: stats_delta(&stats_before, stats_after),
+        stop,
+        registers,
+        profile,
+        kvm_stats,
         wall,
         serial,
         rtc,
         coalescing,
+        interrupts: Interrupts {
+            com1: com1_line.pulses(),
+            rtc: rtc_line.pulses(),
+        },
+        cpus: config.cpus,
     })
-}
-
-/// Runs `body` (the vCPU loop) on its own thread and waits for it; past `limit`, raises
-/// the stop flag and kicks the thread out of `KVM_RUN` until it notices (a kick can land
-/// just before it enters the guest).
-fn run_with_watchdog<T: Send + 'static>(
-    body: impl FnOnce() -> T + Send + 'static,
-    stop: &AtomicBool,
-    limit: Duration,
-) -> Result<T, MachineError> {
-    vcpu::install_kick_handler().map_err(MachineError::Thread)?;
-    let (done_tx, done_rx) = mpsc::channel();
-    let thread = thread::Builder::new()
-        .name("vcpu0".into())
-        .spawn(move || {
-            let result = body();
-            let _ = done_tx.send(());
-            result
-        })
-        .map_err(|e| MachineError::Thread(e.to_string()))?;
-    if done_rx.recv_timeout(limit).is_err() {
-        stop.store(true, Ordering::Release);
-        while let Err(mpsc::RecvTimeoutError::Timeout) =
-            done_rx.recv_timeout(Duration::from_millis(10))
-        {
-            vcpu::kick(&thread);
-        }
-    }
-    thread
-        .join()
-        .map_err(|_| MachineError::Thread("the vCPU thread panicked".into()))
 }

@@ -1,0 +1,178 @@
+//! The event loop: the main thread's epoll (rust-vmm `event-manager`). It owns what
+//! happens off the vCPUs: the RTC's timer, host input for COM1, and the wake-up that a
+//! stopping vCPU sends.
+//!
+//! The ordering rule of posted writes holds here too: before any subscriber touches a
+//! device, it applies what is waiting in the coalesced ring (the RTC timer reads the
+//! registers a posted index write may have changed).
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::bus::IoBuses;
+use crate::coalesced::PostedWrites;
+use crate::devices::rtc::{Clock, Rtc};
+use crate::devices::serial::SerialPort;
+use crate::ratelimit::RateLimiter;
+
+/// A subscriber as the event manager holds it.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// What every subscriber needs to keep the posted-write rule.
+#[derive(Debug, Clone)]
+pub struct DeviceAccess {
+    /// The machine's buses.
+    pub buses: Arc<IoBuses>,
+    /// The coalesced ring.
+    pub posted: Arc<PostedWrites>,
+}
+
+impl DeviceAccess {
+    /// Applies waiting posted writes; call before touching a device.
+    pub fn settle(&self) {
+        self.posted.apply_pending(&self.buses, |_| {});
+    }
+}
+
+/// Fires the RTC's periodic, alarm and update interrupts on time.
+pub struct RtcTimer<C: Clock + 'static> {
+    timer: TimerFd,
+    rearm: Arc<EventFd>,
+    rtc: Arc<Mutex<Rtc<C>>>,
+    access: DeviceAccess,
+}
+
+impl<C: Clock + 'static> RtcTimer<C> {
+    /// A timer for `rtc`; hooks the RTC's rearm notifier to this loop.
+    pub fn new(rtc: Arc<Mutex<Rtc<C>>>, access: DeviceAccess) -> io::Result<Self> {
+        let rearm = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        let notify = rearm.clone();
+        rtc.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_rearm_notifier(Box::new(move || {
+                let _ = notify.write(1);
+            }));
+        Ok(Self {
+            timer: TimerFd::new()?,
+            rearm,
+            rtc,
+            access,
+        })
+    }
+
+    fn service(&mut self) {
+        self.access.settle();
+        let next = {
+            let mut rtc = self.rtc.lock().unwrap_or_else(|p| p.into_inner());
+            rtc.tick();
+            rtc.next_event()
+        };
+        let _ = match next {
+            // A zero duration would disarm the timer; the event is due now.
+            Some(delay) => self.timer.reset(delay.max(Duration::from_micros(1)), None),
+            None => self.timer.clear(),
+        };
+    }
+}
+
+impl<C: Clock + 'static> MutEventSubscriber for RtcTimer<C> {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.rearm.as_raw_fd() {
+            let _ = self.rearm.read();
+        }
+        // Re-arming (or clearing) the timer in `service` also resets its expiry count.
+        self.service();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.timer, EventSet::IN));
+        let _ = ops.add(Events::new(&*self.rearm, EventSet::IN));
+        self.service();
+    }
+}
+
+/// Host input (standard input) to COM1's receive FIFO.
+pub struct SerialInput<W: io::Write + Send + 'static> {
+    input: File,
+    serial: Arc<Mutex<SerialPort<W>>>,
+    access: DeviceAccess,
+    warnings: RateLimiter,
+}
+
+impl<W: io::Write + Send + 'static> SerialInput<W> {
+    /// Reads standard input for `serial`.
+    pub fn from_stdin(serial: Arc<Mutex<SerialPort<W>>>, access: DeviceAccess) -> io::Result<Self> {
+        // An unbuffered duplicate of fd 0, so that epoll's view and ours agree.
+        let input = File::from(io::stdin().as_fd().try_clone_to_owned()?);
+        Ok(Self {
+            input,
+            serial,
+            access,
+            warnings: RateLimiter::default(),
+        })
+    }
+}
+
+impl<W: io::Write + Send + 'static> MutEventSubscriber for SerialInput<W> {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let mut buffer = [0u8; 64];
+        let read = match self.input.read(&mut buffer) {
+            Ok(0) | Err(_) => {
+                // End of input (or an error): stop watching it.
+                let _ = ops.remove(events);
+                return;
+            }
+            Ok(n) => n,
+        };
+        self.access.settle();
+        let taken = self
+            .serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .receive(&buffer[..read]);
+        if taken < read {
+            let dropped = read - taken;
+            self.warnings
+                .warn(|| format!("COM1 receive FIFO full: {dropped} bytes of input dropped"));
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.input, EventSet::IN));
+    }
+}
+
+/// Wakes the loop when a vCPU stops; the loop then looks at the stop flag.
+pub struct StopWake {
+    event: Arc<EventFd>,
+}
+
+impl StopWake {
+    /// The subscriber, and the fd that vCPU threads write to.
+    pub fn new() -> io::Result<(Self, Arc<EventFd>)> {
+        let event = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        Ok((
+            Self {
+                event: event.clone(),
+            },
+            event,
+        ))
+    }
+}
+
+impl MutEventSubscriber for StopWake {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.event.read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&*self.event, EventSet::IN));
+    }
+}

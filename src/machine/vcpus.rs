@@ -1,0 +1,123 @@
+//! vCPU threads, and the main thread's event loop that runs until they stop.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use event_manager::EventManager;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::IoBuses;
+use crate::coalesced::PostedWrites;
+use crate::event_loop::Subscriber;
+use crate::kvm::{StatsReader, Vcpu};
+use crate::vcpu::{self, VcpuReport, VmStop};
+
+use super::MachineError;
+
+/// What every vCPU thread shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub buses: Arc<IoBuses>,
+    pub posted: Arc<PostedWrites>,
+    /// Raised when the VM is to stop; every vCPU loop checks it before `KVM_RUN`.
+    pub stop: Arc<AtomicBool>,
+    /// Wakes the event loop when a vCPU stops.
+    pub wake: Arc<EventFd>,
+    /// The first real reason a vCPU stopped, with its registers.
+    pub first_stop: Arc<Mutex<Option<(VmStop, Option<String>)>>>,
+    pub time_exits: bool,
+}
+
+/// How one vCPU thread ended.
+pub struct Outcome {
+    pub report: VcpuReport,
+    /// KVM's counters for this vCPU over the run.
+    pub stats: BTreeMap<String, u64>,
+}
+
+fn read_stats(stats: &Option<StatsReader>) -> BTreeMap<String, u64> {
+    stats
+        .as_ref()
+        .and_then(|s| s.read().ok())
+        .unwrap_or_default()
+}
+
+/// Starts a thread running `vcpu`.
+pub fn spawn(mut vcpu: Vcpu, shared: Shared) -> Result<JoinHandle<Outcome>, MachineError> {
+    let name = format!("vcpu{}", vcpu.id());
+    let stats = vcpu.stats().ok();
+    thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let before = read_stats(&stats);
+            let report = vcpu::run(
+                &mut vcpu,
+                &shared.buses,
+                &shared.posted,
+                &shared.stop,
+                shared.time_exits,
+            );
+            let stats = read_stats(&stats)
+                .into_iter()
+                .map(|(name, value)| {
+                    let start = before.get(&name).copied().unwrap_or(0);
+                    (name, value.saturating_sub(start))
+                })
+                .collect();
+            if report.stop != VmStop::Requested {
+                let mut first = shared.first_stop.lock().unwrap_or_else(|p| p.into_inner());
+                first.get_or_insert_with(|| (report.stop.clone(), report.registers.clone()));
+            }
+            shared.stop.store(true, Ordering::Release);
+            let _ = shared.wake.write(1);
+            Outcome { report, stats }
+        })
+        .map_err(|e| MachineError::Thread(e.to_string()))
+}
+
+/// Runs the event loop until a vCPU stops the VM or `deadline` passes; then stops every
+/// vCPU and collects them. Returns the outcomes and whether the deadline ended the run.
+pub fn run_until_stopped(
+    events: &mut EventManager<Subscriber>,
+    threads: Vec<JoinHandle<Outcome>>,
+    stop: &AtomicBool,
+    deadline: Option<Instant>,
+) -> Result<(Vec<Outcome>, bool), MachineError> {
+    let mut timed_out = false;
+    while !stop.load(Ordering::Acquire) {
+        let wait_ms = match deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    timed_out = true;
+                    break;
+                }
+                i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX)
+            }
+            None => -1,
+        };
+        events
+            .run_with_timeout(wait_ms)
+            .map_err(|e| MachineError::EventLoop(format!("{e:?}")))?;
+    }
+    stop.store(true, Ordering::Release);
+    // A kick can land just before a vCPU enters KVM_RUN; repeat until every one is out.
+    while threads.iter().any(|t| !t.is_finished()) {
+        threads
+            .iter()
+            .filter(|t| !t.is_finished())
+            .for_each(vcpu::kick);
+        thread::sleep(Duration::from_millis(2));
+    }
+    let outcomes = threads
+        .into_iter()
+        .map(|t| {
+            t.join()
+                .map_err(|_| MachineError::Thread("a vCPU thread panicked".into()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((outcomes, timed_out))
+}
