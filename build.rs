@@ -6,9 +6,18 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Each guest: its name and its main source file; all share `start.S` and `lib.c`.
-const GUESTS: &[(&str, &str)] = &[("rtc", "rtc.c"), ("probe", "probe.c")];
-const SHARED: &[&str] = &["start.S", "lib.c", "lib.h", "link.ld"];
+/// Each guest: its name and its main source file.
+const GUESTS: &[(&str, &str)] = &[
+    ("rtc", "rtc.c"),
+    ("probe", "probe.c"),
+    ("eoi", "eoi.c"),
+    ("tick", "tick.c"),
+];
+/// Linked into every guest.
+const SHARED_SOURCES: &[&str] = &["start.S", "lib.c", "irq.c", "stubs.S", "smp.S"];
+const SHARED: &[&str] = &[
+    "start.S", "lib.c", "lib.h", "irq.c", "irq.h", "stubs.S", "smp.S", "link.ld",
+];
 
 fn main() {
     let src = Path::new("guests");
@@ -52,12 +61,12 @@ fn build_guest(compiler: &str, src: &Path, main: &str, elf: &Path) {
             "-static",
             "-Wl,--build-id=none",
             "-Wl,-z,noexecstack",
+            "-Wl,--no-warn-rwx-segments",
         ])
         .arg(format!("-Wl,-T,{}", src.join("link.ld").display()))
         .arg("-o")
         .arg(elf)
-        .arg(src.join("start.S"))
-        .arg(src.join("lib.c"))
+        .args(SHARED_SOURCES.iter().map(|file| src.join(file)))
         .arg(src.join(main))
         .status()
         .unwrap_or_else(|e| panic!("cannot run the guest compiler `{compiler}`: {e}"));

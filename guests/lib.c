@@ -76,3 +76,7 @@ int value_is(const char *value, const char *word)
 uint8_t cmos_read(uint8_t index) { outb(0x70, index); return inb(0x71); }
 
 void cmos_write(uint8_t index, uint8_t value) { outb(0x70, index); outb(0x71, value); }
+
+/* What an application processor runs after smp.S's start-up; guests that start APs
+ * define their own. */
+__attribute__((weak)) void ap_main(void) { }

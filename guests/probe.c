@@ -9,7 +9,12 @@
  *   hang    cli; hlt (never exits)
  *   spin    an endless loop without exits
  *   reset   i8042 command 0xFE
- *   exit    exit with code=N */
+ *   exit    exit with code=N
+ *   cpuid   KVM's CPUID leaves 0x40000000/1 and the APIC ID (exit 0x14)
+ *   uart    COM1's THR-empty interrupt through IOAPIC pin 4 (exit 0x15)
+ *   echo    COM1 receive interrupts: echoes host input up to a newline (exit 0x16)
+ *   smp     starts the other vCPUs with INIT/SIPI and counts them (exit 0x17) */
+#include "irq.h"
 #include "lib.h"
 
 static void print_kv(const char *key, uint32_t value)
@@ -128,6 +133,116 @@ static void triple_fault(void) { __asm__ volatile("lidt %0\n\tud2" : : "m"(empty
 
 static void int3_without_idt(void) { __asm__ volatile("lidt %0\n\tint3" : : "m"(empty_idt)); }
 
+static int action_cpuid(void)
+{
+    uint32_t a, b, c, d;
+    cpuid(0x40000000, &a, &b, &c, &d);
+    char signature[13] = {0};
+    for (int i = 0; i < 4; i++) {
+        signature[i] = (char)(b >> (8 * i));
+        signature[4 + i] = (char)(c >> (8 * i));
+        signature[8 + i] = (char)(d >> (8 * i));
+    }
+    put_str("kvm_signature=[");
+    put_str(signature);
+    put_str("]\n");
+    print_kv("kvm_max_leaf", a);
+    cpuid(0x40000001, &a, &b, &c, &d);
+    print_kv("pv_eoi", (a >> 6) & 1);
+    cpuid(1, &a, &b, &c, &d);
+    print_kv("apic_id", b >> 24);
+    return 0x14;
+}
+
+#define COM1_VECTOR 0x44
+
+static volatile uint32_t com1_interrupts, echo_length;
+static char echo_buffer[64];
+
+static void com1_interrupt(uint32_t vector)
+{
+    (void)vector;
+    com1_interrupts++;
+    (void)inb(0x3fa); /* IIR: acknowledges a THR-empty interrupt */
+    while (inb(0x3fd) & 1) {
+        char c = (char)inb(0x3f8);
+        if (echo_length < sizeof echo_buffer - 1) echo_buffer[echo_length++] = c;
+    }
+    lapic_eoi();
+}
+
+static void com1_interrupts_on(uint8_t ier)
+{
+    pic_mask_all();
+    idt_init();
+    idt_set(COM1_VECTOR, com1_interrupt);
+    lapic_enable(0);
+    ioapic_route(4, COM1_VECTOR);
+    outb(0x3f9, ier);
+}
+
+static int action_uart(void)
+{
+    com1_interrupts_on(0x02);
+    while (com1_interrupts == 0) wait_for_interrupt();
+    outb(0x3f9, 0);
+    print_kv("uart_thre_interrupts", com1_interrupts);
+    return 0x15;
+}
+
+static int echo_has_newline(void)
+{
+    for (uint32_t i = 0; i < echo_length; i++)
+        if (echo_buffer[i] == '\n') return 1;
+    return echo_length >= sizeof echo_buffer - 1;
+}
+
+static int action_echo(void)
+{
+    com1_interrupts_on(0x01);
+    put_str("echo: ready\n");
+    while (!echo_has_newline()) wait_for_interrupt();
+    outb(0x3f9, 0);
+    put_str("echo=[");
+    for (uint32_t i = 0; i < echo_length && echo_buffer[i] != '\n'; i++) put_char(echo_buffer[i]);
+    put_str("]\n");
+    print_kv("rx_interrupts", com1_interrupts);
+    return 0x16;
+}
+
+extern const char ap_trampoline_start[], ap_trampoline_end[];
+static volatile uint32_t aps_up;
+
+void ap_main(void)
+{
+    __atomic_fetch_add(&aps_up, 1, __ATOMIC_SEQ_CST);
+}
+
+static void delay(uint32_t loops)
+{
+    for (volatile uint32_t i = 0; i < loops; i++) { }
+}
+
+static int action_smp(void)
+{
+    uint32_t cpus = (uint32_t)fw_cfg_read(0x05, 2);
+    uint8_t *trampoline = (uint8_t *)0x8000;
+    for (const char *p = ap_trampoline_start; p < ap_trampoline_end; p++) *trampoline++ = (uint8_t)*p;
+    lapic_enable(0);
+    lapic_write(APIC_ICR_HIGH, 0);
+    lapic_write(APIC_ICR_LOW, 0x000c4500); /* INIT, all excluding self */
+    delay(100);
+    for (int i = 0; i < 2; i++) {
+        lapic_write(APIC_ICR_HIGH, 0);
+        lapic_write(APIC_ICR_LOW, 0x000c4600 | (0x8000 >> 12)); /* SIPI, vector 0x08 */
+        delay(100);
+    }
+    for (uint32_t spins = 0; aps_up < cpus - 1 && spins < 200000; spins++) { }
+    print_kv("smp cpus", cpus);
+    print_kv("smp aps_up", aps_up);
+    return 0x17;
+}
+
 int guest_main(uint32_t magic, const struct mb_info *mbi)
 {
     const char *action = cmdline_value(mbi, "action");
@@ -140,5 +255,9 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
     if (value_is(action, "spin")) for (;;) __asm__ volatile("");
     if (value_is(action, "reset")) outb(0x64, 0xfe);
     if (value_is(action, "exit")) return (int)cmdline_u32(mbi, "code", 0);
+    if (value_is(action, "cpuid")) return action_cpuid();
+    if (value_is(action, "uart")) return action_uart();
+    if (value_is(action, "echo")) return action_echo();
+    if (value_is(action, "smp")) return action_smp();
     return action_info(magic, mbi);
 }
