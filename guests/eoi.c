@@ -54,15 +54,15 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
     put_str("eoi: mode=");
     put_str(x2apic ? "x2apic" : "xapic");
     put_str(" interrupts=");
-    put_dec(interrupts);
+    put_dec_fixed(interrupts);
     put_str(" pv_eoi=");
-    put_dec(pv);
+    put_dec_fixed(pv);
     put_str(" skipped=");
-    put_dec(skipped);
+    put_dec_fixed(skipped);
     put_str(" written=");
-    put_dec(written);
+    put_dec_fixed(written);
     put_str(" tsc=");
-    put_dec(end - start);
+    put_dec_fixed(end - start);
     put_char('\n');
     return 0;
 }

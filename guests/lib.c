@@ -26,6 +26,23 @@ void put_dec(uint64_t v)
     put_str(&buf[i]);
 }
 
+void put_dec_fixed(uint64_t v)
+{
+    char digits[21];
+    int n = 0;
+    do {
+        uint64_t q = 0, r = 0;
+        for (int bit = 63; bit >= 0; bit--) {
+            r = (r << 1) | ((v >> bit) & 1);
+            if (r >= 10) { r -= 10; q |= (uint64_t)1 << bit; }
+        }
+        digits[n++] = (char)('0' + r);
+        v = q;
+    } while (v);
+    for (int pad = n; pad < 20; pad++) put_char('0');
+    while (n) put_char(digits[--n]);
+}
+
 void put_hex(uint32_t v)
 {
     put_str("0x");

@@ -24,6 +24,9 @@ static inline uint64_t rdtsc(void) { uint32_t lo, hi; __asm__ volatile("rdtsc" :
 void put_char(char c);
 void put_str(const char *s);
 void put_dec(uint64_t v);
+/* Twenty digits, zero-padded: result lines keep one length whatever the counts, so a
+ * benchmark's 0-iteration run subtracts their output exactly. */
+void put_dec_fixed(uint64_t v);
 void put_hex(uint32_t v);
 /* The value of "key=" in the Multiboot command line, or 0. */
 const char *cmdline_value(const struct mb_info *mbi, const char *key);

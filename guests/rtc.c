@@ -51,11 +51,11 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
     uint32_t errors = run_loop(iterations);
     uint64_t end = rdtsc();
     put_str("rtc: iterations=");
-    put_dec(iterations);
+    put_dec_fixed(iterations);
     put_str(" tsc=");
-    put_dec(end - start);
+    put_dec_fixed(end - start);
     put_str(" errors=");
-    put_dec(errors);
+    put_dec_fixed(errors);
     put_char('\n');
     return errors ? 2 : 0;
 }

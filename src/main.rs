@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use hushvm::bench::rtc::{self, RtcBenchOptions};
+use hushvm::bench::{self, BenchOptions};
 use hushvm::config::{self, SerialMode};
 use hushvm::loader::{self, Module};
 use hushvm::machine::{self, Coalescing, Kernel, MachineConfig};
@@ -28,9 +28,8 @@ struct Cli {
 enum Command {
     /// Boot a Multiboot (v1) ELF32 kernel, as `qemu-system-x86_64 -kernel` does.
     Run(RunArgs),
-    /// Run a workload under each variant and compare.
-    #[command(subcommand)]
-    Bench(BenchCommand),
+    /// Run a workload under each of its variants and compare them.
+    Bench(BenchArgs),
     /// Write the built-in test guests (Multiboot ELF32 files) to a directory.
     Guests {
         /// Where to write them.
@@ -79,26 +78,25 @@ struct RunArgs {
     no_exit_timing: bool,
 }
 
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Seed 000: write an RTC index to 0x70, read 0x71; without and with coalescing.
-    Rtc {
-        /// Loop iterations per measured run.
-        #[arg(long, default_value_t = 10_000)]
-        iterations: u64,
-        /// Repetitions (medians are reported).
-        #[arg(long, default_value_t = 3)]
-        repeat: u32,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-        /// Run only this variant (baseline or coalesced).
-        #[arg(long, value_name = "NAME")]
-        variant: Option<String>,
-        /// Count exits without timing them.
-        #[arg(long)]
-        no_exit_timing: bool,
-    },
+#[derive(Args)]
+struct BenchArgs {
+    /// The workload: rtc (seed 000), eoi (seed 002) or tick (RTC tick, seeds 000 + 002).
+    workload: String,
+    /// Iterations per measured run (rtc: loop passes, eoi and tick: interrupts).
+    #[arg(long)]
+    iterations: Option<u64>,
+    /// Repetitions (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    repeat: u32,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Run only this variant.
+    #[arg(long, value_name = "NAME")]
+    variant: Option<String>,
+    /// Count exits without timing them.
+    #[arg(long)]
+    no_exit_timing: bool,
 }
 
 fn file_name(path: &Path) -> String {
@@ -166,28 +164,23 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::from((stop.exit_status() & 0xff) as u8))
 }
 
-fn bench(command: BenchCommand) -> Result<ExitCode> {
-    let BenchCommand::Rtc {
-        iterations,
-        repeat,
-        json,
-        variant,
-        no_exit_timing,
-    } = command;
-    let options = RtcBenchOptions {
-        iterations,
-        repeat,
-        variant,
-        time_exits: !no_exit_timing,
+fn bench(args: BenchArgs) -> Result<ExitCode> {
+    let workload = bench::workload(&args.workload)
+        .ok_or_else(|| bench::BenchError::UnknownWorkload(args.workload.clone()))?;
+    let options = BenchOptions {
+        iterations: args.iterations,
+        repeat: args.repeat,
+        variant: args.variant,
+        time_exits: !args.no_exit_timing,
     };
-    let report = rtc::run(&options)?;
-    if json {
+    let report = bench::run(workload, &options)?;
+    if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{}", report.render());
     }
     if !report.all_passed() {
-        bail!("a guest reported a wrong value (exit status other than 1)");
+        bail!("a guest reported a failure (exit status other than 1)");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -227,7 +220,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Bench(command) => bench(command),
+        Command::Bench(args) => bench(args),
         Command::Guests { out } => write_guests(&out),
     };
     result.unwrap_or_else(|error| {

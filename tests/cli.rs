@@ -184,6 +184,46 @@ fn a_run_exits_with_the_guest_status_and_writes_its_profile() {
 }
 
 #[test]
+fn host_input_reaches_the_guest_through_com1_interrupts() {
+    if !kvm_available() {
+        return;
+    }
+    use std::io::Write;
+    use std::process::Stdio;
+    let probe = guest_file("probe");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hushvm"))
+        .args([
+            "run",
+            "--multiboot",
+            probe.to_str().unwrap(),
+            "--cmdline",
+            "action=echo",
+            "--timeout",
+            "30",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello guest\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0x2d),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("echo=[hello guest]"), "{stdout}");
+}
+
+#[test]
 fn timeout_and_crash_statuses() {
     if !kvm_available() {
         return;

@@ -1,3 +1,195 @@
-//! Benchmarks: workloads run in fresh VMs, variant against variant, in one invocation.
+//! Benchmarks: a workload (a test guest and what it counts) run under each variant in
+//! fresh VMs, interleaved, in one invocation.
+//!
+//! Every variant boots the guest twice per repetition: with N iterations and with none.
+//! The difference removes VM setup and boot, which are the same in both; medians over
+//! repetitions remove host noise. An iteration is one loop pass for `rtc` and one
+//! interrupt for `eoi` and `tick`.
 
-pub mod rtc;
+mod report;
+mod workloads;
+
+use std::collections::BTreeMap;
+
+use thiserror::Error;
+
+use crate::config::SerialMode;
+use crate::guests;
+use crate::machine::{self, Kernel, MachineConfig, MachineError, RunReport};
+
+pub use report::{BenchReport, VariantResult};
+pub use workloads::{workload, WORKLOADS};
+
+/// A configuration under test.
+#[derive(Debug, Clone, Copy)]
+pub struct Variant {
+    /// Its name in reports and `--variant`.
+    pub name: &'static str,
+    /// Coalesced PIO on.
+    pub coalesce: bool,
+    /// PV EOI advertised.
+    pub pv_eoi: bool,
+    /// Added to the guest's command line.
+    pub cmdline: &'static str,
+}
+
+/// A guest and how to drive it.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload {
+    /// `hushvm bench NAME`.
+    pub name: &'static str,
+    /// The built-in guest.
+    pub guest: &'static str,
+    /// The command-line key that sets the iteration count.
+    pub count_key: &'static str,
+    /// Iterations when `--iterations` is not given.
+    pub default_iterations: u64,
+    /// The prefix of the guest's result line (`rtc:`, `eoi:`, `tick:`).
+    pub result_prefix: &'static str,
+    /// Variants, in report order.
+    pub variants: &'static [Variant],
+}
+
+/// Options of `hushvm bench`.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Iterations per measured run (the workload's default if `None`).
+    pub iterations: Option<u64>,
+    /// Repetitions; medians are reported.
+    pub repeat: u32,
+    /// Run only this variant.
+    pub variant: Option<String>,
+    /// Time each exit (the profiler's clock).
+    pub time_exits: bool,
+}
+
+/// The bench could not run.
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error("unknown workload {0:?}; workloads: rtc, eoi, tick")]
+    UnknownWorkload(String),
+    #[error("unknown variant {name:?}; variants: {known}")]
+    UnknownVariant { name: String, known: String },
+    #[error("the {0} guest is missing from this build")]
+    MissingGuest(&'static str),
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+}
+
+/// The `key=value` numbers on the guest's result line.
+pub fn guest_fields(serial: &[u8], prefix: &str) -> BTreeMap<String, u64> {
+    let text = String::from_utf8_lossy(serial);
+    let Some(line) = text.lines().find(|l| l.starts_with(prefix)) else {
+        return BTreeMap::new();
+    };
+    line.split_whitespace()
+        .filter_map(|field| field.split_once('='))
+        .filter_map(|(key, value)| Some((key.to_string(), value.parse().ok()?)))
+        .collect()
+}
+
+fn run_once(
+    workload: &Workload,
+    variant: &Variant,
+    iterations: u64,
+    time_exits: bool,
+) -> Result<RunReport, BenchError> {
+    let image = guests::image(workload.guest).ok_or(BenchError::MissingGuest(workload.guest))?;
+    let mut config = MachineConfig::new(Kernel {
+        name: format!("{}.elf", workload.guest),
+        image: image.to_vec(),
+    });
+    config.cmdline = format!("{}={iterations} {}", workload.count_key, variant.cmdline);
+    config.serial = SerialMode::Capture;
+    config.coalesce = variant.coalesce;
+    config.pv_eoi = variant.pv_eoi;
+    config.time_exits = time_exits;
+    Ok(machine::run(&config)?)
+}
+
+fn select<'a>(
+    workload: &'a Workload,
+    name: &Option<String>,
+) -> Result<Vec<&'a Variant>, BenchError> {
+    match name {
+        None => Ok(workload.variants.iter().collect()),
+        Some(name) => workload
+            .variants
+            .iter()
+            .find(|v| v.name == name)
+            .map(|v| vec![v])
+            .ok_or_else(|| BenchError::UnknownVariant {
+                name: name.clone(),
+                known: workload
+                    .variants
+                    .iter()
+                    .map(|v| v.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+    }
+}
+
+/// Runs `workload` under its variants.
+pub fn run(workload: &Workload, options: &BenchOptions) -> Result<BenchReport, BenchError> {
+    let selected = select(workload, &options.variant)?;
+    let iterations = options
+        .iterations
+        .unwrap_or(workload.default_iterations)
+        .max(1);
+    let repeat = options.repeat.max(1);
+    let mut samples: Vec<report::Samples> = selected
+        .iter()
+        .map(|_| report::Samples::default())
+        .collect();
+    for _ in 0..repeat {
+        for (variant, samples) in selected.iter().zip(samples.iter_mut()) {
+            let full = run_once(workload, variant, iterations, options.time_exits)?;
+            let empty = run_once(workload, variant, 0, options.time_exits)?;
+            samples.add(workload, iterations, full, empty);
+        }
+    }
+    let variants = selected
+        .iter()
+        .zip(samples)
+        .map(|(variant, samples)| samples.summarise(workload, variant, iterations))
+        .collect();
+    Ok(BenchReport {
+        workload: workload.name,
+        iterations,
+        repeat,
+        variants,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_result_fields_are_parsed() {
+        let fields = guest_fields(
+            b"x\nrtc: iterations=5 tsc=1234 errors=0 mode=xapic\n",
+            "rtc:",
+        );
+        assert_eq!(fields.get("tsc"), Some(&1234));
+        assert_eq!(fields.get("iterations"), Some(&5));
+        assert_eq!(fields.get("mode"), None, "not a number");
+        assert!(guest_fields(b"", "rtc:").is_empty());
+    }
+
+    #[test]
+    fn every_workload_has_a_built_guest_and_unique_variants() {
+        for workload in WORKLOADS {
+            assert!(guests::image(workload.guest).is_some(), "{}", workload.name);
+            let mut names: Vec<_> = workload.variants.iter().map(|v| v.name).collect();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), workload.variants.len(), "{}", workload.name);
+        }
+        assert!(matches!(
+            select(workload("eoi").unwrap(), &Some("turbo".into())),
+            Err(BenchError::UnknownVariant { .. })
+        ));
+    }
+}

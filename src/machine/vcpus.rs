@@ -17,6 +17,9 @@ use crate::vcpu::{self, VcpuReport, VmStop};
 
 use super::MachineError;
 
+/// The first real reason the VM stopped, and the registers of the vCPU that stopped it.
+pub type FirstStop = Arc<Mutex<Option<(VmStop, Option<String>)>>>;
+
 /// What every vCPU thread shares.
 #[derive(Clone)]
 pub struct Shared {
@@ -27,7 +30,7 @@ pub struct Shared {
     /// Wakes the event loop when a vCPU stops.
     pub wake: Arc<EventFd>,
     /// The first real reason a vCPU stopped, with its registers.
-    pub first_stop: Arc<Mutex<Option<(VmStop, Option<String>)>>>,
+    pub first_stop: FirstStop,
     pub time_exits: bool,
 }
 
