@@ -205,15 +205,25 @@ impl BenchReport {
                 v.exit_status
             ));
         }
+        let ratio = |a: f64, b: f64| {
+            if b > 0.0 {
+                format!("{:.3}", a / b)
+            } else {
+                "n/a".into()
+            }
+        };
         if let Some((base, others)) = self.variants.split_first() {
             for v in others {
                 out.push_str(&format!(
-                    "ratio {}/{}: ns/iter {:.3}, userspace exits/iter {:.3}, kvm exits/iter {:.3}\n",
+                    "ratio {}/{}: ns/iter {}, userspace exits/iter {}, kvm exits/iter {}\n",
                     v.name,
                     base.name,
-                    v.ns_per_iteration / base.ns_per_iteration,
-                    v.userspace_exits_per_iteration / base.userspace_exits_per_iteration,
-                    v.kvm_exits_per_iteration / base.kvm_exits_per_iteration
+                    ratio(v.ns_per_iteration, base.ns_per_iteration),
+                    ratio(
+                        v.userspace_exits_per_iteration,
+                        base.userspace_exits_per_iteration
+                    ),
+                    ratio(v.kvm_exits_per_iteration, base.kvm_exits_per_iteration)
                 ));
             }
         }
