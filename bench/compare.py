@@ -56,7 +56,7 @@ def contestants(guest, iterations, with_qemu):
 
 def tsc_of(command):
     result = subprocess.run(command, capture_output=True, text=True)
-    match = re.search(r"rtc: iterations=\d+ tsc=(\d+) errors=0", result.stdout)
+    match = re.search(r"rtc: iterations=\d+ tsc=(\d+) errors=0+\b", result.stdout)
     if result.returncode != 1 or not match:
         sys.exit(f"run failed ({result.returncode}): {' '.join(command)}\n{result.stdout}{result.stderr}")
     return int(match.group(1))

@@ -53,16 +53,11 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
     uint64_t end = rdtsc();
     put_str("eoi: mode=");
     put_str(x2apic ? "x2apic" : "xapic");
-    put_str(" interrupts=");
-    put_dec_fixed(interrupts);
-    put_str(" pv_eoi=");
-    put_dec_fixed(pv);
-    put_str(" skipped=");
-    put_dec_fixed(skipped);
-    put_str(" written=");
-    put_dec_fixed(written);
-    put_str(" tsc=");
-    put_dec_fixed(end - start);
+    put_field("interrupts", interrupts);
+    put_field("pv_eoi", pv);
+    put_field("skipped", skipped);
+    put_field("written", written);
+    put_field("tsc", end - start);
     put_char('\n');
     return 0;
 }

@@ -43,6 +43,14 @@ void put_dec_fixed(uint64_t v)
     while (n) put_char(digits[--n]);
 }
 
+void put_field(const char *key, uint64_t value)
+{
+    put_char(' ');
+    put_str(key);
+    put_char('=');
+    put_dec_fixed(value);
+}
+
 void put_hex(uint32_t v)
 {
     put_str("0x");

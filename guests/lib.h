@@ -27,6 +27,8 @@ void put_dec(uint64_t v);
 /* Twenty digits, zero-padded: result lines keep one length whatever the counts, so a
  * benchmark's 0-iteration run subtracts their output exactly. */
 void put_dec_fixed(uint64_t v);
+/* " key=" and the value, fixed width: one field of a result line. */
+void put_field(const char *key, uint64_t value);
 void put_hex(uint32_t v);
 /* The value of "key=" in the Multiboot command line, or 0. */
 const char *cmdline_value(const struct mb_info *mbi, const char *key);

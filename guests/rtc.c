@@ -50,12 +50,10 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
     uint64_t start = rdtsc();
     uint32_t errors = run_loop(iterations);
     uint64_t end = rdtsc();
-    put_str("rtc: iterations=");
-    put_dec_fixed(iterations);
-    put_str(" tsc=");
-    put_dec_fixed(end - start);
-    put_str(" errors=");
-    put_dec_fixed(errors);
+    put_str("rtc:");
+    put_field("iterations", iterations);
+    put_field("tsc", end - start);
+    put_field("errors", errors);
     put_char('\n');
     return errors ? 2 : 0;
 }

@@ -48,20 +48,14 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
     sti();
     for (volatile int i = 0; i < 100; i++) { }
     cli();
-    put_str("tick: ticks=");
-    put_dec_fixed(wanted);
-    put_str(" interrupts=");
-    put_dec_fixed(interrupts);
-    put_str(" pv_eoi=");
-    put_dec_fixed(pv);
-    put_str(" skipped=");
-    put_dec_fixed(skipped);
-    put_str(" written=");
-    put_dec_fixed(written);
-    put_str(" handler_tsc=");
-    put_dec_fixed(handler_tsc);
-    put_str(" tsc=");
-    put_dec_fixed(end - start);
+    put_str("tick:");
+    put_field("ticks", wanted);
+    put_field("interrupts", interrupts);
+    put_field("pv_eoi", pv);
+    put_field("skipped", skipped);
+    put_field("written", written);
+    put_field("handler_tsc", handler_tsc);
+    put_field("tsc", end - start);
     put_char('\n');
     return 0;
 }
