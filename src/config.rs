@@ -26,6 +26,10 @@ pub enum ConfigError {
     BadSerial(String),
     #[error("invalid timeout {0:?}: expected a positive number of seconds")]
     BadTimeout(String),
+    #[error("invalid doorbell {0:?}: expected exit, len0, len4 or pio")]
+    BadDoorbell(String),
+    #[error("invalid --disk option {0:?}: expected PATH or PATH,readonly")]
+    BadDiskOption(String),
 }
 
 /// Parses a size the way QEMU's `-m` does: a plain number is MiB; K, M, G (or KiB, MiB,
@@ -69,6 +73,63 @@ pub fn parse_timeout(text: &str) -> Result<std::time::Duration, ConfigError> {
         .filter(|secs| secs.is_finite() && *secs > 0.0 && *secs < 1e9)
         .map(std::time::Duration::from_secs_f64)
         .ok_or_else(|| ConfigError::BadTimeout(text.to_string()))
+}
+
+/// How a virtqueue doorbell (a write to QueueNotify) reaches the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Doorbell {
+    /// An ordinary MMIO exit, handled on the vCPU thread (`--no-ioeventfd`).
+    Exit,
+    /// A length-0 ioeventfd: KVM's fast-MMIO path, no access length or data matched.
+    #[default]
+    Len0,
+    /// One 4-byte ioeventfd per queue, matching the queue index written.
+    Len4,
+    /// A write of the queue index to the device's I/O port, through a length-0 PIO
+    /// ioeventfd (hushvm's own extension, for the "as fast as PIO" comparison).
+    Pio,
+}
+
+impl FromStr for Doorbell {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "exit" => Ok(Doorbell::Exit),
+            "len0" => Ok(Doorbell::Len0),
+            "len4" => Ok(Doorbell::Len4),
+            "pio" => Ok(Doorbell::Pio),
+            _ => Err(ConfigError::BadDoorbell(text.to_string())),
+        }
+    }
+}
+
+/// `--disk PATH[,readonly]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The image file.
+    pub path: PathBuf,
+    /// Refuse the guest's writes (and open the file read-only).
+    pub readonly: bool,
+}
+
+impl FromStr for DiskConfig {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (path, readonly) = match text.rsplit_once(',') {
+            Some((path, "readonly")) => (path, true),
+            Some((_, option)) => return Err(ConfigError::BadDiskOption(option.to_string())),
+            None => (text, false),
+        };
+        if path.is_empty() {
+            return Err(ConfigError::BadDiskOption(text.to_string()));
+        }
+        Ok(DiskConfig {
+            path: PathBuf::from(path),
+            readonly,
+        })
+    }
 }
 
 /// Where COM1's output goes.
@@ -142,6 +203,28 @@ mod tests {
         assert_eq!("file:/tmp/x".parse(), Ok(SerialMode::File("/tmp/x".into())));
         assert!("file:".parse::<SerialMode>().is_err());
         assert!("tcp:1".parse::<SerialMode>().is_err());
+    }
+
+    #[test]
+    fn disks_and_doorbells_parse() {
+        assert_eq!(
+            "a.img".parse(),
+            Ok(DiskConfig {
+                path: "a.img".into(),
+                readonly: false
+            })
+        );
+        assert_eq!(
+            "/x/a,b.img,readonly".parse(),
+            Ok(DiskConfig {
+                path: "/x/a,b.img".into(),
+                readonly: true
+            })
+        );
+        assert!("a.img,rw".parse::<DiskConfig>().is_err());
+        assert!(",readonly".parse::<DiskConfig>().is_err());
+        assert_eq!("len4".parse(), Ok(Doorbell::Len4));
+        assert!("fast".parse::<Doorbell>().is_err());
     }
 
     #[test]

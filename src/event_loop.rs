@@ -20,6 +20,7 @@ use crate::bus::IoBuses;
 use crate::coalesced::PostedWrites;
 use crate::devices::rtc::{Clock, Rtc};
 use crate::devices::serial::SerialPort;
+use crate::devices::virtio::mmio::QueueNotify;
 use crate::ratelimit::RateLimiter;
 
 /// A subscriber as the event manager holds it.
@@ -174,5 +175,47 @@ impl MutEventSubscriber for StopWake {
 
     fn init(&mut self, ops: &mut EventOps) {
         let _ = ops.add(Events::new(&*self.event, EventSet::IN));
+    }
+}
+
+/// A virtqueue doorbell's eventfd: KVM signalled it instead of exiting to a vCPU; the
+/// device does the queue's work here, off the vCPU threads.
+pub struct DoorbellEvent {
+    event: EventFd,
+    queue: Option<u32>,
+    device: Arc<Mutex<dyn QueueNotify>>,
+    access: DeviceAccess,
+}
+
+impl DoorbellEvent {
+    /// Serves `event`, which names `queue` (`None`: any queue of the device).
+    pub fn new(
+        event: EventFd,
+        queue: Option<u32>,
+        device: Arc<Mutex<dyn QueueNotify>>,
+        access: DeviceAccess,
+    ) -> Self {
+        Self {
+            event,
+            queue,
+            device,
+            access,
+        }
+    }
+}
+
+impl MutEventSubscriber for DoorbellEvent {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        // Several rings coalesce into one count: the device serves everything available.
+        let _ = self.event.read();
+        self.access.settle();
+        self.device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .notify(self.queue);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.event, EventSet::IN));
     }
 }

@@ -61,6 +61,23 @@ struct RunArgs {
     /// Let every write exit to userspace: no coalesced PIO.
     #[arg(long)]
     no_coalesce: bool,
+    /// A virtio-blk disk backed by PATH (a multiple of 512 bytes); ",readonly" refuses
+    /// the guest's writes.
+    #[arg(long, value_name = "PATH[,readonly]")]
+    disk: Option<hushvm::config::DiskConfig>,
+    /// A virtio-rng device fed from the host's /dev/urandom.
+    #[arg(long)]
+    rng: bool,
+    /// A virtio-console device whose output goes to stdio, none or file:PATH.
+    #[arg(long, value_name = "DEST")]
+    virtio_console: Option<SerialMode>,
+    /// Take virtqueue doorbells as ordinary MMIO exits instead of ioeventfds.
+    #[arg(long)]
+    no_ioeventfd: bool,
+    /// How doorbells arrive: len0 (fast-MMIO ioeventfd, the default), len4 (4-byte
+    /// datamatch per queue), pio (an I/O-port ioeventfd) or exit.
+    #[arg(long, hide = true, conflicts_with = "no_ioeventfd")]
+    doorbell: Option<hushvm::config::Doorbell>,
     /// Do not advertise KVM_FEATURE_PV_EOI in CPUID (the guest then writes every EOI).
     #[arg(long)]
     no_pv_eoi: bool,
@@ -123,6 +140,14 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     });
     config.memory = args.mem;
     config.cpus = args.cpus;
+    config.disk = args.disk;
+    config.rng = args.rng;
+    config.virtio_console = args.virtio_console;
+    config.doorbell = match (args.no_ioeventfd, args.doorbell) {
+        (true, _) => hushvm::config::Doorbell::Exit,
+        (false, Some(doorbell)) => doorbell,
+        (false, None) => hushvm::config::Doorbell::default(),
+    };
     config.pv_eoi = !args.no_pv_eoi;
     config.cmdline = args.cmdline;
     config.modules = modules;

@@ -8,3 +8,4 @@ pub mod i8042;
 pub mod post_code;
 pub mod rtc;
 pub mod serial;
+pub mod virtio;

@@ -27,6 +27,7 @@ pub type Com1 = SerialPort<Box<dyn Write + Send>>;
 
 /// The devices the machine keeps handles to.
 pub struct Devices {
+    /// Both buses, for the virtio devices to join before they are frozen.
     pub buses: IoBuses,
     pub rtc: Arc<Mutex<Rtc<SystemClock>>>,
     pub com1: Arc<Mutex<Com1>>,

@@ -4,6 +4,7 @@
 
 mod devices;
 mod vcpus;
+mod virtio;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -19,9 +20,9 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::bus::{AddressSpace, BusError, IoBuses};
 use crate::coalesced::PostedWrites;
-use crate::config::SerialMode;
+use crate::config::{DiskConfig, Doorbell, SerialMode};
 use crate::devices::rtc::RtcState;
-use crate::event_loop::{DeviceAccess, RtcTimer, SerialInput, StopWake, Subscriber};
+use crate::event_loop::{DeviceAccess, DoorbellEvent, RtcTimer, SerialInput, StopWake, Subscriber};
 use crate::irq::InterruptLine;
 use crate::kvm::{Hypervisor, KvmError, Vcpu, VcpuOptions, Vm};
 use crate::loader::{self, LoaderError, Module};
@@ -29,6 +30,7 @@ use crate::profile::ExitProfile;
 use crate::vcpu::{self, VmStop};
 
 pub use devices::{COM1_GSI, RTC_GSI};
+pub use virtio::{open_disk, VIRTIO_BASE};
 
 /// A kernel image and the name the guest's command line gives it.
 #[derive(Debug, Clone)]
@@ -62,6 +64,14 @@ pub struct MachineConfig {
     pub timeout: Option<Duration>,
     /// Time every exit (the profiler's clock); counting is always on.
     pub time_exits: bool,
+    /// A virtio-blk disk.
+    pub disk: Option<DiskConfig>,
+    /// A virtio-rng device.
+    pub rng: bool,
+    /// A virtio-console device, and where its output goes (`Stdio` writes to stdout).
+    pub virtio_console: Option<SerialMode>,
+    /// How virtqueue doorbells reach the devices.
+    pub doorbell: Doorbell,
 }
 
 impl MachineConfig {
@@ -78,6 +88,10 @@ impl MachineConfig {
             pv_eoi: true,
             timeout: None,
             time_exits: true,
+            disk: None,
+            rng: false,
+            virtio_console: None,
+            doorbell: Doorbell::default(),
         }
     }
 }
@@ -105,6 +119,8 @@ pub enum MachineError {
         #[source]
         source: io::Error,
     },
+    #[error("--disk {}: {reason}", path.display())]
+    Disk { path: PathBuf, reason: String },
     #[error("cannot set up the event loop: {0}")]
     EventLoop(String),
     #[error("vCPU thread: {0}")]
@@ -158,6 +174,12 @@ pub struct RunReport {
     pub coalescing: Coalescing,
     /// Interrupts raised by the devices.
     pub interrupts: Interrupts,
+    /// Doorbells that made a virtio device use buffers, over all devices.
+    pub virtio_notifications: u64,
+    /// Interrupts the virtio devices raised.
+    pub virtio_interrupts: u64,
+    /// The virtio console's output, with [`SerialMode::Capture`].
+    pub virtio_console: Vec<u8>,
     /// vCPUs the VM had.
     pub cpus: u8,
 }
@@ -259,7 +281,12 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         bytes: config.memory,
         source,
     })?;
-    let cmdline = loader::kernel_cmdline(&config.kernel.name, &config.cmdline);
+    let mut cmdline = loader::kernel_cmdline(&config.kernel.name, &config.cmdline);
+    cmdline.push_str(&virtio::cmdline_additions(
+        config.disk.is_some(),
+        config.rng,
+        config.virtio_console.is_some(),
+    ));
     let boot = loader::load(&memory, &config.kernel.image, &cmdline, &config.modules)?;
 
     let hypervisor = Hypervisor::open()?;
@@ -271,7 +298,19 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         com1: com1_line.clone(),
         rtc: rtc_line.clone(),
     };
-    let devices = devices::build(config, serial_output(&config.serial, &capture)?, lines)?;
+    let mut devices = devices::build(config, serial_output(&config.serial, &capture)?, lines)?;
+    let console_capture = SharedBuffer::default();
+    let virtio_config = virtio::VirtioConfig {
+        disk: config.disk.as_ref(),
+        rng: config.rng,
+        console: config
+            .virtio_console
+            .as_ref()
+            .map(|mode| serial_output(mode, &console_capture))
+            .transpose()?,
+        doorbell: config.doorbell,
+    };
+    let virtio_slots = virtio::build(virtio_config, &memory, &vm, &mut devices.buses)?;
     let vcpus = create_vcpus(&hypervisor, &vm, config)?;
     vcpus[0].enter_protected_mode(
         boot.entry,
@@ -302,6 +341,14 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
             devices.com1.clone(),
             access.clone(),
         )?)));
+    }
+    let mut virtio_counters = Vec::new();
+    for slot in virtio_slots {
+        for (event, queue) in slot.doorbells {
+            let doorbell = DoorbellEvent::new(event, queue, slot.notify.clone(), access.clone());
+            events.add_subscriber(Arc::new(Mutex::new(doorbell)));
+        }
+        virtio_counters.push((slot.notifications, slot.interrupt));
     }
     let (wake_subscriber, wake) = StopWake::new()?;
     events.add_subscriber(Arc::new(Mutex::new(wake_subscriber)));
@@ -349,6 +396,8 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         .unwrap_or_else(|p| p.into_inner())
         .state();
     let serial = std::mem::take(&mut *capture.0.lock().unwrap_or_else(|p| p.into_inner()));
+    let virtio_console =
+        std::mem::take(&mut *console_capture.0.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(RunReport {
         stop,
         registers,
@@ -362,6 +411,12 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
             com1: com1_line.pulses(),
             rtc: rtc_line.pulses(),
         },
+        virtio_notifications: virtio_counters
+            .iter()
+            .map(|(notifications, _)| notifications())
+            .sum(),
+        virtio_interrupts: virtio_counters.iter().map(|(_, line)| line.pulses()).sum(),
+        virtio_console,
         cpus: config.cpus,
     })
 }

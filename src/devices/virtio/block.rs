@@ -1,0 +1,237 @@
+//! virtio-blk (ID 2) over a host file: read, write, flush (fdatasync before the request
+//! completes, so an acknowledged flush survives a host crash) and get-id.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+
+use virtio_queue::{Queue, Reader, Writer};
+use vm_memory::GuestMemoryMmap;
+
+use super::{serve_chains, Chain, QueueError, VirtioDevice, VIRTIO_F_VERSION_1};
+
+/// Sector size of the virtio-blk protocol.
+pub const SECTOR: u64 = 512;
+const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+const S_UNSUPP: u8 = 2;
+const ID_BYTES: usize = 20;
+/// Data moves between the file and guest memory in pieces of this size.
+const CHUNK: usize = 64 * 1024;
+const QUEUE_SIZES: &[u16] = &[128];
+
+/// Where the blocks live.
+pub trait DiskBackend: Send {
+    /// Size in bytes (a multiple of [`SECTOR`]).
+    fn size(&self) -> u64;
+    /// Fills `buf` from `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes `buf` at `offset`.
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes every completed write durable.
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// A disk image file.
+#[derive(Debug)]
+pub struct FileDisk {
+    file: File,
+    size: u64,
+}
+
+impl FileDisk {
+    /// `file`, whose size the caller has checked to be a multiple of [`SECTOR`].
+    pub fn new(file: File, size: u64) -> Self {
+        Self { file, size }
+    }
+}
+
+impl DiskBackend for FileDisk {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+/// A disk in memory, for tests and fuzzing.
+impl DiskBackend for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let start = offset as usize;
+        buf.copy_from_slice(&self[start..start + buf.len()]);
+        Ok(())
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let start = offset as usize;
+        self[start..start + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The device.
+pub struct Block<B: DiskBackend> {
+    disk: B,
+    readonly: bool,
+    id: [u8; ID_BYTES],
+}
+
+impl<B: DiskBackend> Block<B> {
+    /// A device over `disk`; `id` is what get-id returns (truncated to 20 bytes).
+    pub fn new(disk: B, readonly: bool, id: &str) -> Self {
+        let mut bytes = [0u8; ID_BYTES];
+        let id = id.as_bytes();
+        let len = id.len().min(ID_BYTES);
+        bytes[..len].copy_from_slice(&id[..len]);
+        Self {
+            disk,
+            readonly,
+            id: bytes,
+        }
+    }
+
+    /// The backing disk.
+    pub fn disk(&self) -> &B {
+        &self.disk
+    }
+
+    /// The byte offset of `len` bytes at `sector`, if the request lies on the disk.
+    fn locate(&self, sector: u64, len: u64) -> Option<u64> {
+        let offset = sector.checked_mul(SECTOR)?;
+        (len % SECTOR == 0 && offset.checked_add(len)? <= self.disk.size()).then_some(offset)
+    }
+
+    fn read(&self, sector: u64, data: &mut Writer<'_, ()>) -> Result<u32, u8> {
+        let len = data.available_bytes() as u64;
+        let offset = self.locate(sector, len).ok_or(S_IOERR)?;
+        let mut buffer = vec![0u8; CHUNK.min(len as usize)];
+        let mut done = 0u64;
+        while done < len {
+            let piece = &mut buffer[..CHUNK.min((len - done) as usize)];
+            self.disk
+                .read_at(piece, offset + done)
+                .map_err(|_| S_IOERR)?;
+            data.write_all(piece).map_err(|_| S_IOERR)?;
+            done += piece.len() as u64;
+        }
+        u32::try_from(len).map_err(|_| S_IOERR)
+    }
+
+    fn write(&mut self, sector: u64, data: &mut Reader<'_, ()>) -> Result<u32, u8> {
+        if self.readonly {
+            return Err(S_IOERR);
+        }
+        let len = data.available_bytes() as u64;
+        let offset = self.locate(sector, len).ok_or(S_IOERR)?;
+        let mut buffer = vec![0u8; CHUNK.min(len as usize)];
+        let mut done = 0u64;
+        while done < len {
+            let piece = &mut buffer[..CHUNK.min((len - done) as usize)];
+            data.read_exact(piece).map_err(|_| S_IOERR)?;
+            self.disk
+                .write_at(piece, offset + done)
+                .map_err(|_| S_IOERR)?;
+            done += piece.len() as u64;
+        }
+        Ok(0)
+    }
+
+    /// Runs one request; returns its status and the data bytes written to the guest.
+    fn run(&mut self, request: &mut Reader<'_, ()>, data: &mut Writer<'_, ()>) -> (u8, u32) {
+        let Ok(header) = request.read_obj::<[u8; 16]>() else {
+            return (S_IOERR, 0);
+        };
+        let kind = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+        let sector = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        let result = match kind {
+            T_IN => self.read(sector, data),
+            T_OUT => self.write(sector, request),
+            T_FLUSH => self.disk.flush().map(|()| 0).map_err(|_| S_IOERR),
+            T_GET_ID => {
+                let len = data.available_bytes().min(ID_BYTES);
+                data.write_all(&self.id[..len])
+                    .map(|()| len as u32)
+                    .map_err(|_| S_IOERR)
+            }
+            _ => Err(S_UNSUPP),
+        };
+        match result {
+            Ok(written) => (S_OK, written),
+            Err(status) => (status, 0),
+        }
+    }
+
+    /// Serves one chain: header, data, and a status byte in the last writable byte.
+    /// Returns the bytes written into the chain (0 when it has no room for a status).
+    pub fn execute(&mut self, chain: Chain<'_>, memory: &GuestMemoryMmap) -> u32 {
+        let (Ok(mut request), Ok(mut data)) = (chain.clone().reader(memory), chain.writer(memory))
+        else {
+            return 0;
+        };
+        let Some(status_at) = data.available_bytes().checked_sub(1) else {
+            return 0;
+        };
+        let Ok(mut status) = data.split_at(status_at) else {
+            return 0;
+        };
+        let (code, written) = self.run(&mut request, &mut data);
+        match status.write_obj(code) {
+            Ok(()) => written + 1,
+            Err(_) => 0,
+        }
+    }
+}
+
+impl<B: DiskBackend> VirtioDevice for Block<B> {
+    fn device_type(&self) -> u32 {
+        2
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        let readonly = if self.readonly { VIRTIO_BLK_F_RO } else { 0 };
+        VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | readonly
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_blk_config begins with the capacity in sectors.
+        let capacity = (self.disk.size() / SECTOR).to_le_bytes();
+        super::read_config_bytes(&capacity, offset, data);
+    }
+
+    fn process_queue(
+        &mut self,
+        _index: usize,
+        queue: &mut Queue,
+        memory: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError> {
+        serve_chains(queue, memory, |chain| self.execute(chain, memory))
+    }
+}

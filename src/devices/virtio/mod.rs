@@ -1,0 +1,83 @@
+//! virtio 1.x devices behind the virtio-mmio transport (version 2 registers).
+//!
+//! A device sees only its queues (`virtio-queue`) and guest memory; the transport
+//! (`mmio.rs`) owns the register state machine, and the machine decides how doorbells
+//! arrive: as MMIO exits, or as ioeventfds serviced by the event loop.
+
+pub mod block;
+pub mod console;
+pub mod driver;
+pub mod mmio;
+pub mod rng;
+
+use thiserror::Error;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+/// VIRTIO_F_VERSION_1: a modern (non-legacy) device.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// A guest-visible fault in a queue: the driver broke the protocol.
+#[derive(Debug, Error)]
+pub enum QueueError {
+    #[error("virtqueue: {0}")]
+    Queue(#[from] virtio_queue::Error),
+}
+
+/// A chain as the devices receive it.
+pub type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
+
+/// What the transport needs from a device.
+pub trait VirtioDevice: Send {
+    /// Its virtio device ID (2 block, 3 console, 4 entropy).
+    fn device_type(&self) -> u32;
+    /// The largest size of each of its queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits it offers (with [`VIRTIO_F_VERSION_1`]).
+    fn features(&self) -> u64;
+    /// Reads its configuration space at `offset`; bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Handles the available chains of queue `index`; returns true if any was used.
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queue: &mut Queue,
+        memory: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError>;
+}
+
+/// Serves every available chain of `queue` with `handle`, which returns how many bytes
+/// it wrote into the chain; returns true if any chain was used. A chain the driver
+/// built wrongly is the handler's to reject (it is used with what the handler says), so
+/// one bad request never stops the queue.
+pub fn serve_chains(
+    queue: &mut Queue,
+    memory: &GuestMemoryMmap,
+    mut handle: impl FnMut(Chain<'_>) -> u32,
+) -> Result<bool, QueueError> {
+    let mut used = false;
+    loop {
+        let Some(chain) = queue.iter(memory)?.next() else {
+            break;
+        };
+        let head = chain.head_index();
+        let written = handle(chain);
+        queue.add_used(memory, head, written)?;
+        used = true;
+    }
+    Ok(used)
+}
+
+/// Copies `source` into `data` from `offset`, zero past its end: configuration space.
+pub fn read_config_bytes(source: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = usize::try_from(offset)
+            .ok()
+            .and_then(|start| source.get(start + i))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
+#[cfg(test)]
+mod tests;

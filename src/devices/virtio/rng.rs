@@ -1,0 +1,61 @@
+//! virtio-rng (entropy device, ID 4): fills the driver's buffers with host randomness.
+
+use std::io::{Read, Write};
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+use super::{serve_chains, QueueError, VirtioDevice, VIRTIO_F_VERSION_1};
+
+/// The largest buffer served per request; a bigger one gets this many bytes.
+const MAX_REQUEST: usize = 64 * 1024;
+const QUEUE_SIZES: &[u16] = &[64];
+
+/// The device, over any source of random bytes (the host's `/dev/urandom`).
+pub struct Rng<R: Read + Send> {
+    source: R,
+}
+
+impl<R: Read + Send> Rng<R> {
+    /// A device drawing from `source`.
+    pub fn new(source: R) -> Self {
+        Self { source }
+    }
+}
+
+impl<R: Read + Send> VirtioDevice for Rng<R> {
+    fn device_type(&self) -> u32 {
+        4
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn process_queue(
+        &mut self,
+        _index: usize,
+        queue: &mut Queue,
+        memory: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError> {
+        let source = &mut self.source;
+        serve_chains(queue, memory, |chain| {
+            let Ok(mut writer) = chain.writer(memory) else {
+                return 0;
+            };
+            let mut bytes = vec![0u8; writer.available_bytes().min(MAX_REQUEST)];
+            if source.read_exact(&mut bytes).is_err() || writer.write_all(&bytes).is_err() {
+                return 0;
+            }
+            bytes.len() as u32
+        })
+    }
+}

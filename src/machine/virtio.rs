@@ -1,0 +1,231 @@
+//! The virtio-mmio devices: fixed slots above RAM, each with its interrupt line and its
+//! doorbells.
+//!
+//! | slot | device  | MMIO base   | GSI | PIO doorbell |
+//! |------|---------|-------------|-----|--------------|
+//! | 0    | block   | 0xc0000000  | 5   | 0x600        |
+//! | 1    | entropy | 0xc0001000  | 6   | 0x604        |
+//! | 2    | console | 0xc0002000  | 7   | 0x608        |
+//!
+//! Linux finds them through `virtio_mmio.device=4K@BASE:GSI` on its command line, which
+//! hushvm appends for each device present.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::{Access, AddressSpace, BusDevice, IoBuses, StopRequest};
+use crate::config::{DiskConfig, Doorbell};
+use crate::devices::virtio::block::{Block, FileDisk, SECTOR};
+use crate::devices::virtio::console::Console;
+use crate::devices::virtio::mmio::{MmioTransport, QueueNotify, MMIO_SIZE, QUEUE_NOTIFY};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::VirtioDevice;
+use crate::irq::InterruptLine;
+use crate::kvm::Vm;
+
+use super::MachineError;
+
+/// MMIO base of slot 0.
+pub const VIRTIO_BASE: u64 = 0xc000_0000;
+const FIRST_GSI: u32 = 5;
+const PIO_DOORBELL_BASE: u16 = 0x600;
+const PIO_DOORBELL_PORTS: u16 = 4;
+
+/// A placed device, as the rest of the machine sees it.
+pub struct Slot {
+    pub notify: Arc<Mutex<dyn QueueNotify>>,
+    /// Doorbell eventfds for the event loop, each with the queue it names (`None`: any).
+    pub doorbells: Vec<(EventFd, Option<u32>)>,
+    /// Doorbells that found work, read at the end of the run.
+    pub notifications: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// The line, to count its interrupts.
+    pub interrupt: Arc<dyn InterruptLine>,
+}
+
+/// What the machine asks for.
+pub struct VirtioConfig<'a> {
+    pub disk: Option<&'a DiskConfig>,
+    pub rng: bool,
+    pub console: Option<Box<dyn Write + Send>>,
+    pub doorbell: Doorbell,
+}
+
+/// A PIO doorbell: a write of a queue index notifies the device (when no ioeventfd took
+/// the write first).
+struct PioDoorbell(Arc<Mutex<dyn QueueNotify>>);
+
+impl BusDevice for PioDoorbell {
+    fn access(&mut self, _offset: u64, access: Access<'_>) -> Option<StopRequest> {
+        match access {
+            Access::Read(data) => data.fill(0),
+            Access::Write(_) => self
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .notify(Some(access.write_value() as u32)),
+        }
+        None
+    }
+}
+
+/// Opens a disk image, with the errors a user can act on.
+pub fn open_disk(disk: &DiskConfig) -> Result<FileDisk, MachineError> {
+    let error = |reason: String| MachineError::Disk {
+        path: disk.path.clone(),
+        reason,
+    };
+    let file: File = OpenOptions::new()
+        .read(true)
+        .write(!disk.readonly)
+        .open(&disk.path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => error("no such file".into()),
+            io::ErrorKind::PermissionDenied if !disk.readonly => {
+                error("not writable (add ,readonly to use it read-only)".into())
+            }
+            _ => error(e.to_string()),
+        })?;
+    let metadata = file.metadata().map_err(|e| error(e.to_string()))?;
+    if !metadata.is_file() {
+        return Err(error("not a regular file".into()));
+    }
+    let size = metadata.len();
+    if size == 0 || size % SECTOR != 0 {
+        return Err(error(format!(
+            "its size, {size} bytes, is not a positive multiple of 512"
+        )));
+    }
+    Ok(FileDisk::new(file, size))
+}
+
+fn place<D: VirtioDevice + 'static>(
+    slot: u8,
+    name: &'static str,
+    device: D,
+    memory: &GuestMemoryMmap,
+    vm: &Vm,
+    buses: &mut IoBuses,
+    doorbell: Doorbell,
+) -> Result<Slot, MachineError> {
+    let base = VIRTIO_BASE + u64::from(slot) * MMIO_SIZE;
+    let gsi = FIRST_GSI + u32::from(slot);
+    let queues = device.queue_max_sizes().len() as u32;
+    let interrupt: Arc<dyn InterruptLine> = Arc::new(vm.irq_line(gsi)?);
+    let transport = Arc::new(Mutex::new(MmioTransport::new(
+        device,
+        memory.clone(),
+        interrupt.clone(),
+    )));
+    buses
+        .mmio
+        .insert(name, base, MMIO_SIZE, transport.clone())?;
+    let port = PIO_DOORBELL_BASE + u16::from(slot) * PIO_DOORBELL_PORTS;
+    let notify: Arc<Mutex<dyn QueueNotify>> = transport.clone();
+    buses.pio.insert(
+        name,
+        port,
+        PIO_DOORBELL_PORTS,
+        Arc::new(Mutex::new(PioDoorbell(notify.clone()))),
+    )?;
+    let doorbells = match doorbell {
+        Doorbell::Exit => Vec::new(),
+        Doorbell::Len0 => vec![(
+            vm.doorbell(AddressSpace::Mmio, base + QUEUE_NOTIFY, None)?,
+            None,
+        )],
+        Doorbell::Len4 => (0..queues)
+            .map(|q| {
+                Ok((
+                    vm.doorbell(AddressSpace::Mmio, base + QUEUE_NOTIFY, Some(q))?,
+                    Some(q),
+                ))
+            })
+            .collect::<Result<_, MachineError>>()?,
+        Doorbell::Pio => vec![(vm.doorbell(AddressSpace::Pio, u64::from(port), None)?, None)],
+    };
+    let counter = transport.clone();
+    Ok(Slot {
+        notify,
+        doorbells,
+        notifications: Arc::new(move || {
+            counter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .notifications()
+        }),
+        interrupt,
+    })
+}
+
+/// The slots that `disk`, `rng` and `console` occupy.
+fn slots_present(disk: bool, rng: bool, console: bool) -> impl Iterator<Item = u8> {
+    [(0, disk), (1, rng), (2, console)]
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(slot, _)| slot)
+}
+
+/// What the kernel command line gets for the devices: ` virtio_mmio.device=4K@BASE:GSI`
+/// each.
+pub fn cmdline_additions(disk: bool, rng: bool, console: bool) -> String {
+    slots_present(disk, rng, console)
+        .map(|slot| {
+            let base = VIRTIO_BASE + u64::from(slot) * MMIO_SIZE;
+            format!(
+                " virtio_mmio.device=4K@{base:#x}:{}",
+                FIRST_GSI + u32::from(slot)
+            )
+        })
+        .collect()
+}
+
+/// Places the configured devices.
+pub fn build(
+    config: VirtioConfig<'_>,
+    memory: &GuestMemoryMmap,
+    vm: &Vm,
+    buses: &mut IoBuses,
+) -> Result<Vec<Slot>, MachineError> {
+    let mut slots = Vec::new();
+    if let Some(disk) = config.disk {
+        let device = Block::new(open_disk(disk)?, disk.readonly, "hushvm-disk0");
+        slots.push(place(
+            0,
+            "virtio-blk",
+            device,
+            memory,
+            vm,
+            buses,
+            config.doorbell,
+        )?);
+    }
+    if config.rng {
+        let source = File::open("/dev/urandom")
+            .map_err(|e| MachineError::EventLoop(format!("/dev/urandom: {e}")))?;
+        slots.push(place(
+            1,
+            "virtio-rng",
+            Rng::new(source),
+            memory,
+            vm,
+            buses,
+            config.doorbell,
+        )?);
+    }
+    if let Some(output) = config.console {
+        slots.push(place(
+            2,
+            "virtio-console",
+            Console::new(output),
+            memory,
+            vm,
+            buses,
+            config.doorbell,
+        )?);
+    }
+    Ok(slots)
+}
