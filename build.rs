@@ -12,9 +12,11 @@ const GUESTS: &[(&str, &str)] = &[
     ("probe", "probe.c"),
     ("eoi", "eoi.c"),
     ("tick", "tick.c"),
+    ("doorbell", "doorbell.c"),
+    ("blk", "blk.c"),
 ];
 /// Linked into every guest.
-const SHARED_SOURCES: &[&str] = &["start.S", "lib.c", "irq.c", "stubs.S", "smp.S"];
+const SHARED_SOURCES: &[&str] = &["start.S", "lib.c", "irq.c", "stubs.S", "smp.S", "virtio.c"];
 const SHARED: &[&str] = &[
     "start.S", "lib.c", "lib.h", "irq.c", "irq.h", "stubs.S", "smp.S", "link.ld",
 ];

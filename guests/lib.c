@@ -73,7 +73,7 @@ const char *cmdline_value(const struct mb_info *mbi, const char *key)
         while (*s == ' ') s++;
         if (starts_with(s, key)) {
             const char *v = s;
-            while (*key) { key++; v++; }
+            for (const char *k = key; *k; k++) v++;
             if (*v == '=') return v + 1;
         }
         while (*s && *s != ' ') s++;

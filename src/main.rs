@@ -78,6 +78,10 @@ struct RunArgs {
     /// datamatch per queue), pio (an I/O-port ioeventfd) or exit.
     #[arg(long, hide = true, conflicts_with = "no_ioeventfd")]
     doorbell: Option<hushvm::config::Doorbell>,
+    /// How long the event loop polls after an event before it sleeps, in microseconds
+    /// (0: never poll).
+    #[arg(long, value_name = "USECS", default_value_t = 100)]
+    event_poll_us: u64,
     /// Do not advertise KVM_FEATURE_PV_EOI in CPUID (the guest then writes every EOI).
     #[arg(long)]
     no_pv_eoi: bool,
@@ -97,9 +101,11 @@ struct RunArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// The workload: rtc (seed 000), eoi (seed 002) or tick (RTC tick, seeds 000 + 002).
+    /// The workload: rtc (seed 000), eoi (seed 002), tick (RTC tick, seeds 000 + 002),
+    /// doorbell (seed 003) or blk (virtio-blk).
     workload: String,
-    /// Iterations per measured run (rtc: loop passes, eoi and tick: interrupts).
+    /// Iterations per measured run (rtc: loop passes; eoi, tick: interrupts; doorbell:
+    /// requests; blk: 4 KiB blocks written and read back).
     #[arg(long)]
     iterations: Option<u64>,
     /// Repetitions (medians are reported).
@@ -142,6 +148,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     config.cpus = args.cpus;
     config.disk = args.disk;
     config.rng = args.rng;
+    config.event_poll = std::time::Duration::from_micros(args.event_poll_us);
     config.virtio_console = args.virtio_console;
     config.doorbell = match (args.no_ioeventfd, args.doorbell) {
         (true, _) => hushvm::config::Doorbell::Exit,

@@ -3,8 +3,9 @@
 //!
 //! Every variant boots the guest twice per repetition: with N iterations and with none.
 //! The difference removes VM setup and boot, which are the same in both; medians over
-//! repetitions remove host noise. An iteration is one loop pass for `rtc` and one
-//! interrupt for `eoi` and `tick`.
+//! repetitions remove host noise. An iteration is one loop pass for `rtc`, one interrupt
+//! for `eoi` and `tick`, one request for `doorbell`, and one 4 KiB block written and read
+//! back (two requests) for `blk`.
 
 mod report;
 mod workloads;
@@ -13,7 +14,7 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-use crate::config::SerialMode;
+use crate::config::{DiskConfig, Doorbell, SerialMode};
 use crate::guests;
 use crate::machine::{self, Kernel, MachineConfig, MachineError, RunReport};
 
@@ -31,6 +32,8 @@ pub struct Variant {
     pub pv_eoi: bool,
     /// Added to the guest's command line.
     pub cmdline: &'static str,
+    /// How virtqueue doorbells arrive.
+    pub doorbell: Doorbell,
 }
 
 /// A guest and how to drive it.
@@ -48,6 +51,10 @@ pub struct Workload {
     pub result_prefix: &'static str,
     /// Variants, in report order.
     pub variants: &'static [Variant],
+    /// A virtio-rng device.
+    pub rng: bool,
+    /// A virtio-blk disk of this many bytes (0: none), a fresh sparse scratch file.
+    pub disk_bytes: u64,
 }
 
 /// Options of `hushvm bench`.
@@ -66,12 +73,14 @@ pub struct BenchOptions {
 /// The bench could not run.
 #[derive(Debug, Error)]
 pub enum BenchError {
-    #[error("unknown workload {0:?}; workloads: rtc, eoi, tick")]
+    #[error("unknown workload {0:?}; workloads: rtc, eoi, tick, doorbell, blk")]
     UnknownWorkload(String),
     #[error("unknown variant {name:?}; variants: {known}")]
     UnknownVariant { name: String, known: String },
     #[error("the {0} guest is missing from this build")]
     MissingGuest(&'static str),
+    #[error("cannot create the scratch disk: {0}")]
+    Scratch(#[source] std::io::Error),
     #[error(transparent)]
     Machine(#[from] MachineError),
 }
@@ -88,11 +97,30 @@ pub fn guest_fields(serial: &[u8], prefix: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// A scratch disk image, removed when dropped.
+struct ScratchDisk(std::path::PathBuf);
+
+impl ScratchDisk {
+    fn create(bytes: u64) -> Result<Self, BenchError> {
+        let path = std::env::temp_dir().join(format!("hushvm-bench-{}.img", std::process::id()));
+        let file = std::fs::File::create(&path).map_err(BenchError::Scratch)?;
+        file.set_len(bytes).map_err(BenchError::Scratch)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for ScratchDisk {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn run_once(
     workload: &Workload,
     variant: &Variant,
     iterations: u64,
     time_exits: bool,
+    disk: Option<&ScratchDisk>,
 ) -> Result<RunReport, BenchError> {
     let image = guests::image(workload.guest).ok_or(BenchError::MissingGuest(workload.guest))?;
     let mut config = MachineConfig::new(Kernel {
@@ -103,6 +131,12 @@ fn run_once(
     config.serial = SerialMode::Capture;
     config.coalesce = variant.coalesce;
     config.pv_eoi = variant.pv_eoi;
+    config.doorbell = variant.doorbell;
+    config.rng = workload.rng;
+    config.disk = disk.map(|disk| DiskConfig {
+        path: disk.0.clone(),
+        readonly: false,
+    });
     config.time_exits = time_exits;
     Ok(machine::run(&config)?)
 }
@@ -142,10 +176,19 @@ pub fn run(workload: &Workload, options: &BenchOptions) -> Result<BenchReport, B
         .iter()
         .map(|_| report::Samples::default())
         .collect();
+    let disk = (workload.disk_bytes > 0)
+        .then(|| ScratchDisk::create(workload.disk_bytes))
+        .transpose()?;
     for _ in 0..repeat {
         for (variant, samples) in selected.iter().zip(samples.iter_mut()) {
-            let full = run_once(workload, variant, iterations, options.time_exits)?;
-            let empty = run_once(workload, variant, 0, options.time_exits)?;
+            let full = run_once(
+                workload,
+                variant,
+                iterations,
+                options.time_exits,
+                disk.as_ref(),
+            )?;
+            let empty = run_once(workload, variant, 0, options.time_exits, disk.as_ref())?;
             samples.add(workload, iterations, full, empty);
         }
     }

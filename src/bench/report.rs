@@ -36,6 +36,12 @@ pub struct VariantResult {
     pub interrupts: Option<u64>,
     /// Interrupts hushvm's devices injected (IRQ 4 and 8 edges).
     pub host_interrupts: u64,
+    /// Doorbells that made a virtio device use buffers (N-iteration run).
+    pub virtio_notifications: u64,
+    /// Interrupts the virtio devices raised (N-iteration run).
+    pub virtio_interrupts: u64,
+    /// Iterations per second of wall time, setup subtracted.
+    pub iterations_per_second: f64,
     /// The guest's result line, as numbers.
     pub guest: BTreeMap<String, u64>,
     /// The guest's counters per iteration, setup subtracted (`handler_tsc` per tick,
@@ -122,6 +128,7 @@ impl Samples {
             })
             .collect();
         let profile = ProfileReport::new(&full.profile, full.kvm_stats.clone());
+        let ns_per_iteration = median(&mut self.ns_per_iteration);
         VariantResult {
             name: variant.name,
             coalesce: variant.coalesce,
@@ -130,7 +137,7 @@ impl Samples {
             kvm_exits: kvm_exits(&full),
             posted_writes: full.profile.posted_writes,
             wall_ns: median(&mut self.wall_ns) as u64,
-            ns_per_iteration: median(&mut self.ns_per_iteration),
+            ns_per_iteration,
             userspace_exits_per_iteration: per_iteration(
                 full.profile.total_exits(),
                 empty.profile.total_exits(),
@@ -141,6 +148,9 @@ impl Samples {
                 .then(|| median(&mut self.tsc_per_iteration)),
             interrupts: guest.get("interrupts").copied(),
             host_interrupts: full.interrupts.com1 + full.interrupts.rtc,
+            virtio_notifications: full.virtio_notifications,
+            virtio_interrupts: full.virtio_interrupts,
+            iterations_per_second: 1e9 / ns_per_iteration,
             guest,
             guest_per_iteration,
             exit_status: full.stop.exit_status(),

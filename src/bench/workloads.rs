@@ -1,6 +1,7 @@
 //! The workloads of `hushvm bench` and their variants.
 
 use super::{Variant, Workload};
+use crate::config::Doorbell;
 
 const fn variant(
     name: &'static str,
@@ -13,6 +14,17 @@ const fn variant(
         coalesce,
         pv_eoi,
         cmdline,
+        doorbell: Doorbell::Len0,
+    }
+}
+
+const fn doorbell(name: &'static str, doorbell: Doorbell, cmdline: &'static str) -> Variant {
+    Variant {
+        name,
+        coalesce: true,
+        pv_eoi: true,
+        cmdline,
+        doorbell,
     }
 }
 
@@ -29,6 +41,8 @@ pub const WORKLOADS: &[Workload] = &[
             variant("baseline", false, true, ""),
             variant("coalesced", true, true, ""),
         ],
+        rng: false,
+        disk_bytes: 0,
     },
     // Seed 002: LAPIC timer interrupts, EOI written or skipped through PV EOI.
     Workload {
@@ -43,6 +57,8 @@ pub const WORKLOADS: &[Workload] = &[
             variant("baseline-x2apic", true, false, "mode=x2apic"),
             variant("pv-eoi-x2apic", true, true, "mode=x2apic"),
         ],
+        rng: false,
+        disk_bytes: 0,
     },
     // Seed 000's Windows pattern: the RTC periodic interrupt as the tick.
     Workload {
@@ -57,6 +73,40 @@ pub const WORKLOADS: &[Workload] = &[
             variant("coalesced", true, false, ""),
             variant("all", true, true, ""),
         ],
+        rng: false,
+        disk_bytes: 0,
+    },
+    // Seed 003: a virtqueue doorbell per small request (4 bytes from virtio-rng).
+    Workload {
+        name: "doorbell",
+        guest: "doorbell",
+        count_key: "requests",
+        default_iterations: 2_000,
+        result_prefix: "doorbell:",
+        variants: &[
+            doorbell("mmio-exit", Doorbell::Exit, ""),
+            doorbell("mmio-ioeventfd-len4", Doorbell::Len4, ""),
+            doorbell("mmio-ioeventfd-len0", Doorbell::Len0, ""),
+            doorbell("pio-ioeventfd", Doorbell::Pio, "doorbell=pio"),
+        ],
+        rng: true,
+        disk_bytes: 0,
+    },
+    // virtio-blk: 4 KiB blocks written, flushed, read back and checked.
+    Workload {
+        name: "blk",
+        guest: "blk",
+        count_key: "requests",
+        default_iterations: 256,
+        result_prefix: "blk:",
+        variants: &[
+            doorbell("seq-exit", Doorbell::Exit, "pattern=seq"),
+            doorbell("seq-ioeventfd", Doorbell::Len0, "pattern=seq"),
+            doorbell("rand-exit", Doorbell::Exit, "pattern=rand"),
+            doorbell("rand-ioeventfd", Doorbell::Len0, "pattern=rand"),
+        ],
+        rng: false,
+        disk_bytes: 64 << 20,
     },
 ];
 

@@ -32,6 +32,10 @@ use crate::vcpu::{self, VmStop};
 pub use devices::{COM1_GSI, RTC_GSI};
 pub use virtio::{open_disk, VIRTIO_BASE};
 
+/// The event loop's polling window after each event (QEMU's IOThreads poll up to 32 us by
+/// default; doorbell round trips on the development host need a little more).
+pub const DEFAULT_EVENT_POLL: Duration = Duration::from_micros(100);
+
 /// A kernel image and the name the guest's command line gives it.
 #[derive(Debug, Clone)]
 pub struct Kernel {
@@ -72,6 +76,8 @@ pub struct MachineConfig {
     pub virtio_console: Option<SerialMode>,
     /// How virtqueue doorbells reach the devices.
     pub doorbell: Doorbell,
+    /// How long the event loop keeps polling after an event before it sleeps.
+    pub event_poll: Duration,
 }
 
 impl MachineConfig {
@@ -92,6 +98,7 @@ impl MachineConfig {
             rng: false,
             virtio_console: None,
             doorbell: Doorbell::default(),
+            event_poll: DEFAULT_EVENT_POLL,
         }
     }
 }
@@ -367,8 +374,13 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         .map(|vcpu| vcpus::spawn(vcpu, shared.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     let deadline = config.timeout.map(|limit| Instant::now() + limit);
-    let (outcomes, timed_out) =
-        vcpus::run_until_stopped(&mut events, threads, &shared.stop, deadline)?;
+    let (outcomes, timed_out) = vcpus::run_until_stopped(
+        &mut events,
+        threads,
+        &shared.stop,
+        deadline,
+        config.event_poll,
+    )?;
     let wall = started.elapsed();
 
     let first = shared

@@ -1,0 +1,38 @@
+/* A minimal virtio-mmio (version 2) driver for hushvm's test guests: one split queue of
+ * 16 entries, requests submitted one at a time and completed by polling the used ring.
+ * Devices sit at hushvm's fixed slots: 0 block (0xc0000000), 1 entropy, 2 console. */
+#ifndef GUEST_VIRTIO_H
+#define GUEST_VIRTIO_H
+#include <stdint.h>
+
+#define VIRTIO_SLOT_BLOCK 0
+#define VIRTIO_SLOT_RNG 1
+#define VIRTIO_SLOT_CONSOLE 2
+#define VQ_SIZE 16
+
+struct vring_desc { uint64_t addr; uint32_t len; uint16_t flags, next; };
+struct vq {
+    struct vring_desc desc[VQ_SIZE] __attribute__((aligned(16)));
+    struct { uint16_t flags, idx; uint16_t ring[VQ_SIZE]; } avail __attribute__((aligned(2)));
+    struct { uint16_t flags, idx; struct { uint32_t id, len; } ring[VQ_SIZE]; } used __attribute__((aligned(4096)));
+    uint32_t base;
+    uint16_t doorbell_port; /* 0: ring through QueueNotify (MMIO) */
+    uint16_t last_used;
+};
+struct vbuf { void *addr; uint32_t len; int device_writes; };
+
+/* Resets and brings up the device in `slot` (expecting `device_id`), queue `queue`;
+ * pio_doorbell != 0 rings the device's I/O-port doorbell instead of QueueNotify.
+ * Returns 0, or a negative step number where it failed. */
+int virtio_init(struct vq *q, int slot, uint32_t device_id, int queue, int pio_doorbell);
+/* Writes one chain into descriptors 0.. and points every avail slot at it. */
+void virtio_prepare(struct vq *q, const struct vbuf *bufs, int count);
+/* Makes the prepared chain available again, rings the doorbell and waits for the device;
+ * returns the used length. The hot path: an index increment, a doorbell, a poll. */
+uint32_t virtio_submit(struct vq *q, int queue);
+/* Both: one request. */
+uint32_t virtio_request(struct vq *q, int queue, const struct vbuf *bufs, int count);
+/* 1 if a device answers in `slot`. */
+int virtio_present(int slot, uint32_t device_id);
+uint32_t virtio_read32(int slot, uint32_t offset);
+#endif
