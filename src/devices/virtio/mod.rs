@@ -56,10 +56,7 @@ pub fn serve_chains(
     mut handle: impl FnMut(Chain<'_>) -> u32,
 ) -> Result<bool, QueueError> {
     let mut used = false;
-    loop {
-        let Some(chain) = queue.iter(memory)?.next() else {
-            break;
-        };
+    while let Some(chain) = queue.iter(memory)?.next() {
         let head = chain.head_index();
         let written = handle(chain);
         queue.add_used(memory, head, written)?;
