@@ -1,8 +1,10 @@
 /* Workload "blk": the guest drives virtio-blk. It checks the disk's ID, writes N 4 KiB
  * blocks (pattern=seq: consecutive; pattern=rand: a scattered permutation), flushes,
  * reads them all back and checks every byte. Command line: requests=N (256),
- * pattern=seq|rand, doorbell=mmio|pio. Prints "blk: requests errors capacity tsc", where
- * requests counts every virtio request made (2N + 2). */
+ * pattern=seq|rand, doorbell=mmio|pio, hold=1 (after the flush completes, print
+ * "blk: flushed" and spin: the host may then be killed, and the data must be on disk).
+ * Prints "blk: requests errors capacity tsc", where requests counts every virtio request
+ * made (2N + 2). */
 #include "lib.h"
 #include "virtio.h"
 
@@ -68,6 +70,10 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
         if (phase == 0) {
             errors += request(4, 0, 0, 0, 0) != 0;
             requests++;
+            if (cmdline_u32(mbi, "hold", 0)) {
+                put_str(errors ? "blk: flush failed\n" : "blk: flushed\n");
+                for (;;) { }
+            }
         }
     }
     uint64_t end = rdtsc();

@@ -8,6 +8,7 @@ pub mod config;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
+pub mod fuzzing;
 pub mod irq;
 pub mod kvm;
 pub mod loader;

@@ -82,10 +82,14 @@ pub fn open_disk(disk: &DiskConfig) -> Result<FileDisk, MachineError> {
         .read(true)
         .write(!disk.readonly)
         .open(&disk.path)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => error("no such file".into()),
-            io::ErrorKind::PermissionDenied if !disk.readonly => {
-                error("not writable (add ,readonly to use it read-only)".into())
+        .map_err(|e| match (e.kind(), e.raw_os_error()) {
+            (io::ErrorKind::NotFound, _) => error("no such file".into()),
+            (_, Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ETXTBSY))
+                if !disk.readonly =>
+            {
+                error(format!(
+                    "not writable ({e}; add ,readonly to use it read-only)"
+                ))
             }
             _ => error(e.to_string()),
         })?;

@@ -1,0 +1,225 @@
+//! virtio-mmio devices driven by guests: doorbells through every path, block data that
+//! survives, and the errors a user can make.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{guest_config, kvm_available, run, serial_text};
+use hushvm::bench::guest_fields;
+use hushvm::config::{DiskConfig, Doorbell};
+use hushvm::profile::{ExitKey, ExitKind};
+use hushvm::vcpu::VmStop;
+
+const RNG_NOTIFY: u64 = 0xc000_1050;
+const RNG_PIO_DOORBELL: u64 = 0x604;
+
+fn scratch_disk(name: &str, bytes: u64) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hushvm-virtio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(bytes)
+        .unwrap();
+    path
+}
+
+fn pattern(block: u64, i: u64) -> u8 {
+    (block as u32)
+        .wrapping_mul(131)
+        .wrapping_add(i as u32 * 7 + 1) as u8
+}
+
+fn assert_blocks_on_disk(path: &Path, blocks: u64) {
+    let disk = std::fs::read(path).unwrap();
+    for block in 0..blocks {
+        let at = (block * 4096) as usize;
+        for i in 0..4096u64 {
+            assert_eq!(
+                disk[at + i as usize],
+                pattern(block, i),
+                "block {block} byte {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_doorbell_path_completes_every_request() {
+    if !kvm_available() {
+        return;
+    }
+    for (doorbell, guest) in [
+        (Doorbell::Exit, ""),
+        (Doorbell::Len0, ""),
+        (Doorbell::Len4, ""),
+        (Doorbell::Pio, "doorbell=pio"),
+    ] {
+        let mut config = guest_config("doorbell", &format!("requests=50 {guest}"));
+        config.rng = true;
+        config.doorbell = doorbell;
+        let report = run(&config);
+        let text = serial_text(&report);
+        assert_eq!(report.stop, VmStop::DebugExit(0), "{doorbell:?}: {text}");
+        let fields = guest_fields(&report.serial, "doorbell:");
+        assert_eq!(fields["completed"], 50, "{doorbell:?}");
+        let mmio_exits = report.profile.count(|k| {
+            *k == ExitKey {
+                kind: ExitKind::MmioWrite,
+                addr: RNG_NOTIFY,
+            }
+        });
+        let pio_exits = report.profile.count(|k| {
+            *k == ExitKey {
+                kind: ExitKind::PioOut,
+                addr: RNG_PIO_DOORBELL,
+            }
+        });
+        match doorbell {
+            Doorbell::Exit => assert_eq!(mmio_exits, 50, "each doorbell is an exit"),
+            _ => assert_eq!(
+                mmio_exits + pio_exits,
+                0,
+                "{doorbell:?}: no doorbell reaches userspace"
+            ),
+        }
+        assert_eq!(report.virtio_notifications, 50, "{doorbell:?}");
+        assert_eq!(
+            report.virtio_interrupts, 50,
+            "{doorbell:?}: one completion interrupt each"
+        );
+        assert!(text.contains("virtio_mmio") || !text.contains("cmdline"));
+    }
+}
+
+#[test]
+fn block_data_read_back_equals_data_written() {
+    if !kvm_available() {
+        return;
+    }
+    for (pattern_name, doorbell) in [
+        ("seq", Doorbell::Exit),
+        ("seq", Doorbell::Len0),
+        ("rand", Doorbell::Len0),
+    ] {
+        let path = scratch_disk(&format!("{pattern_name}-{doorbell:?}.img"), 4 << 20);
+        let mut config = guest_config("blk", &format!("requests=64 pattern={pattern_name}"));
+        config.disk = Some(DiskConfig {
+            path: path.clone(),
+            readonly: false,
+        });
+        config.doorbell = doorbell;
+        let report = run(&config);
+        let text = serial_text(&report);
+        assert_eq!(report.stop, VmStop::DebugExit(0), "{text}");
+        let fields = guest_fields(&report.serial, "blk:");
+        assert_eq!(fields["errors"], 0, "{text}");
+        assert_eq!(fields["requests"], 2 * 64 + 2);
+        assert_eq!(fields["capacity"], 8192);
+        if pattern_name == "seq" {
+            assert_blocks_on_disk(&path, 64);
+        }
+    }
+}
+
+#[test]
+fn a_flushed_write_survives_sigkill() {
+    if !kvm_available() {
+        return;
+    }
+    let path = scratch_disk("sigkill.img", 4 << 20);
+    let dir = std::env::temp_dir().join(format!("hushvm-virtio-{}", std::process::id()));
+    let guest = dir.join("blk.elf");
+    std::fs::write(&guest, hushvm::guests::image("blk").unwrap()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hushvm"))
+        .args([
+            "run",
+            "--multiboot",
+            guest.to_str().unwrap(),
+            "--cmdline",
+            "requests=32 hold=1",
+        ])
+        .args(["--disk", path.to_str().unwrap(), "--timeout", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let flushed = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line == "blk: flushed");
+    // SIGKILL right after the flush was acknowledged.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(flushed, "the guest reported its flush");
+    assert_blocks_on_disk(&path, 32);
+}
+
+#[test]
+fn a_readonly_disk_refuses_writes_and_keeps_its_data() {
+    if !kvm_available() {
+        return;
+    }
+    let path = scratch_disk("readonly.img", 1 << 20);
+    let mut config = guest_config("blk", "requests=4");
+    config.disk = Some(DiskConfig {
+        path: path.clone(),
+        readonly: true,
+    });
+    let report = run(&config);
+    let fields = guest_fields(&report.serial, "blk:");
+    assert!(fields["errors"] > 0, "writes and their read-back fail");
+    assert!(
+        std::fs::read(&path).unwrap().iter().all(|b| *b == 0),
+        "the image is untouched"
+    );
+}
+
+#[test]
+fn bad_disks_are_clear_errors() {
+    let hushvm = env!("CARGO_BIN_EXE_hushvm");
+    let dir = std::env::temp_dir().join(format!("hushvm-virtio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let guest = dir.join("probe.elf");
+    std::fs::write(&guest, hushvm::guests::image("probe").unwrap()).unwrap();
+    let odd = scratch_disk("odd.img", 1000);
+    let cases = [
+        (
+            dir.join("missing.img").display().to_string(),
+            "no such file",
+        ),
+        (odd.display().to_string(), "not a positive multiple of 512"),
+        // A running executable cannot be opened for writing, even by root.
+        (hushvm.to_string(), "not writable"),
+        (dir.display().to_string(), "Is a directory"),
+        (
+            format!("{},sometimes", odd.display()),
+            "invalid --disk option",
+        ),
+    ];
+    for (disk, expected) in cases {
+        let output = Command::new(hushvm)
+            .args([
+                "run",
+                "--multiboot",
+                guest.to_str().unwrap(),
+                "--disk",
+                &disk,
+                "--timeout",
+                "10",
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{disk}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{disk}: expected {expected:?} in {stderr}"
+        );
+    }
+}
