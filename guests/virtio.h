@@ -25,6 +25,8 @@ struct vbuf { void *addr; uint32_t len; int device_writes; };
  * pio_doorbell != 0 rings the device's I/O-port doorbell instead of QueueNotify.
  * Returns 0, or a negative step number where it failed. */
 int virtio_init(struct vq *q, int slot, uint32_t device_id, int queue, int pio_doorbell);
+/* Sets up another queue of a device virtio_init brought up. */
+void virtio_add_queue(struct vq *q, int slot, int queue);
 /* Writes one chain into descriptors 0.. and points every avail slot at it. */
 void virtio_prepare(struct vq *q, const struct vbuf *bufs, int count);
 /* Makes the prepared chain available again, rings the doorbell and waits for the device;

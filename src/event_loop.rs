@@ -20,7 +20,8 @@ use crate::bus::IoBuses;
 use crate::coalesced::PostedWrites;
 use crate::devices::rtc::{Clock, Rtc};
 use crate::devices::serial::SerialPort;
-use crate::devices::virtio::mmio::QueueNotify;
+use crate::devices::virtio::console::Console;
+use crate::devices::virtio::mmio::{MmioTransport, QueueNotify};
 use crate::ratelimit::RateLimiter;
 
 /// A subscriber as the event manager holds it.
@@ -99,17 +100,38 @@ impl<C: Clock + 'static> MutEventSubscriber for RtcTimer<C> {
     }
 }
 
-/// Host input (standard input) to COM1's receive FIFO.
-pub struct SerialInput<W: io::Write + Send + 'static> {
+/// A device that takes host input.
+pub trait InputSink: Send {
+    /// Takes what it can of `bytes`; returns how many it took.
+    fn receive(&mut self, bytes: &[u8]) -> usize;
+}
+
+impl<W: io::Write + Send> InputSink for SerialPort<W> {
+    fn receive(&mut self, bytes: &[u8]) -> usize {
+        SerialPort::receive(self, bytes)
+    }
+}
+
+impl<W: io::Write + Send> InputSink for MmioTransport<Console<W>> {
+    fn receive(&mut self, bytes: &[u8]) -> usize {
+        let taken = self.device_mut().receive(bytes);
+        self.notify(Some(0));
+        taken
+    }
+}
+
+/// Host input (standard input) to a device: COM1's receive FIFO, or virtio-console's
+/// receive queue.
+pub struct SerialInput<S: InputSink + ?Sized> {
     input: File,
-    serial: Arc<Mutex<SerialPort<W>>>,
+    serial: Arc<Mutex<S>>,
     access: DeviceAccess,
     warnings: RateLimiter,
 }
 
-impl<W: io::Write + Send + 'static> SerialInput<W> {
+impl<S: InputSink + ?Sized> SerialInput<S> {
     /// Reads standard input for `serial`.
-    pub fn from_stdin(serial: Arc<Mutex<SerialPort<W>>>, access: DeviceAccess) -> io::Result<Self> {
+    pub fn from_stdin(serial: Arc<Mutex<S>>, access: DeviceAccess) -> io::Result<Self> {
         // An unbuffered duplicate of fd 0, so that epoll's view and ours agree.
         let input = File::from(io::stdin().as_fd().try_clone_to_owned()?);
         Ok(Self {
@@ -121,7 +143,7 @@ impl<W: io::Write + Send + 'static> SerialInput<W> {
     }
 }
 
-impl<W: io::Write + Send + 'static> MutEventSubscriber for SerialInput<W> {
+impl<S: InputSink + ?Sized> MutEventSubscriber for SerialInput<S> {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let mut buffer = [0u8; 64];
         let read = match self.input.read(&mut buffer) {
@@ -141,7 +163,7 @@ impl<W: io::Write + Send + 'static> MutEventSubscriber for SerialInput<W> {
         if taken < read {
             let dropped = read - taken;
             self.warnings
-                .warn(|| format!("COM1 receive FIFO full: {dropped} bytes of input dropped"));
+                .warn(|| format!("console input full: {dropped} bytes of input dropped"));
         }
     }
 

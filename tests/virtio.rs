@@ -27,10 +27,13 @@ fn scratch_disk(name: &str, bytes: u64) -> PathBuf {
     path
 }
 
+/// What the blk guest writes: a base pattern with the block number stamped (little
+/// endian) at the start of every 256 bytes.
 fn pattern(block: u64, i: u64) -> u8 {
-    (block as u32)
-        .wrapping_mul(131)
-        .wrapping_add(i as u32 * 7 + 1) as u8
+    match i % 256 {
+        offset @ 0..=3 => (block as u32).to_le_bytes()[offset as usize],
+        _ => (i as u32).wrapping_mul(7).wrapping_add(1) as u8,
+    }
 }
 
 fn assert_blocks_on_disk(path: &Path, blocks: u64) {
@@ -157,6 +160,85 @@ fn a_flushed_write_survives_sigkill() {
     child.wait().unwrap();
     assert!(flushed, "the guest reported its flush");
     assert_blocks_on_disk(&path, 32);
+}
+
+#[test]
+fn the_console_carries_output_and_its_completion_interrupt_reaches_the_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let mut config = guest_config("probe", "action=vconsole");
+    config.virtio_console = Some(hushvm::config::SerialMode::Capture);
+    let report = run(&config);
+    let text = serial_text(&report);
+    assert_eq!(report.stop, VmStop::DebugExit(0x18), "{text}");
+    assert_eq!(report.virtio_console, b"hello from virtio-console\n");
+    assert_eq!(common::field(&text, "vconsole_interrupts"), "1");
+    assert_eq!(
+        common::field(&text, "vconsole_interrupt_status"),
+        "1",
+        "used-buffer interrupt"
+    );
+    assert_eq!(common::field(&text, "vconsole_status_after_ack"), "0");
+    assert_eq!(report.virtio_interrupts, 1);
+}
+
+#[test]
+fn host_input_reaches_the_guest_through_virtio_console() {
+    if !kvm_available() {
+        return;
+    }
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("hushvm-virtio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let guest = dir.join("probe-vecho.elf");
+    std::fs::write(&guest, hushvm::guests::image("probe").unwrap()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hushvm"))
+        .args([
+            "run",
+            "--multiboot",
+            guest.to_str().unwrap(),
+            "--cmdline",
+            "action=vecho",
+        ])
+        .args([
+            "--virtio-console",
+            "stdio",
+            "--serial",
+            "none",
+            "--timeout",
+            "30",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"ping").unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0x35),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout, "vecho:ping");
+}
+
+#[test]
+fn the_command_line_announces_each_device_present() {
+    if !kvm_available() {
+        return;
+    }
+    let mut config = guest_config("probe", "action=info");
+    config.rng = true;
+    config.virtio_console = Some(hushvm::config::SerialMode::Capture);
+    let report = run(&config);
+    assert_eq!(
+        common::field(&serial_text(&report), "cmdline"),
+        "[probe.elf action=info virtio_mmio.device=4K@0xc0001000:6 virtio_mmio.device=4K@0xc0002000:7]"
+    );
 }
 
 #[test]

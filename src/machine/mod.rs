@@ -343,11 +343,22 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         devices.rtc.clone(),
         access.clone(),
     )?)));
-    if config.serial == SerialMode::Stdio {
-        events.add_subscriber(Arc::new(Mutex::new(SerialInput::from_stdin(
-            devices.com1.clone(),
-            access.clone(),
-        )?)));
+    // Standard input goes to virtio-console when it is on stdio, else to COM1 on stdio.
+    let console_input = virtio_slots.iter().find_map(|slot| slot.input.clone());
+    match console_input {
+        Some(console) if config.virtio_console == Some(SerialMode::Stdio) => {
+            events.add_subscriber(Arc::new(Mutex::new(SerialInput::from_stdin(
+                console,
+                access.clone(),
+            )?)));
+        }
+        _ if config.serial == SerialMode::Stdio => {
+            events.add_subscriber(Arc::new(Mutex::new(SerialInput::from_stdin(
+                devices.com1.clone(),
+                access.clone(),
+            )?)));
+        }
+        _ => {}
     }
     let mut virtio_counters = Vec::new();
     for slot in virtio_slots {

@@ -24,6 +24,7 @@ use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{MmioTransport, QueueNotify, MMIO_SIZE, QUEUE_NOTIFY};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
+use crate::event_loop::InputSink;
 use crate::irq::InterruptLine;
 use crate::kvm::Vm;
 
@@ -44,6 +45,8 @@ pub struct Slot {
     pub notifications: Arc<dyn Fn() -> u64 + Send + Sync>,
     /// The line, to count its interrupts.
     pub interrupt: Arc<dyn InterruptLine>,
+    /// Where host input goes, for the console.
+    pub input: Option<Arc<Mutex<dyn InputSink>>>,
 }
 
 /// What the machine asks for.
@@ -114,7 +117,7 @@ fn place<D: VirtioDevice + 'static>(
     vm: &Vm,
     buses: &mut IoBuses,
     doorbell: Doorbell,
-) -> Result<Slot, MachineError> {
+) -> Result<(Slot, Arc<Mutex<MmioTransport<D>>>), MachineError> {
     let base = VIRTIO_BASE + u64::from(slot) * MMIO_SIZE;
     let gsi = FIRST_GSI + u32::from(slot);
     let queues = device.queue_max_sizes().len() as u32;
@@ -152,7 +155,7 @@ fn place<D: VirtioDevice + 'static>(
         Doorbell::Pio => vec![(vm.doorbell(AddressSpace::Pio, u64::from(port), None)?, None)],
     };
     let counter = transport.clone();
-    Ok(Slot {
+    let slot = Slot {
         notify,
         doorbells,
         notifications: Arc::new(move || {
@@ -162,7 +165,9 @@ fn place<D: VirtioDevice + 'static>(
                 .notifications()
         }),
         interrupt,
-    })
+        input: None,
+    };
+    Ok((slot, transport))
 }
 
 /// The slots that `disk`, `rng` and `console` occupy.
@@ -195,41 +200,39 @@ pub fn build(
     buses: &mut IoBuses,
 ) -> Result<Vec<Slot>, MachineError> {
     let mut slots = Vec::new();
+    let doorbell = config.doorbell;
     if let Some(disk) = config.disk {
         let device = Block::new(open_disk(disk)?, disk.readonly, "hushvm-disk0");
-        slots.push(place(
-            0,
-            "virtio-blk",
-            device,
-            memory,
-            vm,
-            buses,
-            config.doorbell,
-        )?);
+        slots.push(place(0, "virtio-blk", device, memory, vm, buses, doorbell)?.0);
     }
     if config.rng {
         let source = File::open("/dev/urandom")
             .map_err(|e| MachineError::EventLoop(format!("/dev/urandom: {e}")))?;
-        slots.push(place(
-            1,
-            "virtio-rng",
-            Rng::new(source),
-            memory,
-            vm,
-            buses,
-            config.doorbell,
-        )?);
+        slots.push(
+            place(
+                1,
+                "virtio-rng",
+                Rng::new(source),
+                memory,
+                vm,
+                buses,
+                doorbell,
+            )?
+            .0,
+        );
     }
     if let Some(output) = config.console {
-        slots.push(place(
+        let (mut slot, transport) = place(
             2,
             "virtio-console",
             Console::new(output),
             memory,
             vm,
             buses,
-            config.doorbell,
-        )?);
+            doorbell,
+        )?;
+        slot.input = Some(transport);
+        slots.push(slot);
     }
     Ok(slots)
 }

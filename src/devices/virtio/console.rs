@@ -1,12 +1,16 @@
-//! virtio-console (ID 3), one port: what the driver transmits goes to a host writer; the
-//! receive queue's buffers wait for input, of which there is none yet.
+//! virtio-console (ID 3), one port: what the driver transmits goes to a host writer, and
+//! host input fills the buffers the driver posts on the receive queue.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::{serve_chains, QueueError, VirtioDevice, VIRTIO_F_VERSION_1};
+
+/// Input waiting for receive buffers is capped; beyond it, input is refused.
+const MAX_PENDING_INPUT: usize = 64 * 1024;
 
 const RECEIVE: usize = 0;
 const QUEUE_SIZES: &[u16] = &[64, 64];
@@ -14,12 +18,50 @@ const QUEUE_SIZES: &[u16] = &[64, 64];
 /// The device, writing what the guest sends to `output`.
 pub struct Console<W: Write + Send> {
     output: W,
+    input: VecDeque<u8>,
 }
 
 impl<W: Write + Send> Console<W> {
     /// A console whose output goes to `output`.
     pub fn new(output: W) -> Self {
-        Self { output }
+        Self {
+            output,
+            input: VecDeque::new(),
+        }
+    }
+
+    /// Queues host input; returns how many bytes were taken. The transport then runs the
+    /// receive queue to deliver them.
+    pub fn receive(&mut self, bytes: &[u8]) -> usize {
+        let taken = bytes.len().min(MAX_PENDING_INPUT - self.input.len());
+        self.input.extend(&bytes[..taken]);
+        taken
+    }
+
+    /// Fills posted receive buffers from the pending input; leaves other buffers posted.
+    fn deliver_input(
+        &mut self,
+        queue: &mut Queue,
+        memory: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError> {
+        let mut used = false;
+        while !self.input.is_empty() {
+            let Some(chain) = queue.iter(memory)?.next() else {
+                break;
+            };
+            let head = chain.head_index();
+            let mut written = 0;
+            if let Ok(mut writer) = chain.writer(memory) {
+                let count = writer.available_bytes().min(self.input.len());
+                let bytes: Vec<u8> = self.input.drain(..count).collect();
+                if writer.write_all(&bytes).is_ok() {
+                    written = count as u32;
+                }
+            }
+            queue.add_used(memory, head, written)?;
+            used = true;
+        }
+        Ok(used)
     }
 
     /// Where the output went.
@@ -53,7 +95,7 @@ impl<W: Write + Send> VirtioDevice for Console<W> {
         memory: &GuestMemoryMmap,
     ) -> Result<bool, QueueError> {
         if index == RECEIVE {
-            return Ok(false);
+            return self.deliver_input(queue, memory);
         }
         let output = &mut self.output;
         serve_chains(queue, memory, |chain| {

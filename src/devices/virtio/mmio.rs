@@ -90,6 +90,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
         &self.device
     }
 
+    /// The device, to hand it host input; call [`QueueNotify::notify`] afterwards.
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
     /// Doorbells that made the device use buffers.
     pub fn notifications(&self) -> u64 {
         self.notifications

@@ -240,6 +240,37 @@ fn rng_fills_buffers_and_console_forwards_output() {
     assert_eq!(console.output(), b"hello");
 }
 
+#[test]
+fn console_input_fills_posted_receive_buffers_only() {
+    let memory = memory();
+    let mut console = Console::new(Vec::new());
+    let mut queue = DriverQueue::new(QUEUE_BASE, 8);
+    let mut device_queue = queue.device_queue(64);
+    assert_eq!(console.receive(b"typed"), 5);
+    assert!(
+        !console
+            .process_queue(0, &mut device_queue, &memory)
+            .unwrap(),
+        "no buffer yet"
+    );
+    queue.add_chain(&memory, &[(DATA, 3, true)]);
+    queue.add_chain(&memory, &[(DATA + 16, 8, true)]);
+    queue.add_chain(&memory, &[(DATA + 32, 8, true)]);
+    assert!(console
+        .process_queue(0, &mut device_queue, &memory)
+        .unwrap());
+    assert_eq!(queue.used_idx(&memory), 2, "the third buffer stays posted");
+    assert_eq!((queue.used(&memory, 0).1, queue.used(&memory, 1).1), (3, 2));
+    let mut bytes = [0u8; 5];
+    memory
+        .read_slice(&mut bytes[..3], GuestAddress(DATA))
+        .unwrap();
+    memory
+        .read_slice(&mut bytes[3..], GuestAddress(DATA + 16))
+        .unwrap();
+    assert_eq!(&bytes, b"typed");
+}
+
 fn write32(transport: &mut impl BusDevice, offset: u64, value: u32) {
     transport.access(offset, Access::Write(&value.to_le_bytes()));
 }
