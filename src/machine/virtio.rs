@@ -36,6 +36,9 @@ const FIRST_GSI: u32 = 5;
 const PIO_DOORBELL_BASE: u16 = 0x600;
 const PIO_DOORBELL_PORTS: u16 = 4;
 
+/// A transport as the machine shares it between the bus and the event loop.
+type SharedTransport<D> = Arc<Mutex<MmioTransport<D>>>;
+
 /// A placed device, as the rest of the machine sees it.
 pub struct Slot {
     pub notify: Arc<Mutex<dyn QueueNotify>>,
@@ -117,7 +120,7 @@ fn place<D: VirtioDevice + 'static>(
     vm: &Vm,
     buses: &mut IoBuses,
     doorbell: Doorbell,
-) -> Result<(Slot, Arc<Mutex<MmioTransport<D>>>), MachineError> {
+) -> Result<(Slot, SharedTransport<D>), MachineError> {
     let base = VIRTIO_BASE + u64::from(slot) * MMIO_SIZE;
     let gsi = FIRST_GSI + u32::from(slot);
     let queues = device.queue_max_sizes().len() as u32;
