@@ -38,6 +38,22 @@ impl<'a> Access<'a> {
         matches!(self, Access::Write(_))
     }
 
+    /// The same access, borrowed again (so the caller keeps it after a dispatch).
+    pub fn reborrow(&mut self) -> Access<'_> {
+        match self {
+            Access::Read(data) => Access::Read(data),
+            Access::Write(data) => Access::Write(data),
+        }
+    }
+
+    /// The bytes: what a write carries, or what a read was filled with.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Access::Read(data) => data,
+            Access::Write(data) => data,
+        }
+    }
+
     /// Splits the access into consecutive elements of `size` bytes, in order, each with
     /// the same direction (string I/O: `rep ins`/`rep outs`).
     pub fn into_elements(self, size: usize) -> impl Iterator<Item = Access<'a>> {

@@ -23,6 +23,7 @@ use crate::devices::serial::SerialPort;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{MmioTransport, QueueNotify};
 use crate::ratelimit::RateLimiter;
+use crate::trace::{Record, Recorder};
 
 /// A subscriber as the event manager holds it.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -34,12 +35,45 @@ pub struct DeviceAccess {
     pub buses: Arc<IoBuses>,
     /// The coalesced ring.
     pub posted: Arc<PostedWrites>,
+    /// The trace being made, if any.
+    pub recorder: Option<Arc<Recorder>>,
 }
 
 impl DeviceAccess {
     /// Applies waiting posted writes; call before touching a device.
     pub fn settle(&self) {
-        self.posted.apply_pending(&self.buses, |_| {});
+        let recorder = self.recorder.as_deref();
+        self.posted.apply_pending(&self.buses, |write| {
+            if let Some(recorder) = recorder {
+                recorder.record(&Record::PostedWrite {
+                    space: write.space,
+                    addr: write.addr,
+                    data: write.bytes().to_vec(),
+                });
+            }
+        });
+    }
+
+    /// Settles the ring, then runs `operation` on the devices; when a trace is being made,
+    /// records what happened (the ring's writes, clock readings, then `record`) as one
+    /// operation.
+    pub fn operate<T>(
+        &self,
+        operation: impl FnOnce() -> T,
+        record: impl FnOnce(&T) -> Record,
+    ) -> T {
+        match &self.recorder {
+            None => {
+                self.settle();
+                operation()
+            }
+            Some(recorder) => recorder.operation(|| {
+                self.settle();
+                let result = operation();
+                recorder.record(&record(&result));
+                result
+            }),
+        }
     }
 }
 
@@ -70,12 +104,15 @@ impl<C: Clock + 'static> RtcTimer<C> {
     }
 
     fn service(&mut self) {
-        self.access.settle();
-        let next = {
-            let mut rtc = self.rtc.lock().unwrap_or_else(|p| p.into_inner());
-            rtc.tick();
-            rtc.next_event()
-        };
+        let rtc = &self.rtc;
+        let next = self.access.operate(
+            || {
+                let mut rtc = rtc.lock().unwrap_or_else(|p| p.into_inner());
+                rtc.tick();
+                rtc.next_event()
+            },
+            |_| Record::RtcTick,
+        );
         let _ = match next {
             // A zero duration would disarm the timer; the event is due now.
             Some(delay) => self.timer.reset(delay.max(Duration::from_micros(1)), None),
@@ -125,18 +162,21 @@ impl<W: io::Write + Send> InputSink for MmioTransport<Console<W>> {
 pub struct SerialInput<S: InputSink + ?Sized> {
     input: File,
     serial: Arc<Mutex<S>>,
+    /// Which input this is, in a trace.
+    sink: u8,
     access: DeviceAccess,
     warnings: RateLimiter,
 }
 
 impl<S: InputSink + ?Sized> SerialInput<S> {
     /// Reads standard input for `serial`.
-    pub fn from_stdin(serial: Arc<Mutex<S>>, access: DeviceAccess) -> io::Result<Self> {
+    pub fn from_stdin(serial: Arc<Mutex<S>>, access: DeviceAccess, sink: u8) -> io::Result<Self> {
         // An unbuffered duplicate of fd 0, so that epoll's view and ours agree.
         let input = File::from(io::stdin().as_fd().try_clone_to_owned()?);
         Ok(Self {
             input,
             serial,
+            sink,
             access,
             warnings: RateLimiter::default(),
         })
@@ -154,12 +194,19 @@ impl<S: InputSink + ?Sized> MutEventSubscriber for SerialInput<S> {
             }
             Ok(n) => n,
         };
-        self.access.settle();
-        let taken = self
-            .serial
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .receive(&buffer[..read]);
+        let (serial, sink, input) = (&self.serial, self.sink, &buffer[..read]);
+        let taken = self.access.operate(
+            || {
+                serial
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .receive(input)
+            },
+            |taken| Record::Input {
+                sink,
+                data: input[..*taken].to_vec(),
+            },
+        );
         if taken < read {
             let dropped = read - taken;
             self.warnings
@@ -205,21 +252,25 @@ impl MutEventSubscriber for StopWake {
 pub struct DoorbellEvent {
     event: EventFd,
     queue: Option<u32>,
+    /// The device's virtio slot, for the trace.
+    slot: u8,
     device: Arc<Mutex<dyn QueueNotify>>,
     access: DeviceAccess,
 }
 
 impl DoorbellEvent {
-    /// Serves `event`, which names `queue` (`None`: any queue of the device).
+    /// Serves `event`, which names `queue` (`None`: any queue) of the device in `slot`.
     pub fn new(
         event: EventFd,
         queue: Option<u32>,
+        slot: u8,
         device: Arc<Mutex<dyn QueueNotify>>,
         access: DeviceAccess,
     ) -> Self {
         Self {
             event,
             queue,
+            slot,
             device,
             access,
         }
@@ -230,11 +281,16 @@ impl MutEventSubscriber for DoorbellEvent {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         // Several rings coalesce into one count: the device serves everything available.
         let _ = self.event.read();
-        self.access.settle();
-        self.device
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .notify(self.queue);
+        let (device, queue, slot) = (&self.device, self.queue, self.slot);
+        self.access.operate(
+            || {
+                device
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .notify(queue)
+            },
+            |_| Record::Doorbell { slot, queue },
+        );
     }
 
     fn init(&mut self, ops: &mut EventOps) {

@@ -15,6 +15,7 @@ pub mod loader;
 pub mod machine;
 pub mod profile;
 pub mod ratelimit;
+pub mod trace;
 pub mod vcpu;
 
 /// The test guests, built from `guests/` by `build.rs` and embedded in the binary.

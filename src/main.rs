@@ -30,6 +30,14 @@ enum Command {
     Run(RunArgs),
     /// Run a workload under each of its variants and compare them.
     Bench(BenchArgs),
+    /// Replay a trace made with `run --record` through fresh devices, with no KVM.
+    Replay {
+        /// The trace file.
+        file: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the built-in test guests (Multiboot ELF32 files) to a directory.
     Guests {
         /// Where to write them.
@@ -94,6 +102,9 @@ struct RunArgs {
     /// Stop a guest still running after SECS seconds (status 124).
     #[arg(long, value_name = "SECS", value_parser = config::parse_timeout)]
     timeout: Option<std::time::Duration>,
+    /// Record every exit (and every posted write and event that changed a device) to FILE.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
     /// Count exits without timing them (to measure what the profiler's clock costs).
     #[arg(long, hide = true)]
     no_exit_timing: bool,
@@ -148,6 +159,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     config.cpus = args.cpus;
     config.disk = args.disk;
     config.rng = args.rng;
+    config.record = args.record;
     config.event_poll = std::time::Duration::from_micros(args.event_poll_us);
     config.virtio_console = args.virtio_console;
     config.doorbell = match (args.no_ioeventfd, args.doorbell) {
@@ -217,6 +229,27 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn replay(file: &Path, json: bool) -> Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let report = hushvm::trace::replay::replay(&bytes)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "replayed {} exits: {} divergences; {:.0} exits/s, {:.1} ns/exit",
+            report.exits, report.divergences, report.exits_per_second, report.ns_per_exit
+        );
+    }
+    if let Some(divergence) = &report.first_divergence {
+        eprintln!(
+            "hushvm: replay diverged at exit {} ({}): expected {:02x?}, got {:02x?}",
+            divergence.exit, divergence.access, divergence.expected, divergence.got
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn write_guests(out: &Path) -> Result<ExitCode> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     for (name, image) in hushvm::guests::GUESTS {
@@ -253,6 +286,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Bench(args) => bench(args),
+        Command::Replay { file, json } => replay(&file, json),
         Command::Guests { out } => write_guests(&out),
     };
     result.unwrap_or_else(|error| {

@@ -8,11 +8,11 @@ use crate::devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COU
 use crate::devices::fw_cfg::{FwCfg, FW_CFG_PORT, FW_CFG_PORT_COUNT};
 use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_COUNT};
 use crate::devices::post_code::{PostCode, POST_CODE_PORT};
-use crate::devices::rtc::{Rtc, SystemClock};
+use crate::devices::rtc::{Clock, Rtc};
 use crate::devices::serial::{SerialPort, SERIAL_PORT_COUNT};
 use crate::irq::InterruptLine;
 
-use super::{MachineConfig, MachineError};
+use super::MachineError;
 
 const COM1: u16 = 0x3f8;
 const RTC_PORT: u16 = 0x70;
@@ -26,10 +26,10 @@ pub const RTC_GSI: u32 = 8;
 pub type Com1 = SerialPort<Box<dyn Write + Send>>;
 
 /// The devices the machine keeps handles to.
-pub struct Devices {
+pub struct Devices<C: Clock> {
     /// Both buses, for the virtio devices to join before they are frozen.
     pub buses: IoBuses,
-    pub rtc: Arc<Mutex<Rtc<SystemClock>>>,
+    pub rtc: Arc<Mutex<Rtc<C>>>,
     pub com1: Arc<Mutex<Com1>>,
 }
 
@@ -39,21 +39,23 @@ pub struct Lines {
     pub rtc: Arc<dyn InterruptLine>,
 }
 
-/// Builds the devices and places them on the buses.
-pub fn build(
-    config: &MachineConfig,
+/// Builds the devices of a machine with `memory` bytes and `cpus` vCPUs around `rtc`, and
+/// places them on the buses.
+pub fn build<C: Clock + 'static>(
+    memory: u64,
+    cpus: u8,
+    mut rtc: Rtc<C>,
     serial_out: Box<dyn Write + Send>,
     lines: Lines,
-) -> Result<Devices, MachineError> {
+) -> Result<Devices<C>, MachineError> {
     let mut buses = IoBuses::default();
-    let mut rtc = Rtc::new(SystemClock);
-    rtc.set_memory_size(config.memory);
+    rtc.set_memory_size(memory);
     rtc.connect_interrupt(lines.rtc);
     let rtc = Arc::new(Mutex::new(rtc));
     let com1 = Arc::new(Mutex::new(SerialPort::with_interrupt(
         serial_out, lines.com1,
     )));
-    let fw_cfg = FwCfg::new(config.memory, u16::from(config.cpus));
+    let fw_cfg = FwCfg::new(memory, u16::from(cpus));
     let pio = &mut buses.pio;
     pio.insert("rtc", RTC_PORT, RTC_PORT_COUNT, rtc.clone())?;
     pio.insert("com1", COM1, SERIAL_PORT_COUNT, com1.clone())?;

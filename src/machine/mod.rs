@@ -3,6 +3,7 @@
 //! thread, and what it all reports at the end.
 
 mod devices;
+mod replay;
 mod vcpus;
 mod virtio;
 
@@ -21,15 +22,17 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use crate::bus::{AddressSpace, BusError, IoBuses};
 use crate::coalesced::PostedWrites;
 use crate::config::{DiskConfig, Doorbell, SerialMode};
-use crate::devices::rtc::RtcState;
+use crate::devices::rtc::{Clock, Rtc, RtcState, SystemClock};
 use crate::event_loop::{DeviceAccess, DoorbellEvent, RtcTimer, SerialInput, StopWake, Subscriber};
 use crate::irq::InterruptLine;
 use crate::kvm::{Hypervisor, KvmError, Vcpu, VcpuOptions, Vm};
 use crate::loader::{self, LoaderError, Module};
 use crate::profile::ExitProfile;
+use crate::trace::{MachineClock, MachineDescription, Recorder};
 use crate::vcpu::{self, VmStop};
 
 pub use devices::{COM1_GSI, RTC_GSI};
+pub use replay::{replay_devices, ReplayMachine};
 pub use virtio::{open_disk, VIRTIO_BASE};
 
 /// The event loop's polling window after each event (QEMU's IOThreads poll up to 32 us by
@@ -78,6 +81,8 @@ pub struct MachineConfig {
     pub doorbell: Doorbell,
     /// How long the event loop keeps polling after an event before it sleeps.
     pub event_poll: Duration,
+    /// Record every exit to this trace file.
+    pub record: Option<PathBuf>,
 }
 
 impl MachineConfig {
@@ -99,6 +104,7 @@ impl MachineConfig {
             virtio_console: None,
             doorbell: Doorbell::default(),
             event_poll: DEFAULT_EVENT_POLL,
+            record: None,
         }
     }
 }
@@ -128,6 +134,12 @@ pub enum MachineError {
     },
     #[error("--disk {}: {reason}", path.display())]
     Disk { path: PathBuf, reason: String },
+    #[error("cannot write the trace {}: {source}", path.display())]
+    Trace {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot set up the event loop: {0}")]
     EventLoop(String),
     #[error("vCPU thread: {0}")]
@@ -278,6 +290,39 @@ fn create_vcpus(
         .collect::<Result<_, _>>()?)
 }
 
+/// Trace input sinks: COM1 and the virtio console.
+const INPUT_COM1: u8 = 0;
+const INPUT_VIRTIO_CONSOLE: u8 = 1;
+
+/// Starts the trace `--record` asks for.
+fn start_trace(
+    config: &MachineConfig,
+    clock_start: Duration,
+) -> Result<Option<Arc<Recorder>>, MachineError> {
+    let Some(path) = &config.record else {
+        return Ok(None);
+    };
+    let disk_bytes = config
+        .disk
+        .as_ref()
+        .and_then(|disk| std::fs::metadata(&disk.path).ok())
+        .map_or(0, |metadata| metadata.len());
+    let description = MachineDescription {
+        memory: config.memory,
+        cpus: config.cpus,
+        rng: config.rng,
+        console: config.virtio_console.is_some(),
+        disk_bytes,
+        clock_start: clock_start.as_nanos() as u64,
+    };
+    Recorder::create(path, &description)
+        .map(Some)
+        .map_err(|source| MachineError::Trace {
+            path: path.clone(),
+            source,
+        })
+}
+
 /// Boots the machine and runs it until it stops.
 pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     // Calibrate the profiler's clock before the run's wall time starts.
@@ -305,7 +350,11 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         com1: com1_line.clone(),
         rtc: rtc_line.clone(),
     };
-    let mut devices = devices::build(config, serial_output(&config.serial, &capture)?, lines)?;
+    let clock_start = SystemClock.now();
+    let recorder = start_trace(config, clock_start)?;
+    let rtc = Rtc::new(MachineClock::new(clock_start, recorder.clone()));
+    let serial_out = serial_output(&config.serial, &capture)?;
+    let mut devices = devices::build(config.memory, config.cpus, rtc, serial_out, lines)?;
     let console_capture = SharedBuffer::default();
     let virtio_config = virtio::VirtioConfig {
         disk: config.disk.as_ref(),
@@ -336,6 +385,7 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     let access = DeviceAccess {
         buses: Arc::new(devices.buses),
         posted: Arc::new(posted),
+        recorder: recorder.clone(),
     };
     let mut events =
         EventManager::<Subscriber>::new().map_err(|e| MachineError::EventLoop(format!("{e:?}")))?;
@@ -350,12 +400,14 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
             events.add_subscriber(Arc::new(Mutex::new(SerialInput::from_stdin(
                 console,
                 access.clone(),
+                INPUT_VIRTIO_CONSOLE,
             )?)));
         }
         _ if config.serial == SerialMode::Stdio => {
             events.add_subscriber(Arc::new(Mutex::new(SerialInput::from_stdin(
                 devices.com1.clone(),
                 access.clone(),
+                INPUT_COM1,
             )?)));
         }
         _ => {}
@@ -363,7 +415,13 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     let mut virtio_counters = Vec::new();
     for slot in virtio_slots {
         for (event, queue) in slot.doorbells {
-            let doorbell = DoorbellEvent::new(event, queue, slot.notify.clone(), access.clone());
+            let doorbell = DoorbellEvent::new(
+                event,
+                queue,
+                slot.index,
+                slot.notify.clone(),
+                access.clone(),
+            );
             events.add_subscriber(Arc::new(Mutex::new(doorbell)));
         }
         virtio_counters.push((slot.notifications, slot.interrupt));
@@ -379,6 +437,7 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         wake,
         first_stop: Arc::default(),
         time_exits: config.time_exits,
+        recorder: recorder.clone(),
     };
     let threads = vcpus
         .into_iter()
@@ -393,6 +452,12 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         config.event_poll,
     )?;
     let wall = started.elapsed();
+    if let (Some(recorder), Some(path)) = (&recorder, &config.record) {
+        recorder.finish().map_err(|source| MachineError::Trace {
+            path: path.clone(),
+            source,
+        })?;
+    }
 
     let first = shared
         .first_stop

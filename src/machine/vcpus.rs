@@ -13,6 +13,7 @@ use crate::bus::IoBuses;
 use crate::coalesced::PostedWrites;
 use crate::event_loop::Subscriber;
 use crate::kvm::{StatsReader, Vcpu};
+use crate::trace::Recorder;
 use crate::vcpu::{self, VcpuReport, VmStop};
 
 use super::MachineError;
@@ -32,6 +33,8 @@ pub struct Shared {
     /// The first real reason a vCPU stopped, with its registers.
     pub first_stop: FirstStop,
     pub time_exits: bool,
+    /// The trace being made, if any.
+    pub recorder: Option<Arc<Recorder>>,
 }
 
 /// How one vCPU thread ended.
@@ -62,6 +65,7 @@ pub fn spawn(mut vcpu: Vcpu, shared: Shared) -> Result<JoinHandle<Outcome>, Mach
                 &shared.posted,
                 &shared.stop,
                 shared.time_exits,
+                shared.recorder.as_deref(),
             );
             let stats = read_stats(&stats)
                 .into_iter()

@@ -25,7 +25,7 @@ use crate::devices::virtio::mmio::{MmioTransport, QueueNotify, MMIO_SIZE, QUEUE_
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
 use crate::event_loop::InputSink;
-use crate::irq::InterruptLine;
+use crate::irq::{CountingLine, InterruptLine};
 use crate::kvm::Vm;
 
 use super::MachineError;
@@ -36,11 +36,59 @@ const FIRST_GSI: u32 = 5;
 const PIO_DOORBELL_BASE: u16 = 0x600;
 const PIO_DOORBELL_PORTS: u16 = 4;
 
+/// What placing a device needs from the hypervisor: interrupt lines and doorbells.
+pub trait Platform {
+    /// The line for `gsi`.
+    fn irq_line(&self, gsi: u32) -> Result<Arc<dyn InterruptLine>, MachineError>;
+    /// An ioeventfd for a doorbell, if this platform has them.
+    fn doorbell(
+        &self,
+        space: AddressSpace,
+        addr: u64,
+        datamatch: Option<u32>,
+    ) -> Result<Option<EventFd>, MachineError>;
+}
+
+impl Platform for Vm {
+    fn irq_line(&self, gsi: u32) -> Result<Arc<dyn InterruptLine>, MachineError> {
+        Ok(Arc::new(Vm::irq_line(self, gsi)?))
+    }
+
+    fn doorbell(
+        &self,
+        space: AddressSpace,
+        addr: u64,
+        datamatch: Option<u32>,
+    ) -> Result<Option<EventFd>, MachineError> {
+        Ok(Some(Vm::doorbell(self, space, addr, datamatch)?))
+    }
+}
+
+/// No hypervisor (replay): lines that count, and no doorbells but the MMIO ones.
+pub struct Unplugged;
+
+impl Platform for Unplugged {
+    fn irq_line(&self, _gsi: u32) -> Result<Arc<dyn InterruptLine>, MachineError> {
+        Ok(Arc::new(CountingLine::default()))
+    }
+
+    fn doorbell(
+        &self,
+        _: AddressSpace,
+        _: u64,
+        _: Option<u32>,
+    ) -> Result<Option<EventFd>, MachineError> {
+        Ok(None)
+    }
+}
+
 /// A transport as the machine shares it between the bus and the event loop.
 type SharedTransport<D> = Arc<Mutex<MmioTransport<D>>>;
 
 /// A placed device, as the rest of the machine sees it.
 pub struct Slot {
+    /// Its slot number (0 block, 1 entropy, 2 console).
+    pub index: u8,
     pub notify: Arc<Mutex<dyn QueueNotify>>,
     /// Doorbell eventfds for the event loop, each with the queue it names (`None`: any).
     pub doorbells: Vec<(EventFd, Option<u32>)>,
@@ -117,14 +165,14 @@ fn place<D: VirtioDevice + 'static>(
     name: &'static str,
     device: D,
     memory: &GuestMemoryMmap,
-    vm: &Vm,
+    platform: &dyn Platform,
     buses: &mut IoBuses,
     doorbell: Doorbell,
 ) -> Result<(Slot, SharedTransport<D>), MachineError> {
     let base = VIRTIO_BASE + u64::from(slot) * MMIO_SIZE;
     let gsi = FIRST_GSI + u32::from(slot);
     let queues = device.queue_max_sizes().len() as u32;
-    let interrupt: Arc<dyn InterruptLine> = Arc::new(vm.irq_line(gsi)?);
+    let interrupt = platform.irq_line(gsi)?;
     let transport = Arc::new(Mutex::new(MmioTransport::new(
         device,
         memory.clone(),
@@ -144,21 +192,29 @@ fn place<D: VirtioDevice + 'static>(
     let doorbells = match doorbell {
         Doorbell::Exit => Vec::new(),
         Doorbell::Len0 => vec![(
-            vm.doorbell(AddressSpace::Mmio, base + QUEUE_NOTIFY, None)?,
+            platform.doorbell(AddressSpace::Mmio, base + QUEUE_NOTIFY, None)?,
             None,
         )],
         Doorbell::Len4 => (0..queues)
             .map(|q| {
                 Ok((
-                    vm.doorbell(AddressSpace::Mmio, base + QUEUE_NOTIFY, Some(q))?,
+                    platform.doorbell(AddressSpace::Mmio, base + QUEUE_NOTIFY, Some(q))?,
                     Some(q),
                 ))
             })
             .collect::<Result<_, MachineError>>()?,
-        Doorbell::Pio => vec![(vm.doorbell(AddressSpace::Pio, u64::from(port), None)?, None)],
+        Doorbell::Pio => vec![(
+            platform.doorbell(AddressSpace::Pio, u64::from(port), None)?,
+            None,
+        )],
     };
+    let doorbells = doorbells
+        .into_iter()
+        .filter_map(|(event, queue)| event.map(|event| (event, queue)))
+        .collect();
     let counter = transport.clone();
     let slot = Slot {
+        index: slot,
         notify,
         doorbells,
         notifications: Arc::new(move || {
@@ -199,14 +255,14 @@ pub fn cmdline_additions(disk: bool, rng: bool, console: bool) -> String {
 pub fn build(
     config: VirtioConfig<'_>,
     memory: &GuestMemoryMmap,
-    vm: &Vm,
+    platform: &dyn Platform,
     buses: &mut IoBuses,
 ) -> Result<Vec<Slot>, MachineError> {
     let mut slots = Vec::new();
     let doorbell = config.doorbell;
     if let Some(disk) = config.disk {
         let device = Block::new(open_disk(disk)?, disk.readonly, "hushvm-disk0");
-        slots.push(place(0, "virtio-blk", device, memory, vm, buses, doorbell)?.0);
+        slots.push(place(0, "virtio-blk", device, memory, platform, buses, doorbell)?.0);
     }
     if config.rng {
         let source = File::open("/dev/urandom")
@@ -217,7 +273,7 @@ pub fn build(
                 "virtio-rng",
                 Rng::new(source),
                 memory,
-                vm,
+                platform,
                 buses,
                 doorbell,
             )?
@@ -230,9 +286,66 @@ pub fn build(
             "virtio-console",
             Console::new(output),
             memory,
-            vm,
+            platform,
             buses,
             doorbell,
+        )?;
+        slot.input = Some(transport);
+        slots.push(slot);
+    }
+    Ok(slots)
+}
+
+/// The devices of a traced machine, for replay: an in-memory disk of the traced size, an
+/// entropy source of zeros, a console that discards output; no doorbell fds.
+pub fn build_for_replay(
+    disk_bytes: u64,
+    rng: bool,
+    console: bool,
+    memory: &GuestMemoryMmap,
+    buses: &mut IoBuses,
+) -> Result<Vec<Slot>, MachineError> {
+    let mut slots = Vec::new();
+    if disk_bytes > 0 {
+        let disk = vec![0u8; usize::try_from(disk_bytes).unwrap_or(0)];
+        let device = Block::new(disk, false, "hushvm-disk0");
+        slots.push(
+            place(
+                0,
+                "virtio-blk",
+                device,
+                memory,
+                &Unplugged,
+                buses,
+                Doorbell::Exit,
+            )?
+            .0,
+        );
+    }
+    if rng {
+        let device = Rng::new(io::repeat(0));
+        slots.push(
+            place(
+                1,
+                "virtio-rng",
+                device,
+                memory,
+                &Unplugged,
+                buses,
+                Doorbell::Exit,
+            )?
+            .0,
+        );
+    }
+    if console {
+        let (mut slot, transport) = place(
+            2,
+            "virtio-console",
+            Console::new(io::sink()),
+            memory,
+            &Unplugged,
+            buses,
+            Doorbell::Exit,
         )?;
         slot.input = Some(transport);
         slots.push(slot);

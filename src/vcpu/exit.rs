@@ -6,6 +6,7 @@ use crate::coalesced::PostedWrites;
 use crate::exit::VmExit;
 use crate::profile::ExitProfile;
 use crate::ratelimit::RateLimiter;
+use crate::trace::{ExitDirection, Record, Recorder};
 
 use super::{GuestFault, VmStop};
 
@@ -32,23 +33,52 @@ pub struct ExitContext<'a> {
     pub profile: &'a mut ExitProfile,
     /// This vCPU's limiter for guest-triggered warnings.
     pub warnings: &'a mut RateLimiter,
+    /// Where to record exits, when a trace is being made.
+    pub recorder: Option<&'a Recorder>,
+    /// This vCPU's index, for the trace.
+    pub vcpu: u8,
 }
 
 impl ExitContext<'_> {
     /// Handles `exit`. Posted writes are applied before anything is dispatched: the
     /// access that caused this exit came after every write already in the ring.
     pub fn handle(&mut self, exit: VmExit<'_>) -> ExitOutcome {
-        self.posted.apply_pending(self.buses, |_| {});
+        match self.recorder {
+            None => self.handle_exit(exit),
+            Some(recorder) => recorder.operation(|| self.handle_exit(exit)),
+        }
+    }
+
+    fn handle_exit(&mut self, exit: VmExit<'_>) -> ExitOutcome {
+        let recorder = self.recorder;
+        self.posted.apply_pending(self.buses, |write| {
+            if let Some(recorder) = recorder {
+                let data = write.bytes().to_vec();
+                recorder.record(&Record::PostedWrite {
+                    space: write.space,
+                    addr: write.addr,
+                    data,
+                });
+            }
+        });
         match exit {
-            VmExit::Io { port, size, access } => self.dispatch_elements(
-                AddressSpace::Pio,
-                u64::from(port),
-                usize::from(size),
-                access,
-            ),
-            VmExit::Mmio { addr, access } => {
-                let len = access.len();
-                self.dispatch_elements(AddressSpace::Mmio, addr, len.max(1), access)
+            VmExit::Io {
+                port,
+                size,
+                mut access,
+            } => {
+                let (space, addr) = (AddressSpace::Pio, u64::from(port));
+                let outcome =
+                    self.dispatch_elements(space, addr, usize::from(size), access.reborrow());
+                self.record(space, addr, size, &access);
+                outcome
+            }
+            VmExit::Mmio { addr, mut access } => {
+                let len = access.len().max(1);
+                let outcome =
+                    self.dispatch_elements(AddressSpace::Mmio, addr, len, access.reborrow());
+                self.record(AddressSpace::Mmio, addr, len as u8, &access);
+                outcome
             }
             VmExit::Interrupted => ExitOutcome::Interrupted,
             // With the in-kernel irqchip KVM handles HLT itself; one that reaches us has
@@ -68,6 +98,27 @@ impl ExitContext<'_> {
                 ExitOutcome::Stop(VmStop::Fault(GuestFault::UnexpectedExit { reason }))
             }
         }
+    }
+
+    /// Records a handled exit, with what the guest wrote or what it was answered.
+    fn record(&self, space: AddressSpace, addr: u64, size: u8, access: &Access<'_>) {
+        let Some(recorder) = self.recorder else {
+            return;
+        };
+        let direction = match (space, access.is_write()) {
+            (AddressSpace::Pio, false) => ExitDirection::PioIn,
+            (AddressSpace::Pio, true) => ExitDirection::PioOut,
+            (AddressSpace::Mmio, false) => ExitDirection::MmioRead,
+            (AddressSpace::Mmio, true) => ExitDirection::MmioWrite,
+        };
+        let data = access.bytes().to_vec();
+        recorder.record(&Record::Exit {
+            vcpu: self.vcpu,
+            direction,
+            addr,
+            size,
+            data,
+        });
     }
 
     /// Dispatches `access` as consecutive elements of `size` bytes at the same address,
@@ -189,6 +240,8 @@ mod tests {
                 posted: &self.posted,
                 profile: &mut self.profile,
                 warnings: &mut self.warnings,
+                recorder: None,
+                vcpu: 0,
             }
             .handle(exit)
         }

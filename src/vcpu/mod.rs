@@ -20,6 +20,7 @@ use crate::coalesced::PostedWrites;
 use crate::kvm::Vcpu;
 use crate::profile::{ExitClock, ExitKey, ExitProfile};
 use crate::ratelimit::RateLimiter;
+use crate::trace::Recorder;
 
 pub use exit::{ExitContext, ExitOutcome};
 
@@ -126,10 +127,12 @@ pub fn run(
     posted: &PostedWrites,
     stop: &AtomicBool,
     timed: bool,
+    recorder: Option<&Recorder>,
 ) -> VcpuReport {
     let mut profile = ExitProfile::default();
     let mut warnings = RateLimiter::default();
     let clock = ExitClock::get();
+    let id = vcpu.id();
     let outcome = loop {
         if stop.load(Ordering::Acquire) {
             break VmStop::Requested;
@@ -145,6 +148,8 @@ pub fn run(
             posted,
             profile: &mut profile,
             warnings: &mut warnings,
+            recorder,
+            vcpu: id,
         };
         let outcome = context.handle(exit);
         let elapsed = started.map(|s| clock.since(s)).unwrap_or_default();

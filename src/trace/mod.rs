@@ -1,0 +1,161 @@
+//! Exit traces: recording what reached userspace (and what else changed device state),
+//! and replaying it through fresh buses and devices with no KVM.
+
+pub mod format;
+pub mod replay;
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, BufWriter};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::devices::rtc::{Clock, SystemClock};
+pub use format::{ExitDirection, MachineDescription, Record, TraceError, TraceReader, TraceWriter};
+
+thread_local! {
+    /// Records made inside an [`Recorder::operation`] on this thread, written when it ends.
+    static PENDING: RefCell<Option<Vec<Record>>> = const { RefCell::new(None) };
+}
+
+/// Appends records to a trace file, from any thread. Recording is a diagnostic mode: it
+/// serialises every operation on devices (each exit, each event-loop event) through one
+/// lock, which the exit path otherwise never takes, so that the trace's order is the
+/// order in which the devices saw things.
+#[derive(Debug)]
+pub struct Recorder {
+    writer: Mutex<Option<TraceWriter<BufWriter<File>>>>,
+    failed: AtomicBool,
+}
+
+impl Recorder {
+    /// Creates `path` and writes the header.
+    pub fn create(path: &Path, machine: &MachineDescription) -> io::Result<Arc<Self>> {
+        let writer = TraceWriter::new(BufWriter::new(File::create(path)?), machine)?;
+        Ok(Arc::new(Self {
+            writer: Mutex::new(Some(writer)),
+            failed: AtomicBool::new(false),
+        }))
+    }
+
+    /// Appends `record` (at the end of the current operation, if this thread is in one);
+    /// a write error is remembered and reported by [`Recorder::finish`].
+    pub fn record(&self, record: &Record) {
+        let queued = PENDING.with(|pending| match pending.borrow_mut().as_mut() {
+            Some(pending) => {
+                pending.push(record.clone());
+                true
+            }
+            None => false,
+        });
+        if !queued {
+            let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            self.write_all(&mut writer, std::slice::from_ref(record));
+        }
+    }
+
+    /// Runs `operation` (which touches devices and records what it did) alone, and writes
+    /// its records together.
+    pub fn operation<T>(&self, operation: impl FnOnce() -> T) -> T {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        PENDING.with(|pending| *pending.borrow_mut() = Some(Vec::new()));
+        let result = operation();
+        let records = PENDING
+            .with(|pending| pending.borrow_mut().take())
+            .unwrap_or_default();
+        self.write_all(&mut writer, &records);
+        result
+    }
+
+    fn write_all(&self, writer: &mut Option<TraceWriter<BufWriter<File>>>, records: &[Record]) {
+        if let Some(writer) = writer.as_mut() {
+            if records.iter().any(|record| writer.write(record).is_err()) {
+                self.failed.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Flushes the file; says whether any record was lost.
+    pub fn finish(&self) -> io::Result<()> {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = writer {
+            writer.finish()?;
+        }
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(io::Error::other("some trace records could not be written"));
+        }
+        Ok(())
+    }
+}
+
+/// The RTC's clock in a machine: the host clock, each reading recorded when a trace is
+/// being made (so that a replay reads the same times). Its first reading, taken when the
+/// RTC is built, is `start`, which the trace header carries.
+#[derive(Debug)]
+pub struct MachineClock {
+    start: Duration,
+    started: AtomicBool,
+    recorder: Option<Arc<Recorder>>,
+}
+
+impl MachineClock {
+    /// A clock whose first reading is `start`, recording into `recorder` after that.
+    pub fn new(start: Duration, recorder: Option<Arc<Recorder>>) -> Self {
+        Self {
+            start,
+            started: AtomicBool::new(false),
+            recorder,
+        }
+    }
+}
+
+impl Clock for MachineClock {
+    fn now(&self) -> Duration {
+        if !self.started.swap(true, Ordering::Relaxed) {
+            return self.start;
+        }
+        let now = SystemClock.now();
+        if let Some(recorder) = &self.recorder {
+            recorder.record(&Record::Clock(now.as_nanos() as u64));
+        }
+        now
+    }
+}
+
+/// The RTC's clock in a replay: the recorded readings, in order.
+#[derive(Debug, Clone)]
+pub struct ReplayClock {
+    readings: Arc<Mutex<(VecDeque<u64>, u64)>>,
+}
+
+impl ReplayClock {
+    /// A clock that starts at `start` (ns since the epoch).
+    pub fn new(start: u64) -> Self {
+        Self {
+            readings: Arc::new(Mutex::new((VecDeque::new(), start))),
+        }
+    }
+
+    /// Queues a recorded reading.
+    pub fn push(&self, nanos: u64) {
+        self.readings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .push_back(nanos);
+    }
+}
+
+impl Clock for ReplayClock {
+    fn now(&self) -> Duration {
+        let mut readings = self.readings.lock().unwrap_or_else(|p| p.into_inner());
+        // Past the recorded readings, time stands still at the last one.
+        if let Some(next) = readings.0.pop_front() {
+            readings.1 = next;
+        }
+        Duration::from_nanos(readings.1)
+    }
+}
