@@ -81,6 +81,17 @@ pub fn virtio_mmio_registers(data: &[u8]) {
     }
 }
 
+/// The trace reader on arbitrary bytes, then a replay of what it accepts when the
+/// machine is small (so a fuzzer does not spend its time allocating guest memory).
+pub fn trace(data: &[u8]) {
+    let Ok((machine, _)) = crate::trace::replay::decode(data) else {
+        return;
+    };
+    if machine.memory <= 4 << 20 && machine.disk_bytes <= 1 << 20 {
+        let _ = crate::trace::replay::replay(data);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +116,13 @@ mod tests {
             virtio_block(&data);
             virtio_small_devices(&data);
             virtio_mmio_registers(&data);
+            trace(&data);
+            // A valid header (2 MiB, one vCPU, rng and console) before the bytes.
+            let mut traced = crate::trace::format::MAGIC.to_vec();
+            traced.extend_from_slice(&[1, 0, 26, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 1, 3]);
+            traced.extend_from_slice(&[0; 16]);
+            traced.extend_from_slice(&data);
+            trace(&traced);
         }
     }
 

@@ -11,6 +11,7 @@ use super::format::{ExitDirection, Record, TraceError, TraceReader};
 use super::ReplayClock;
 use crate::bus::Access;
 use crate::coalesced::PostedWrites;
+use crate::config::{MAX_MEMORY, MIN_MEMORY};
 use crate::devices::rtc::Rtc;
 use crate::exit::VmExit;
 use crate::machine::{replay_devices, MachineError, ReplayMachine};
@@ -50,9 +51,21 @@ pub enum ReplayError {
     Machine(#[from] MachineError),
 }
 
-/// Decodes a whole trace.
+/// The largest disk a replay rebuilds in memory.
+const MAX_REPLAY_DISK: u64 = 1 << 30;
+
+/// Decodes a whole trace, checking that its machine can be rebuilt.
 pub fn decode(bytes: &[u8]) -> Result<(super::MachineDescription, Vec<Record>), TraceError> {
     let (mut reader, machine) = TraceReader::new(bytes)?;
+    let memory_ok =
+        (MIN_MEMORY..=MAX_MEMORY).contains(&machine.memory) && machine.memory % 4096 == 0;
+    let disk_ok = machine.disk_bytes <= MAX_REPLAY_DISK && machine.disk_bytes % 512 == 0;
+    if !memory_ok || !disk_ok || machine.cpus == 0 {
+        return Err(TraceError::Corrupt {
+            what: "machine description",
+            offset: 0,
+        });
+    }
     let mut records = Vec::new();
     while let Some(record) = reader.next_record()? {
         records.push(record);
@@ -84,10 +97,14 @@ fn exit_of<'a>(
 }
 
 /// Feeds `records` to `machine`; returns the exit count and divergences.
+/// Called before each exit with the number of exits replayed so far.
+type Hook<'a> = &'a mut dyn FnMut(u64, &ReplayMachine<ReplayClock>);
+
 fn run(
     machine: &ReplayMachine<ReplayClock>,
     clock: &ReplayClock,
     records: &[Record],
+    mut before_exit: Option<Hook<'_>>,
 ) -> (u64, u64, Option<Divergence>) {
     let posted = PostedWrites::disabled();
     let mut profile = ExitProfile::default();
@@ -103,6 +120,9 @@ fn run(
                 data,
                 ..
             } => {
+                if let Some(hook) = before_exit.as_mut() {
+                    hook(exits, machine);
+                }
                 exits += 1;
                 let exit = exit_of(*direction, *addr, *size, data, &mut buffer);
                 let key = ExitKey::of(&exit);
@@ -155,11 +175,24 @@ fn run(
 
 /// Replays a trace held in `bytes`.
 pub fn replay(bytes: &[u8]) -> Result<ReplayReport, ReplayError> {
+    replay_inner(bytes, None)
+}
+
+/// Replays a trace, calling `before_exit` with the number of exits replayed so far
+/// before each exit: tests use it to change a device part way.
+pub fn replay_with(
+    bytes: &[u8],
+    before_exit: &mut dyn FnMut(u64, &ReplayMachine<ReplayClock>),
+) -> Result<ReplayReport, ReplayError> {
+    replay_inner(bytes, Some(before_exit))
+}
+
+fn replay_inner(bytes: &[u8], before_exit: Option<Hook<'_>>) -> Result<ReplayReport, ReplayError> {
     let (description, records) = decode(bytes)?;
     let clock = ReplayClock::new(description.clock_start);
     let machine = replay_devices(&description, Rtc::new(clock.clone()), Box::new(sink()))?;
     let started = Instant::now();
-    let (exits, divergences, first_divergence) = run(&machine, &clock, &records);
+    let (exits, divergences, first_divergence) = run(&machine, &clock, &records, before_exit);
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
     Ok(ReplayReport {
         exits,
@@ -176,5 +209,5 @@ pub fn dispatch_only(bytes: &[u8]) -> Result<impl FnMut() -> u64, ReplayError> {
     let (description, records) = decode(bytes)?;
     let clock = ReplayClock::new(description.clock_start);
     let machine = replay_devices(&description, Rtc::new(clock.clone()), Box::new(sink()))?;
-    Ok(move || run(&machine, &clock, &records).0)
+    Ok(move || run(&machine, &clock, &records, None).0)
 }
