@@ -14,6 +14,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("tick", "tick.c"),
     ("doorbell", "doorbell.c"),
     ("blk", "blk.c"),
+    ("strio", "strio.c"),
 ];
 /// Linked into every guest.
 const SHARED_SOURCES: &[&str] = &["start.S", "lib.c", "irq.c", "stubs.S", "smp.S", "virtio.c"];

@@ -5,6 +5,7 @@
 //! flat table indexed by port; the MMIO bus is a sorted range table.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use thiserror::Error;
@@ -281,10 +282,13 @@ impl PioBus {
     }
 }
 
-/// The MMIO bus: ranges sorted by base, found by binary search.
+/// The MMIO bus: ranges sorted by base, found by binary search, with the last range hit
+/// tried first (a driver tends to hit one device many times in a row).
 #[derive(Debug, Default)]
 pub struct MmioBus {
     slots: Vec<Slot>,
+    /// Index of the slot the last dispatch found; only a hint, so relaxed ordering.
+    last_hit: AtomicUsize,
 }
 
 impl MmioBus {
@@ -306,6 +310,7 @@ impl MmioBus {
         }
         check_overlap(&self.slots, name, base, len)?;
         let at = self.slots.partition_point(|slot| slot.base < base);
+        self.last_hit.store(0, Ordering::Relaxed);
         self.slots.insert(
             at,
             Slot {
@@ -320,9 +325,17 @@ impl MmioBus {
 
     /// Sends an access to the device that claims all of it.
     pub fn dispatch(&self, addr: u64, access: Access<'_>) -> Dispatch {
+        let len = access.len() as u64;
+        let hint = self.last_hit.load(Ordering::Relaxed);
+        if let Some(slot) = self.slots.get(hint).filter(|slot| slot.contains(addr, len)) {
+            return slot.dispatch(addr, access);
+        }
         let after = self.slots.partition_point(|slot| slot.base <= addr);
-        match after.checked_sub(1).map(|i| &self.slots[i]) {
-            Some(slot) if slot.contains(addr, access.len() as u64) => slot.dispatch(addr, access),
+        match after.checked_sub(1) {
+            Some(index) if self.slots[index].contains(addr, len) => {
+                self.last_hit.store(index, Ordering::Relaxed);
+                self.slots[index].dispatch(addr, access)
+            }
             _ => unclaimed(access),
         }
     }

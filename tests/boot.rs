@@ -181,3 +181,35 @@ fn i8042_reset_and_debug_exit_codes_stop_the_vm() {
     assert_eq!(report.stop, VmStop::DebugExit(5));
     assert_eq!(report.stop.exit_status(), 11);
 }
+
+#[test]
+fn string_io_moves_whole_chunks_per_exit() {
+    if !kvm_available() {
+        return;
+    }
+    let report = run(&guest_config("strio", "rounds=4 bytes=4096 mode=rep"));
+    let text = serial_text(&report);
+    assert_eq!(report.stop, VmStop::DebugExit(0), "{text}");
+    let words_in = 4 * 4096 / 2;
+    let in_exits = report.profile.count(|k| {
+        *k == ExitKey {
+            kind: ExitKind::PioIn,
+            addr: 0x1f0,
+        }
+    });
+    let out_exits = report.profile.count(|k| {
+        *k == ExitKey {
+            kind: ExitKind::PioOut,
+            addr: 0x1f0,
+        }
+    });
+    assert!(
+        in_exits >= 4 && in_exits < words_in,
+        "rep insw: {in_exits} exits for {words_in} words"
+    );
+    assert!(
+        out_exits <= 4 * 4096,
+        "rep outsb: never more than one exit per byte"
+    );
+    assert_eq!(report.profile.unclaimed, 0);
+}

@@ -4,8 +4,8 @@
 //! Every variant boots the guest twice per repetition: with N iterations and with none.
 //! The difference removes VM setup and boot, which are the same in both; medians over
 //! repetitions remove host noise. An iteration is one loop pass for `rtc`, one interrupt
-//! for `eoi` and `tick`, one request for `doorbell`, and one 4 KiB block written and read
-//! back (two requests) for `blk`.
+//! for `eoi` and `tick`, one request for `doorbell`, one 4 KiB block written and read
+//! back (two requests) for `blk`, and one round of 4096 bytes out and back for `strio`.
 
 mod report;
 mod workloads;
@@ -73,7 +73,7 @@ pub struct BenchOptions {
 /// The bench could not run.
 #[derive(Debug, Error)]
 pub enum BenchError {
-    #[error("unknown workload {0:?}; workloads: rtc, eoi, tick, doorbell, blk")]
+    #[error("unknown workload {0:?}; workloads: rtc, eoi, tick, doorbell, blk, strio")]
     UnknownWorkload(String),
     #[error("unknown variant {name:?}; variants: {known}")]
     UnknownVariant { name: String, known: String },

@@ -108,6 +108,20 @@ pub const WORKLOADS: &[Workload] = &[
         rng: false,
         disk_bytes: 64 << 20,
     },
+    // String I/O (seed 004's exception): a buffer out with rep outsb, back with rep insw.
+    Workload {
+        name: "strio",
+        guest: "strio",
+        count_key: "rounds",
+        default_iterations: 64,
+        result_prefix: "strio:",
+        variants: &[
+            variant("rep", true, true, "mode=rep"),
+            variant("loop", true, true, "mode=loop"),
+        ],
+        rng: false,
+        disk_bytes: 0,
+    },
 ];
 
 /// The workload called `name`.

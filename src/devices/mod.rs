@@ -2,6 +2,7 @@
 //! machine behind [`crate::bus::BusDevice`], testable on its own.
 
 pub mod calendar;
+pub mod data_port;
 pub mod debug_exit;
 pub mod fw_cfg;
 pub mod i8042;

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use crate::bus::IoBuses;
+use crate::devices::data_port::{DataPort, DATA_PORT_BASE, DATA_PORT_COUNT};
 use crate::devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT};
 use crate::devices::fw_cfg::{FwCfg, FW_CFG_PORT, FW_CFG_PORT_COUNT};
 use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_COUNT};
@@ -83,5 +84,7 @@ pub fn build<C: Clock + 'static>(
         FW_CFG_PORT_COUNT,
         Arc::new(Mutex::new(fw_cfg)),
     )?;
+    let data_port = Arc::new(Mutex::new(DataPort::default()));
+    pio.insert("data-port", DATA_PORT_BASE, DATA_PORT_COUNT, data_port)?;
     Ok(Devices { buses, rtc, com1 })
 }
