@@ -10,6 +10,15 @@
 static inline void mmio_write(uint32_t addr, uint32_t value) { *(volatile uint32_t *)addr = value; }
 static inline uint32_t mmio_read(uint32_t addr) { return *(volatile uint32_t *)addr; }
 
+
+uint32_t virtio_read32(int slot, uint32_t offset) { return mmio_read(SLOT_BASE(slot) + offset); }
+
+int virtio_present(int slot, uint32_t device_id)
+{
+    return virtio_read32(slot, 0x000) == 0x74726976 && virtio_read32(slot, 0x004) == 2 &&
+           virtio_read32(slot, 0x008) == device_id;
+}
+
 void virtio_add_queue(struct vq *q, int slot, int queue)
 {
     uint32_t base = SLOT_BASE(slot);
@@ -25,14 +34,6 @@ void virtio_add_queue(struct vq *q, int slot, int queue)
     q->base = base;
     q->doorbell_port = 0;
     q->last_used = q->used.idx;
-}
-
-uint32_t virtio_read32(int slot, uint32_t offset) { return mmio_read(SLOT_BASE(slot) + offset); }
-
-int virtio_present(int slot, uint32_t device_id)
-{
-    return virtio_read32(slot, 0x000) == 0x74726976 && virtio_read32(slot, 0x004) == 2 &&
-           virtio_read32(slot, 0x008) == device_id;
 }
 
 int virtio_init(struct vq *q, int slot, uint32_t device_id, int queue, int pio_doorbell)
@@ -51,18 +52,9 @@ int virtio_init(struct vq *q, int slot, uint32_t device_id, int queue, int pio_d
     if (!(mmio_read(base + 0x070) & 8)) return -3;
     mmio_write(base + 0x030, (uint32_t)queue);
     if (mmio_read(base + 0x034) < VQ_SIZE) return -4;
-    mmio_write(base + 0x038, VQ_SIZE);
-    mmio_write(base + 0x080, (uint32_t)q->desc);
-    mmio_write(base + 0x084, 0);
-    mmio_write(base + 0x090, (uint32_t)&q->avail);
-    mmio_write(base + 0x094, 0);
-    mmio_write(base + 0x0a0, (uint32_t)&q->used);
-    mmio_write(base + 0x0a4, 0);
-    mmio_write(base + 0x044, 1);
+    virtio_add_queue(q, slot, queue);
     mmio_write(base + 0x070, 1 | 2 | 8 | 4);
-    q->base = base;
     q->doorbell_port = pio_doorbell ? (uint16_t)PIO_DOORBELL(slot) : 0;
-    q->last_used = q->used.idx;
     return 0;
 }
 

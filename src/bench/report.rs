@@ -45,7 +45,7 @@ pub struct VariantResult {
     /// The guest's result line, as numbers.
     pub guest: BTreeMap<String, u64>,
     /// The guest's counters per iteration, setup subtracted (`handler_tsc` per tick,
-    /// `skipped` and `written` EOIs per interrupt, ...).
+    /// `skipped` and `written` EOIs per interrupt, ...), medians over repetitions.
     pub guest_per_iteration: BTreeMap<String, f64>,
     /// The process exit status the run would have (1: the guest is satisfied).
     pub exit_status: i32,
@@ -81,6 +81,7 @@ pub(super) struct Samples {
     ns_per_iteration: Vec<f64>,
     wall_ns: Vec<f64>,
     tsc_per_iteration: Vec<f64>,
+    guest_per_iteration: BTreeMap<String, Vec<f64>>,
     last: Option<(RunReport, RunReport)>,
 }
 
@@ -95,8 +96,18 @@ impl Samples {
         let extra = full.wall.as_nanos() as f64 - empty.wall.as_nanos() as f64;
         self.ns_per_iteration.push(extra / iterations as f64);
         self.wall_ns.push(full.wall.as_nanos() as f64);
-        if let Some(tsc) = guest_fields(&full.serial, workload.result_prefix).get("tsc") {
+        let guest = guest_fields(&full.serial, workload.result_prefix);
+        if let Some(tsc) = guest.get("tsc") {
             self.tsc_per_iteration.push(*tsc as f64 / iterations as f64);
+        }
+        let guest_empty = guest_fields(&empty.serial, workload.result_prefix);
+        for (name, value) in &guest {
+            let zero = guest_empty.get(name).copied().unwrap_or(0);
+            let per_iteration = (*value as f64 - zero as f64) / iterations as f64;
+            self.guest_per_iteration
+                .entry(name.clone())
+                .or_default()
+                .push(per_iteration);
         }
         self.last = Some((full, empty));
     }
@@ -119,13 +130,9 @@ impl Samples {
             })
             .collect();
         let guest = guest_fields(&full.serial, workload.result_prefix);
-        let guest_empty = guest_fields(&empty.serial, workload.result_prefix);
-        let guest_per_iteration = guest
-            .iter()
-            .map(|(name, value)| {
-                let zero = guest_empty.get(name).copied().unwrap_or(0);
-                (name.clone(), per_iteration(*value, zero))
-            })
+        let guest_per_iteration = std::mem::take(&mut self.guest_per_iteration)
+            .into_iter()
+            .map(|(name, mut values)| (name, median(&mut values)))
             .collect();
         let profile = ProfileReport::new(&full.profile, full.kvm_stats.clone());
         let ns_per_iteration = median(&mut self.ns_per_iteration);

@@ -93,6 +93,19 @@ impl DiskBackend for Vec<u8> {
     }
 }
 
+/// Runs `step` over `len` bytes in pieces of at most [`CHUNK`], with a buffer for each
+/// piece and its offset; any I/O error is an I/O error status.
+fn in_chunks(len: u64, mut step: impl FnMut(&mut [u8], u64) -> io::Result<()>) -> Result<(), u8> {
+    let mut buffer = vec![0u8; CHUNK.min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let piece = &mut buffer[..CHUNK.min((len - done) as usize)];
+        step(piece, done).map_err(|_| S_IOERR)?;
+        done += piece.len() as u64;
+    }
+    Ok(())
+}
+
 /// The device.
 pub struct Block<B: DiskBackend> {
     disk: B,
@@ -128,16 +141,10 @@ impl<B: DiskBackend> Block<B> {
     fn read(&self, sector: u64, data: &mut Writer<'_, ()>) -> Result<u32, u8> {
         let len = data.available_bytes() as u64;
         let offset = self.locate(sector, len).ok_or(S_IOERR)?;
-        let mut buffer = vec![0u8; CHUNK.min(len as usize)];
-        let mut done = 0u64;
-        while done < len {
-            let piece = &mut buffer[..CHUNK.min((len - done) as usize)];
-            self.disk
-                .read_at(piece, offset + done)
-                .map_err(|_| S_IOERR)?;
-            data.write_all(piece).map_err(|_| S_IOERR)?;
-            done += piece.len() as u64;
-        }
+        in_chunks(len, |piece, done| {
+            self.disk.read_at(piece, offset + done)?;
+            data.write_all(piece)
+        })?;
         u32::try_from(len).map_err(|_| S_IOERR)
     }
 
@@ -147,16 +154,11 @@ impl<B: DiskBackend> Block<B> {
         }
         let len = data.available_bytes() as u64;
         let offset = self.locate(sector, len).ok_or(S_IOERR)?;
-        let mut buffer = vec![0u8; CHUNK.min(len as usize)];
-        let mut done = 0u64;
-        while done < len {
-            let piece = &mut buffer[..CHUNK.min((len - done) as usize)];
-            data.read_exact(piece).map_err(|_| S_IOERR)?;
-            self.disk
-                .write_at(piece, offset + done)
-                .map_err(|_| S_IOERR)?;
-            done += piece.len() as u64;
-        }
+        let disk = &mut self.disk;
+        in_chunks(len, |piece, done| {
+            data.read_exact(piece)?;
+            disk.write_at(piece, offset + done)
+        })?;
         Ok(0)
     }
 
