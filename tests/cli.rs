@@ -188,31 +188,17 @@ fn host_input_reaches_the_guest_through_com1_interrupts() {
     if !kvm_available() {
         return;
     }
-    use std::io::Write;
-    use std::process::Stdio;
-    let probe = guest_file("probe");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hushvm"))
-        .args([
-            "run",
-            "--multiboot",
-            probe.to_str().unwrap(),
-            "--cmdline",
-            "action=echo",
-            "--timeout",
-            "30",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"hello guest\n")
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let probe = common::guest_file("probe");
+    let args = [
+        "run",
+        "--multiboot",
+        probe.to_str().unwrap(),
+        "--cmdline",
+        "action=echo",
+        "--timeout",
+        "30",
+    ];
+    let output = common::hushvm_with_input(&args, b"hello guest\n");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.code(),

@@ -134,9 +134,7 @@ fn a_flushed_write_survives_sigkill() {
         return;
     }
     let path = scratch_disk("sigkill.img", 4 << 20);
-    let dir = std::env::temp_dir().join(format!("hushvm-virtio-{}", std::process::id()));
-    let guest = dir.join("blk.elf");
-    std::fs::write(&guest, hushvm::guests::image("blk").unwrap()).unwrap();
+    let guest = common::guest_file("blk");
     let mut child = Command::new(env!("CARGO_BIN_EXE_hushvm"))
         .args([
             "run",
@@ -188,34 +186,21 @@ fn host_input_reaches_the_guest_through_virtio_console() {
     if !kvm_available() {
         return;
     }
-    use std::io::Write;
-    let dir = std::env::temp_dir().join(format!("hushvm-virtio-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let guest = dir.join("probe-vecho.elf");
-    std::fs::write(&guest, hushvm::guests::image("probe").unwrap()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hushvm"))
-        .args([
-            "run",
-            "--multiboot",
-            guest.to_str().unwrap(),
-            "--cmdline",
-            "action=vecho",
-        ])
-        .args([
-            "--virtio-console",
-            "stdio",
-            "--serial",
-            "none",
-            "--timeout",
-            "30",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"ping").unwrap();
-    let output = child.wait_with_output().unwrap();
+    let guest = common::guest_file("probe");
+    let args = [
+        "run",
+        "--multiboot",
+        guest.to_str().unwrap(),
+        "--cmdline",
+        "action=vecho",
+        "--virtio-console",
+        "stdio",
+        "--serial",
+        "none",
+        "--timeout",
+        "30",
+    ];
+    let output = common::hushvm_with_input(&args, b"ping");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.code(),

@@ -58,3 +58,38 @@ pub fn field<'a>(text: &'a str, key: &str) -> &'a str {
         })
         .unwrap_or_else(|| panic!("no {key}= in:\n{text}"))
 }
+
+/// A scratch directory for this test process.
+pub fn scratch_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hushvm-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    dir
+}
+
+/// Built-in guest `name` written to the scratch directory.
+pub fn guest_file(name: &str) -> std::path::PathBuf {
+    let path = scratch_dir().join(format!("{name}.elf"));
+    std::fs::write(&path, hushvm::guests::image(name).expect("built-in guest"))
+        .expect("guest file");
+    path
+}
+
+/// Runs the hushvm binary with `args`, feeding `input` on its standard input.
+pub fn hushvm_with_input(args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hushvm"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hushvm runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("input written");
+    child.wait_with_output().expect("hushvm finishes")
+}
