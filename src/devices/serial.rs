@@ -55,11 +55,6 @@ impl<W: Write + Send> SerialPort<W> {
         self.uart.enqueue_raw_bytes(input).unwrap_or(0)
     }
 
-    /// Room in the receive FIFO.
-    pub fn receive_room(&self) -> usize {
-        self.uart.fifo_capacity()
-    }
-
     /// Where transmitted bytes went.
     pub fn output(&self) -> &W {
         self.uart.writer()

@@ -13,7 +13,6 @@ use crate::irq::InterruptLine;
 #[derive(Debug)]
 pub struct IrqFd {
     event: EventFd,
-    gsi: u32,
     pulses: AtomicU64,
 }
 
@@ -24,14 +23,8 @@ impl IrqFd {
             .map_err(ioctl_error("KVM_IRQFD"))?;
         Ok(Self {
             event,
-            gsi,
             pulses: AtomicU64::new(0),
         })
-    }
-
-    /// The GSI this line drives.
-    pub fn gsi(&self) -> u32 {
-        self.gsi
     }
 }
 

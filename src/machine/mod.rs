@@ -140,6 +140,8 @@ pub enum MachineError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot open /dev/urandom for virtio-rng: {0}")]
+    Entropy(#[source] io::Error),
     #[error("cannot set up the event loop: {0}")]
     EventLoop(String),
     #[error("vCPU thread: {0}")]

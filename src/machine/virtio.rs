@@ -11,7 +11,7 @@
 //! hushvm appends for each device present.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 
 use vm_memory::GuestMemoryMmap;
@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Access, AddressSpace, BusDevice, IoBuses, StopRequest};
 use crate::config::{DiskConfig, Doorbell};
-use crate::devices::virtio::block::{Block, FileDisk, SECTOR};
+use crate::devices::virtio::block::{Block, DiskBackend, FileDisk, SECTOR};
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{MmioTransport, QueueNotify, MMIO_SIZE, QUEUE_NOTIFY};
 use crate::devices::virtio::rng::Rng;
@@ -251,40 +251,37 @@ pub fn cmdline_additions(disk: bool, rng: bool, console: bool) -> String {
         .collect()
 }
 
-/// Places the configured devices.
-pub fn build(
-    config: VirtioConfig<'_>,
+/// The devices to place, each in its fixed slot.
+struct DeviceSet<B: DiskBackend, R: Read + Send, W: Write + Send> {
+    block: Option<Block<B>>,
+    rng: Option<Rng<R>>,
+    console: Option<Console<W>>,
+}
+
+fn place_all<B, R, W>(
+    devices: DeviceSet<B, R, W>,
     memory: &GuestMemoryMmap,
     platform: &dyn Platform,
     buses: &mut IoBuses,
-) -> Result<Vec<Slot>, MachineError> {
+    doorbell: Doorbell,
+) -> Result<Vec<Slot>, MachineError>
+where
+    B: DiskBackend + 'static,
+    R: Read + Send + 'static,
+    W: Write + Send + 'static,
+{
     let mut slots = Vec::new();
-    let doorbell = config.doorbell;
-    if let Some(disk) = config.disk {
-        let device = Block::new(open_disk(disk)?, disk.readonly, "hushvm-disk0");
+    if let Some(device) = devices.block {
         slots.push(place(0, "virtio-blk", device, memory, platform, buses, doorbell)?.0);
     }
-    if config.rng {
-        let source = File::open("/dev/urandom")
-            .map_err(|e| MachineError::EventLoop(format!("/dev/urandom: {e}")))?;
-        slots.push(
-            place(
-                1,
-                "virtio-rng",
-                Rng::new(source),
-                memory,
-                platform,
-                buses,
-                doorbell,
-            )?
-            .0,
-        );
+    if let Some(device) = devices.rng {
+        slots.push(place(1, "virtio-rng", device, memory, platform, buses, doorbell)?.0);
     }
-    if let Some(output) = config.console {
+    if let Some(device) = devices.console {
         let (mut slot, transport) = place(
             2,
             "virtio-console",
-            Console::new(output),
+            device,
             memory,
             platform,
             buses,
@@ -296,6 +293,31 @@ pub fn build(
     Ok(slots)
 }
 
+/// Places the configured devices.
+pub fn build(
+    config: VirtioConfig<'_>,
+    memory: &GuestMemoryMmap,
+    platform: &dyn Platform,
+    buses: &mut IoBuses,
+) -> Result<Vec<Slot>, MachineError> {
+    let block = match config.disk {
+        Some(disk) => Some(Block::new(open_disk(disk)?, disk.readonly, "hushvm-disk0")),
+        None => None,
+    };
+    let rng = match config.rng {
+        true => Some(Rng::new(
+            File::open("/dev/urandom").map_err(MachineError::Entropy)?,
+        )),
+        false => None,
+    };
+    let devices = DeviceSet {
+        block,
+        rng,
+        console: config.console.map(Console::new),
+    };
+    place_all(devices, memory, platform, buses, config.doorbell)
+}
+
 /// The devices of a traced machine, for replay: an in-memory disk of the traced size, an
 /// entropy source of zeros, a console that discards output; no doorbell fds.
 pub fn build_for_replay(
@@ -305,50 +327,11 @@ pub fn build_for_replay(
     memory: &GuestMemoryMmap,
     buses: &mut IoBuses,
 ) -> Result<Vec<Slot>, MachineError> {
-    let mut slots = Vec::new();
-    if disk_bytes > 0 {
-        let disk = vec![0u8; usize::try_from(disk_bytes).unwrap_or(0)];
-        let device = Block::new(disk, false, "hushvm-disk0");
-        slots.push(
-            place(
-                0,
-                "virtio-blk",
-                device,
-                memory,
-                &Unplugged,
-                buses,
-                Doorbell::Exit,
-            )?
-            .0,
-        );
-    }
-    if rng {
-        let device = Rng::new(io::repeat(0));
-        slots.push(
-            place(
-                1,
-                "virtio-rng",
-                device,
-                memory,
-                &Unplugged,
-                buses,
-                Doorbell::Exit,
-            )?
-            .0,
-        );
-    }
-    if console {
-        let (mut slot, transport) = place(
-            2,
-            "virtio-console",
-            Console::new(io::sink()),
-            memory,
-            &Unplugged,
-            buses,
-            Doorbell::Exit,
-        )?;
-        slot.input = Some(transport);
-        slots.push(slot);
-    }
-    Ok(slots)
+    let disk = vec![0u8; usize::try_from(disk_bytes).unwrap_or(0)];
+    let devices = DeviceSet {
+        block: (disk_bytes > 0).then(|| Block::new(disk, false, "hushvm-disk0")),
+        rng: rng.then(|| Rng::new(io::repeat(0))),
+        console: console.then(|| Console::new(io::sink())),
+    };
+    place_all(devices, memory, &Unplugged, buses, Doorbell::Exit)
 }

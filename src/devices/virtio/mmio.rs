@@ -85,11 +85,6 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
-    /// The device.
-    pub fn device(&self) -> &D {
-        &self.device
-    }
-
     /// The device, to hand it host input; call [`QueueNotify::notify`] afterwards.
     pub fn device_mut(&mut self) -> &mut D {
         &mut self.device
