@@ -3,7 +3,7 @@
 
 #define VIRTIO_BASE 0xc0000000u
 #define SLOT_BASE(slot) (VIRTIO_BASE + 0x1000u * (uint32_t)(slot))
-#define PIO_DOORBELL(slot) (0x600 + 4 * (slot))
+#define PIO_DOORBELL(slot) (0xb00 + 4 * (slot))
 #define NEXT 1
 #define WRITE 2
 

@@ -11,6 +11,7 @@ pub mod exit;
 pub mod fuzzing;
 pub mod irq;
 pub mod kvm;
+pub mod layout;
 pub mod loader;
 pub mod machine;
 pub mod profile;

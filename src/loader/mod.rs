@@ -4,6 +4,7 @@
 //! images only.
 
 pub mod elf32;
+pub mod entry;
 pub mod multiboot;
 
 use std::path::{Path, PathBuf};

@@ -3,9 +3,9 @@
 //!
 //! | slot | device  | MMIO base   | GSI | PIO doorbell |
 //! |------|---------|-------------|-----|--------------|
-//! | 0    | block   | 0xc0000000  | 5   | 0x600        |
-//! | 1    | entropy | 0xc0001000  | 6   | 0x604        |
-//! | 2    | console | 0xc0002000  | 7   | 0x608        |
+//! | 0    | block   | 0xc0000000  | 5   | 0xb00        |
+//! | 1    | entropy | 0xc0001000  | 6   | 0xb04        |
+//! | 2    | console | 0xc0002000  | 7   | 0xb08        |
 //!
 //! Linux finds them through `virtio_mmio.device=4K@BASE:GSI` on its command line, which
 //! hushvm appends for each device present.
@@ -30,11 +30,10 @@ use crate::kvm::Vm;
 
 use super::MachineError;
 
+use crate::layout::{self, ports::VIRTIO_PIO_DOORBELL_COUNT as PIO_DOORBELL_PORTS};
+
 /// MMIO base of slot 0.
-pub const VIRTIO_BASE: u64 = 0xc000_0000;
-const FIRST_GSI: u32 = 5;
-const PIO_DOORBELL_BASE: u16 = 0x600;
-const PIO_DOORBELL_PORTS: u16 = 4;
+pub const VIRTIO_BASE: u64 = layout::VIRTIO_MMIO_BASE;
 
 /// What placing a device needs from the hypervisor: interrupt lines and doorbells.
 pub trait Platform {
@@ -169,8 +168,8 @@ fn place<D: VirtioDevice + 'static>(
     buses: &mut IoBuses,
     doorbell: Doorbell,
 ) -> Result<(Slot, SharedTransport<D>), MachineError> {
-    let base = VIRTIO_BASE + u64::from(slot) * MMIO_SIZE;
-    let gsi = FIRST_GSI + u32::from(slot);
+    let base = layout::virtio_mmio_slot(slot);
+    let gsi = layout::virtio_mmio_gsi(slot);
     let queues = device.queue_max_sizes().len() as u32;
     let interrupt = platform.irq_line(gsi)?;
     let transport = Arc::new(Mutex::new(MmioTransport::new(
@@ -181,7 +180,7 @@ fn place<D: VirtioDevice + 'static>(
     buses
         .mmio
         .insert(name, base, MMIO_SIZE, transport.clone())?;
-    let port = PIO_DOORBELL_BASE + u16::from(slot) * PIO_DOORBELL_PORTS;
+    let port = layout::virtio_pio_doorbell(slot);
     let notify: Arc<Mutex<dyn QueueNotify>> = transport.clone();
     buses.pio.insert(
         name,
@@ -242,10 +241,10 @@ fn slots_present(disk: bool, rng: bool, console: bool) -> impl Iterator<Item = u
 pub fn cmdline_additions(disk: bool, rng: bool, console: bool) -> String {
     slots_present(disk, rng, console)
         .map(|slot| {
-            let base = VIRTIO_BASE + u64::from(slot) * MMIO_SIZE;
             format!(
-                " virtio_mmio.device=4K@{base:#x}:{}",
-                FIRST_GSI + u32::from(slot)
+                " virtio_mmio.device=4K@{:#x}:{}",
+                layout::virtio_mmio_slot(slot),
+                layout::virtio_mmio_gsi(slot)
             )
         })
         .collect()
