@@ -100,8 +100,10 @@ pub enum AddressSpace {
 pub enum StopRequest {
     /// isa-debug-exit: the guest wrote this value.
     DebugExit(u32),
-    /// The guest asked for a reset (i8042 command 0xFE).
+    /// The guest asked for a reset.
     Reset,
+    /// The guest powered the machine off.
+    PowerOff,
 }
 
 /// A register whose writes only latch state, so KVM may post them to the coalesced ring

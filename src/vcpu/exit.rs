@@ -138,6 +138,7 @@ impl ExitContext<'_> {
                     return ExitOutcome::Stop(VmStop::DebugExit(value))
                 }
                 Some(StopRequest::Reset) => return ExitOutcome::Stop(VmStop::Reset),
+                Some(StopRequest::PowerOff) => return ExitOutcome::Stop(VmStop::PowerOff),
                 None => {}
             }
         }

@@ -82,6 +82,8 @@ pub enum VmStop {
     DebugExit(u32),
     /// The guest asked for a reset.
     Reset,
+    /// The guest powered the machine off.
+    PowerOff,
     /// `--timeout` ran out.
     Timeout,
     /// This vCPU was asked to stop (another vCPU stopped the VM, or the timeout ran
@@ -102,7 +104,7 @@ impl VmStop {
     pub fn exit_status(&self) -> i32 {
         match self {
             VmStop::DebugExit(value) => ((value << 1) | 1) as i32,
-            VmStop::Reset => 0,
+            VmStop::Reset | VmStop::PowerOff => 0,
             VmStop::Timeout | VmStop::Requested => TIMEOUT_STATUS,
             VmStop::Fault(_) => FAULT_STATUS,
         }
