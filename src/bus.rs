@@ -4,6 +4,7 @@
 //! takes no bus-wide lock: only the one device it reaches is locked. The port bus is a
 //! flat table indexed by port; the MMIO bus is a sorted range table.
 
+use crate::sync::LockExt;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -98,8 +99,8 @@ pub enum AddressSpace {
 /// What an access asks of the whole VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopRequest {
-    /// isa-debug-exit: the guest wrote this value.
-    DebugExit(u32),
+    /// The guest asked to end with this value (a test guest's exit port).
+    Exit(u32),
     /// The guest asked for a reset.
     Reset,
     /// The guest powered the machine off.
@@ -196,9 +197,7 @@ impl Slot {
 /// Locks a device; a device whose lock was poisoned by a panic elsewhere is still
 /// reachable, because its state is plain data.
 fn lock(device: &SharedDevice) -> MutexGuard<'_, dyn BusDevice + 'static> {
-    device
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    device.locked()
 }
 
 fn unclaimed(access: Access<'_>) -> Dispatch {

@@ -6,6 +6,7 @@
 //! first thing after `KVM_RUN` returns, for every exit; anything else that touches a
 //! device with posted registers (the event loop, later) must call it first as well.
 
+use crate::sync::LockExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -91,7 +92,7 @@ impl PostedWrites {
         if ring.is_empty() {
             return 0;
         }
-        let _order = self.drain.lock().unwrap_or_else(|p| p.into_inner());
+        let _order = self.drain.locked();
         let mut applied = 0;
         while let Some(write) = ring.pop() {
             // A posted register latches state; it cannot ask the VM to stop.
@@ -113,26 +114,17 @@ pub struct QueueRing {
 impl QueueRing {
     /// Appends an entry, as KVM would on a posted write.
     pub fn push(&self, write: PostedWrite) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(write);
+        self.entries.locked().push_back(write);
     }
 }
 
 impl PostedWriteRing for QueueRing {
     fn is_empty(&self) -> bool {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        self.entries.locked().is_empty()
     }
 
     fn pop(&self) -> Option<PostedWrite> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front()
+        self.entries.locked().pop_front()
     }
 }
 

@@ -6,6 +6,7 @@
 //! device, it applies what is waiting in the coalesced ring (the RTC timer reads the
 //! registers a posted index write may have changed).
 
+use crate::sync::LockExt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd};
@@ -90,11 +91,9 @@ impl<C: Clock + 'static> RtcTimer<C> {
     pub fn new(rtc: Arc<Mutex<Rtc<C>>>, access: DeviceAccess) -> io::Result<Self> {
         let rearm = Arc::new(EventFd::new(EFD_NONBLOCK)?);
         let notify = rearm.clone();
-        rtc.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .set_rearm_notifier(Box::new(move || {
-                let _ = notify.write(1);
-            }));
+        rtc.locked().set_rearm_notifier(Box::new(move || {
+            let _ = notify.write(1);
+        }));
         Ok(Self {
             timer: TimerFd::new()?,
             rearm,
@@ -107,7 +106,7 @@ impl<C: Clock + 'static> RtcTimer<C> {
         let rtc = &self.rtc;
         let next = self.access.operate(
             || {
-                let mut rtc = rtc.lock().unwrap_or_else(|p| p.into_inner());
+                let mut rtc = rtc.locked();
                 rtc.tick();
                 rtc.next_event()
             },
@@ -196,12 +195,7 @@ impl<S: InputSink + ?Sized> MutEventSubscriber for SerialInput<S> {
         };
         let (serial, sink, input) = (&self.serial, self.sink, &buffer[..read]);
         let taken = self.access.operate(
-            || {
-                serial
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .receive(input)
-            },
+            || serial.locked().receive(input),
             |taken| Record::Input {
                 sink,
                 data: input[..*taken].to_vec(),
@@ -283,12 +277,7 @@ impl MutEventSubscriber for DoorbellEvent {
         let _ = self.event.read();
         let (device, queue, slot) = (&self.device, self.queue, self.slot);
         self.access.operate(
-            || {
-                device
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .notify(queue)
-            },
+            || device.locked().notify(queue),
             |_| Record::Doorbell { slot, queue },
         );
     }

@@ -321,10 +321,7 @@ mod tests {
     #[test]
     fn ram_above_three_gib_continues_above_four_gib() {
         let layout = layout(5 * GIB);
-        assert_eq!(
-            layout.ram_regions(),
-            vec![(0, 3 * GIB), (4 * GIB, 2 * GIB)]
-        );
+        assert_eq!(layout.ram_regions(), vec![(0, 3 * GIB), (4 * GIB, 2 * GIB)]);
         assert_eq!(layout.ram_top(), 6 * GIB);
         assert!(layout.is_ram(4 * GIB, 2 * GIB));
         assert!(!layout.is_ram(3 * GIB, 1));
@@ -359,7 +356,12 @@ mod tests {
 
     #[test]
     fn usable_ram_in_the_map_adds_up_to_ram_less_the_low_holes() {
-        for ram in [2 * MIB, 7 * MIB + 4 * KIB, 3 * GIB - 4 * KIB, 3 * GIB + 4 * KIB] {
+        for ram in [
+            2 * MIB,
+            7 * MIB + 4 * KIB,
+            3 * GIB - 4 * KIB,
+            3 * GIB + 4 * KIB,
+        ] {
             let usable: u64 = layout(ram)
                 .memory_map()
                 .iter()
@@ -391,8 +393,14 @@ mod tests {
     #[test]
     fn map_lines_read_like_linux() {
         let lines = layout(64 * MIB).memory_map_lines();
-        assert_eq!(lines[0], "[mem 0x0000000000000000-0x000000000009fbff] usable");
-        assert_eq!(lines[3], "[mem 0x0000000000100000-0x0000000003ffffff] usable");
+        assert_eq!(
+            lines[0],
+            "[mem 0x0000000000000000-0x000000000009fbff] usable"
+        );
+        assert_eq!(
+            lines[3],
+            "[mem 0x0000000000100000-0x0000000003ffffff] usable"
+        );
     }
 
     #[test]

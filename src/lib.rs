@@ -16,6 +16,7 @@ pub mod loader;
 pub mod machine;
 pub mod profile;
 pub mod ratelimit;
+pub mod sync;
 pub mod trace;
 pub mod vcpu;
 

@@ -187,7 +187,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         VmStop::Timeout => {
             eprintln!("hushvm: the guest was still running after the timeout; stopped")
         }
-        VmStop::DebugExit(_) | VmStop::Reset | VmStop::PowerOff | VmStop::Requested => {}
+        VmStop::Guest(_) | VmStop::Requested => {}
     }
     if args.profile || args.profile_json.is_some() {
         let profile = ProfileReport::new(&report.profile, report.kvm_stats.clone());

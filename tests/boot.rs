@@ -3,6 +3,7 @@
 
 mod common;
 
+use hushvm::bus::StopRequest;
 use std::time::{Duration, Instant};
 
 use common::{field, guest_config, kvm_available, run, serial_text};
@@ -23,7 +24,11 @@ fn the_guest_sees_multiboot_information_and_fw_cfg() {
     }];
     let report = run(&config);
     let text = serial_text(&report);
-    assert_eq!(report.stop, VmStop::DebugExit(0x10), "{text}");
+    assert_eq!(
+        report.stop,
+        VmStop::Guest(StopRequest::Exit(0x10)),
+        "{text}"
+    );
     assert_eq!(report.stop.exit_status(), 0x21);
     assert_eq!(field(&text, "magic"), "0x2badb002");
     assert_eq!(field(&text, "mem_lower"), "640");
@@ -87,7 +92,11 @@ fn the_rtc_reads_host_time_in_every_format() {
     }
     let report = run(&guest_config("probe", "action=rtc"));
     let text = serial_text(&report);
-    assert_eq!(report.stop, VmStop::DebugExit(0x11), "{text}");
+    assert_eq!(
+        report.stop,
+        VmStop::Guest(StopRequest::Exit(0x11)),
+        "{text}"
+    );
     let values = |label: &str| -> Vec<u32> {
         let line = text.lines().find(|l| l.starts_with(label)).expect(label);
         line.split_whitespace()
@@ -175,10 +184,10 @@ fn i8042_reset_and_debug_exit_codes_stop_the_vm() {
         return;
     }
     let report = run(&guest_config("probe", "action=reset"));
-    assert_eq!(report.stop, VmStop::Reset);
+    assert_eq!(report.stop, VmStop::Guest(StopRequest::Reset));
     assert_eq!(report.stop.exit_status(), 0);
     let report = run(&guest_config("probe", "action=exit code=5"));
-    assert_eq!(report.stop, VmStop::DebugExit(5));
+    assert_eq!(report.stop, VmStop::Guest(StopRequest::Exit(5)));
     assert_eq!(report.stop.exit_status(), 11);
 }
 
@@ -189,7 +198,7 @@ fn string_io_moves_whole_chunks_per_exit() {
     }
     let report = run(&guest_config("strio", "rounds=4 bytes=4096 mode=rep"));
     let text = serial_text(&report);
-    assert_eq!(report.stop, VmStop::DebugExit(0), "{text}");
+    assert_eq!(report.stop, VmStop::Guest(StopRequest::Exit(0)), "{text}");
     let words_in = 4 * 4096 / 2;
     let in_exits = report.profile.count(|k| {
         *k == ExitKey {

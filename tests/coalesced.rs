@@ -4,6 +4,7 @@
 mod common;
 
 use common::{guest_config, kvm_available, run};
+use hushvm::bus::StopRequest;
 use hushvm::machine::{Coalescing, RunReport};
 use hushvm::profile::{ExitKey, ExitKind};
 use hushvm::vcpu::VmStop;
@@ -29,7 +30,7 @@ fn without_coalescing_every_index_write_exits() {
     let report = rtc_run(500, false);
     assert_eq!(
         report.stop,
-        VmStop::DebugExit(0),
+        VmStop::Guest(StopRequest::Exit(0)),
         "the guest checked every value"
     );
     assert_eq!(report.coalescing, Coalescing::Off);
@@ -52,7 +53,7 @@ fn with_coalescing_index_writes_are_posted_and_applied_in_order() {
     let report = run(&config);
     assert_eq!(
         report.stop,
-        VmStop::DebugExit(0),
+        VmStop::Guest(StopRequest::Exit(0)),
         "every read saw its own index"
     );
     assert_eq!(report.coalescing, Coalescing::On(vec![(0x70, 1)]));

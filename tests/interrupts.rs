@@ -5,6 +5,7 @@ mod common;
 
 use common::{field, guest_config, kvm_available, run, serial_text};
 use hushvm::bench::guest_fields;
+use hushvm::bus::StopRequest;
 use hushvm::vcpu::VmStop;
 
 #[test]
@@ -14,7 +15,11 @@ fn the_uart_interrupt_reaches_the_guest_through_the_ioapic() {
     }
     let report = run(&guest_config("probe", "action=uart"));
     let text = serial_text(&report);
-    assert_eq!(report.stop, VmStop::DebugExit(0x15), "{text}");
+    assert_eq!(
+        report.stop,
+        VmStop::Guest(StopRequest::Exit(0x15)),
+        "{text}"
+    );
     let seen: u64 = field(&text, "uart_thre_interrupts").parse().unwrap();
     assert!(seen >= 1);
     assert!(
@@ -35,7 +40,7 @@ fn every_rtc_tick_the_host_injects_reaches_the_guest_exactly_once() {
         let report = run(&config);
         assert_eq!(
             report.stop,
-            VmStop::DebugExit(0),
+            VmStop::Guest(StopRequest::Exit(0)),
             "{}",
             serial_text(&report)
         );
@@ -64,11 +69,11 @@ fn the_lapic_timer_drives_the_eoi_workload_in_xapic_and_x2apic_mode() {
         config.pv_eoi = pv_eoi;
         let report = run(&config);
         let text = serial_text(&report);
-        if report.stop == VmStop::DebugExit(4) {
+        if report.stop == VmStop::Guest(StopRequest::Exit(4)) {
             eprintln!("x2apic not offered by this host: {text}");
             continue;
         }
-        assert_eq!(report.stop, VmStop::DebugExit(0), "{text}");
+        assert_eq!(report.stop, VmStop::Guest(StopRequest::Exit(0)), "{text}");
         let guest = guest_fields(&report.serial, "eoi:");
         assert_eq!(guest["interrupts"], 50, "{text}");
         assert_eq!(guest["pv_eoi"], u64::from(pv_eoi), "{text}");
@@ -89,7 +94,11 @@ fn cpuid_advertises_pv_eoi_unless_told_not_to() {
         config.pv_eoi = pv_eoi;
         let report = run(&config);
         let text = serial_text(&report);
-        assert_eq!(report.stop, VmStop::DebugExit(0x14), "{text}");
+        assert_eq!(
+            report.stop,
+            VmStop::Guest(StopRequest::Exit(0x14)),
+            "{text}"
+        );
         assert_eq!(field(&text, "kvm_signature"), "[KVMKVMKVM]");
         assert_eq!(field(&text, "kvm_max_leaf"), (0x4000_0001u32).to_string());
         assert_eq!(field(&text, "pv_eoi"), if pv_eoi { "1" } else { "0" });
@@ -106,7 +115,11 @@ fn application_processors_start_on_init_sipi_and_profiles_merge() {
     config.cpus = 2;
     let report = run(&config);
     let text = serial_text(&report);
-    assert_eq!(report.stop, VmStop::DebugExit(0x17), "{text}");
+    assert_eq!(
+        report.stop,
+        VmStop::Guest(StopRequest::Exit(0x17)),
+        "{text}"
+    );
     assert_eq!(field(&text, "smp cpus"), "2", "fw_cfg reports --cpus");
     assert_eq!(
         field(&text, "smp aps_up"),

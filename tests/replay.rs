@@ -5,6 +5,7 @@
 
 mod common;
 
+use hushvm::bus::StopRequest;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -172,7 +173,11 @@ fn fresh_recordings_replay_without_divergence() {
         config.rng = rng;
         config.record = Some(dir.join(format!("{name}.trace")));
         let report = run(&config);
-        assert_eq!(report.stop, hushvm::vcpu::VmStop::DebugExit(0), "{name}");
+        assert_eq!(
+            report.stop,
+            hushvm::vcpu::VmStop::Guest(StopRequest::Exit(0)),
+            "{name}"
+        );
         let bytes = std::fs::read(config.record.as_ref().unwrap()).unwrap();
         let replayed = replay(&bytes).unwrap();
         assert_eq!(

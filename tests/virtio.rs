@@ -3,6 +3,7 @@
 
 mod common;
 
+use hushvm::bus::StopRequest;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -66,7 +67,11 @@ fn every_doorbell_path_completes_every_request() {
         config.doorbell = doorbell;
         let report = run(&config);
         let text = serial_text(&report);
-        assert_eq!(report.stop, VmStop::DebugExit(0), "{doorbell:?}: {text}");
+        assert_eq!(
+            report.stop,
+            VmStop::Guest(StopRequest::Exit(0)),
+            "{doorbell:?}: {text}"
+        );
         let fields = guest_fields(&report.serial, "doorbell:");
         assert_eq!(fields["completed"], 50, "{doorbell:?}");
         let mmio_exits = report.profile.count(|k| {
@@ -117,7 +122,7 @@ fn block_data_read_back_equals_data_written() {
         config.doorbell = doorbell;
         let report = run(&config);
         let text = serial_text(&report);
-        assert_eq!(report.stop, VmStop::DebugExit(0), "{text}");
+        assert_eq!(report.stop, VmStop::Guest(StopRequest::Exit(0)), "{text}");
         let fields = guest_fields(&report.serial, "blk:");
         assert_eq!(fields["errors"], 0, "{text}");
         assert_eq!(fields["requests"], 2 * 64 + 2);
@@ -169,7 +174,11 @@ fn the_console_carries_output_and_its_completion_interrupt_reaches_the_guest() {
     config.virtio_console = Some(hushvm::config::SerialMode::Capture);
     let report = run(&config);
     let text = serial_text(&report);
-    assert_eq!(report.stop, VmStop::DebugExit(0x18), "{text}");
+    assert_eq!(
+        report.stop,
+        VmStop::Guest(StopRequest::Exit(0x18)),
+        "{text}"
+    );
     assert_eq!(report.virtio_console, b"hello from virtio-console\n");
     assert_eq!(common::field(&text, "vconsole_interrupts"), "1");
     assert_eq!(

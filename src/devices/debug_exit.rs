@@ -19,7 +19,7 @@ impl BusDevice for DebugExit {
                 data.fill(0);
                 None
             }
-            Access::Write(_) => Some(StopRequest::DebugExit(access.write_value() as u32)),
+            Access::Write(_) => Some(StopRequest::Exit(access.write_value() as u32)),
         }
     }
 }
@@ -33,11 +33,11 @@ mod tests {
         let mut device = DebugExit;
         assert_eq!(
             device.access(0, Access::Write(&[0x10])),
-            Some(StopRequest::DebugExit(0x10))
+            Some(StopRequest::Exit(0x10))
         );
         assert_eq!(
             device.access(0, Access::Write(&[0x34, 0x12])),
-            Some(StopRequest::DebugExit(0x1234))
+            Some(StopRequest::Exit(0x1234))
         );
         let mut data = [0xaa];
         assert_eq!(device.access(0, Access::Read(&mut data)), None);

@@ -7,6 +7,7 @@ mod replay;
 mod vcpus;
 mod virtio;
 
+use crate::sync::LockExt;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Write};
@@ -211,10 +212,7 @@ struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
 
 impl Write for SharedBuffer {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(data);
+        self.0.locked().extend_from_slice(data);
         Ok(data.len())
     }
 
@@ -461,11 +459,7 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         })?;
     }
 
-    let first = shared
-        .first_stop
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
+    let first = shared.first_stop.locked().take();
     let (stop, registers) = match first {
         Some(first) => first,
         None if timed_out => (VmStop::Timeout, None),
@@ -480,14 +474,9 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         }
     }
     profile.posted_writes = access.posted.applied();
-    let rtc = devices
-        .rtc
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .state();
-    let serial = std::mem::take(&mut *capture.0.lock().unwrap_or_else(|p| p.into_inner()));
-    let virtio_console =
-        std::mem::take(&mut *console_capture.0.lock().unwrap_or_else(|p| p.into_inner()));
+    let rtc = devices.rtc.locked().state();
+    let serial = std::mem::take(&mut *capture.0.locked());
+    let virtio_console = std::mem::take(&mut *console_capture.0.locked());
     Ok(RunReport {
         stop,
         registers,

@@ -1,5 +1,6 @@
 //! The machine of a trace, rebuilt with no KVM: the same devices at the same places.
 
+use crate::sync::LockExt;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -30,17 +31,11 @@ impl<C: Clock> ReplayMachine<C> {
     pub fn receive(&self, sink: u8, data: &[u8]) {
         match sink {
             0 => {
-                InputSink::receive(
-                    &mut *self.com1.lock().unwrap_or_else(|p| p.into_inner()),
-                    data,
-                );
+                InputSink::receive(&mut *self.com1.locked(), data);
             }
             _ => {
                 if let Some(console) = &self.console_input {
-                    console
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .receive(data);
+                    console.locked().receive(data);
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! vCPU threads, and the main thread's event loop that runs until they stop.
 
+use crate::sync::LockExt;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,7 +76,7 @@ pub fn spawn(mut vcpu: Vcpu, shared: Shared) -> Result<JoinHandle<Outcome>, Mach
                 })
                 .collect();
             if report.stop != VmStop::Requested {
-                let mut first = shared.first_stop.lock().unwrap_or_else(|p| p.into_inner());
+                let mut first = shared.first_stop.locked();
                 first.get_or_insert_with(|| (report.stop.clone(), report.registers.clone()));
             }
             shared.stop.store(true, Ordering::Release);

@@ -10,6 +10,7 @@
 //! Linux finds them through `virtio_mmio.device=4K@BASE:GSI` on its command line, which
 //! hushvm appends for each device present.
 
+use crate::sync::LockExt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
@@ -115,11 +116,7 @@ impl BusDevice for PioDoorbell {
     fn access(&mut self, _offset: u64, access: Access<'_>) -> Option<StopRequest> {
         match access {
             Access::Read(data) => data.fill(0),
-            Access::Write(_) => self
-                .0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .notify(Some(access.write_value() as u32)),
+            Access::Write(_) => self.0.locked().notify(Some(access.write_value() as u32)),
         }
         None
     }
@@ -216,12 +213,7 @@ fn place<D: VirtioDevice + 'static>(
         index: slot,
         notify,
         doorbells,
-        notifications: Arc::new(move || {
-            counter
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .notifications()
-        }),
+        notifications: Arc::new(move || counter.locked().notifications()),
         interrupt,
         input: None,
     };

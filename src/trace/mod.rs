@@ -4,6 +4,7 @@
 pub mod format;
 pub mod replay;
 
+use crate::sync::LockExt;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -52,7 +53,7 @@ impl Recorder {
             None => false,
         });
         if !queued {
-            let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let mut writer = self.writer.locked();
             self.write_all(&mut writer, std::slice::from_ref(record));
         }
     }
@@ -60,7 +61,7 @@ impl Recorder {
     /// Runs `operation` (which touches devices and records what it did) alone, and writes
     /// its records together.
     pub fn operation<T>(&self, operation: impl FnOnce() -> T) -> T {
-        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut writer = self.writer.locked();
         PENDING.with(|pending| *pending.borrow_mut() = Some(Vec::new()));
         let result = operation();
         let records = PENDING
@@ -80,7 +81,7 @@ impl Recorder {
 
     /// Flushes the file; says whether any record was lost.
     pub fn finish(&self) -> io::Result<()> {
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let writer = self.writer.locked().take();
         if let Some(writer) = writer {
             writer.finish()?;
         }
@@ -141,17 +142,13 @@ impl ReplayClock {
 
     /// Queues a recorded reading.
     pub fn push(&self, nanos: u64) {
-        self.readings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .push_back(nanos);
+        self.readings.locked().0.push_back(nanos);
     }
 }
 
 impl Clock for ReplayClock {
     fn now(&self) -> Duration {
-        let mut readings = self.readings.lock().unwrap_or_else(|p| p.into_inner());
+        let mut readings = self.readings.locked();
         // Past the recorded readings, time stands still at the last one.
         if let Some(next) = readings.0.pop_front() {
             readings.1 = next;

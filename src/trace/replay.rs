@@ -1,6 +1,7 @@
 //! Replaying a trace through freshly built buses and devices, with no KVM: every read
 //! must return what the trace recorded.
 
+use crate::sync::LockExt;
 use std::io::sink;
 use std::time::Instant;
 
@@ -151,7 +152,7 @@ fn run(
             }
             Record::Clock(nanos) => clock.push(*nanos),
             Record::RtcTick => {
-                let mut rtc = machine.rtc.lock().unwrap_or_else(|p| p.into_inner());
+                let mut rtc = machine.rtc.locked();
                 rtc.tick();
                 let _ = rtc.next_event();
             }
@@ -161,10 +162,7 @@ fn run(
                     .get(usize::from(*slot))
                     .and_then(Option::as_ref)
                 {
-                    device
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .notify(*queue);
+                    device.locked().notify(*queue);
                 }
             }
             Record::Input { sink, data } => machine.receive(*sink, data),

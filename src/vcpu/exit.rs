@@ -133,13 +133,8 @@ impl ExitContext<'_> {
         for element in access.into_elements(size) {
             let is_write = element.is_write();
             let result = self.buses.dispatch(space, addr, element);
-            match self.account(space, addr, is_write, size, result) {
-                Some(StopRequest::DebugExit(value)) => {
-                    return ExitOutcome::Stop(VmStop::DebugExit(value))
-                }
-                Some(StopRequest::Reset) => return ExitOutcome::Stop(VmStop::Reset),
-                Some(StopRequest::PowerOff) => return ExitOutcome::Stop(VmStop::PowerOff),
-                None => {}
+            if let Some(request) = self.account(space, addr, is_write, size, result) {
+                return ExitOutcome::Stop(VmStop::Guest(request));
             }
         }
         ExitOutcome::Continue
@@ -306,9 +301,9 @@ mod tests {
         };
         assert_eq!(
             machine.handle(exit),
-            ExitOutcome::Stop(VmStop::DebugExit(0x10))
+            ExitOutcome::Stop(VmStop::Guest(StopRequest::Exit(0x10)))
         );
-        assert_eq!(VmStop::DebugExit(0x10).exit_status(), 0x21);
+        assert_eq!(VmStop::Guest(StopRequest::Exit(0x10)).exit_status(), 0x21);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::bus::IoBuses;
+use crate::bus::{IoBuses, StopRequest};
 use crate::coalesced::PostedWrites;
 use crate::kvm::Vcpu;
 use crate::profile::{ExitClock, ExitKey, ExitProfile};
@@ -78,12 +78,8 @@ fn suberror_name(suberror: u32) -> &'static str {
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmStop {
-    /// isa-debug-exit with this value.
-    DebugExit(u32),
-    /// The guest asked for a reset.
-    Reset,
-    /// The guest powered the machine off.
-    PowerOff,
+    /// The guest asked: an exit value, a reset, a power-off.
+    Guest(StopRequest),
     /// `--timeout` ran out.
     Timeout,
     /// This vCPU was asked to stop (another vCPU stopped the VM, or the timeout ran
@@ -103,8 +99,8 @@ impl VmStop {
     /// 124 for a timeout, 2 for a crash.
     pub fn exit_status(&self) -> i32 {
         match self {
-            VmStop::DebugExit(value) => ((value << 1) | 1) as i32,
-            VmStop::Reset | VmStop::PowerOff => 0,
+            VmStop::Guest(StopRequest::Exit(value)) => ((value << 1) | 1) as i32,
+            VmStop::Guest(StopRequest::Reset | StopRequest::PowerOff) => 0,
             VmStop::Timeout | VmStop::Requested => TIMEOUT_STATUS,
             VmStop::Fault(_) => FAULT_STATUS,
         }
