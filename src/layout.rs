@@ -86,6 +86,11 @@ pub const MIN_MEMORY: u64 = 2 * MIB;
 /// The largest guest RAM hushvm accepts.
 pub const MAX_MEMORY: u64 = 256 * GIB;
 
+// The low-memory areas stay in their order and inside conventional memory.
+const _: () = assert!(PAGE_TABLES + PAGE_TABLES_SIZE <= CMDLINE);
+const _: () = assert!(CMDLINE + CMDLINE_MAX <= EBDA_START);
+const _: () = assert!(ACPI_TABLES + ACPI_TABLES_SIZE <= HIGH_RAM_START);
+
 /// The I/O port map: where each platform device answers.
 pub mod ports {
     /// The i8042 keyboard controller (data 0x60, command/status 0x64).
@@ -419,9 +424,6 @@ mod tests {
                 assert!(a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0, "{a:x?} {b:x?}");
             }
         }
-        assert!(PAGE_TABLES + PAGE_TABLES_SIZE <= CMDLINE);
-        assert!(CMDLINE + CMDLINE_MAX <= EBDA_START);
-        assert!(ACPI_TABLES + ACPI_TABLES_SIZE <= HIGH_RAM_START);
         assert!(virtio_mmio_slot(VIRTIO_MMIO_SLOTS as u8) <= PCI_MMIO32_START);
     }
 }
