@@ -19,7 +19,8 @@ const GUESTS: &[(&str, &str)] = &[
 /// Linked into every guest.
 const SHARED_SOURCES: &[&str] = &["start.S", "lib.c", "irq.c", "stubs.S", "smp.S", "virtio.c"];
 const SHARED: &[&str] = &[
-    "start.S", "lib.c", "lib.h", "irq.c", "irq.h", "stubs.S", "smp.S", "link.ld",
+    "start.S", "lib.c", "lib.h", "irq.c", "irq.h", "stubs.S", "smp.S", "virtio.c", "virtio.h",
+    "link.ld",
 ];
 
 fn main() {

@@ -4,8 +4,8 @@
 //! isa-debug-exit. No buses, no devices, no profiler. Whatever hushvm spends per exit
 //! beyond this is hushvm's own overhead.
 //!
-//! This bench tool is the one place outside `src/kvm/` that matches on kvm-ioctls' exits:
-//! doing so directly is what makes it a floor.
+//! The loop itself is `hushvm::kvm::floor`: it matches on kvm-ioctls' exits directly,
+//! which is what makes it a floor, and only `kvm/` may do that.
 //!
 //! Usage: hushvm-floor --multiboot FILE [--cmdline TEXT] [--no-coalesce]
 //! Prints the guest's COM1 output; exits with (v << 1) | 1 for a debug-exit write of v.
@@ -14,13 +14,13 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use hushvm::bus::{AddressSpace, PostedZone};
-use hushvm::coalesced::PostedWriteRing;
+use hushvm::kvm::floor::run_rtc_floor;
 use hushvm::kvm::{Hypervisor, Vm};
-use hushvm::loader;
-use kvm_ioctls::VcpuExit;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use hushvm::layout::{ports, MemoryLayout};
+use hushvm::loader::{self, BootRequest};
+use hushvm::machine;
 
-const MEMORY: usize = 64 << 20;
+const MEMORY: u64 = 64 << 20;
 
 struct Options {
     kernel: String,
@@ -51,29 +51,29 @@ fn parse_options() -> Result<Options, String> {
 
 fn run(options: &Options) -> Result<u8, String> {
     let image = std::fs::read(&options.kernel).map_err(|e| format!("{}: {e}", options.kernel))?;
-    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEMORY)])
-        .map_err(|e| e.to_string())?;
+    let layout = MemoryLayout::new(MEMORY).map_err(|e| e.to_string())?;
+    let memory = machine::guest_memory(&layout).map_err(|e| e.to_string())?;
     let name = std::path::Path::new(&options.kernel)
         .file_name()
         .unwrap_or_default()
         .to_string_lossy();
-    let cmdline = loader::kernel_cmdline(&name, &options.cmdline);
-    let boot = loader::load(&memory, &image, &cmdline, &[]).map_err(|e| e.to_string())?;
+    let request = BootRequest {
+        kernel_name: &name,
+        image: &image,
+        cmdline: &options.cmdline,
+        modules: &[],
+    };
+    let entry = loader::load(&memory, &layout, &request).map_err(|e| e.to_string())?;
     let hypervisor = Hypervisor::open().map_err(|e| e.to_string())?;
     let vm = Vm::new(&hypervisor, &memory).map_err(|e| e.to_string())?;
     let mut vcpu = vm
         .create_vcpu(0, &hushvm::kvm::VcpuOptions { pv_eoi: true })
         .map_err(|e| e.to_string())?;
-    vcpu.enter_protected_mode(
-        boot.entry,
-        loader::multiboot::BOOTLOADER_MAGIC,
-        boot.info_addr,
-    )
-    .map_err(|e| e.to_string())?;
+    vcpu.set_entry_state(&entry).map_err(|e| e.to_string())?;
     let ring = if options.coalesce {
         let zone = PostedZone {
             space: AddressSpace::Pio,
-            addr: 0x70,
+            addr: u64::from(ports::RTC),
             size: 1,
             device: "rtc",
         };
@@ -82,34 +82,11 @@ fn run(options: &Options) -> Result<u8, String> {
     } else {
         None
     };
-
-    let mut index = 0usize;
-    let mut nvram = [0u8; 128];
-    let mut output = Vec::new();
-    let fd = vcpu.raw_fd();
-    let status = loop {
-        let exit = fd.run().map_err(|e| format!("KVM_RUN: {e}"))?;
-        if let Some(ring) = &ring {
-            while let Some(write) = ring.pop() {
-                index = usize::from(write.data[0] & 0x7f);
-            }
-        }
-        match exit {
-            VcpuExit::IoOut(0x70, data) => index = usize::from(data[0] & 0x7f),
-            VcpuExit::IoOut(0x71, data) => nvram[index] = data[0],
-            VcpuExit::IoIn(0x71, data) => data[0] = nvram[index],
-            VcpuExit::IoOut(0x3f8, data) => output.push(data[0]),
-            VcpuExit::IoOut(0xf4, data) => break (data[0] << 1) | 1,
-            VcpuExit::IoIn(_, data) => data.fill(0xff),
-            VcpuExit::IoOut(..) | VcpuExit::MmioWrite(..) => {}
-            VcpuExit::MmioRead(_, data) => data.fill(0xff),
-            other => return Err(format!("unexpected exit {other:?}")),
-        }
-    };
+    let floor = run_rtc_floor(&mut vcpu, ring.as_ref()).map_err(|e| e.to_string())?;
     std::io::stdout()
-        .write_all(&output)
+        .write_all(&floor.serial)
         .map_err(|e| e.to_string())?;
-    Ok(status)
+    Ok(floor.status)
 }
 
 fn main() -> ExitCode {

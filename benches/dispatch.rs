@@ -16,10 +16,8 @@ fn dispatch(c: &mut Criterion) {
     let mut group = c.benchmark_group("replay-dispatch");
     for name in ["rtc", "tick", "doorbell"] {
         let bytes = trace(name);
-        let exits = hushvm::trace::replay::replay(&bytes)
-            .expect("trace replays")
-            .exits;
-        let mut run = hushvm::trace::replay::dispatch_only(&bytes).expect("trace decodes");
+        let exits = hushvm::replay::replay(&bytes).expect("trace replays").exits;
+        let mut run = hushvm::replay::dispatch_only(&bytes).expect("trace decodes");
         group.throughput(Throughput::Elements(exits));
         group.bench_function(name, |b| b.iter(&mut run));
     }

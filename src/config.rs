@@ -5,23 +5,19 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
-/// Smallest guest RAM: room for a kernel at 1 MiB and its boot information.
-pub const MIN_MEMORY: u64 = 2 << 20;
-/// Largest guest RAM: RAM is one block below the 32-bit MMIO hole at 3 GiB.
-pub const MAX_MEMORY: u64 = 3 << 30;
-const PAGE: u64 = 4096;
+use crate::layout::{LayoutError, MemoryLayout};
 
 /// A bad option value.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("invalid size {0:?}: expected a number with an optional K, M or G suffix (default M), e.g. 64M")]
     BadSize(String),
-    #[error("--mem {value}: too small, at least {} MiB", MIN_MEMORY >> 20)]
-    MemoryTooSmall { value: String },
-    #[error("--mem {value}: too large, at most {} GiB", MAX_MEMORY >> 30)]
-    MemoryTooLarge { value: String },
-    #[error("--mem {value}: not a multiple of 4 KiB")]
-    MemoryNotPageAligned { value: String },
+    #[error("--mem {value}: {source}")]
+    Memory {
+        value: String,
+        #[source]
+        source: LayoutError,
+    },
     #[error("invalid serial destination {0:?}: expected stdio, none or file:PATH")]
     BadSerial(String),
     #[error("invalid timeout {0:?}: expected a positive number of seconds")]
@@ -52,18 +48,11 @@ pub fn parse_size(text: &str) -> Result<u64, ConfigError> {
 }
 
 /// Parses and checks `--mem`.
-pub fn parse_memory(text: &str) -> Result<u64, ConfigError> {
-    let bytes = parse_size(text)?;
-    let value = text.to_string();
-    if bytes < MIN_MEMORY {
-        Err(ConfigError::MemoryTooSmall { value })
-    } else if bytes > MAX_MEMORY {
-        Err(ConfigError::MemoryTooLarge { value })
-    } else if bytes % PAGE != 0 {
-        Err(ConfigError::MemoryNotPageAligned { value })
-    } else {
-        Ok(bytes)
-    }
+pub fn parse_memory(text: &str) -> Result<MemoryLayout, ConfigError> {
+    MemoryLayout::new(parse_size(text)?).map_err(|source| ConfigError::Memory {
+        value: text.to_string(),
+        source,
+    })
 }
 
 /// Parses `--timeout` seconds.
@@ -181,18 +170,28 @@ mod tests {
 
     #[test]
     fn memory_limits_are_enforced() {
-        assert_eq!(parse_memory("64M"), Ok(64 << 20));
+        assert_eq!(parse_memory("64M").unwrap().ram_bytes(), 64 << 20);
+        assert_eq!(parse_memory("5G").unwrap().ram_top(), 6 << 30);
         assert!(matches!(
             parse_memory("1M"),
-            Err(ConfigError::MemoryTooSmall { .. })
+            Err(ConfigError::Memory {
+                source: LayoutError::TooSmall { .. },
+                ..
+            })
         ));
         assert!(matches!(
-            parse_memory("4G"),
-            Err(ConfigError::MemoryTooLarge { .. })
+            parse_memory("512G"),
+            Err(ConfigError::Memory {
+                source: LayoutError::TooLarge { .. },
+                ..
+            })
         ));
         assert!(matches!(
             parse_memory("4097K"),
-            Err(ConfigError::MemoryNotPageAligned { .. })
+            Err(ConfigError::Memory {
+                source: LayoutError::NotPageAligned { .. },
+                ..
+            })
         ));
     }
 

@@ -84,11 +84,11 @@ pub fn virtio_mmio_registers(data: &[u8]) {
 /// The trace reader on arbitrary bytes, then a replay of what it accepts when the
 /// machine is small (so a fuzzer does not spend its time allocating guest memory).
 pub fn trace(data: &[u8]) {
-    let Ok((machine, _)) = crate::trace::replay::decode(data) else {
+    let Ok((machine, _)) = crate::replay::decode(data) else {
         return;
     };
     if machine.memory <= 4 << 20 && machine.disk_bytes <= 1 << 20 {
-        let _ = crate::trace::replay::replay(data);
+        let _ = crate::replay::replay(data);
     }
 }
 

@@ -1,6 +1,7 @@
 //! hushvm: a KVM virtual machine monitor whose guests leave the CPU as rarely and as
 //! cheaply as possible, with the measurements to show it. See ARCHITECTURE.md.
 
+pub mod access;
 pub mod bench;
 pub mod bus;
 pub mod coalesced;
@@ -16,6 +17,8 @@ pub mod loader;
 pub mod machine;
 pub mod profile;
 pub mod ratelimit;
+pub mod replay;
+pub mod services;
 pub mod sync;
 pub mod trace;
 pub mod vcpu;

@@ -8,8 +8,12 @@ use clap::{Args, Parser, Subcommand};
 
 use hushvm::bench::{self, BenchOptions};
 use hushvm::config::{self, SerialMode};
+use hushvm::layout::MemoryLayout;
 use hushvm::loader::{self, Module};
-use hushvm::machine::{self, Coalescing, Kernel, MachineConfig};
+use hushvm::machine::{
+    self, BootConfig, Coalescing, Cures, DeviceConfig, Kernel, MachineConfig, RunOptions,
+    VcpuConfig,
+};
 use hushvm::profile::ProfileReport;
 use hushvm::vcpu::VmStop;
 
@@ -26,7 +30,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot a Multiboot (v1) ELF32 kernel, as `qemu-system-x86_64 -kernel` does.
+    /// Boot a kernel, as `qemu-system-x86_64 -kernel` does.
     Run(RunArgs),
     /// Run a workload under each of its variants and compare them.
     Bench(BenchArgs),
@@ -48,15 +52,15 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// The kernel: a Multiboot ELF32 image.
-    #[arg(long, value_name = "FILE")]
-    multiboot: PathBuf,
+    /// The kernel; its format is recognised from the file (a Multiboot ELF32 image).
+    #[arg(long, value_name = "FILE", visible_alias = "multiboot")]
+    kernel: PathBuf,
     /// vCPUs: vCPU 0 starts at the entry point, the others wait for INIT/SIPI.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
     cpus: u8,
     /// Guest RAM (QEMU syntax: 64M, 1G; a plain number is MiB).
     #[arg(long, default_value = "64M", value_parser = config::parse_memory)]
-    mem: u64,
+    mem: MemoryLayout,
     /// Where COM1 goes: stdio, none or file:PATH.
     #[arg(long, default_value = "stdio")]
     serial: SerialMode,
@@ -140,7 +144,7 @@ fn file_name(path: &Path) -> String {
 }
 
 fn run(args: RunArgs) -> Result<ExitCode> {
-    let image = loader::read_file(&args.multiboot)?;
+    let image = loader::read_file(&args.kernel)?;
     let modules = args
         .modules
         .iter()
@@ -151,29 +155,39 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut config = MachineConfig::new(Kernel {
-        name: file_name(&args.multiboot),
-        image,
-    });
-    config.memory = args.mem;
-    config.cpus = args.cpus;
-    config.disk = args.disk;
-    config.rng = args.rng;
-    config.record = args.record;
-    config.event_poll = std::time::Duration::from_micros(args.event_poll_us);
-    config.virtio_console = args.virtio_console;
-    config.doorbell = match (args.no_ioeventfd, args.doorbell) {
-        (true, _) => hushvm::config::Doorbell::Exit,
-        (false, Some(doorbell)) => doorbell,
-        (false, None) => hushvm::config::Doorbell::default(),
+    let config = MachineConfig {
+        memory: args.mem,
+        vcpus: VcpuConfig { count: args.cpus },
+        boot: BootConfig {
+            kernel: Kernel {
+                name: file_name(&args.kernel),
+                image,
+            },
+            cmdline: args.cmdline,
+            modules,
+        },
+        devices: DeviceConfig {
+            serial: args.serial,
+            disk: args.disk,
+            rng: args.rng,
+            virtio_console: args.virtio_console,
+        },
+        cures: Cures {
+            coalesce: !args.no_coalesce,
+            pv_eoi: !args.no_pv_eoi,
+            doorbell: match (args.no_ioeventfd, args.doorbell) {
+                (true, _) => hushvm::config::Doorbell::Exit,
+                (false, Some(doorbell)) => doorbell,
+                (false, None) => hushvm::config::Doorbell::default(),
+            },
+            event_poll: std::time::Duration::from_micros(args.event_poll_us),
+        },
+        run: RunOptions {
+            timeout: args.timeout,
+            time_exits: !args.no_exit_timing,
+            record: args.record,
+        },
     };
-    config.pv_eoi = !args.no_pv_eoi;
-    config.cmdline = args.cmdline;
-    config.modules = modules;
-    config.serial = args.serial;
-    config.coalesce = !args.no_coalesce;
-    config.timeout = args.timeout;
-    config.time_exits = !args.no_exit_timing;
 
     let report = machine::run(&config)?;
     let stop = &report.stop;
@@ -231,7 +245,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
 
 fn replay(file: &Path, json: bool) -> Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let report = hushvm::trace::replay::replay(&bytes)?;
+    let report = hushvm::replay::replay(&bytes)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

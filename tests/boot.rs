@@ -17,8 +17,8 @@ fn the_guest_sees_multiboot_information_and_fw_cfg() {
         return;
     }
     let mut config = guest_config("probe", "action=info extra=1");
-    config.memory = 32 << 20;
-    config.modules = vec![Module {
+    config.memory = hushvm::layout::MemoryLayout::new(32 << 20).unwrap();
+    config.boot.modules = vec![Module {
         name: "initrd.img quiet".into(),
         data: vec![0x5a; 10_000],
     }];
@@ -31,7 +31,11 @@ fn the_guest_sees_multiboot_information_and_fw_cfg() {
     );
     assert_eq!(report.stop.exit_status(), 0x21);
     assert_eq!(field(&text, "magic"), "0x2badb002");
-    assert_eq!(field(&text, "mem_lower"), "640");
+    assert_eq!(
+        field(&text, "mem_lower"),
+        "639",
+        "conventional RAM ends at the EBDA"
+    );
     assert_eq!(field(&text, "mem_upper"), (31 * 1024).to_string());
     assert_eq!(field(&text, "cmdline"), "[probe.elf action=info extra=1]");
     assert_eq!(field(&text, "loader"), "[hushvm]");
@@ -165,7 +169,7 @@ fn a_halted_or_spinning_guest_is_stopped_by_the_timeout() {
     }
     for action in ["hang", "spin"] {
         let mut config = guest_config("probe", &format!("action={action}"));
-        config.timeout = Some(Duration::from_millis(300));
+        config.run.timeout = Some(Duration::from_millis(300));
         let started = Instant::now();
         let report = run(&config);
         assert_eq!(report.stop, VmStop::Timeout, "{action}");

@@ -87,7 +87,7 @@ fn bad_sizes_and_options_are_clear_errors() {
         "too small",
     );
     assert_clear_error(
-        &hushvm(&["run", "--multiboot", probe, "--mem", "64G"]),
+        &hushvm(&["run", "--multiboot", probe, "--mem", "1024G"]),
         "too large",
     );
     assert_clear_error(

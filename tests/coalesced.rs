@@ -14,7 +14,7 @@ const SETUP_INDEX_WRITES: u64 = 64;
 
 fn rtc_run(iterations: u64, coalesce: bool) -> RunReport {
     let mut config = guest_config("rtc", &format!("iterations={iterations}"));
-    config.coalesce = coalesce;
+    config.cures.coalesce = coalesce;
     run(&config)
 }
 
@@ -49,7 +49,7 @@ fn with_coalescing_index_writes_are_posted_and_applied_in_order() {
     }
     // No timeout: the vCPU runs on the calling thread (the other tests use a watchdog).
     let mut config = guest_config("rtc", "iterations=500");
-    config.timeout = None;
+    config.run.timeout = None;
     let report = run(&config);
     assert_eq!(
         report.stop,
@@ -75,9 +75,9 @@ fn coalescing_changes_nothing_the_guest_or_the_devices_can_see() {
     }
     for cmdline in ["action=nvram", "action=info", "action=exit code=3"] {
         let mut off = guest_config("probe", cmdline);
-        off.coalesce = false;
+        off.cures.coalesce = false;
         let mut on = guest_config("probe", cmdline);
-        on.coalesce = true;
+        on.cures.coalesce = true;
         let (off, on) = (run(&off), run(&on));
         assert_eq!(off.serial, on.serial, "{cmdline}: serial output");
         assert_eq!(off.stop, on.stop, "{cmdline}: exit");

@@ -23,9 +23,9 @@ fn the_uart_interrupt_reaches_the_guest_through_the_ioapic() {
     let seen: u64 = field(&text, "uart_thre_interrupts").parse().unwrap();
     assert!(seen >= 1);
     assert!(
-        report.interrupts.com1 >= seen,
+        report.interrupts_on("com1") >= seen,
         "host sent {} edges",
-        report.interrupts.com1
+        report.interrupts_on("com1")
     );
 }
 
@@ -36,7 +36,7 @@ fn every_rtc_tick_the_host_injects_reaches_the_guest_exactly_once() {
     }
     for coalesce in [false, true] {
         let mut config = guest_config("tick", "ticks=64");
-        config.coalesce = coalesce;
+        config.cures.coalesce = coalesce;
         let report = run(&config);
         assert_eq!(
             report.stop,
@@ -46,7 +46,8 @@ fn every_rtc_tick_the_host_injects_reaches_the_guest_exactly_once() {
         );
         let guest = guest_fields(&report.serial, "tick:");
         assert_eq!(
-            guest["interrupts"], report.interrupts.rtc,
+            guest["interrupts"],
+            report.interrupts_on("rtc"),
             "guest count against host count"
         );
         assert!(guest["interrupts"] >= 64);
@@ -66,7 +67,7 @@ fn the_lapic_timer_drives_the_eoi_workload_in_xapic_and_x2apic_mode() {
     }
     for (mode, pv_eoi) in [("xapic", true), ("xapic", false), ("x2apic", true)] {
         let mut config = guest_config("eoi", &format!("interrupts=50 mode={mode}"));
-        config.pv_eoi = pv_eoi;
+        config.cures.pv_eoi = pv_eoi;
         let report = run(&config);
         let text = serial_text(&report);
         if report.stop == VmStop::Guest(StopRequest::Exit(4)) {
@@ -91,7 +92,7 @@ fn cpuid_advertises_pv_eoi_unless_told_not_to() {
     }
     for pv_eoi in [true, false] {
         let mut config = guest_config("probe", "action=cpuid");
-        config.pv_eoi = pv_eoi;
+        config.cures.pv_eoi = pv_eoi;
         let report = run(&config);
         let text = serial_text(&report);
         assert_eq!(
@@ -112,7 +113,7 @@ fn application_processors_start_on_init_sipi_and_profiles_merge() {
         return;
     }
     let mut config = guest_config("probe", "action=smp");
-    config.cpus = 2;
+    config.vcpus.count = 2;
     let report = run(&config);
     let text = serial_text(&report);
     assert_eq!(
@@ -136,7 +137,7 @@ fn more_vcpus_than_kvm_allows_is_an_error() {
         return;
     }
     let mut config = guest_config("probe", "action=exit");
-    config.cpus = 255;
+    config.vcpus.count = 255;
     let error = hushvm::machine::run(&config).unwrap_err().to_string();
     assert!(error.contains("--cpus 255"), "{error}");
 }

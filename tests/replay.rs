@@ -11,8 +11,8 @@ use std::process::Command;
 
 use common::{guest_config, kvm_available, run};
 use hushvm::bus::{Access, AddressSpace};
+use hushvm::replay::{decode, replay, replay_with};
 use hushvm::trace::format::{ExitDirection, Record};
-use hushvm::trace::replay::{decode, replay, replay_with};
 
 const TRACES: &[&str] = &["rtc", "tick", "eoi", "doorbell"];
 
@@ -93,7 +93,7 @@ fn a_changed_device_is_caught_at_the_right_exit() {
     let report = replay_with(&bytes, &mut |replayed, machine| {
         if replayed == 300 {
             // Overwrite the NVRAM byte that exit `target` reads, then restore the index.
-            let buses = &machine.buses;
+            let buses = machine.buses();
             buses.dispatch(AddressSpace::Pio, 0x70, Access::Write(&[index]));
             buses.dispatch(AddressSpace::Pio, 0x71, Access::Write(&[0xee]));
         }
@@ -170,15 +170,15 @@ fn fresh_recordings_replay_without_divergence() {
     ];
     for (name, guest, cmdline, rng) in workloads {
         let mut config = guest_config(guest, cmdline);
-        config.rng = rng;
-        config.record = Some(dir.join(format!("{name}.trace")));
+        config.devices.rng = rng;
+        config.run.record = Some(dir.join(format!("{name}.trace")));
         let report = run(&config);
         assert_eq!(
             report.stop,
             hushvm::vcpu::VmStop::Guest(StopRequest::Exit(0)),
             "{name}"
         );
-        let bytes = std::fs::read(config.record.as_ref().unwrap()).unwrap();
+        let bytes = std::fs::read(config.run.record.as_ref().unwrap()).unwrap();
         let replayed = replay(&bytes).unwrap();
         assert_eq!(
             replayed.exits,

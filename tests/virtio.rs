@@ -63,8 +63,8 @@ fn every_doorbell_path_completes_every_request() {
         (Doorbell::Pio, "doorbell=pio"),
     ] {
         let mut config = guest_config("doorbell", &format!("requests=50 {guest}"));
-        config.rng = true;
-        config.doorbell = doorbell;
+        config.devices.rng = true;
+        config.cures.doorbell = doorbell;
         let report = run(&config);
         let text = serial_text(&report);
         assert_eq!(
@@ -96,7 +96,8 @@ fn every_doorbell_path_completes_every_request() {
         }
         assert_eq!(report.virtio_notifications, 50, "{doorbell:?}");
         assert_eq!(
-            report.virtio_interrupts, 50,
+            report.virtio_interrupts(),
+            50,
             "{doorbell:?}: one completion interrupt each"
         );
         assert!(text.contains("virtio_mmio") || !text.contains("cmdline"));
@@ -115,11 +116,11 @@ fn block_data_read_back_equals_data_written() {
     ] {
         let path = scratch_disk(&format!("{pattern_name}-{doorbell:?}.img"), 4 << 20);
         let mut config = guest_config("blk", &format!("requests=64 pattern={pattern_name}"));
-        config.disk = Some(DiskConfig {
+        config.devices.disk = Some(DiskConfig {
             path: path.clone(),
             readonly: false,
         });
-        config.doorbell = doorbell;
+        config.cures.doorbell = doorbell;
         let report = run(&config);
         let text = serial_text(&report);
         assert_eq!(report.stop, VmStop::Guest(StopRequest::Exit(0)), "{text}");
@@ -171,7 +172,7 @@ fn the_console_carries_output_and_its_completion_interrupt_reaches_the_guest() {
         return;
     }
     let mut config = guest_config("probe", "action=vconsole");
-    config.virtio_console = Some(hushvm::config::SerialMode::Capture);
+    config.devices.virtio_console = Some(hushvm::config::SerialMode::Capture);
     let report = run(&config);
     let text = serial_text(&report);
     assert_eq!(
@@ -187,7 +188,7 @@ fn the_console_carries_output_and_its_completion_interrupt_reaches_the_guest() {
         "used-buffer interrupt"
     );
     assert_eq!(common::field(&text, "vconsole_status_after_ack"), "0");
-    assert_eq!(report.virtio_interrupts, 1);
+    assert_eq!(report.virtio_interrupts(), 1);
 }
 
 #[test]
@@ -226,8 +227,8 @@ fn the_command_line_announces_each_device_present() {
         return;
     }
     let mut config = guest_config("probe", "action=info");
-    config.rng = true;
-    config.virtio_console = Some(hushvm::config::SerialMode::Capture);
+    config.devices.rng = true;
+    config.devices.virtio_console = Some(hushvm::config::SerialMode::Capture);
     let report = run(&config);
     assert_eq!(
         common::field(&serial_text(&report), "cmdline"),
@@ -242,7 +243,7 @@ fn a_readonly_disk_refuses_writes_and_keeps_its_data() {
     }
     let path = scratch_disk("readonly.img", 1 << 20);
     let mut config = guest_config("blk", "requests=4");
-    config.disk = Some(DiskConfig {
+    config.devices.disk = Some(DiskConfig {
         path: path.clone(),
         readonly: true,
     });

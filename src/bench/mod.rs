@@ -127,17 +127,17 @@ fn run_once(
         name: format!("{}.elf", workload.guest),
         image: image.to_vec(),
     });
-    config.cmdline = format!("{}={iterations} {}", workload.count_key, variant.cmdline);
-    config.serial = SerialMode::Capture;
-    config.coalesce = variant.coalesce;
-    config.pv_eoi = variant.pv_eoi;
-    config.doorbell = variant.doorbell;
-    config.rng = workload.rng;
-    config.disk = disk.map(|disk| DiskConfig {
+    config.boot.cmdline = format!("{}={iterations} {}", workload.count_key, variant.cmdline);
+    config.devices.serial = SerialMode::Capture;
+    config.cures.coalesce = variant.coalesce;
+    config.cures.pv_eoi = variant.pv_eoi;
+    config.cures.doorbell = variant.doorbell;
+    config.devices.rng = workload.rng;
+    config.devices.disk = disk.map(|disk| DiskConfig {
         path: disk.0.clone(),
         readonly: false,
     });
-    config.time_exits = time_exits;
+    config.run.time_exits = time_exits;
     Ok(machine::run(&config)?)
 }
 

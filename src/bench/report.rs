@@ -154,9 +154,9 @@ impl Samples {
             guest_tsc_per_iteration: (!self.tsc_per_iteration.is_empty())
                 .then(|| median(&mut self.tsc_per_iteration)),
             interrupts: guest.get("interrupts").copied(),
-            host_interrupts: full.interrupts.com1 + full.interrupts.rtc,
+            host_interrupts: full.interrupts_on("com1") + full.interrupts_on("rtc"),
             virtio_notifications: full.virtio_notifications,
-            virtio_interrupts: full.virtio_interrupts,
+            virtio_interrupts: full.virtio_interrupts(),
             iterations_per_second: 1e9 / ns_per_iteration,
             guest,
             guest_per_iteration,

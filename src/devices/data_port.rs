@@ -7,10 +7,6 @@ use std::collections::VecDeque;
 
 use crate::bus::{Access, BusDevice, StopRequest};
 
-/// Primary ATA data port.
-pub const DATA_PORT_BASE: u16 = 0x1f0;
-/// Ports it occupies.
-pub const DATA_PORT_COUNT: u16 = 8;
 /// Bytes it holds at most; writes beyond are dropped.
 pub const DATA_PORT_CAPACITY: usize = 64 * 1024;
 const DATA: u64 = 0;

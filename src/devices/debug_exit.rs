@@ -7,11 +7,6 @@ use crate::bus::{Access, BusDevice, StopRequest};
 #[derive(Debug, Default)]
 pub struct DebugExit;
 
-/// The default base port.
-pub const DEBUG_EXIT_PORT: u16 = 0xf4;
-/// Ports it occupies.
-pub const DEBUG_EXIT_PORT_COUNT: u16 = 4;
-
 impl BusDevice for DebugExit {
     fn access(&mut self, _offset: u64, access: Access<'_>) -> Option<StopRequest> {
         match access {

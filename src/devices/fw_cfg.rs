@@ -6,11 +6,6 @@ use std::collections::BTreeMap;
 
 use crate::bus::{Access, BusDevice, StopRequest};
 
-/// Selector port; the data port follows it.
-pub const FW_CFG_PORT: u16 = 0x510;
-/// Ports it occupies: selector (0x510-0x511 for a 16-bit write) and data (0x511).
-pub const FW_CFG_PORT_COUNT: u16 = 2;
-
 /// Item keys.
 pub mod key {
     pub const SIGNATURE: u16 = 0x00;

@@ -8,11 +8,6 @@ use vm_superio::{I8042Device, Trigger};
 
 use crate::bus::{Access, BusDevice, StopRequest};
 
-/// Base port; the device spans 0x60..=0x64.
-pub const I8042_PORT: u16 = 0x60;
-/// Ports it occupies (0x60 data .. 0x64 command/status).
-pub const I8042_PORT_COUNT: u16 = 5;
-
 /// Set by the controller when the guest asks for a CPU reset.
 #[derive(Debug, Default, Clone)]
 struct ResetLine(Arc<AtomicBool>);

@@ -10,9 +10,6 @@ pub struct PostCode {
     pub last: u8,
 }
 
-/// Its port.
-pub const POST_CODE_PORT: u16 = 0x80;
-
 impl BusDevice for PostCode {
     fn access(&mut self, _offset: u64, access: Access<'_>) -> Option<StopRequest> {
         match access {

@@ -33,9 +33,6 @@ impl<W: Write + Send> std::fmt::Debug for SerialPort<W> {
     }
 }
 
-/// Ports the UART occupies.
-pub const SERIAL_PORT_COUNT: u16 = 8;
-
 impl<W: Write + Send> SerialPort<W> {
     /// A UART whose transmitted bytes go to `out`, with an interrupt line that only counts.
     pub fn new(out: W) -> Self {

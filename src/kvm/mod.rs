@@ -1,5 +1,6 @@
 //! Everything that talks to KVM: the only module that imports `kvm-ioctls`.
 
+pub mod floor;
 mod irq;
 mod ring;
 mod stats;
@@ -47,6 +48,9 @@ pub enum KvmError {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    /// The benchmark floor met an exit the rtc guest never causes.
+    #[error("the benchmark floor met an exit it does not serve")]
+    UnexpectedFloorExit,
     /// Reading KVM's binary statistics failed.
     #[error("reading KVM statistics failed: {0}")]
     Stats(#[source] std::io::Error),

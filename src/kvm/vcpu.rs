@@ -12,6 +12,7 @@ use kvm_ioctls::VcpuFd;
 use super::{ioctl_error, KvmError, KvmRing, StatsReader};
 use crate::bus::Access;
 use crate::exit::VmExit;
+use crate::loader::{EntryMode, EntryState};
 
 const CR0_PE: u64 = 1 << 0;
 const CR0_ET: u64 = 1 << 4;
@@ -23,7 +24,7 @@ const MXCSR_DEFAULT: u32 = 0x1f80;
 /// A vCPU of a [`super::Vm`].
 #[derive(Debug)]
 pub struct Vcpu {
-    fd: VcpuFd,
+    pub(super) fd: VcpuFd,
     id: u8,
     run_size: usize,
     coalesced_ring_page: Option<u32>,
@@ -67,13 +68,14 @@ impl Vcpu {
         self.id
     }
 
-    /// Puts the vCPU where a Multiboot loader leaves it: 32-bit protected mode, flat
-    /// 4 GiB code and data segments, paging off, interrupts off, at `entry` with
-    /// EAX = `eax` and EBX = `ebx`.
-    pub fn enter_protected_mode(&self, entry: u32, eax: u32, ebx: u32) -> Result<(), KvmError> {
+    /// Puts the vCPU in the state a boot protocol requires at its entry point.
+    pub fn set_entry_state(&self, state: &EntryState) -> Result<(), KvmError> {
+        if state.mode != EntryMode::Protected32 {
+            return Err(KvmError::MissingCapability("a 64-bit entry state"));
+        }
         let mut sregs = self.fd.get_sregs().map_err(ioctl_error("KVM_GET_SREGS"))?;
-        sregs.cs = flat_segment(0x08, 0xb);
-        let data = flat_segment(0x10, 0x3);
+        sregs.cs = flat_segment(state.code_selector, 0xb);
+        let data = flat_segment(state.data_selector, 0x3);
         (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
         sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & !(1 << 31);
         sregs.cr4 = 0;
@@ -86,9 +88,11 @@ impl Vcpu {
         fpu.mxcsr = MXCSR_DEFAULT;
         self.fd.set_fpu(&fpu).map_err(ioctl_error("KVM_SET_FPU"))?;
         let mut regs = self.fd.get_regs().map_err(ioctl_error("KVM_GET_REGS"))?;
-        regs.rip = u64::from(entry);
-        regs.rax = u64::from(eax);
-        regs.rbx = u64::from(ebx);
+        regs.rip = state.rip;
+        regs.rsp = state.rsp;
+        regs.rax = state.rax;
+        regs.rbx = state.rbx;
+        regs.rsi = state.rsi;
         regs.rflags = RFLAGS_RESERVED;
         self.fd.set_regs(&regs).map_err(ioctl_error("KVM_SET_REGS"))
     }
@@ -106,11 +110,6 @@ impl Vcpu {
         }
         let run_size = self.run_size;
         Ok(decode(self.fd.get_kvm_run(), run_size))
-    }
-
-    /// The raw vCPU, for the benchmark floor, which runs its own minimal loop.
-    pub fn raw_fd(&mut self) -> &mut VcpuFd {
-        &mut self.fd
     }
 
     /// Maps the VM's coalesced ring through this vCPU.

@@ -10,8 +10,12 @@ pub mod multiboot;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
+use vm_memory::GuestMemoryMmap;
 
-pub use multiboot::{kernel_cmdline, load, BootInfo, Module};
+use crate::layout::MemoryLayout;
+
+pub use entry::{DescriptorTable, EntryMode, EntryState};
+pub use multiboot::{kernel_cmdline, Module};
 
 /// Why an image could not be loaded.
 #[derive(Debug, Error)]
@@ -63,6 +67,29 @@ pub enum LoaderError {
     },
 }
 
+/// A kernel to boot and what it boots with.
+#[derive(Debug, Clone, Copy)]
+pub struct BootRequest<'a> {
+    /// The kernel's file name (a Multiboot command line starts with it, as under QEMU).
+    pub kernel_name: &'a str,
+    pub image: &'a [u8],
+    /// The command line, with whatever the machine appended for its devices.
+    pub cmdline: &'a str,
+    /// Multiboot modules.
+    pub modules: &'a [Module],
+}
+
+/// The boot-loader interface: puts the kernel and what its boot protocol hands it into
+/// guest memory, and says how the boot vCPU must enter it.
+pub fn load(
+    memory: &GuestMemoryMmap,
+    layout: &MemoryLayout,
+    request: &BootRequest<'_>,
+) -> Result<EntryState, LoaderError> {
+    let cmdline = kernel_cmdline(request.kernel_name, request.cmdline);
+    multiboot::load(memory, layout, request.image, &cmdline, request.modules)
+}
+
 /// Reads a file for loading.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, LoaderError> {
     std::fs::read(path).map_err(|source| LoaderError::Read {
@@ -80,6 +107,18 @@ mod tests {
 
     fn memory(size: u64) -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap()
+    }
+
+    /// Loads a Multiboot image into `memory`, with the layout of its size.
+    fn load(
+        memory: &GuestMemoryMmap,
+        image: &[u8],
+        cmdline: &str,
+        modules: &[Module],
+    ) -> Result<EntryState, LoaderError> {
+        use vm_memory::GuestMemoryBackend;
+        let layout = crate::layout::MemoryLayout::new(memory.last_addr().0 + 1).unwrap();
+        multiboot::load(memory, &layout, image, cmdline, modules)
     }
 
     /// An ELF32 image: one PT_LOAD segment at `paddr` holding a Multiboot header with
@@ -154,17 +193,23 @@ mod tests {
         ];
         let cmdline = kernel_cmdline("kernel.elf", "console=ttyS0");
         let boot = load(&mem, &elf, &cmdline, &modules).unwrap();
-        assert_eq!(boot.entry, 0x10_000c);
+        assert_eq!(boot.rip, 0x10_000c);
+        assert_eq!(boot.rax, u64::from(multiboot::BOOTLOADER_MAGIC));
+        assert_eq!(boot.rsp, crate::layout::BOOT_STACK_TOP, "a usable stack");
         let payload: u8 = mem.read_obj(GuestAddress(0x10_000c)).unwrap();
         assert_eq!(payload, 0x90);
-        let info = u64::from(boot.info_addr);
+        let info = boot.rbx;
         assert_eq!(info % 4096, 0);
         assert_eq!(
             read_u32(&mem, info) & 0x24d,
             0x24d,
             "mem, cmdline, mods, mmap, name"
         );
-        assert_eq!(read_u32(&mem, info + 4), 640);
+        assert_eq!(
+            read_u32(&mem, info + 4),
+            639,
+            "below the EBDA, as QEMU says"
+        );
         assert_eq!(read_u32(&mem, info + 8), 7 * 1024);
         assert_eq!(
             read_string(&mem, u64::from(read_u32(&mem, info + 16))),
@@ -195,9 +240,9 @@ mod tests {
             read_u32(&mem, info + 44),
             u64::from(read_u32(&mem, info + 48)),
         );
-        assert_eq!(mmap_len, 3 * 24);
-        let last_base: u64 = mem.read_obj(GuestAddress(mmap + 48 + 4)).unwrap();
-        let last_len: u64 = mem.read_obj(GuestAddress(mmap + 48 + 12)).unwrap();
+        assert_eq!(mmap_len, 4 * 24, "the layout's memory map");
+        let last_base: u64 = mem.read_obj(GuestAddress(mmap + 72 + 4)).unwrap();
+        let last_len: u64 = mem.read_obj(GuestAddress(mmap + 72 + 12)).unwrap();
         assert_eq!((last_base, last_len), (MIB, 7 * MIB));
     }
 
@@ -307,7 +352,7 @@ mod tests {
         let mem = memory(4 * MIB);
         for (name, elf) in crate::guests::GUESTS {
             let boot = load(&mem, elf, name, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(boot.entry >= 0x10_0000, "{name}");
+            assert!(boot.rip >= 0x10_0000, "{name}");
         }
     }
 }

@@ -3,10 +3,12 @@
 //! information structure (memory, memory map, command line, modules, loader name) after
 //! the modules.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::elf32::Elf32;
+use super::entry::EntryState;
 use super::LoaderError;
+use crate::layout::{self, MemoryLayout, EBDA_START, HIGH_RAM_START};
 
 /// The header's magic.
 pub const HEADER_MAGIC: u32 = 0x1BAD_B002;
@@ -28,10 +30,7 @@ const INFO_LOADER_NAME: u32 = 1 << 9;
 const INFO_SIZE: u64 = 128;
 const MMAP_ENTRY_SIZE: u32 = 24;
 const MODULE_ENTRY_SIZE: u64 = 16;
-const PAGE: u64 = 4096;
-const LOW_MEMORY_END: u64 = 0xa_0000;
-const BIOS_AREA: u64 = 0xf_0000;
-const HIGH_MEMORY: u64 = 0x10_0000;
+const PAGE: u64 = layout::PAGE_SIZE;
 const LOADER_NAME: &str = "hushvm";
 
 /// A file handed to the guest as a Multiboot module.
@@ -41,15 +40,6 @@ pub struct Module {
     pub name: String,
     /// Its bytes.
     pub data: Vec<u8>,
-}
-
-/// Where the guest starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BootInfo {
-    /// Physical entry point.
-    pub entry: u32,
-    /// Physical address of the Multiboot information structure (EBX).
-    pub info_addr: u32,
 }
 
 /// The command line a Multiboot kernel sees under QEMU: its file name, a space, then the
@@ -63,7 +53,7 @@ fn align_up(value: u64, to: u64) -> u64 {
 }
 
 /// Finds and checks the Multiboot header; returns its flags.
-fn header_flags(image: &[u8]) -> Result<u32, LoaderError> {
+pub(super) fn header_flags(image: &[u8]) -> Result<u32, LoaderError> {
     let search = &image[..image.len().min(HEADER_SEARCH)];
     let word = |at: usize| {
         u32::from_le_bytes([search[at], search[at + 1], search[at + 2], search[at + 3]])
@@ -89,15 +79,20 @@ fn header_flags(image: &[u8]) -> Result<u32, LoaderError> {
 }
 
 /// Loads `image` and `modules` into `memory` and writes the information structure.
+/// The guest enters as under QEMU: 32-bit flat protected mode, EAX the bootloader
+/// magic, EBX the information structure, and a usable stack in low memory (a kernel may
+/// call a function before it sets up its own).
 pub fn load(
     memory: &GuestMemoryMmap,
+    layout: &MemoryLayout,
     image: &[u8],
     cmdline: &str,
     modules: &[Module],
-) -> Result<BootInfo, LoaderError> {
+) -> Result<EntryState, LoaderError> {
     let elf = Elf32::parse(image)?;
     header_flags(image)?;
-    let ram = memory.last_addr().0 + 1;
+    // Everything Multiboot describes is 32-bit: it stays below the device hole.
+    let ram = layout.low_ram_end();
     let mut kernel_end = 0u64;
     for segment in &elf.segments {
         let start = u64::from(segment.paddr);
@@ -127,8 +122,13 @@ pub fn load(
         placed.push((next, end));
         next = align_up(end, PAGE);
     }
-    let info_addr = write_info(memory, next, ram, cmdline, modules, &placed)?;
-    Ok(BootInfo { entry, info_addr })
+    let info_addr = write_info(memory, layout, next, cmdline, modules, &placed)?;
+    Ok(EntryState {
+        rax: u64::from(BOOTLOADER_MAGIC),
+        rbx: u64::from(info_addr),
+        rsp: layout::BOOT_STACK_TOP,
+        ..EntryState::protected32(u64::from(entry))
+    })
 }
 
 /// Appends byte blobs after a base address and hands back their addresses.
@@ -155,8 +155,8 @@ impl Heap {
 
 fn write_info(
     memory: &GuestMemoryMmap,
+    layout: &MemoryLayout,
     base: u64,
-    ram: u64,
     cmdline: &str,
     modules: &[Module],
     placed: &[(u64, u64)],
@@ -169,18 +169,14 @@ fn write_info(
         bytes: Vec::new(),
         base,
     };
-    let regions = [
-        (0, LOW_MEMORY_END, 1u32),
-        (BIOS_AREA, HIGH_MEMORY - BIOS_AREA, 2),
-        (HIGH_MEMORY, ram - HIGH_MEMORY, 1),
-    ];
+    let ram = layout.low_ram_end();
     let mmap_addr = heap.next as u32;
-    for (start, len, kind) in regions {
+    for range in layout.memory_map() {
         let mut entry = Vec::with_capacity(MMAP_ENTRY_SIZE as usize);
         entry.extend_from_slice(&(MMAP_ENTRY_SIZE - 4).to_le_bytes());
-        entry.extend_from_slice(&start.to_le_bytes());
-        entry.extend_from_slice(&len.to_le_bytes());
-        entry.extend_from_slice(&kind.to_le_bytes());
+        entry.extend_from_slice(&range.start.to_le_bytes());
+        entry.extend_from_slice(&range.size.to_le_bytes());
+        entry.extend_from_slice(&range.kind.e820_type().to_le_bytes());
         heap.push(&entry);
     }
     let mmap_length = heap.next as u32 - mmap_addr;
@@ -211,8 +207,8 @@ fn write_info(
 
     let mut info = [0u32; (INFO_SIZE / 4) as usize];
     info[0] = INFO_MEMORY | INFO_CMDLINE | INFO_MODULES | INFO_MEMORY_MAP | INFO_LOADER_NAME;
-    info[1] = (LOW_MEMORY_END / 1024) as u32;
-    info[2] = ((ram - HIGH_MEMORY) / 1024) as u32;
+    info[1] = (EBDA_START / 1024) as u32;
+    info[2] = ((ram - HIGH_RAM_START) / 1024) as u32;
     info[4] = cmdline_addr;
     info[5] = modules.len() as u32;
     info[6] = mods_addr;

@@ -1,90 +1,158 @@
-//! The legacy PC devices and where they sit.
+//! The devices of a machine, built and placed the same way for a live run and for a
+//! replay: only the [`Platform`] (interrupt lines, doorbells), the [`Backends`] and the
+//! RTC's clock differ.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use crate::bus::IoBuses;
-use crate::devices::data_port::{DataPort, DATA_PORT_BASE, DATA_PORT_COUNT};
-use crate::devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT};
-use crate::devices::fw_cfg::{FwCfg, FW_CFG_PORT, FW_CFG_PORT_COUNT};
-use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_COUNT};
-use crate::devices::post_code::{PostCode, POST_CODE_PORT};
-use crate::devices::rtc::{Clock, Rtc};
-use crate::devices::serial::{SerialPort, SERIAL_PORT_COUNT};
-use crate::irq::InterruptLine;
+use vm_memory::GuestMemoryMmap;
 
+use crate::bus::IoBuses;
+use crate::config::Doorbell;
+use crate::devices::data_port::DataPort;
+use crate::devices::debug_exit::DebugExit;
+use crate::devices::fw_cfg::FwCfg;
+use crate::devices::i8042::I8042;
+use crate::devices::post_code::PostCode;
+use crate::devices::rtc::{Clock, Rtc};
+use crate::devices::serial::SerialPort;
+use crate::irq::InterruptLine;
+use crate::layout::{gsi, ports, MemoryLayout};
+use crate::services::{InputService, InputTarget, RtcService, Services};
+
+use super::backends::{Backends, Output};
+use super::platform::Platform;
+use super::virtio::{self, VirtioSlot};
 use super::MachineError;
 
-const COM1: u16 = 0x3f8;
-const RTC_PORT: u16 = 0x70;
-const RTC_PORT_COUNT: u16 = 2;
-/// ISA interrupts, as GSIs of the in-kernel PIC and IOAPIC.
-pub const COM1_GSI: u32 = 4;
-/// The RTC's interrupt.
-pub const RTC_GSI: u32 = 8;
-
 /// COM1 as the machine builds it.
-pub type Com1 = SerialPort<Box<dyn Write + Send>>;
+pub type Com1 = SerialPort<Output>;
 
-/// The devices the machine keeps handles to.
+/// What to build.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceSpec {
+    pub memory: MemoryLayout,
+    pub cpus: u8,
+    pub doorbell: Doorbell,
+}
+
+/// A named interrupt line, to count what it carried.
+pub struct NamedLine {
+    pub name: &'static str,
+    pub line: Arc<dyn InterruptLine>,
+}
+
+/// The built devices, placed on the buses.
 pub struct Devices<C: Clock> {
-    /// Both buses, for the virtio devices to join before they are frozen.
     pub buses: IoBuses,
+    pub services: Services<C>,
+    /// The RTC, to report its state at the end.
     pub rtc: Arc<Mutex<Rtc<C>>>,
-    pub com1: Arc<Mutex<Com1>>,
+    /// The virtio devices, with their doorbells for the event loop.
+    pub virtio: Vec<VirtioSlot>,
+    /// Every line a device drives.
+    pub lines: Vec<NamedLine>,
 }
 
-/// The interrupt lines the devices drive.
-pub struct Lines {
-    pub com1: Arc<dyn InterruptLine>,
-    pub rtc: Arc<dyn InterruptLine>,
-}
-
-/// Builds the devices of a machine with `memory` bytes and `cpus` vCPUs around `rtc`, and
-/// places them on the buses.
+/// Builds every device of `spec` and places it.
 pub fn build<C: Clock + 'static>(
-    memory: u64,
-    cpus: u8,
-    mut rtc: Rtc<C>,
-    serial_out: Box<dyn Write + Send>,
-    lines: Lines,
+    spec: &DeviceSpec,
+    platform: &dyn Platform,
+    backends: Backends,
+    clock: C,
+    memory: &GuestMemoryMmap,
 ) -> Result<Devices<C>, MachineError> {
     let mut buses = IoBuses::default();
-    rtc.set_memory_size(memory);
-    rtc.connect_interrupt(lines.rtc);
+    let com1_line = platform.irq_line(gsi::COM1)?;
+    let rtc_line = platform.irq_line(gsi::RTC)?;
+    let mut rtc = Rtc::new(clock);
+    rtc.set_memory_size(spec.memory.ram_bytes());
+    rtc.connect_interrupt(rtc_line.clone());
     let rtc = Arc::new(Mutex::new(rtc));
     let com1 = Arc::new(Mutex::new(SerialPort::with_interrupt(
-        serial_out, lines.com1,
+        backends.serial,
+        com1_line.clone(),
     )));
-    let fw_cfg = FwCfg::new(memory, u16::from(cpus));
+    place_pc_devices(&mut buses, spec, rtc.clone(), com1.clone())?;
+    let slots = virtio::build(
+        virtio::VirtioBackends {
+            disk: backends.disk,
+            entropy: backends.entropy,
+            console: backends.console,
+        },
+        spec.doorbell,
+        memory,
+        platform,
+        &mut buses,
+    )?;
+    let mut inputs = vec![InputService::new(InputTarget::Com1, com1)];
+    inputs.extend(slots.iter().filter_map(|slot| slot.input.clone()));
+    let mut lines = vec![
+        NamedLine {
+            name: "com1",
+            line: com1_line,
+        },
+        NamedLine {
+            name: "rtc",
+            line: rtc_line,
+        },
+    ];
+    lines.extend(slots.iter().map(|slot| NamedLine {
+        name: slot.name,
+        line: slot.interrupt.clone(),
+    }));
+    Ok(Devices {
+        buses,
+        services: Services {
+            rtc: RtcService::new(rtc.clone()),
+            doorbells: slots.iter().map(|slot| slot.service.clone()).collect(),
+            inputs,
+        },
+        rtc,
+        virtio: slots,
+        lines,
+    })
+}
+
+/// The PC devices at their ports.
+fn place_pc_devices<C: Clock + 'static>(
+    buses: &mut IoBuses,
+    spec: &DeviceSpec,
+    rtc: Arc<Mutex<Rtc<C>>>,
+    com1: Arc<Mutex<Com1>>,
+) -> Result<(), MachineError> {
+    let fw_cfg = FwCfg::new(spec.memory.ram_bytes(), u16::from(spec.cpus));
     let pio = &mut buses.pio;
-    pio.insert("rtc", RTC_PORT, RTC_PORT_COUNT, rtc.clone())?;
-    pio.insert("com1", COM1, SERIAL_PORT_COUNT, com1.clone())?;
+    pio.insert("rtc", ports::RTC, ports::RTC_COUNT, rtc)?;
+    pio.insert("com1", ports::COM1, ports::COM1_COUNT, com1)?;
     pio.insert(
         "isa-debug-exit",
-        DEBUG_EXIT_PORT,
-        DEBUG_EXIT_PORT_COUNT,
+        ports::DEBUG_EXIT,
+        ports::DEBUG_EXIT_COUNT,
         Arc::new(Mutex::new(DebugExit)),
     )?;
     pio.insert(
         "i8042",
-        I8042_PORT,
-        I8042_PORT_COUNT,
+        ports::I8042,
+        ports::I8042_COUNT,
         Arc::new(Mutex::new(I8042::default())),
     )?;
     pio.insert(
         "post-code",
-        POST_CODE_PORT,
+        ports::POST_CODE,
         1,
         Arc::new(Mutex::new(PostCode::default())),
     )?;
     pio.insert(
         "fw_cfg",
-        FW_CFG_PORT,
-        FW_CFG_PORT_COUNT,
+        ports::FW_CFG,
+        ports::FW_CFG_COUNT,
         Arc::new(Mutex::new(fw_cfg)),
     )?;
-    let data_port = Arc::new(Mutex::new(DataPort::default()));
-    pio.insert("data-port", DATA_PORT_BASE, DATA_PORT_COUNT, data_port)?;
-    Ok(Devices { buses, rtc, com1 })
+    pio.insert(
+        "data-port",
+        ports::DATA_PORT,
+        ports::DATA_PORT_COUNT,
+        Arc::new(Mutex::new(DataPort::default())),
+    )?;
+    Ok(())
 }

@@ -1,6 +1,5 @@
 //! vCPU threads, and the main thread's event loop that runs until they stop.
 
-use crate::sync::LockExt;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,14 +9,13 @@ use std::time::{Duration, Instant};
 use event_manager::EventManager;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bus::IoBuses;
-use crate::coalesced::PostedWrites;
+use crate::access::DeviceAccess;
 use crate::event_loop::Subscriber;
 use crate::kvm::{StatsReader, Vcpu};
-use crate::trace::Recorder;
+use crate::sync::LockExt;
 use crate::vcpu::{self, VcpuReport, VmStop};
 
-use super::MachineError;
+use super::{MachineConfig, MachineError};
 
 /// The first real reason the VM stopped, and the registers of the vCPU that stopped it.
 pub type FirstStop = Arc<Mutex<Option<(VmStop, Option<String>)>>>;
@@ -25,8 +23,8 @@ pub type FirstStop = Arc<Mutex<Option<(VmStop, Option<String>)>>>;
 /// What every vCPU thread shares.
 #[derive(Clone)]
 pub struct Shared {
-    pub buses: Arc<IoBuses>,
-    pub posted: Arc<PostedWrites>,
+    /// The buses, the coalesced ring, the trace.
+    pub access: DeviceAccess,
     /// Raised when the VM is to stop; every vCPU loop checks it before `KVM_RUN`.
     pub stop: Arc<AtomicBool>,
     /// Wakes the event loop when a vCPU stops.
@@ -34,8 +32,6 @@ pub struct Shared {
     /// The first real reason a vCPU stopped, with its registers.
     pub first_stop: FirstStop,
     pub time_exits: bool,
-    /// The trace being made, if any.
-    pub recorder: Option<Arc<Recorder>>,
 }
 
 /// How one vCPU thread ended.
@@ -53,21 +49,14 @@ fn read_stats(stats: &Option<StatsReader>) -> BTreeMap<String, u64> {
 }
 
 /// Starts a thread running `vcpu`.
-pub fn spawn(mut vcpu: Vcpu, shared: Shared) -> Result<JoinHandle<Outcome>, MachineError> {
+fn spawn(mut vcpu: Vcpu, shared: Shared) -> Result<JoinHandle<Outcome>, MachineError> {
     let name = format!("vcpu{}", vcpu.id());
     let stats = vcpu.stats().ok();
     thread::Builder::new()
         .name(name)
         .spawn(move || {
             let before = read_stats(&stats);
-            let report = vcpu::run(
-                &mut vcpu,
-                &shared.buses,
-                &shared.posted,
-                &shared.stop,
-                shared.time_exits,
-                shared.recorder.as_deref(),
-            );
+            let report = vcpu::run(&mut vcpu, &shared.access, &shared.stop, shared.time_exits);
             let stats = read_stats(&stats)
                 .into_iter()
                 .map(|(name, value)| {
@@ -83,12 +72,12 @@ pub fn spawn(mut vcpu: Vcpu, shared: Shared) -> Result<JoinHandle<Outcome>, Mach
             let _ = shared.wake.write(1);
             Outcome { report, stats }
         })
-        .map_err(|e| MachineError::Thread(e.to_string()))
+        .map_err(MachineError::SpawnThread)
 }
 
 /// Runs the event loop until a vCPU stops the VM or `deadline` passes, polling for `poll`
 /// after each event before it blocks; then stops every vCPU and collects them. Returns the outcomes and whether the deadline ended the run.
-pub fn run_until_stopped(
+fn run_until_stopped(
     events: &mut EventManager<Subscriber>,
     threads: Vec<JoinHandle<Outcome>>,
     stop: &AtomicBool,
@@ -117,7 +106,7 @@ pub fn run_until_stopped(
         };
         let handled = events
             .run_with_timeout(wait_ms)
-            .map_err(|e| MachineError::EventLoop(format!("{e:?}")))?;
+            .map_err(MachineError::EventManager)?;
         if handled > 0 {
             last_event = Instant::now();
         }
@@ -133,10 +122,50 @@ pub fn run_until_stopped(
     }
     let outcomes = threads
         .into_iter()
-        .map(|t| {
-            t.join()
-                .map_err(|_| MachineError::Thread("a vCPU thread panicked".into()))
-        })
+        .map(|t| t.join().map_err(|_| MachineError::ThreadPanicked))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((outcomes, timed_out))
+}
+
+/// How the vCPUs ended, together.
+pub struct RunOutcome {
+    /// Each vCPU's ending.
+    pub vcpus: Vec<Outcome>,
+    /// Why the VM stopped.
+    pub stop: VmStop,
+    /// The registers of the vCPU that stopped it, for a fault.
+    pub registers: Option<String>,
+}
+
+/// Starts a thread per vCPU, runs the event loop until the VM stops (or the configured
+/// timeout passes), and collects the vCPUs.
+pub fn run(
+    vcpus: Vec<Vcpu>,
+    shared: &Shared,
+    events: &mut EventManager<Subscriber>,
+    config: &MachineConfig,
+) -> Result<RunOutcome, MachineError> {
+    let threads = vcpus
+        .into_iter()
+        .map(|vcpu| spawn(vcpu, shared.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let deadline = config.run.timeout.map(|limit| Instant::now() + limit);
+    let (outcomes, timed_out) = run_until_stopped(
+        events,
+        threads,
+        &shared.stop,
+        deadline,
+        config.cures.event_poll,
+    )?;
+    let first = shared.first_stop.locked().take();
+    let (stop, registers) = match first {
+        Some(first) => first,
+        None if timed_out => (VmStop::Timeout, None),
+        None => (VmStop::Requested, None),
+    };
+    Ok(RunOutcome {
+        vcpus: outcomes,
+        stop,
+        registers,
+    })
 }

@@ -70,6 +70,16 @@ impl ExitDirection {
         })
     }
 
+    /// The direction of an access in `space`.
+    pub fn of(space: AddressSpace, is_write: bool) -> Self {
+        match (space, is_write) {
+            (AddressSpace::Pio, false) => ExitDirection::PioIn,
+            (AddressSpace::Pio, true) => ExitDirection::PioOut,
+            (AddressSpace::Mmio, false) => ExitDirection::MmioRead,
+            (AddressSpace::Mmio, true) => ExitDirection::MmioWrite,
+        }
+    }
+
     /// True for a read.
     pub fn is_read(self) -> bool {
         matches!(self, ExitDirection::PioIn | ExitDirection::MmioRead)

@@ -2,7 +2,6 @@
 //! and replaying it through fresh buses and devices with no KVM.
 
 pub mod format;
-pub mod replay;
 
 use crate::sync::LockExt;
 use std::cell::RefCell;

@@ -1,12 +1,12 @@
 //! Handling one exit: apply posted writes, dispatch the decoded access on a bus, and say
 //! whether the VM goes on. No KVM here, so it is tested with hand-built exits.
 
-use crate::bus::{Access, AddressSpace, Dispatch, IoBuses, StopRequest};
-use crate::coalesced::PostedWrites;
+use crate::access::DeviceAccess;
+use crate::bus::{Access, AddressSpace, Dispatch, StopRequest};
 use crate::exit::VmExit;
 use crate::profile::ExitProfile;
 use crate::ratelimit::RateLimiter;
-use crate::trace::{ExitDirection, Record, Recorder};
+use crate::trace::{ExitDirection, Record};
 
 use super::{GuestFault, VmStop};
 
@@ -25,16 +25,12 @@ pub enum ExitOutcome {
 /// between vCPUs, except the per-vCPU profile and warning limiter.
 #[derive(Debug)]
 pub struct ExitContext<'a> {
-    /// The machine's buses.
-    pub buses: &'a IoBuses,
-    /// The coalesced ring and its ordering lock.
-    pub posted: &'a PostedWrites,
+    /// The buses, the coalesced ring and its ordering lock, the trace if one is made.
+    pub access: &'a DeviceAccess,
     /// This vCPU's profile.
     pub profile: &'a mut ExitProfile,
     /// This vCPU's limiter for guest-triggered warnings.
     pub warnings: &'a mut RateLimiter,
-    /// Where to record exits, when a trace is being made.
-    pub recorder: Option<&'a Recorder>,
     /// This vCPU's index, for the trace.
     pub vcpu: u8,
 }
@@ -43,24 +39,14 @@ impl ExitContext<'_> {
     /// Handles `exit`. Posted writes are applied before anything is dispatched: the
     /// access that caused this exit came after every write already in the ring.
     pub fn handle(&mut self, exit: VmExit<'_>) -> ExitOutcome {
-        match self.recorder {
-            None => self.handle_exit(exit),
-            Some(recorder) => recorder.operation(|| self.handle_exit(exit)),
-        }
+        let access = self.access;
+        access.operation(|| {
+            access.settle();
+            self.handle_exit(exit)
+        })
     }
 
     fn handle_exit(&mut self, exit: VmExit<'_>) -> ExitOutcome {
-        let recorder = self.recorder;
-        self.posted.apply_pending(self.buses, |write| {
-            if let Some(recorder) = recorder {
-                let data = write.bytes().to_vec();
-                recorder.record(&Record::PostedWrite {
-                    space: write.space,
-                    addr: write.addr,
-                    data,
-                });
-            }
-        });
         match exit {
             VmExit::Io {
                 port,
@@ -102,22 +88,12 @@ impl ExitContext<'_> {
 
     /// Records a handled exit, with what the guest wrote or what it was answered.
     fn record(&self, space: AddressSpace, addr: u64, size: u8, access: &Access<'_>) {
-        let Some(recorder) = self.recorder else {
-            return;
-        };
-        let direction = match (space, access.is_write()) {
-            (AddressSpace::Pio, false) => ExitDirection::PioIn,
-            (AddressSpace::Pio, true) => ExitDirection::PioOut,
-            (AddressSpace::Mmio, false) => ExitDirection::MmioRead,
-            (AddressSpace::Mmio, true) => ExitDirection::MmioWrite,
-        };
-        let data = access.bytes().to_vec();
-        recorder.record(&Record::Exit {
+        self.access.record(|| Record::Exit {
             vcpu: self.vcpu,
-            direction,
+            direction: ExitDirection::of(space, access.is_write()),
             addr,
             size,
-            data,
+            data: access.bytes().to_vec(),
         });
     }
 
@@ -132,7 +108,7 @@ impl ExitContext<'_> {
     ) -> ExitOutcome {
         for element in access.into_elements(size) {
             let is_write = element.is_write();
-            let result = self.buses.dispatch(space, addr, element);
+            let result = self.access.buses.dispatch(space, addr, element);
             if let Some(request) = self.account(space, addr, is_write, size, result) {
                 return ExitOutcome::Stop(VmStop::Guest(request));
             }
@@ -167,8 +143,8 @@ impl ExitContext<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::{BusDevice, PostedRegister};
-    use crate::coalesced::{PostedWrite, QueueRing};
+    use crate::bus::{BusDevice, IoBuses, PostedRegister};
+    use crate::coalesced::{PostedWrite, PostedWrites, QueueRing};
     use crate::devices::debug_exit::DebugExit;
     use std::sync::{Arc, Mutex};
 
@@ -201,10 +177,9 @@ mod tests {
     }
 
     struct Machine {
-        buses: IoBuses,
+        access: DeviceAccess,
         port: Arc<Mutex<DataPort>>,
         ring: Arc<QueueRing>,
-        posted: PostedWrites,
         profile: ExitProfile,
         warnings: RateLimiter,
     }
@@ -221,10 +196,13 @@ mod tests {
             let ring = Arc::new(QueueRing::default());
             let posted = PostedWrites::new(ring.clone());
             Self {
-                buses,
+                access: DeviceAccess {
+                    buses: Arc::new(buses),
+                    posted: Arc::new(posted),
+                    recorder: None,
+                },
                 port,
                 ring,
-                posted,
                 profile: ExitProfile::default(),
                 warnings: RateLimiter::default(),
             }
@@ -232,11 +210,9 @@ mod tests {
 
         fn handle(&mut self, exit: VmExit<'_>) -> ExitOutcome {
             ExitContext {
-                buses: &self.buses,
-                posted: &self.posted,
+                access: &self.access,
                 profile: &mut self.profile,
                 warnings: &mut self.warnings,
-                recorder: None,
                 vcpu: 0,
             }
             .handle(exit)
@@ -288,7 +264,7 @@ mod tests {
         };
         machine.handle(exit);
         assert_eq!(data, [0x40], "the read saw the posted write");
-        assert_eq!(machine.posted.applied(), 1);
+        assert_eq!(machine.access.posted.applied(), 1);
     }
 
     #[test]

@@ -15,12 +15,11 @@ use std::thread::JoinHandle;
 
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::bus::{IoBuses, StopRequest};
-use crate::coalesced::PostedWrites;
+use crate::access::DeviceAccess;
+use crate::bus::StopRequest;
 use crate::kvm::Vcpu;
 use crate::profile::{ExitClock, ExitKey, ExitProfile};
 use crate::ratelimit::RateLimiter;
-use crate::trace::Recorder;
 
 pub use exit::{ExitContext, ExitOutcome};
 
@@ -119,14 +118,7 @@ pub struct VcpuReport {
 }
 
 /// Runs `vcpu` until the VM stops or `stop` is set.
-pub fn run(
-    vcpu: &mut Vcpu,
-    buses: &IoBuses,
-    posted: &PostedWrites,
-    stop: &AtomicBool,
-    timed: bool,
-    recorder: Option<&Recorder>,
-) -> VcpuReport {
+pub fn run(vcpu: &mut Vcpu, access: &DeviceAccess, stop: &AtomicBool, timed: bool) -> VcpuReport {
     let mut profile = ExitProfile::default();
     let mut warnings = RateLimiter::default();
     let clock = ExitClock::get();
@@ -142,11 +134,9 @@ pub fn run(
         let started = timed.then(|| clock.now());
         let key = ExitKey::of(&exit);
         let mut context = ExitContext {
-            buses,
-            posted,
+            access,
             profile: &mut profile,
             warnings: &mut warnings,
-            recorder,
             vcpu: id,
         };
         let outcome = context.handle(exit);
@@ -173,12 +163,11 @@ fn kick_signal() -> libc::c_int {
 
 /// Installs the (empty) handler for the kick signal, once per process. Without a
 /// handler the signal would kill the process; with one, `KVM_RUN` returns EINTR.
-pub fn install_kick_handler() -> Result<(), String> {
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
     static INSTALL: Once = Once::new();
     let mut result = Ok(());
     INSTALL.call_once(|| {
-        result = register_signal_handler(kick_signal(), ignore_signal)
-            .map_err(|e| format!("cannot install the vCPU kick signal handler: {e}"));
+        result = register_signal_handler(kick_signal(), ignore_signal);
     });
     result
 }

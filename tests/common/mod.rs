@@ -33,9 +33,9 @@ pub fn guest_config(name: &str, cmdline: &str) -> MachineConfig {
         name: format!("{name}.elf"),
         image,
     });
-    config.cmdline = cmdline.to_string();
-    config.serial = SerialMode::Capture;
-    config.timeout = Some(Duration::from_secs(60));
+    config.boot.cmdline = cmdline.to_string();
+    config.devices.serial = SerialMode::Capture;
+    config.run.timeout = Some(Duration::from_secs(60));
     config
 }
 

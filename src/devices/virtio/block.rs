@@ -70,7 +70,26 @@ impl DiskBackend for FileDisk {
     }
 }
 
-/// A disk in memory, for tests and fuzzing.
+/// Whatever backend the machine chose.
+impl DiskBackend for Box<dyn DiskBackend> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_at(buf, offset)
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at(buf, offset)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
+}
+
+/// A disk in memory, for tests, fuzzing and replay.
 impl DiskBackend for Vec<u8> {
     fn size(&self) -> u64 {
         self.len() as u64

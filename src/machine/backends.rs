@@ -1,0 +1,155 @@
+//! What the devices read from and write to on the host: COM1's and the virtio console's
+//! output, the disk image, the entropy source. A live run opens files; a replay hands the
+//! same devices memory and sinks.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
+
+use crate::config::{DiskConfig, SerialMode};
+use crate::devices::virtio::block::{DiskBackend, FileDisk, SECTOR};
+use crate::sync::LockExt;
+
+use super::config::DeviceConfig;
+use super::MachineError;
+
+/// A byte buffer shared between a device's output and the caller.
+#[derive(Debug, Clone, Default)]
+pub struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    /// Everything written so far, leaving the buffer empty.
+    pub fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.locked())
+    }
+}
+
+impl Write for SharedBuffer {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0.locked().extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A device's output stream.
+pub type Output = Box<dyn Write + Send>;
+
+/// The host side of every device.
+pub struct Backends {
+    pub serial: Output,
+    /// The disk and whether the guest may only read it.
+    pub disk: Option<(Box<dyn DiskBackend>, bool)>,
+    pub entropy: Option<Box<dyn Read + Send>>,
+    pub console: Option<Output>,
+}
+
+/// What [`SerialMode::Capture`] outputs collected.
+#[derive(Debug, Clone, Default)]
+pub struct Captures {
+    pub serial: SharedBuffer,
+    pub console: SharedBuffer,
+}
+
+impl Backends {
+    /// Opens what `devices` names on the host.
+    pub fn open(devices: &DeviceConfig, captures: &Captures) -> Result<Self, MachineError> {
+        let disk = match &devices.disk {
+            Some(disk) => Some((
+                Box::new(open_disk(disk)?) as Box<dyn DiskBackend>,
+                disk.readonly,
+            )),
+            None => None,
+        };
+        let entropy = match devices.rng {
+            true => Some(Box::new(File::open("/dev/urandom").map_err(MachineError::Entropy)?) as _),
+            false => None,
+        };
+        Ok(Self {
+            serial: output(&devices.serial, &captures.serial)?,
+            disk,
+            entropy,
+            console: devices
+                .virtio_console
+                .as_ref()
+                .map(|mode| output(mode, &captures.console))
+                .transpose()?,
+        })
+    }
+
+    /// Stand-ins for a replay: an in-memory disk of `disk_bytes` (none if 0), zeros for
+    /// entropy, outputs discarded.
+    pub fn for_replay(disk_bytes: u64, rng: bool, console: bool) -> Self {
+        let disk = vec![0u8; usize::try_from(disk_bytes).unwrap_or(0)];
+        Self {
+            serial: Box::new(io::sink()),
+            disk: (disk_bytes > 0).then(|| (Box::new(disk) as Box<dyn DiskBackend>, false)),
+            entropy: rng.then(|| Box::new(io::repeat(0)) as _),
+            console: console.then(|| Box::new(io::sink()) as _),
+        }
+    }
+}
+
+fn output(mode: &SerialMode, capture: &SharedBuffer) -> Result<Output, MachineError> {
+    Ok(match mode {
+        SerialMode::Stdio => Box::new(io::stdout()),
+        SerialMode::None => Box::new(io::sink()),
+        SerialMode::File(path) => {
+            Box::new(
+                File::create(path).map_err(|source| MachineError::SerialFile {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
+        SerialMode::Capture => Box::new(capture.clone()),
+    })
+}
+
+/// Opens a disk image, with the errors a user can act on.
+pub fn open_disk(disk: &DiskConfig) -> Result<FileDisk, MachineError> {
+    let error = |problem: DiskProblem| MachineError::Disk {
+        path: disk.path.clone(),
+        problem,
+    };
+    let file: File = OpenOptions::new()
+        .read(true)
+        .write(!disk.readonly)
+        .open(&disk.path)
+        .map_err(|e| match (e.kind(), e.raw_os_error()) {
+            (io::ErrorKind::NotFound, _) => error(DiskProblem::Missing),
+            (_, Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ETXTBSY))
+                if !disk.readonly =>
+            {
+                error(DiskProblem::NotWritable(e))
+            }
+            _ => error(DiskProblem::Open(e)),
+        })?;
+    let metadata = file.metadata().map_err(|e| error(DiskProblem::Open(e)))?;
+    if !metadata.is_file() {
+        return Err(error(DiskProblem::NotAFile));
+    }
+    let size = metadata.len();
+    if size == 0 || size % SECTOR != 0 {
+        return Err(error(DiskProblem::BadSize(size)));
+    }
+    Ok(FileDisk::new(file, size))
+}
+
+/// Why a disk image cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskProblem {
+    #[error("no such file")]
+    Missing,
+    #[error("not writable ({0}; add ,readonly to use it read-only)")]
+    NotWritable(#[source] io::Error),
+    #[error("{0}")]
+    Open(#[source] io::Error),
+    #[error("not a regular file")]
+    NotAFile,
+    #[error("its size, {0} bytes, is not a positive multiple of 512")]
+    BadSize(u64),
+}

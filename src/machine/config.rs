@@ -1,0 +1,126 @@
+//! What a machine is made of, as data, in the groups a reader looks for: memory, vCPUs,
+//! boot, devices, the cures being measured, and how the run is watched.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{DiskConfig, Doorbell, SerialMode};
+use crate::layout::MemoryLayout;
+use crate::loader::Module;
+
+/// The event loop's polling window after each event (QEMU's IOThreads poll up to 32 us by
+/// default; doorbell round trips on the development host need a little more).
+pub const DEFAULT_EVENT_POLL: Duration = Duration::from_micros(100);
+
+/// A kernel image and the name the guest's command line gives it.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// The file name (a Multiboot kernel's command line starts with it, as under QEMU).
+    pub name: String,
+    /// The image, in any format the loader recognises.
+    pub image: Vec<u8>,
+}
+
+/// The vCPUs.
+#[derive(Debug, Clone)]
+pub struct VcpuConfig {
+    /// How many; vCPU 0 boots, the others wait for INIT/SIPI.
+    pub count: u8,
+}
+
+/// What boots, and with what.
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    pub kernel: Kernel,
+    /// The user's command line.
+    pub cmdline: String,
+    /// Multiboot modules.
+    pub modules: Vec<Module>,
+}
+
+/// The devices beyond the fixed PC ones.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// Where COM1 goes (and, for stdio, where its input comes from).
+    pub serial: SerialMode,
+    /// A virtio-blk disk.
+    pub disk: Option<DiskConfig>,
+    /// A virtio-rng device.
+    pub rng: bool,
+    /// A virtio-console device, and where its output goes.
+    pub virtio_console: Option<SerialMode>,
+}
+
+/// The seed techniques, each switchable so that every claim is an A/B measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct Cures {
+    /// Post writes to declared registers in the coalesced ring (seeds 000/001).
+    pub coalesce: bool,
+    /// Advertise KVM_FEATURE_PV_EOI in CPUID leaf 0x40000001 (seed 002).
+    pub pv_eoi: bool,
+    /// How virtqueue doorbells reach the devices (seed 003).
+    pub doorbell: Doorbell,
+    /// How long the event loop keeps polling after an event before it sleeps.
+    pub event_poll: Duration,
+}
+
+impl Default for Cures {
+    fn default() -> Self {
+        Self {
+            coalesce: true,
+            pv_eoi: true,
+            doorbell: Doorbell::default(),
+            event_poll: DEFAULT_EVENT_POLL,
+        }
+    }
+}
+
+/// How the run is bounded and watched.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop the guest after this long.
+    pub timeout: Option<Duration>,
+    /// Time every exit (the profiler's clock); counting is always on.
+    pub time_exits: bool,
+    /// Record every exit to this trace file.
+    pub record: Option<PathBuf>,
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    pub memory: MemoryLayout,
+    pub vcpus: VcpuConfig,
+    pub boot: BootConfig,
+    pub devices: DeviceConfig,
+    pub cures: Cures,
+    pub run: RunOptions,
+}
+
+impl MachineConfig {
+    /// A configuration with the defaults of `hushvm run`: 64 MiB, one vCPU, COM1 on
+    /// standard output, every cure on.
+    pub fn new(kernel: Kernel) -> Self {
+        Self {
+            memory: MemoryLayout::new(64 << 20).expect("64 MiB is a valid layout"),
+            vcpus: VcpuConfig { count: 1 },
+            boot: BootConfig {
+                kernel,
+                cmdline: String::new(),
+                modules: Vec::new(),
+            },
+            devices: DeviceConfig {
+                serial: SerialMode::Stdio,
+                disk: None,
+                rng: false,
+                virtio_console: None,
+            },
+            cures: Cures::default(),
+            run: RunOptions {
+                timeout: None,
+                time_exits: true,
+                record: None,
+            },
+        }
+    }
+}

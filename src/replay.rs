@@ -1,0 +1,261 @@
+//! Replaying a trace with no KVM: the trace's machine is built by the same
+//! [`machine::build_devices`] a live run uses, on an [`Unplugged`] platform, and every
+//! record drives the same code a live run does (exits through `ExitContext::handle`,
+//! ticks, doorbells and input through the [`crate::services`]). Every read must return
+//! what the trace recorded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::access::DeviceAccess;
+use crate::bus::{Access, IoBuses};
+use crate::config::Doorbell;
+use crate::exit::VmExit;
+use crate::layout::MemoryLayout;
+use crate::machine::{self, Backends, DeviceSpec, MachineError, Unplugged};
+use crate::profile::{ExitKey, ExitProfile};
+use crate::ratelimit::RateLimiter;
+use crate::services::{InputTarget, Services};
+use crate::trace::format::{ExitDirection, Record, TraceError, TraceReader, MAX_DATA};
+use crate::trace::{MachineDescription, ReplayClock};
+use crate::vcpu::ExitContext;
+
+/// The first read that did not return what was recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Divergence {
+    /// 1-based number of the exit in the trace.
+    pub exit: u64,
+    /// `0x71:PIN` and the like.
+    pub access: String,
+    pub expected: Vec<u8>,
+    pub got: Vec<u8>,
+}
+
+/// What a replay found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayReport {
+    pub exits: u64,
+    pub divergences: u64,
+    pub exits_per_second: f64,
+    pub ns_per_exit: f64,
+    /// The first divergence, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_divergence: Option<Divergence>,
+}
+
+/// A trace could not be replayed.
+#[derive(Debug, Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    #[error("cannot rebuild the trace's machine: {0}")]
+    Machine(#[from] MachineError),
+}
+
+/// The largest disk a replay rebuilds in memory.
+const MAX_REPLAY_DISK: u64 = 1 << 30;
+
+/// Decodes a whole trace, checking that its machine can be rebuilt.
+pub fn decode(bytes: &[u8]) -> Result<(MachineDescription, Vec<Record>), TraceError> {
+    let (mut reader, machine) = TraceReader::new(bytes)?;
+    let memory_ok = MemoryLayout::new(machine.memory).is_ok();
+    let disk_ok = machine.disk_bytes <= MAX_REPLAY_DISK && machine.disk_bytes % 512 == 0;
+    if !memory_ok || !disk_ok || machine.cpus == 0 {
+        return Err(TraceError::Corrupt {
+            what: "machine description",
+            offset: 0,
+        });
+    }
+    let mut records = Vec::new();
+    while let Some(record) = reader.next_record()? {
+        records.push(record);
+    }
+    Ok((machine, records))
+}
+
+/// The exit a record describes, over `buffer` for a read.
+fn exit_of<'a>(
+    direction: ExitDirection,
+    addr: u64,
+    size: u8,
+    data: &'a [u8],
+    buffer: &'a mut [u8],
+) -> VmExit<'a> {
+    let access = if direction.is_read() {
+        Access::Read(&mut buffer[..data.len()])
+    } else {
+        Access::Write(data)
+    };
+    match direction {
+        ExitDirection::PioIn | ExitDirection::PioOut => VmExit::Io {
+            port: addr as u16,
+            size,
+            access,
+        },
+        ExitDirection::MmioRead | ExitDirection::MmioWrite => VmExit::Mmio { addr, access },
+    }
+}
+
+/// A traced machine, rebuilt: what a replay drives.
+pub struct ReplayMachine {
+    /// The buses, with no ring and no trace.
+    pub access: DeviceAccess,
+    services: Services<ReplayClock>,
+    clock: ReplayClock,
+}
+
+impl ReplayMachine {
+    /// Builds the machine `description` names, as a live run would.
+    pub fn build(description: &MachineDescription) -> Result<Self, MachineError> {
+        let memory = MemoryLayout::new(description.memory).map_err(MachineError::Layout)?;
+        let guest_memory = machine::guest_memory(&memory)?;
+        let spec = DeviceSpec {
+            memory,
+            cpus: description.cpus.max(1),
+            // Replayed doorbells come from the trace's records, not from fds.
+            doorbell: Doorbell::Exit,
+        };
+        let backends =
+            Backends::for_replay(description.disk_bytes, description.rng, description.console);
+        let clock = ReplayClock::new(description.clock_start);
+        let mut devices =
+            machine::build_devices(&spec, &Unplugged, backends, clock.clone(), &guest_memory)?;
+        let buses = std::mem::take(&mut devices.buses);
+        Ok(Self {
+            access: DeviceAccess::plain(Arc::new(buses)),
+            services: devices.services,
+            clock,
+        })
+    }
+
+    /// The machine's buses.
+    pub fn buses(&self) -> &IoBuses {
+        &self.access.buses
+    }
+
+    /// Applies a record that is not an exit.
+    fn apply(&self, record: &Record) {
+        let access = &self.access;
+        match record {
+            Record::Exit { .. } => {}
+            Record::PostedWrite { space, addr, data } => {
+                let _ = access.buses.dispatch(*space, *addr, Access::Write(data));
+            }
+            Record::Clock(nanos) => self.clock.push(*nanos),
+            Record::RtcTick => {
+                let _ = self.services.rtc.tick(access);
+            }
+            Record::Doorbell { slot, queue } => {
+                if let Some(doorbell) = self.services.doorbell(*slot) {
+                    doorbell.ring(access, *queue);
+                }
+            }
+            Record::Input { sink, data } => {
+                let service =
+                    InputTarget::from_sink(*sink).and_then(|target| self.services.input(target));
+                if let Some(service) = service {
+                    service.deliver(access, data);
+                }
+            }
+        }
+    }
+}
+
+/// Called before each exit with the number of exits replayed so far.
+type Hook<'a> = &'a mut dyn FnMut(u64, &ReplayMachine);
+
+/// What one pass over the records found.
+struct Pass {
+    exits: u64,
+    divergences: u64,
+    first: Option<Divergence>,
+}
+
+/// Feeds `records` to `machine`.
+fn run(machine: &ReplayMachine, records: &[Record], mut before_exit: Option<Hook<'_>>) -> Pass {
+    let mut profile = ExitProfile::default();
+    let mut warnings = RateLimiter::new(0, Duration::from_secs(3600));
+    let mut buffer = vec![0u8; MAX_DATA as usize];
+    let mut pass = Pass {
+        exits: 0,
+        divergences: 0,
+        first: None,
+    };
+    for record in records {
+        let Record::Exit {
+            direction,
+            addr,
+            size,
+            data,
+            ..
+        } = record
+        else {
+            machine.apply(record);
+            continue;
+        };
+        if let Some(hook) = before_exit.as_mut() {
+            hook(pass.exits, machine);
+        }
+        pass.exits += 1;
+        let exit = exit_of(*direction, *addr, *size, data, &mut buffer);
+        let key = ExitKey::of(&exit);
+        ExitContext {
+            access: &machine.access,
+            profile: &mut profile,
+            warnings: &mut warnings,
+            vcpu: 0,
+        }
+        .handle(exit);
+        profile.record(key, Duration::ZERO);
+        if direction.is_read() && buffer[..data.len()] != data[..] {
+            pass.divergences += 1;
+            pass.first.get_or_insert_with(|| Divergence {
+                exit: pass.exits,
+                access: key.label(),
+                expected: data.clone(),
+                got: buffer[..data.len()].to_vec(),
+            });
+        }
+    }
+    pass
+}
+
+/// Replays a trace held in `bytes`.
+pub fn replay(bytes: &[u8]) -> Result<ReplayReport, ReplayError> {
+    replay_inner(bytes, None)
+}
+
+/// Replays a trace, calling `before_exit` with the number of exits replayed so far
+/// before each exit: tests use it to change a device part way.
+pub fn replay_with(
+    bytes: &[u8],
+    before_exit: &mut dyn FnMut(u64, &ReplayMachine),
+) -> Result<ReplayReport, ReplayError> {
+    replay_inner(bytes, Some(before_exit))
+}
+
+fn replay_inner(bytes: &[u8], before_exit: Option<Hook<'_>>) -> Result<ReplayReport, ReplayError> {
+    let (description, records) = decode(bytes)?;
+    let machine = ReplayMachine::build(&description)?;
+    let started = Instant::now();
+    let pass = run(&machine, &records, before_exit);
+    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+    Ok(ReplayReport {
+        exits: pass.exits,
+        divergences: pass.divergences,
+        exits_per_second: pass.exits as f64 / elapsed,
+        ns_per_exit: elapsed * 1e9 / pass.exits.max(1) as f64,
+        first_divergence: pass.first,
+    })
+}
+
+/// Replays `records` repeatedly against one machine, for dispatch benchmarks: the
+/// machine's state carries over between passes, so only dispatch cost is meaningful.
+pub fn dispatch_only(bytes: &[u8]) -> Result<impl FnMut() -> u64, ReplayError> {
+    let (description, records) = decode(bytes)?;
+    let machine = ReplayMachine::build(&description)?;
+    Ok(move || run(&machine, &records, None).exits)
+}

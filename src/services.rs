@@ -1,0 +1,169 @@
+//! The work the machine does off the vCPUs: the RTC's timed events, virtqueue doorbells
+//! that KVM signalled instead of exiting, host input. One implementation each, driven by
+//! the event loop in a live run and by the trace's records in a replay.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::access::DeviceAccess;
+use crate::devices::rtc::{Clock, Rtc};
+use crate::devices::serial::SerialPort;
+use crate::devices::virtio::console::Console;
+use crate::devices::virtio::mmio::{MmioTransport, QueueNotify};
+use crate::sync::LockExt;
+use crate::trace::Record;
+
+/// Which device host input goes to, as a trace names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputTarget {
+    Com1,
+    VirtioConsole,
+}
+
+impl InputTarget {
+    /// The trace's sink number.
+    pub fn sink(self) -> u8 {
+        match self {
+            InputTarget::Com1 => 0,
+            InputTarget::VirtioConsole => 1,
+        }
+    }
+
+    /// The target a trace's sink number names.
+    pub fn from_sink(sink: u8) -> Option<Self> {
+        match sink {
+            0 => Some(InputTarget::Com1),
+            1 => Some(InputTarget::VirtioConsole),
+            _ => None,
+        }
+    }
+}
+
+/// A device that takes host input.
+pub trait InputSink: Send {
+    /// Takes what it can of `bytes`; returns how many it took.
+    fn receive(&mut self, bytes: &[u8]) -> usize;
+}
+
+impl<W: io::Write + Send> InputSink for SerialPort<W> {
+    fn receive(&mut self, bytes: &[u8]) -> usize {
+        SerialPort::receive(self, bytes)
+    }
+}
+
+impl<W: io::Write + Send> InputSink for MmioTransport<Console<W>> {
+    fn receive(&mut self, bytes: &[u8]) -> usize {
+        let taken = self.device_mut().receive(bytes);
+        self.notify(Some(0));
+        taken
+    }
+}
+
+/// The RTC's periodic, alarm and update events.
+pub struct RtcService<C: Clock> {
+    rtc: Arc<Mutex<Rtc<C>>>,
+}
+
+impl<C: Clock> Clone for RtcService<C> {
+    fn clone(&self) -> Self {
+        Self {
+            rtc: self.rtc.clone(),
+        }
+    }
+}
+
+impl<C: Clock> RtcService<C> {
+    pub fn new(rtc: Arc<Mutex<Rtc<C>>>) -> Self {
+        Self { rtc }
+    }
+
+    /// Lets the RTC raise what is due; returns when its next event is due (`None`: no
+    /// event enabled).
+    pub fn tick(&self, access: &DeviceAccess) -> Option<Duration> {
+        access.operate(
+            || {
+                let mut rtc = self.rtc.locked();
+                rtc.tick();
+                rtc.next_event()
+            },
+            |_| Record::RtcTick,
+        )
+    }
+
+    /// Hooks `notify` to the guest's writes that change the RTC's timing.
+    pub fn on_rearm(&self, notify: Box<dyn Fn() + Send>) {
+        self.rtc.locked().set_rearm_notifier(notify);
+    }
+}
+
+/// A virtio device's doorbell: the device serves the queue (or, for a doorbell that does
+/// not say which, every queue).
+#[derive(Clone)]
+pub struct DoorbellService {
+    /// The device's virtio slot, as the trace names it.
+    pub slot: u8,
+    device: Arc<Mutex<dyn QueueNotify>>,
+}
+
+impl DoorbellService {
+    pub fn new(slot: u8, device: Arc<Mutex<dyn QueueNotify>>) -> Self {
+        Self { slot, device }
+    }
+
+    /// Serves `queue` (`None`: any queue with work).
+    pub fn ring(&self, access: &DeviceAccess, queue: Option<u32>) {
+        access.operate(
+            || self.device.locked().notify(queue),
+            |_| Record::Doorbell {
+                slot: self.slot,
+                queue,
+            },
+        );
+    }
+}
+
+/// Host input for one device.
+#[derive(Clone)]
+pub struct InputService {
+    pub target: InputTarget,
+    device: Arc<Mutex<dyn InputSink>>,
+}
+
+impl InputService {
+    pub fn new(target: InputTarget, device: Arc<Mutex<dyn InputSink>>) -> Self {
+        Self { target, device }
+    }
+
+    /// Hands `data` to the device; returns how many bytes it took.
+    pub fn deliver(&self, access: &DeviceAccess, data: &[u8]) -> usize {
+        access.operate(
+            || self.device.locked().receive(data),
+            |taken| Record::Input {
+                sink: self.target.sink(),
+                data: data[..*taken].to_vec(),
+            },
+        )
+    }
+}
+
+/// Every service of a machine.
+pub struct Services<C: Clock> {
+    pub rtc: RtcService<C>,
+    /// One per virtio device.
+    pub doorbells: Vec<DoorbellService>,
+    /// COM1's, and the virtio console's if there is one.
+    pub inputs: Vec<InputService>,
+}
+
+impl<C: Clock> Services<C> {
+    /// The doorbell service of virtio slot `slot`.
+    pub fn doorbell(&self, slot: u8) -> Option<&DoorbellService> {
+        self.doorbells.iter().find(|service| service.slot == slot)
+    }
+
+    /// The input service for `target`.
+    pub fn input(&self, target: InputTarget) -> Option<&InputService> {
+        self.inputs.iter().find(|service| service.target == target)
+    }
+}
