@@ -1,6 +1,7 @@
 //! hushvm: a KVM virtual machine monitor whose guests leave the CPU as rarely and as
 //! cheaply as possible, with the measurements to show it. See ARCHITECTURE.md.
 
+pub mod acpi;
 pub mod bench;
 pub mod bus;
 pub mod coalesced;
