@@ -14,6 +14,12 @@
 //! The machine is not hardware-reduced: the FADT names the PM1a event and control blocks
 //! and the PM timer at fixed ports (`layout::ports`), SCI on GSI 9, no SMI command port
 //! (ACPI is always enabled, so the PM1 control block must read back SCI_EN set).
+//! The DSDT declares COM1, the RTC, one `LNRO0005` device per virtio-mmio window (what
+//! Linux's virtio_mmio driver binds to), one `ACPI0007` processor device per vCPU (so
+//! the OS ties each MADT entry to a namespace object) and `\_S5`.
+//!
+//! `iasl-check.sh` beside this file disassembles the tables with ACPICA's iasl and
+//! loads them into acpiexec, by hand; the unit tests parse the AML themselves.
 
 mod dsdt;
 mod tables;
