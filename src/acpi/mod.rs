@@ -71,7 +71,8 @@ pub struct AcpiTables {
     /// The bytes to write at layout::ACPI_TABLES (RSDP first, then every table; all
     /// pointers inside are absolute guest-physical addresses in that block).
     pub bytes: Vec<u8>,
-    /// (signature, guest address, length) of each table, for tests and reports.
+    /// (signature, guest address, length) of each table, for tests and reports, in
+    /// address order: FACS, DSDT, APIC (MADT), FACP (FADT), XSDT. Not the RSDP.
     pub tables: Vec<([u8; 4], u64, u32)>,
 }
 

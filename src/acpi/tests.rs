@@ -72,6 +72,23 @@ fn every_table_sums_to_zero_and_its_length_field_is_its_length() {
             assert_eq!(addr % 16, 0, "{signature:?} aligned");
         }
         assert!(tables.bytes.len() as u64 <= layout::ACPI_TABLES_SIZE);
+        let mut spans: Vec<(u64, u64)> = tables
+            .tables
+            .iter()
+            .map(|(_, addr, len)| (*addr, addr + u64::from(*len)))
+            .collect();
+        spans.sort();
+        assert!(spans[0].0 >= tables.rsdp_addr + 36, "after the RSDP");
+        assert!(
+            spans.windows(2).all(|pair| pair[0].1 <= pair[1].0),
+            "no overlap"
+        );
+        let end = layout::ACPI_TABLES + tables.bytes.len() as u64;
+        assert_eq!(
+            spans.last().unwrap().1,
+            end,
+            "the block ends with the last table"
+        );
     }
 }
 
