@@ -2,6 +2,7 @@
 //! cheaply as possible, with the measurements to show it. See ARCHITECTURE.md.
 
 pub mod access;
+pub mod acpi;
 pub mod bench;
 pub mod bus;
 pub mod coalesced;
