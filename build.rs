@@ -16,6 +16,9 @@ const GUESTS: &[(&str, &str)] = &[
     ("blk", "blk.c"),
     ("strio", "strio.c"),
 ];
+/// Guests that stand alone: one assembly file, none of the shared sources (each tests
+/// something the shared start-up code would hide).
+const STANDALONE: &[(&str, &str)] = &[("stackless", "stackless.S")];
 /// Linked into every guest.
 const SHARED_SOURCES: &[&str] = &["start.S", "lib.c", "irq.c", "stubs.S", "smp.S", "virtio.c"];
 const SHARED: &[&str] = &[
@@ -39,14 +42,20 @@ fn main() {
     for (name, main) in GUESTS {
         println!("cargo:rerun-if-changed=guests/{main}");
         let elf = out.join(format!("{name}.elf"));
-        build_guest(&compiler, src, main, &elf);
+        build_guest(&compiler, src, SHARED_SOURCES, main, &elf);
+        table.push_str(&format!("    (\"{name}\", include_bytes!({:?})),\n", elf));
+    }
+    for (name, main) in STANDALONE {
+        println!("cargo:rerun-if-changed=guests/{main}");
+        let elf = out.join(format!("{name}.elf"));
+        build_guest(&compiler, src, &[], main, &elf);
         table.push_str(&format!("    (\"{name}\", include_bytes!({:?})),\n", elf));
     }
     table.push_str("];\n");
     fs::write(out.join("guests.rs"), table).expect("write guests.rs");
 }
 
-fn build_guest(compiler: &str, src: &Path, main: &str, elf: &Path) {
+fn build_guest(compiler: &str, src: &Path, shared: &[&str], main: &str, elf: &Path) {
     let status = Command::new(compiler)
         .args([
             "-m32",
@@ -70,7 +79,7 @@ fn build_guest(compiler: &str, src: &Path, main: &str, elf: &Path) {
         .arg(format!("-Wl,-T,{}", src.join("link.ld").display()))
         .arg("-o")
         .arg(elf)
-        .args(SHARED_SOURCES.iter().map(|file| src.join(file)))
+        .args(shared.iter().map(|file| src.join(file)))
         .arg(src.join(main))
         .status()
         .unwrap_or_else(|e| panic!("cannot run the guest compiler `{compiler}`: {e}"));

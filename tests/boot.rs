@@ -226,3 +226,19 @@ fn string_io_moves_whole_chunks_per_exit() {
     );
     assert_eq!(report.profile.unclaimed, 0);
 }
+
+#[test]
+fn a_kernel_may_call_before_it_sets_up_its_own_stack() {
+    if !kvm_available() {
+        return;
+    }
+    // Under QEMU's Multiboot loader this guest works: ESP points at usable low memory.
+    let report = run(&guest_config("stackless", ""));
+    let text = serial_text(&report);
+    assert_eq!(
+        report.stop,
+        VmStop::Guest(StopRequest::Exit(0x42)),
+        "{text}"
+    );
+    assert_eq!(text, "stack ok\n");
+}

@@ -8,20 +8,24 @@ use std::os::unix::fs::FileExt;
 use virtio_queue::{Queue, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
+use virtio_bindings::virtio_blk::*;
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+
 use super::{serve_chains, Chain, QueueError, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR: u64 = 512;
-const VIRTIO_BLK_F_RO: u64 = 1 << 5;
-const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_FLUSH: u32 = 4;
-const T_GET_ID: u32 = 8;
-const S_OK: u8 = 0;
-const S_IOERR: u8 = 1;
-const S_UNSUPP: u8 = 2;
-const ID_BYTES: usize = 20;
+const F_RO: u64 = 1 << VIRTIO_BLK_F_RO;
+const F_FLUSH: u64 = 1 << VIRTIO_BLK_F_FLUSH;
+const T_IN: u32 = VIRTIO_BLK_T_IN;
+const T_OUT: u32 = VIRTIO_BLK_T_OUT;
+const T_FLUSH: u32 = VIRTIO_BLK_T_FLUSH;
+const T_GET_ID: u32 = VIRTIO_BLK_T_GET_ID;
+// Status codes are one byte on the wire.
+const S_OK: u8 = VIRTIO_BLK_S_OK as u8;
+const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 /// Data moves between the file and guest memory in pieces of this size.
 const CHUNK: usize = 64 * 1024;
 const QUEUE_SIZES: &[u16] = &[128];
@@ -112,10 +116,14 @@ impl DiskBackend for Vec<u8> {
     }
 }
 
-/// Runs `step` over `len` bytes in pieces of at most [`CHUNK`], with a buffer for each
-/// piece and its offset; any I/O error is an I/O error status.
-fn in_chunks(len: u64, mut step: impl FnMut(&mut [u8], u64) -> io::Result<()>) -> Result<(), u8> {
-    let mut buffer = vec![0u8; CHUNK.min(len as usize)];
+/// Runs `step` over `len` bytes in pieces of at most [`CHUNK`] through `buffer` (the
+/// device's own, reused for every request), with each piece's offset; any I/O error is
+/// an I/O error status.
+fn in_chunks(
+    buffer: &mut [u8],
+    len: u64,
+    mut step: impl FnMut(&mut [u8], u64) -> io::Result<()>,
+) -> Result<(), u8> {
     let mut done = 0u64;
     while done < len {
         let piece = &mut buffer[..CHUNK.min((len - done) as usize)];
@@ -130,6 +138,9 @@ pub struct Block<B: DiskBackend> {
     disk: B,
     readonly: bool,
     id: [u8; ID_BYTES],
+    /// Data passes through here between guest memory and the disk: allocated once, so a
+    /// request allocates nothing of the device's own.
+    buffer: Vec<u8>,
 }
 
 impl<B: DiskBackend> Block<B> {
@@ -143,6 +154,7 @@ impl<B: DiskBackend> Block<B> {
             disk,
             readonly,
             id: bytes,
+            buffer: vec![0; CHUNK],
         }
     }
 
@@ -157,11 +169,12 @@ impl<B: DiskBackend> Block<B> {
         (len % SECTOR == 0 && offset.checked_add(len)? <= self.disk.size()).then_some(offset)
     }
 
-    fn read(&self, sector: u64, data: &mut Writer<'_, ()>) -> Result<u32, u8> {
+    fn read(&mut self, sector: u64, data: &mut Writer<'_, ()>) -> Result<u32, u8> {
         let len = data.available_bytes() as u64;
         let offset = self.locate(sector, len).ok_or(S_IOERR)?;
-        in_chunks(len, |piece, done| {
-            self.disk.read_at(piece, offset + done)?;
+        let disk = &self.disk;
+        in_chunks(&mut self.buffer, len, |piece, done| {
+            disk.read_at(piece, offset + done)?;
             data.write_all(piece)
         })?;
         u32::try_from(len).map_err(|_| S_IOERR)
@@ -174,7 +187,7 @@ impl<B: DiskBackend> Block<B> {
         let len = data.available_bytes() as u64;
         let offset = self.locate(sector, len).ok_or(S_IOERR)?;
         let disk = &mut self.disk;
-        in_chunks(len, |piece, done| {
+        in_chunks(&mut self.buffer, len, |piece, done| {
             data.read_exact(piece)?;
             disk.write_at(piece, offset + done)
         })?;
@@ -229,7 +242,7 @@ impl<B: DiskBackend> Block<B> {
 
 impl<B: DiskBackend> VirtioDevice for Block<B> {
     fn device_type(&self) -> u32 {
-        2
+        VIRTIO_ID_BLOCK
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -237,8 +250,8 @@ impl<B: DiskBackend> VirtioDevice for Block<B> {
     }
 
     fn features(&self) -> u64 {
-        let readonly = if self.readonly { VIRTIO_BLK_F_RO } else { 0 };
-        VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | readonly
+        let readonly = if self.readonly { F_RO } else { 0 };
+        VIRTIO_F_VERSION_1 | F_FLUSH | readonly
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

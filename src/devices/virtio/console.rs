@@ -7,11 +7,15 @@ use std::io::{Read, Write};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
+
 use super::{serve_chains, QueueError, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Input waiting for receive buffers is capped; beyond it, input is refused.
 const MAX_PENDING_INPUT: usize = 64 * 1024;
 
+/// The most bytes one transmit request is taken from.
+const MAX_TRANSMIT: usize = 64 * 1024;
 const RECEIVE: usize = 0;
 const QUEUE_SIZES: &[u16] = &[64, 64];
 
@@ -19,6 +23,8 @@ const QUEUE_SIZES: &[u16] = &[64, 64];
 pub struct Console<W: Write + Send> {
     output: W,
     input: VecDeque<u8>,
+    /// Transmitted bytes pass through here; it keeps its capacity between requests.
+    transmit: Vec<u8>,
 }
 
 impl<W: Write + Send> Console<W> {
@@ -26,7 +32,8 @@ impl<W: Write + Send> Console<W> {
     pub fn new(output: W) -> Self {
         Self {
             output,
-            input: VecDeque::new(),
+            input: VecDeque::with_capacity(MAX_PENDING_INPUT),
+            transmit: Vec::with_capacity(MAX_TRANSMIT),
         }
     }
 
@@ -53,10 +60,17 @@ impl<W: Write + Send> Console<W> {
             let mut written = 0;
             if let Ok(mut writer) = chain.writer(memory) {
                 let count = writer.available_bytes().min(self.input.len());
-                let bytes: Vec<u8> = self.input.drain(..count).collect();
-                if writer.write_all(&bytes).is_ok() {
+                let (front, back) = self.input.as_slices();
+                let back = &back[..count.saturating_sub(front.len())];
+                let front = &front[..count.min(front.len())];
+                if writer
+                    .write_all(front)
+                    .and_then(|()| writer.write_all(back))
+                    .is_ok()
+                {
                     written = count as u32;
                 }
+                self.input.drain(..count);
             }
             queue.add_used(memory, head, written)?;
             used = true;
@@ -72,7 +86,7 @@ impl<W: Write + Send> Console<W> {
 
 impl<W: Write + Send> VirtioDevice for Console<W> {
     fn device_type(&self) -> u32 {
-        3
+        VIRTIO_ID_CONSOLE
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -97,13 +111,13 @@ impl<W: Write + Send> VirtioDevice for Console<W> {
         if index == RECEIVE {
             return self.deliver_input(queue, memory);
         }
-        let output = &mut self.output;
+        let (output, bytes) = (&mut self.output, &mut self.transmit);
         serve_chains(queue, memory, |chain| {
-            if let Ok(mut reader) = chain.reader(memory) {
-                let mut bytes = Vec::with_capacity(reader.available_bytes().min(1 << 16));
-                if reader.read_to_end(&mut bytes).is_ok() {
+            if let Ok(reader) = chain.reader(memory) {
+                bytes.clear();
+                if reader.take(MAX_TRANSMIT as u64).read_to_end(bytes).is_ok() {
                     // A failing host writer must not stall the guest.
-                    let _ = output.write_all(&bytes).and_then(|()| output.flush());
+                    let _ = output.write_all(bytes).and_then(|()| output.flush());
                 }
             }
             0

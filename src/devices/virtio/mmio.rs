@@ -3,6 +3,11 @@
 
 use std::sync::Arc;
 
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+};
+use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -13,20 +18,20 @@ use crate::irq::InterruptLine;
 /// Bytes of MMIO space one device takes.
 pub const MMIO_SIZE: u64 = 0x1000;
 /// Offset of QueueNotify, the doorbell.
-pub const QUEUE_NOTIFY: u64 = 0x050;
+pub const QUEUE_NOTIFY: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
 
-const MAGIC: u32 = 0x7472_6976; // "virt"
+const MAGIC: u32 = u32::from_le_bytes(*b"virt");
 const VERSION: u32 = 2;
 const VENDOR: u32 = u32::from_le_bytes(*b"hush");
-const CONFIG: u64 = 0x100;
+const CONFIG: u64 = VIRTIO_MMIO_CONFIG as u64;
 
-const STATUS_ACKNOWLEDGE: u32 = 1;
-const STATUS_DRIVER: u32 = 2;
-const STATUS_DRIVER_OK: u32 = 4;
-const STATUS_FEATURES_OK: u32 = 8;
-const STATUS_NEEDS_RESET: u32 = 64;
-const INTERRUPT_VRING: u32 = 1;
-const INTERRUPT_CONFIG: u32 = 2;
+const STATUS_ACKNOWLEDGE: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE;
+const STATUS_DRIVER: u32 = VIRTIO_CONFIG_S_DRIVER;
+const STATUS_DRIVER_OK: u32 = VIRTIO_CONFIG_S_DRIVER_OK;
+const STATUS_FEATURES_OK: u32 = VIRTIO_CONFIG_S_FEATURES_OK;
+const STATUS_NEEDS_RESET: u32 = VIRTIO_CONFIG_S_NEEDS_RESET;
+const INTERRUPT_VRING: u32 = VIRTIO_MMIO_INT_VRING;
+const INTERRUPT_CONFIG: u32 = VIRTIO_MMIO_INT_CONFIG;
 
 /// Something that can be told a queue has work: the transport, from a doorbell.
 pub trait QueueNotify: Send {
@@ -111,29 +116,30 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     fn read_register(&self, offset: u64) -> u32 {
         let queue = self.queues.get(self.queue_select as usize);
-        match offset {
-            0x000 => MAGIC,
-            0x004 => VERSION,
-            0x008 => self.device.device_type(),
-            0x00c => VENDOR,
-            0x010 => match self.device_features_select {
+        // Register offsets are below CONFIG: the cast is exact.
+        match offset as u32 {
+            VIRTIO_MMIO_MAGIC_VALUE => MAGIC,
+            VIRTIO_MMIO_VERSION => VERSION,
+            VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
+            VIRTIO_MMIO_VENDOR_ID => VENDOR,
+            VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_select {
                 0 => self.device.features() as u32,
                 1 => (self.device.features() >> 32) as u32,
                 _ => 0,
             },
-            0x034 => queue.map_or(0, |q| u32::from(q.max_size())),
-            0x044 => queue.map_or(0, |q| u32::from(q.ready())),
-            0x060 => self.interrupt_status,
-            0x070 => self.status,
-            0x0fc => self.config_generation,
+            VIRTIO_MMIO_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
+            VIRTIO_MMIO_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt_status,
+            VIRTIO_MMIO_STATUS => self.status,
+            VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
             _ => 0,
         }
     }
 
     fn write_register(&mut self, offset: u64, value: u32) {
-        match offset {
-            0x014 => self.device_features_select = value,
-            0x020 => match self.driver_features_select {
+        match offset as u32 {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_select = value,
+            VIRTIO_MMIO_DRIVER_FEATURES => match self.driver_features_select {
                 0 => {
                     self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(value)
                 }
@@ -143,29 +149,32 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 }
                 _ => {}
             },
-            0x024 => self.driver_features_select = value,
-            0x030 => self.queue_select = value,
-            0x038 => {
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_select = value,
+            VIRTIO_MMIO_QUEUE_NUM => {
                 if let Some(queue) = self.selected_queue() {
                     queue.set_size(value as u16);
                 }
             }
-            0x044 => {
+            VIRTIO_MMIO_QUEUE_READY => {
                 if let Some(queue) = self.selected_queue() {
                     queue.set_ready(value == 1);
                 }
             }
-            QUEUE_NOTIFY => self.notify(Some(value)),
-            0x064 => self.interrupt_status &= !value,
-            0x070 => self.write_status(value),
-            0x080 | 0x084 | 0x090 | 0x094 | 0x0a0 | 0x0a4 => {
-                self.write_queue_address(offset, value)
-            }
+            VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(Some(value)),
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt_status &= !value,
+            VIRTIO_MMIO_STATUS => self.write_status(value),
+            VIRTIO_MMIO_QUEUE_DESC_LOW
+            | VIRTIO_MMIO_QUEUE_DESC_HIGH
+            | VIRTIO_MMIO_QUEUE_AVAIL_LOW
+            | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+            | VIRTIO_MMIO_QUEUE_USED_LOW
+            | VIRTIO_MMIO_QUEUE_USED_HIGH => self.write_queue_address(offset as u32, value),
             _ => {}
         }
     }
 
-    fn write_queue_address(&mut self, offset: u64, value: u32) {
+    fn write_queue_address(&mut self, offset: u32, value: u32) {
         let Some(queue) = self.selected_queue() else {
             return;
         };
@@ -175,8 +184,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
             (None, Some(value))
         };
         match offset & !4 {
-            0x080 => queue.set_desc_table_address(low, high),
-            0x090 => queue.set_avail_ring_address(low, high),
+            VIRTIO_MMIO_QUEUE_DESC_LOW => queue.set_desc_table_address(low, high),
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW => queue.set_avail_ring_address(low, high),
             _ => queue.set_used_ring_address(low, high),
         }
     }

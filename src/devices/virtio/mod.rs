@@ -15,7 +15,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 /// VIRTIO_F_VERSION_1: a modern (non-legacy) device.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 
 /// A guest-visible fault in a queue: the driver broke the protocol.
 #[derive(Debug, Error)]

@@ -5,6 +5,8 @@ use std::io::{Read, Write};
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
+use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
+
 use super::{serve_chains, QueueError, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// The largest buffer served per request; a bigger one gets this many bytes.
@@ -14,18 +16,23 @@ const QUEUE_SIZES: &[u16] = &[64];
 /// The device, over any source of random bytes (the host's `/dev/urandom`).
 pub struct Rng<R: Read + Send> {
     source: R,
+    /// Allocated once: a request allocates nothing of the device's own.
+    buffer: Vec<u8>,
 }
 
 impl<R: Read + Send> Rng<R> {
     /// A device drawing from `source`.
     pub fn new(source: R) -> Self {
-        Self { source }
+        Self {
+            source,
+            buffer: vec![0; MAX_REQUEST],
+        }
     }
 }
 
 impl<R: Read + Send> VirtioDevice for Rng<R> {
     fn device_type(&self) -> u32 {
-        4
+        VIRTIO_ID_RNG
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -46,13 +53,13 @@ impl<R: Read + Send> VirtioDevice for Rng<R> {
         queue: &mut Queue,
         memory: &GuestMemoryMmap,
     ) -> Result<bool, QueueError> {
-        let source = &mut self.source;
+        let (source, buffer) = (&mut self.source, &mut self.buffer);
         serve_chains(queue, memory, |chain| {
             let Ok(mut writer) = chain.writer(memory) else {
                 return 0;
             };
-            let mut bytes = vec![0u8; writer.available_bytes().min(MAX_REQUEST)];
-            if source.read_exact(&mut bytes).is_err() || writer.write_all(&bytes).is_err() {
+            let bytes = &mut buffer[..writer.available_bytes().min(MAX_REQUEST)];
+            if source.read_exact(bytes).is_err() || writer.write_all(bytes).is_err() {
                 return 0;
             }
             bytes.len() as u32
