@@ -331,6 +331,27 @@ pub fn set_topology(entries: &mut [CpuidEntry], apic_id: u8, cpus: u8) {
     }
 }
 
+/// Leaf 1 ECX bits that KVM_GET_SUPPORTED_CPUID never reports and the VMM sets itself.
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+
+/// Sets the leaf 1 ECX bits KVM_GET_SUPPORTED_CPUID leaves to the VMM, as QEMU's
+/// `kvm_arch_get_supported_cpuid` and Cloud Hypervisor do: HYPERVISOR, without which
+/// Linux looks for no KVM leaves (so no kvmclock and no `no_timer_check`, and it needs
+/// a PIT: docs/pit.md), and TSC-deadline when `tsc_deadline` (KVM_CAP_TSC_DEADLINE_TIMER
+/// with the in-kernel LAPIC). Call it before [`CpuModel::apply`], so that `-hypervisor`
+/// and `-tsc-deadline` can take them away again.
+pub fn add_vmm_features(entries: &mut [CpuidEntry], tsc_deadline: bool) {
+    let bits = match tsc_deadline {
+        true => LEAF1_ECX_HYPERVISOR | LEAF1_ECX_TSC_DEADLINE,
+        false => LEAF1_ECX_HYPERVISOR,
+    };
+    entries
+        .iter_mut()
+        .filter(|entry| entry.function == 1)
+        .for_each(|entry| entry.ecx |= bits);
+}
+
 /// KVM's paravirtual feature leaf: clear KVM_FEATURE_PV_EOI (bit 6 of 0x40000001 EAX)
 /// when disabled. Enabling leaves the host's bit as it is.
 pub fn set_pv_eoi(entries: &mut [CpuidEntry], enabled: bool) {

@@ -236,3 +236,27 @@ fn pv_eoi_bit_is_cleared_only_when_disabled() {
     assert_eq!(find(&entries, 0x4000_0001, 0).eax, 0x0100_7efb & !(1 << 6));
     assert_eq!(applied("host,-pv-eoi").unwrap(), entries);
 }
+
+#[test]
+fn vmm_features_add_hypervisor_and_tsc_deadline_for_a_model_to_take_away() {
+    let mut entries = host();
+    entries[1].ecx &= !(1 << 24 | 1 << 31);
+    let bare = entries.clone();
+    add_vmm_features(&mut entries, false);
+    assert_eq!(find(&entries, 1, 0).ecx, bare[1].ecx | 1 << 31);
+    add_vmm_features(&mut entries, true);
+    assert_eq!(find(&entries, 1, 0).ecx, bare[1].ecx | 1 << 24 | 1 << 31);
+    let model: CpuModel = "host,-tsc-deadline,+hypervisor".parse().unwrap();
+    model.apply(&mut entries).unwrap();
+    assert_eq!(find(&entries, 1, 0).ecx, bare[1].ecx | 1 << 31);
+    let mut bare_entries = bare.clone();
+    assert_eq!(
+        "host,+tsc-deadline"
+            .parse::<CpuModel>()
+            .unwrap()
+            .apply(&mut bare_entries),
+        Err(CpuidError::Unsupported {
+            feature: "tsc-deadline"
+        })
+    );
+}
