@@ -7,6 +7,7 @@ pub mod bench;
 pub mod bus;
 pub mod coalesced;
 pub mod config;
+pub mod cpuid;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;

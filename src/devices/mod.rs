@@ -1,6 +1,7 @@
 //! Register-level device models. No `unsafe` and no KVM here: each device is a state
 //! machine behind [`crate::bus::BusDevice`], testable on its own.
 
+pub mod acpi_pm;
 pub mod calendar;
 pub mod data_port;
 pub mod debug_exit;
