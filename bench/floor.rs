@@ -66,9 +66,10 @@ fn run(options: &Options) -> Result<u8, String> {
     let entry = loader::load(&memory, &layout, &request).map_err(|e| e.to_string())?;
     let hypervisor = Hypervisor::open().map_err(|e| e.to_string())?;
     let vm = Vm::new(&hypervisor, &memory).map_err(|e| e.to_string())?;
-    let mut vcpu = vm
-        .create_vcpu(0, &hushvm::kvm::VcpuOptions { pv_eoi: true })
+    let cpuid = vm
+        .cpuid(&hushvm::kvm::VcpuOptions::default())
         .map_err(|e| e.to_string())?;
+    let mut vcpu = vm.create_vcpu(0, 1, &cpuid).map_err(|e| e.to_string())?;
     vcpu.set_entry_state(&entry).map_err(|e| e.to_string())?;
     let ring = if options.coalesce {
         let zone = PostedZone {

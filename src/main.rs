@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use hushvm::bench::{self, BenchOptions};
 use hushvm::config::{self, SerialMode};
+use hushvm::cpuid::CpuModel;
 use hushvm::layout::MemoryLayout;
 use hushvm::loader::{self, Module};
 use hushvm::machine::{
@@ -58,6 +59,10 @@ struct RunArgs {
     /// vCPUs: vCPU 0 starts at the entry point, the others wait for INIT/SIPI.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
     cpus: u8,
+    /// CPUID features, in QEMU's spelling: `host`, then `-feature` or `+feature`
+    /// (hiding a feature hides what depends on it), e.g. host,-xsave,-cx16.
+    #[arg(long, value_name = "MODEL", default_value = "host")]
+    cpu: CpuModel,
     /// Guest RAM (QEMU syntax: 64M, 1G; a plain number is MiB).
     #[arg(long, default_value = "64M", value_parser = config::parse_memory)]
     mem: MemoryLayout,
@@ -157,7 +162,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .collect::<Result<Vec<_>>>()?;
     let config = MachineConfig {
         memory: args.mem,
-        vcpus: VcpuConfig { count: args.cpus },
+        vcpus: VcpuConfig {
+            count: args.cpus,
+            model: args.cpu,
+        },
         boot: BootConfig {
             kernel: Kernel {
                 name: file_name(&args.kernel),

@@ -1,6 +1,6 @@
 //! The VM: memory slots, the in-kernel irqchip, coalesced zones, vCPU creation.
 
-use kvm_bindings::{kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_cpuid_entry2, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, IoEventAddress, NoDatamatch, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -8,23 +8,51 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{ioctl_error, Hypervisor, IrqFd, KvmError, Vcpu};
 use crate::bus::{AddressSpace, PostedZone};
-
-/// Where KVM may put the TSS and identity map that Intel VMX needs (top of 4 GiB,
-/// below the BIOS area, outside guest RAM).
-const TSS_ADDRESS: usize = 0xfffb_d000;
-const IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+use crate::cpuid::{self, CpuModel, CpuidEntry, CpuidError};
+use crate::layout::{KVM_IDENTITY_MAP, KVM_TSS};
 
 /// How to set up each vCPU.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct VcpuOptions {
     /// Advertise KVM_FEATURE_PV_EOI (seed 002) in CPUID leaf 0x40000001.
     pub pv_eoi: bool,
+    /// The CPUID features shown or hidden (`--cpu`).
+    pub model: CpuModel,
 }
 
-/// CPUID leaf with KVM's paravirtual features.
-const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
-/// KVM_FEATURE_PV_EOI: the guest may skip the EOI write when its flag says so.
-const KVM_FEATURE_PV_EOI: u32 = 1 << 6;
+impl Default for VcpuOptions {
+    fn default() -> Self {
+        Self {
+            pv_eoi: true,
+            model: CpuModel::host(),
+        }
+    }
+}
+
+fn to_entry(kvm: &kvm_cpuid_entry2) -> CpuidEntry {
+    CpuidEntry {
+        function: kvm.function,
+        index: kvm.index,
+        flags: kvm.flags,
+        eax: kvm.eax,
+        ebx: kvm.ebx,
+        ecx: kvm.ecx,
+        edx: kvm.edx,
+    }
+}
+
+fn to_kvm(entry: &CpuidEntry) -> kvm_cpuid_entry2 {
+    kvm_cpuid_entry2 {
+        function: entry.function,
+        index: entry.index,
+        flags: entry.flags,
+        eax: entry.eax,
+        ebx: entry.ebx,
+        ecx: entry.ecx,
+        edx: entry.edx,
+        ..Default::default()
+    }
+}
 
 /// A KVM VM.
 #[derive(Debug)]
@@ -34,6 +62,7 @@ pub struct Vm {
     run_size: usize,
     coalesced_ring_page: Option<u32>,
     coalesced_pio: bool,
+    tsc_deadline: bool,
 }
 
 impl Vm {
@@ -41,9 +70,9 @@ impl Vm {
     pub fn new(hypervisor: &Hypervisor, memory: &GuestMemoryMmap) -> Result<Self, KvmError> {
         let kvm = &hypervisor.kvm;
         let fd = kvm.create_vm().map_err(ioctl_error("KVM_CREATE_VM"))?;
-        fd.set_tss_address(TSS_ADDRESS)
+        fd.set_tss_address(KVM_TSS as usize)
             .map_err(ioctl_error("KVM_SET_TSS_ADDR"))?;
-        fd.set_identity_map_address(IDENTITY_MAP_ADDRESS)
+        fd.set_identity_map_address(KVM_IDENTITY_MAP)
             .map_err(ioctl_error("KVM_SET_IDENTITY_MAP_ADDR"))?;
         fd.create_irq_chip()
             .map_err(ioctl_error("KVM_CREATE_IRQCHIP"))?;
@@ -74,12 +103,14 @@ impl Vm {
             .ok()
             .filter(|page| *page > 0);
         let coalesced_pio = coalesced_ring_page.is_some() && fd.check_extension(Cap::CoalescedPio);
+        let tsc_deadline = fd.check_extension(Cap::TscDeadlineTimer);
         Ok(Self {
             fd,
             supported_cpuid,
             run_size,
             coalesced_ring_page,
             coalesced_pio,
+            tsc_deadline,
         })
     }
 
@@ -131,22 +162,35 @@ impl Vm {
         Ok(event)
     }
 
-    /// Creates vCPU `id`, with the host's supported CPUID (including KVM's signature and
-    /// paravirtual feature leaves), its APIC ID, and `options`.
-    pub fn create_vcpu(&self, id: u8, options: &VcpuOptions) -> Result<Vcpu, KvmError> {
+    /// The CPUID every vCPU starts from: the host's supported leaves, the features a
+    /// VMM adds (the hypervisor bit, TSC-deadline when the in-kernel LAPIC has it),
+    /// edited by `options.model`, with PV EOI as `options` says.
+    pub fn cpuid(&self, options: &VcpuOptions) -> Result<Vec<CpuidEntry>, CpuidError> {
+        let mut entries: Vec<CpuidEntry> =
+            self.supported_cpuid.as_slice().iter().map(to_entry).collect();
+        cpuid::add_vmm_features(&mut entries, self.tsc_deadline);
+        options.model.apply(&mut entries)?;
+        cpuid::set_pv_eoi(&mut entries, options.pv_eoi);
+        Ok(entries)
+    }
+
+    /// Creates vCPU `id` with `cpuid` (from [`Vm::cpuid`]) and its own APIC ID and
+    /// topology.
+    pub fn create_vcpu(
+        &self,
+        id: u8,
+        cpus: u8,
+        cpuid: &[CpuidEntry],
+    ) -> Result<Vcpu, KvmError> {
         let fd = self
             .fd
             .create_vcpu(u64::from(id))
             .map_err(ioctl_error("KVM_CREATE_VCPU"))?;
-        let mut cpuid = self.supported_cpuid.clone();
-        for entry in cpuid.as_mut_slice() {
-            match entry.function {
-                1 => entry.ebx = (entry.ebx & 0x00ff_ffff) | (u32::from(id) << 24),
-                0xb | 0x1f => entry.edx = u32::from(id),
-                KVM_CPUID_FEATURES if !options.pv_eoi => entry.eax &= !KVM_FEATURE_PV_EOI,
-                _ => {}
-            }
-        }
+        let mut entries = cpuid.to_vec();
+        cpuid::set_topology(&mut entries, id, cpus);
+        let kvm_entries: Vec<kvm_cpuid_entry2> = entries.iter().map(to_kvm).collect();
+        let cpuid = CpuId::from_entries(&kvm_entries)
+            .map_err(|_| KvmError::MissingCapability("room for the CPUID entries"))?;
         fd.set_cpuid2(&cpuid)
             .map_err(ioctl_error("KVM_SET_CPUID2"))?;
         Ok(Vcpu::new(fd, id, self.run_size, self.coalesced_ring_page))

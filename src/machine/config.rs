@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{DiskConfig, Doorbell, SerialMode};
+use crate::cpuid::CpuModel;
 use crate::layout::MemoryLayout;
 use crate::loader::Module;
 
@@ -26,6 +27,8 @@ pub struct Kernel {
 pub struct VcpuConfig {
     /// How many; vCPU 0 boots, the others wait for INIT/SIPI.
     pub count: u8,
+    /// The CPUID features shown or hidden (`--cpu host,-xsave,...`).
+    pub model: CpuModel,
 }
 
 /// What boots, and with what.
@@ -103,7 +106,10 @@ impl MachineConfig {
     pub fn new(kernel: Kernel) -> Self {
         Self {
             memory: MemoryLayout::new(64 << 20).expect("64 MiB is a valid layout"),
-            vcpus: VcpuConfig { count: 1 },
+            vcpus: VcpuConfig {
+                count: 1,
+                model: CpuModel::host(),
+            },
             boot: BootConfig {
                 kernel,
                 cmdline: String::new(),

@@ -63,6 +63,8 @@ pub enum MachineError {
     Kvm(#[from] KvmError),
     #[error("cannot place a device: {0}")]
     Bus(#[from] BusError),
+    #[error("--cpu: {0}")]
+    Cpuid(#[from] crate::cpuid::CpuidError),
     #[error("--cpus {asked}: this KVM allows 1 to {max}")]
     TooManyCpus { asked: u8, max: usize },
     #[error("cannot open the serial output file {}: {source}", path.display())]
@@ -170,9 +172,11 @@ fn create_vcpus(
     }
     let options = VcpuOptions {
         pv_eoi: config.cures.pv_eoi,
+        model: config.vcpus.model.clone(),
     };
+    let cpuid = vm.cpuid(&options)?;
     let vcpus = (0..count)
-        .map(|id| vm.create_vcpu(id, &options))
+        .map(|id| vm.create_vcpu(id, count, &cpuid))
         .collect::<Result<Vec<_>, _>>()?;
     vcpus[0].set_entry_state(entry)?;
     Ok(vcpus)
