@@ -156,6 +156,7 @@ static int action_cpuid(void)
     print_kv("pv_eoi", (a >> 6) & 1);
     cpuid(1, &a, &b, &c, &d);
     print_kv("apic_id", b >> 24);
+    print_kv("leaf1_ecx", c);
     return 0x14;
 }
 
@@ -303,6 +304,36 @@ static int action_vecho(void)
     return 0x1a;
 }
 
+/* The ACPI PM timer (port 0x608, 3.579545 MHz): two reads around a delay must differ,
+ * forwards. */
+static int action_pmtimer(void)
+{
+    uint32_t first = inl(0x608);
+    delay(2000);
+    uint32_t second = inl(0x608);
+    print_kv("pmtimer_first", first);
+    print_kv("pmtimer_delta", second - first);
+    return second != first ? 0 : 1;
+}
+
+/* The ACPI RSDP where the layout puts it (0xe0000): signature and OEM id. */
+static int action_acpi(void)
+{
+    const char *rsdp = (const char *)0xe0000;
+    char text[9] = {0};
+    for (int i = 0; i < 8; i++) text[i] = rsdp[i];
+    put_str("rsdp_signature=[");
+    put_str(text);
+    put_str("]\n");
+    for (int i = 0; i < 6; i++) text[i] = rsdp[9 + i];
+    text[6] = 0;
+    put_str("rsdp_oem=[");
+    put_str(text);
+    put_str("]\n");
+    print_kv("rsdp_revision", (uint8_t)rsdp[15]);
+    return 0;
+}
+
 int guest_main(uint32_t magic, const struct mb_info *mbi)
 {
     const char *action = cmdline_value(mbi, "action");
@@ -314,6 +345,10 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
     if (value_is(action, "hang")) __asm__ volatile("cli\n\thlt");
     if (value_is(action, "spin")) for (;;) __asm__ volatile("");
     if (value_is(action, "reset")) outb(0x64, 0xfe);
+    if (value_is(action, "cf9reset")) outb(0xcf9, 0x06);
+    if (value_is(action, "poweroff")) outw(0x604, (5 << 10) | (1 << 13)); /* S5, SLP_EN */
+    if (value_is(action, "pmtimer")) return action_pmtimer();
+    if (value_is(action, "acpi")) return action_acpi();
     if (value_is(action, "exit")) return (int)cmdline_u32(mbi, "code", 0);
     if (value_is(action, "cpuid")) return action_cpuid();
     if (value_is(action, "uart")) return action_uart();

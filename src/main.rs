@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use hushvm::bench::{self, BenchOptions};
+use hushvm::bus::StopRequest;
 use hushvm::config::{self, SerialMode};
 use hushvm::cpuid::CpuModel;
 use hushvm::layout::MemoryLayout;
@@ -209,6 +210,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         VmStop::Timeout => {
             eprintln!("hushvm: the guest was still running after the timeout; stopped")
         }
+        VmStop::Guest(StopRequest::PowerOff) => eprintln!("hushvm: guest powered off"),
         VmStop::Guest(_) | VmStop::Requested => {}
     }
     if args.profile || args.profile_json.is_some() {

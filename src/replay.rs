@@ -15,7 +15,7 @@ use crate::bus::{Access, IoBuses};
 use crate::config::Doorbell;
 use crate::exit::VmExit;
 use crate::layout::MemoryLayout;
-use crate::machine::{self, Backends, DeviceSpec, MachineError, Unplugged};
+use crate::machine::{self, Backends, Clocks, DeviceSpec, MachineError, Unplugged};
 use crate::profile::{ExitKey, ExitProfile};
 use crate::ratelimit::RateLimiter;
 use crate::services::{InputTarget, Services};
@@ -121,8 +121,12 @@ impl ReplayMachine {
         let backends =
             Backends::for_replay(description.disk_bytes, description.rng, description.console);
         let clock = ReplayClock::new(description.clock_start);
+        let clocks = Clocks {
+            rtc: clock.clone(),
+            pm_timer: clock.clone(),
+        };
         let mut devices =
-            machine::build_devices(&spec, &Unplugged, backends, clock.clone(), &guest_memory)?;
+            machine::build_devices(&spec, &Unplugged, backends, clocks, &guest_memory)?;
         let buses = std::mem::take(&mut devices.buses);
         Ok(Self {
             access: DeviceAccess::plain(Arc::new(buses)),

@@ -83,19 +83,18 @@ impl Clock for MonotonicClock {
 #[derive(Debug)]
 pub struct PmTimer<C: Clock> {
     clock: C,
-    start: Duration,
 }
 
 impl<C: Clock> PmTimer<C> {
-    /// A timer that reads 0 now.
+    /// A timer counting from `clock`'s zero (a [`MonotonicClock`] reads zero when it is
+    /// made). Creating it reads no clock, so a replay's recorded readings line up.
     pub fn new(clock: C) -> Self {
-        let start = clock.now();
-        Self { clock, start }
+        Self { clock }
     }
 
-    /// The counter: ticks since creation, wrapping at 2^32.
+    /// The counter: ticks since the clock's zero, wrapping at 2^32.
     pub fn count(&self) -> u32 {
-        let elapsed = self.clock.now().saturating_sub(self.start).as_nanos();
+        let elapsed = self.clock.now().as_nanos();
         (elapsed * u128::from(PM_TIMER_HZ) / 1_000_000_000) as u32
     }
 }
@@ -263,7 +262,6 @@ mod tests {
 
     fn timer() -> (PmTimer<TestClock>, TestClock) {
         let clock = TestClock::default();
-        clock.advance(1_700_000_000_123_456_789);
         (PmTimer::new(clock.clone()), clock)
     }
 

@@ -166,8 +166,12 @@ impl Vm {
     /// VMM adds (the hypervisor bit, TSC-deadline when the in-kernel LAPIC has it),
     /// edited by `options.model`, with PV EOI as `options` says.
     pub fn cpuid(&self, options: &VcpuOptions) -> Result<Vec<CpuidEntry>, CpuidError> {
-        let mut entries: Vec<CpuidEntry> =
-            self.supported_cpuid.as_slice().iter().map(to_entry).collect();
+        let mut entries: Vec<CpuidEntry> = self
+            .supported_cpuid
+            .as_slice()
+            .iter()
+            .map(to_entry)
+            .collect();
         cpuid::add_vmm_features(&mut entries, self.tsc_deadline);
         options.model.apply(&mut entries)?;
         cpuid::set_pv_eoi(&mut entries, options.pv_eoi);
@@ -176,12 +180,7 @@ impl Vm {
 
     /// Creates vCPU `id` with `cpuid` (from [`Vm::cpuid`]) and its own APIC ID and
     /// topology.
-    pub fn create_vcpu(
-        &self,
-        id: u8,
-        cpus: u8,
-        cpuid: &[CpuidEntry],
-    ) -> Result<Vcpu, KvmError> {
+    pub fn create_vcpu(&self, id: u8, cpus: u8, cpuid: &[CpuidEntry]) -> Result<Vcpu, KvmError> {
         let fd = self
             .fd
             .create_vcpu(u64::from(id))

@@ -77,6 +77,8 @@ pub struct BootRequest<'a> {
     pub cmdline: &'a str,
     /// Multiboot modules.
     pub modules: &'a [Module],
+    /// Where the ACPI RSDP is, for boot protocols that pass it on.
+    pub rsdp: Option<u64>,
 }
 
 /// The boot-loader interface: puts the kernel and what its boot protocol hands it into

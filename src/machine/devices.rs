@@ -8,6 +8,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::bus::IoBuses;
 use crate::config::Doorbell;
+use crate::devices::acpi_pm::{Pm1Control, Pm1Event, PmTimer, ResetControl};
 use crate::devices::data_port::DataPort;
 use crate::devices::debug_exit::DebugExit;
 use crate::devices::fw_cfg::FwCfg;
@@ -35,6 +36,13 @@ pub struct DeviceSpec {
     pub doorbell: Doorbell,
 }
 
+/// The clocks the devices read: the RTC's wall clock and the PM timer's monotonic one
+/// (recorded live, replayed from the trace).
+pub struct Clocks<C: Clock, P: Clock> {
+    pub rtc: C,
+    pub pm_timer: P,
+}
+
 /// A named interrupt line, to count what it carried.
 pub struct NamedLine {
     pub name: &'static str,
@@ -54,17 +62,17 @@ pub struct Devices<C: Clock> {
 }
 
 /// Builds every device of `spec` and places it.
-pub fn build<C: Clock + 'static>(
+pub fn build<C: Clock + 'static, P: Clock + 'static>(
     spec: &DeviceSpec,
     platform: &dyn Platform,
     backends: Backends,
-    clock: C,
+    clocks: Clocks<C, P>,
     memory: &GuestMemoryMmap,
 ) -> Result<Devices<C>, MachineError> {
     let mut buses = IoBuses::default();
     let com1_line = platform.irq_line(gsi::COM1)?;
     let rtc_line = platform.irq_line(gsi::RTC)?;
-    let mut rtc = Rtc::new(clock);
+    let mut rtc = Rtc::new(clocks.rtc);
     rtc.set_memory_size(spec.memory.ram_bytes());
     rtc.connect_interrupt(rtc_line.clone());
     let rtc = Arc::new(Mutex::new(rtc));
@@ -73,6 +81,7 @@ pub fn build<C: Clock + 'static>(
         com1_line.clone(),
     )));
     place_pc_devices(&mut buses, spec, rtc.clone(), com1.clone())?;
+    place_acpi_devices(&mut buses, clocks.pm_timer)?;
     let slots = virtio::build(
         virtio::VirtioBackends {
             disk: backends.disk,
@@ -153,6 +162,39 @@ fn place_pc_devices<C: Clock + 'static>(
         ports::DATA_PORT,
         ports::DATA_PORT_COUNT,
         Arc::new(Mutex::new(DataPort::default())),
+    )?;
+    Ok(())
+}
+
+/// The ACPI power-management registers the FADT describes, and the reset register.
+fn place_acpi_devices<P: Clock + 'static>(
+    buses: &mut IoBuses,
+    pm_clock: P,
+) -> Result<(), MachineError> {
+    let pio = &mut buses.pio;
+    pio.insert(
+        "acpi-pm1-event",
+        ports::ACPI_PM1_EVENT,
+        ports::ACPI_PM1_EVENT_COUNT,
+        Arc::new(Mutex::new(Pm1Event::default())),
+    )?;
+    pio.insert(
+        "acpi-pm1-control",
+        ports::ACPI_PM1_CONTROL,
+        ports::ACPI_PM1_CONTROL_COUNT,
+        Arc::new(Mutex::new(Pm1Control::default())),
+    )?;
+    pio.insert(
+        "acpi-pm-timer",
+        ports::ACPI_PM_TIMER,
+        ports::ACPI_PM_TIMER_COUNT,
+        Arc::new(Mutex::new(PmTimer::new(pm_clock))),
+    )?;
+    pio.insert(
+        "reset-control",
+        ports::RESET_CONTROL,
+        1,
+        Arc::new(Mutex::new(ResetControl::default())),
     )?;
     Ok(())
 }

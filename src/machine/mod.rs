@@ -1,5 +1,6 @@
 //! A PC-like machine, described by [`MachineConfig`] and built in small steps:
-//! layout -> guest memory -> VM -> platform devices -> boot loader -> vCPUs -> run.
+//! layout -> guest memory -> VM -> platform devices -> ACPI tables -> boot loader ->
+//! vCPUs -> run.
 //! Replay builds its devices through the same [`devices::build`], on an [`Unplugged`]
 //! platform.
 
@@ -20,21 +21,23 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, SubscriberOps};
 use thiserror::Error;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::access::DeviceAccess;
+use crate::acpi;
 use crate::bus::{AddressSpace, BusError, IoBuses};
 use crate::coalesced::PostedWrites;
 use crate::config::SerialMode;
+use crate::devices::acpi_pm::MonotonicClock;
 use crate::devices::rtc::{Clock, SystemClock};
 use crate::event_loop::{DoorbellEvent, HostInput, RtcTimer, StopWake, Subscriber};
 use crate::kvm::{Hypervisor, KvmError, Vcpu, VcpuOptions, Vm};
-use crate::layout::{LayoutError, MemoryLayout};
+use crate::layout::{self, LayoutError, MemoryLayout};
 use crate::loader::{self, BootRequest, EntryState, LoaderError};
 use crate::profile::ExitProfile;
 use crate::services::InputTarget;
 use crate::sync::LockExt;
-use crate::trace::{MachineClock, MachineDescription, Recorder};
+use crate::trace::{MachineClock, MachineDescription, RecordedClock, Recorder};
 use crate::vcpu;
 
 pub use backends::{open_disk, Backends, DiskProblem};
@@ -42,7 +45,7 @@ pub use config::{
     BootConfig, Cures, DeviceConfig, Kernel, MachineConfig, RunOptions, VcpuConfig,
     DEFAULT_EVENT_POLL,
 };
-pub use devices::{build as build_devices, DeviceSpec, Devices};
+pub use devices::{build as build_devices, Clocks, DeviceSpec, Devices};
 pub use platform::{Platform, Unplugged};
 pub use report::{Coalescing, RunReport};
 
@@ -57,6 +60,14 @@ pub enum MachineError {
     },
     #[error("--mem: {0}")]
     Layout(#[from] LayoutError),
+    #[error("cannot build the ACPI tables: {0}")]
+    Acpi(#[from] acpi::AcpiError),
+    #[error("cannot write guest memory at {at:#x}: {source}")]
+    GuestMemory {
+        at: u64,
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
     #[error("cannot load the kernel: {0}")]
     Loader(#[from] LoaderError),
     #[error(transparent)]
@@ -212,11 +223,40 @@ fn start_trace(
         })
 }
 
+/// Writes the ACPI tables that describe the machine; returns the RSDP's address.
+fn write_acpi_tables<C: Clock>(
+    config: &MachineConfig,
+    memory: &GuestMemoryMmap,
+    devices: &Devices<C>,
+) -> Result<u64, MachineError> {
+    let windows = devices
+        .virtio
+        .iter()
+        .map(|slot| acpi::VirtioMmioWindow {
+            base: layout::virtio_mmio_slot(slot.index),
+            size: layout::VIRTIO_MMIO_SLOT_SIZE,
+            gsi: layout::virtio_mmio_gsi(slot.index),
+        })
+        .collect();
+    let tables = acpi::build(&acpi::AcpiConfig {
+        cpus: config.vcpus.count,
+        virtio_mmio: windows,
+    })?;
+    memory
+        .write_slice(&tables.bytes, GuestAddress(layout::ACPI_TABLES))
+        .map_err(|source| MachineError::GuestMemory {
+            at: layout::ACPI_TABLES,
+            source,
+        })?;
+    Ok(tables.rsdp_addr)
+}
+
 /// Loads the kernel, with the devices' additions to its command line.
 fn load_kernel<C: Clock>(
     config: &MachineConfig,
     memory: &GuestMemoryMmap,
     devices: &Devices<C>,
+    rsdp: u64,
 ) -> Result<EntryState, MachineError> {
     let boot = &config.boot;
     let mut cmdline = boot.cmdline.clone();
@@ -226,6 +266,7 @@ fn load_kernel<C: Clock>(
         image: &boot.kernel.image,
         cmdline: &cmdline,
         modules: &boot.modules,
+        rsdp: Some(rsdp),
     };
     Ok(loader::load(memory, &config.memory, &request)?)
 }
@@ -289,9 +330,13 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         doorbell: config.cures.doorbell,
     };
     let backends = Backends::open(&config.devices, &captures)?;
-    let clock = MachineClock::new(clock_start, recorder.clone());
-    let mut devices = devices::build(&spec, &vm, backends, clock, &memory)?;
-    let entry = load_kernel(config, &memory, &devices)?;
+    let clocks = Clocks {
+        rtc: MachineClock::new(clock_start, recorder.clone()),
+        pm_timer: RecordedClock::new(MonotonicClock::default(), recorder.clone()),
+    };
+    let mut devices = devices::build(&spec, &vm, backends, clocks, &memory)?;
+    let rsdp = write_acpi_tables(config, &memory, &devices)?;
+    let entry = load_kernel(config, &memory, &devices, rsdp)?;
     let vcpus = create_vcpus(&hypervisor, &vm, config, &entry)?;
     let buses = std::mem::take(&mut devices.buses);
     let (posted, coalescing) = posted_writes(config, &vm, &vcpus[0], &buses)?;

@@ -125,7 +125,33 @@ impl Clock for MachineClock {
     }
 }
 
-/// The RTC's clock in a replay: the recorded readings, in order.
+/// A clock whose every reading is recorded when a trace is being made (the PM timer's
+/// monotonic clock): a replay hands the device the same readings in the same order.
+#[derive(Debug)]
+pub struct RecordedClock<S: Clock> {
+    source: S,
+    recorder: Option<Arc<Recorder>>,
+}
+
+impl<S: Clock> RecordedClock<S> {
+    /// Readings of `source`, recorded into `recorder`.
+    pub fn new(source: S, recorder: Option<Arc<Recorder>>) -> Self {
+        Self { source, recorder }
+    }
+}
+
+impl<S: Clock> Clock for RecordedClock<S> {
+    fn now(&self) -> Duration {
+        let now = self.source.now();
+        if let Some(recorder) = &self.recorder {
+            recorder.record(&Record::Clock(now.as_nanos() as u64));
+        }
+        now
+    }
+}
+
+/// The devices' clocks in a replay: the recorded readings, in order (the RTC and the PM
+/// timer share one queue, as their readings share the trace).
 #[derive(Debug, Clone)]
 pub struct ReplayClock {
     readings: Arc<Mutex<(VecDeque<u64>, u64)>>,
