@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a kernel, as `qemu-system-x86_64 -kernel` does.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run a workload under each of its variants and compare them.
     Bench(BenchArgs),
     /// Replay a trace made with `run --record` through fresh devices, with no KVM.
@@ -308,7 +308,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Bench(args) => bench(args),
         Command::Replay { file, json } => replay(&file, json),
         Command::Guests { out } => write_guests(&out),

@@ -169,18 +169,23 @@ fn posted_writes(
     Ok((posted, coalescing))
 }
 
-/// Creates the vCPUs; vCPU 0 enters the kernel at `entry`.
-fn create_vcpus(
-    hypervisor: &Hypervisor,
-    vm: &Vm,
-    config: &MachineConfig,
-    entry: &EntryState,
-) -> Result<Vec<Vcpu>, MachineError> {
+/// Checks `--cpus` against what this KVM allows, before anything is built for them.
+fn check_vcpu_count(hypervisor: &Hypervisor, config: &MachineConfig) -> Result<(), MachineError> {
     let count = config.vcpus.count;
     let max = hypervisor.max_vcpus().min(usize::from(u8::MAX));
     if count == 0 || usize::from(count) > max {
         return Err(MachineError::TooManyCpus { asked: count, max });
     }
+    Ok(())
+}
+
+/// Creates the vCPUs; vCPU 0 enters the kernel at `entry`.
+fn create_vcpus(
+    vm: &Vm,
+    config: &MachineConfig,
+    entry: &EntryState,
+) -> Result<Vec<Vcpu>, MachineError> {
+    let count = config.vcpus.count;
     let options = VcpuOptions {
         pv_eoi: config.cures.pv_eoi,
         model: config.vcpus.model.clone(),
@@ -320,6 +325,7 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     let started = Instant::now();
     let memory = guest_memory(&config.memory)?;
     let hypervisor = Hypervisor::open()?;
+    check_vcpu_count(&hypervisor, config)?;
     let vm = Vm::new(&hypervisor, &memory)?;
     let clock_start = SystemClock.now();
     let recorder = start_trace(config, clock_start)?;
@@ -337,7 +343,7 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     let mut devices = devices::build(&spec, &vm, backends, clocks, &memory)?;
     let rsdp = write_acpi_tables(config, &memory, &devices)?;
     let entry = load_kernel(config, &memory, &devices, rsdp)?;
-    let vcpus = create_vcpus(&hypervisor, &vm, config, &entry)?;
+    let vcpus = create_vcpus(&vm, config, &entry)?;
     let buses = std::mem::take(&mut devices.buses);
     let (posted, coalescing) = posted_writes(config, &vm, &vcpus[0], &buses)?;
     let access = DeviceAccess {
