@@ -14,7 +14,7 @@ use hushvm::layout::MemoryLayout;
 use hushvm::loader::{self, Module};
 use hushvm::machine::{
     self, BootConfig, Coalescing, Cures, DeviceConfig, Kernel, MachineConfig, RunOptions,
-    VcpuConfig,
+    RunReport, VcpuConfig,
 };
 use hushvm::profile::ProfileReport;
 use hushvm::vcpu::VmStop;
@@ -149,7 +149,8 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-fn run(args: RunArgs) -> Result<ExitCode> {
+/// The machine `hushvm run` describes.
+fn machine_config(args: RunArgs) -> Result<MachineConfig> {
     let image = loader::read_file(&args.kernel)?;
     let modules = args
         .modules
@@ -161,7 +162,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let config = MachineConfig {
+    Ok(MachineConfig {
         memory: args.mem,
         vcpus: VcpuConfig {
             count: args.cpus,
@@ -196,11 +197,12 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             time_exits: !args.no_exit_timing,
             record: args.record,
         },
-    };
+    })
+}
 
-    let report = machine::run(&config)?;
-    let stop = &report.stop;
-    match stop {
+/// One line on standard error for a stop the user should hear about.
+fn say_why_it_stopped(report: &RunReport) {
+    match &report.stop {
         VmStop::Fault(fault) => {
             eprintln!("hushvm: the VM stopped: {fault}");
             if let Some(registers) = &report.registers {
@@ -213,23 +215,36 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         VmStop::Guest(StopRequest::PowerOff) => eprintln!("hushvm: guest powered off"),
         VmStop::Guest(_) | VmStop::Requested => {}
     }
-    if args.profile || args.profile_json.is_some() {
-        let profile = ProfileReport::new(&report.profile, report.kvm_stats.clone());
-        if args.profile {
-            eprint!("{}", profile.render());
-            if let Coalescing::On(zones) = &report.coalescing {
-                let zones: Vec<String> = zones.iter().map(|(a, s)| format!("{a:#x}+{s}")).collect();
-                eprintln!("coalesced PIO zones: {}", zones.join(" "));
-            }
-            eprintln!("wall time: {:.3} ms", report.wall.as_secs_f64() * 1e3);
-        }
-        if let Some(path) = &args.profile_json {
-            let json = serde_json::to_string_pretty(&profile)?;
-            std::fs::write(path, json)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
+}
+
+/// `--profile` (a table on standard error) and `--profile-json FILE`.
+fn write_profile(report: &RunReport, table: bool, json: Option<&Path>) -> Result<()> {
+    if !table && json.is_none() {
+        return Ok(());
     }
-    Ok(ExitCode::from((stop.exit_status() & 0xff) as u8))
+    let profile = ProfileReport::new(&report.profile, report.kvm_stats.clone());
+    if table {
+        eprint!("{}", profile.render());
+        if let Coalescing::On(zones) = &report.coalescing {
+            let zones: Vec<String> = zones.iter().map(|(a, s)| format!("{a:#x}+{s}")).collect();
+            eprintln!("coalesced PIO zones: {}", zones.join(" "));
+        }
+        eprintln!("wall time: {:.3} ms", report.wall.as_secs_f64() * 1e3);
+    }
+    if let Some(path) = json {
+        let json = serde_json::to_string_pretty(&profile)?;
+        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let (table, json) = (args.profile, args.profile_json.clone());
+    let config = machine_config(args)?;
+    let report = machine::run(&config)?;
+    say_why_it_stopped(&report);
+    write_profile(&report, table, json.as_deref())?;
+    Ok(ExitCode::from((report.stop.exit_status() & 0xff) as u8))
 }
 
 fn bench(args: BenchArgs) -> Result<ExitCode> {

@@ -173,27 +173,39 @@ impl BenchReport {
     pub fn render(&self) -> String {
         let mut out = String::new();
         for v in &self.variants {
-            out.push_str(&format!(
-                "== {} / {} (coalescing {}, PV EOI {}) ==\n",
-                self.workload,
-                v.name,
-                if v.coalesce { "on" } else { "off" },
-                if v.pv_eoi { "advertised" } else { "hidden" }
-            ));
-            out.push_str(&v.profile.render());
-            let guest: Vec<String> = v.guest.iter().map(|(k, n)| format!("{k}={n}")).collect();
-            let per: Vec<String> = v
-                .guest_per_iteration
-                .iter()
-                .map(|(k, n)| format!("{k}={n:.3}"))
-                .collect();
-            out.push_str(&format!(
-                "guest: {}  host-injected interrupts: {}\n",
-                guest.join(" "),
-                v.host_interrupts
-            ));
-            out.push_str(&format!("guest per iteration: {}\n\n", per.join(" ")));
+            self.render_variant(v, &mut out);
         }
+        self.render_summary(&mut out);
+        self.render_ratios(&mut out);
+        out
+    }
+
+    /// One variant: its exit profile and what its guest reported.
+    fn render_variant(&self, v: &VariantResult, out: &mut String) {
+        out.push_str(&format!(
+            "== {} / {} (coalescing {}, PV EOI {}) ==\n",
+            self.workload,
+            v.name,
+            if v.coalesce { "on" } else { "off" },
+            if v.pv_eoi { "advertised" } else { "hidden" }
+        ));
+        out.push_str(&v.profile.render());
+        let guest: Vec<String> = v.guest.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let per: Vec<String> = v
+            .guest_per_iteration
+            .iter()
+            .map(|(k, n)| format!("{k}={n:.3}"))
+            .collect();
+        out.push_str(&format!(
+            "guest: {}  host-injected interrupts: {}\n",
+            guest.join(" "),
+            v.host_interrupts
+        ));
+        out.push_str(&format!("guest per iteration: {}\n\n", per.join(" ")));
+    }
+
+    /// The table of every variant's medians.
+    fn render_summary(&self, out: &mut String) {
         out.push_str(&format!(
             "{}: {} iterations; medians of {} interleaved repetitions; setup removed by subtracting a 0-iteration run\n",
             self.workload, self.iterations, self.repeat
@@ -222,6 +234,10 @@ impl BenchReport {
                 v.exit_status
             ));
         }
+    }
+
+    /// Each variant against the first.
+    fn render_ratios(&self, out: &mut String) {
         let ratio = |a: f64, b: f64| {
             if b > 0.0 {
                 format!("{:.3}", a / b)
@@ -229,22 +245,22 @@ impl BenchReport {
                 "n/a".into()
             }
         };
-        if let Some((base, others)) = self.variants.split_first() {
-            for v in others {
-                out.push_str(&format!(
-                    "ratio {}/{}: ns/iter {}, userspace exits/iter {}, kvm exits/iter {}\n",
-                    v.name,
-                    base.name,
-                    ratio(v.ns_per_iteration, base.ns_per_iteration),
-                    ratio(
-                        v.userspace_exits_per_iteration,
-                        base.userspace_exits_per_iteration
-                    ),
-                    ratio(v.kvm_exits_per_iteration, base.kvm_exits_per_iteration)
-                ));
-            }
+        let Some((base, others)) = self.variants.split_first() else {
+            return;
+        };
+        for v in others {
+            out.push_str(&format!(
+                "ratio {}/{}: ns/iter {}, userspace exits/iter {}, kvm exits/iter {}\n",
+                v.name,
+                base.name,
+                ratio(v.ns_per_iteration, base.ns_per_iteration),
+                ratio(
+                    v.userspace_exits_per_iteration,
+                    base.userspace_exits_per_iteration
+                ),
+                ratio(v.kvm_exits_per_iteration, base.kvm_exits_per_iteration)
+            ));
         }
-        out
     }
 
     /// True if every guest was satisfied (debug-exit 0, status 1).

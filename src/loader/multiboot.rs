@@ -170,15 +170,7 @@ fn write_info(
         base,
     };
     let ram = layout.low_ram_end();
-    let mmap_addr = heap.next as u32;
-    for range in layout.memory_map() {
-        let mut entry = Vec::with_capacity(MMAP_ENTRY_SIZE as usize);
-        entry.extend_from_slice(&(MMAP_ENTRY_SIZE - 4).to_le_bytes());
-        entry.extend_from_slice(&range.start.to_le_bytes());
-        entry.extend_from_slice(&range.size.to_le_bytes());
-        entry.extend_from_slice(&range.kind.e820_type().to_le_bytes());
-        heap.push(&entry);
-    }
+    let mmap_addr = heap.push(&memory_map(layout));
     let mmap_length = heap.next as u32 - mmap_addr;
     let mods_addr = heap.next as u32;
     heap.next += MODULE_ENTRY_SIZE * modules.len() as u64;
@@ -219,6 +211,18 @@ fn write_info(
     write(memory, heap.base, &info_bytes)?;
     write(memory, heap.base + INFO_SIZE, &heap.bytes)?;
     Ok(heap.base as u32)
+}
+
+/// The layout's memory map as Multiboot entries (size, base, length, type).
+fn memory_map(layout: &MemoryLayout) -> Vec<u8> {
+    let mut entries = Vec::new();
+    for range in layout.memory_map() {
+        entries.extend_from_slice(&(MMAP_ENTRY_SIZE - 4).to_le_bytes());
+        entries.extend_from_slice(&range.start.to_le_bytes());
+        entries.extend_from_slice(&range.size.to_le_bytes());
+        entries.extend_from_slice(&range.kind.e820_type().to_le_bytes());
+    }
+    entries
 }
 
 fn write(memory: &GuestMemoryMmap, at: u64, bytes: &[u8]) -> Result<(), LoaderError> {
