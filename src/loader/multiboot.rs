@@ -63,7 +63,7 @@ fn align_up(value: u64, to: u64) -> u64 {
 }
 
 /// Finds and checks the Multiboot header; returns its flags.
-fn header_flags(image: &[u8]) -> Result<u32, LoaderError> {
+pub(super) fn header_flags(image: &[u8]) -> Result<u32, LoaderError> {
     let search = &image[..image.len().min(HEADER_SEARCH)];
     let word = |at: usize| {
         u32::from_le_bytes([search[at], search[at + 1], search[at + 2], search[at + 3]])
