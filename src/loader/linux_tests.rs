@@ -305,3 +305,21 @@ fn a_corrupt_bzimage_never_panics() {
         }
     }
 }
+
+/// A real kernel named by HUSHVM_LINUX_IMAGE (a bzImage or a PVH vmlinux) is recognised
+/// and loads into 256 MiB: `HUSHVM_LINUX_IMAGE=... cargo test --lib loader -- --ignored`.
+#[test]
+#[ignore = "needs a kernel image named by HUSHVM_LINUX_IMAGE"]
+fn a_real_kernel_loads() {
+    let path = std::env::var("HUSHVM_LINUX_IMAGE").expect("HUSHVM_LINUX_IMAGE");
+    let image = std::fs::read(&path).unwrap();
+    let (memory, layout) = memory(256 * MIB);
+    let initrd = [0u8; 4096];
+    let boot = boot(&image, Some(&initrd));
+    let entry = match detect(&image).unwrap() {
+        KernelFormat::BzImage => load_bzimage(&memory, &layout, &boot).unwrap(),
+        KernelFormat::PvhElf => crate::loader::load_pvh(&memory, &layout, &boot).unwrap(),
+        KernelFormat::Multiboot => panic!("{path}: a Multiboot kernel"),
+    };
+    eprintln!("{path}: {entry:x?}");
+}
