@@ -34,13 +34,25 @@ pub enum KernelFormat {
 }
 
 /// A Linux kernel to boot.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct LinuxBoot<'a> {
     pub image: &'a [u8],
     pub cmdline: &'a str,
     pub initrd: Option<&'a [u8]>,
     /// Where the ACPI RSDP is, when hushvm wrote ACPI tables.
     pub rsdp: Option<u64>,
+}
+
+/// Sizes, not megabytes of image bytes.
+impl std::fmt::Debug for LinuxBoot<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinuxBoot")
+            .field("image_bytes", &self.image.len())
+            .field("cmdline", &self.cmdline)
+            .field("initrd_bytes", &self.initrd.map(<[u8]>::len))
+            .field("rsdp", &self.rsdp)
+            .finish()
+    }
 }
 
 /// Where the setup header starts in a bzImage (and in `boot_params`).
@@ -122,22 +134,29 @@ fn setup_bytes(header: &setup_header) -> u64 {
     (sectors + 1) * SECTOR
 }
 
-/// Loads a bzImage at [`HIGH_RAM_START`] with `boot_params` at [`ZERO_PAGE`], identity
-/// page tables and a GDT, for the 64-bit entry point.
+/// Where a loaded kernel's memory ends: its file payload at the load address, then the
+/// `init_size` bytes it decompresses into at `pref_address` (or, when that is below, the
+/// load address): relocatable or not, a 64-bit kernel never runs below its
+/// `LOAD_PHYSICAL_ADDR`, which `pref_address` holds.
+fn kernel_end(header: &setup_header, load_at: u64, payload: u64) -> u64 {
+    let runs_at = load_at.max(header.pref_address);
+    (load_at + payload).max(runs_at.saturating_add(u64::from(header.init_size)))
+}
+
+/// Loads a bzImage's protected-mode kernel at [`HIGH_RAM_START`], as QEMU does (the kernel
+/// moves itself to where it runs), with `boot_params` at [`ZERO_PAGE`], identity page
+/// tables and a GDT, for the 64-bit entry point.
 pub fn load_bzimage(
     memory: &GuestMemoryMmap,
     layout: &MemoryLayout,
     boot: &LinuxBoot<'_>,
 ) -> Result<EntryState, LoaderError> {
     let header = bzimage_header(boot.image)?;
-    // Decompression works in place: the kernel needs `init_size` bytes from its load
-    // address, more than the file holds.
     let payload = boot.image.len() as u64 - setup_bytes(&header);
-    let needed = payload.max(u64::from(header.init_size));
-    if HIGH_RAM_START + needed > layout.low_ram_end() {
+    let end = kernel_end(&header, HIGH_RAM_START, payload);
+    if end > layout.low_ram_end() {
         return Err(LoaderError::KernelDoesNotFit {
-            at: HIGH_RAM_START,
-            needed,
+            end,
             ram_end: layout.low_ram_end(),
         });
     }
@@ -154,7 +173,7 @@ pub fn load_bzimage(
     if let Some(initrd) = boot.initrd {
         // `initrd_addr_max` is the highest byte the initrd may occupy.
         let below = (u64::from(header.initrd_addr_max) + 1).min(layout.low_ram_end());
-        let at = place_initrd(memory, initrd, kernel_load + needed, below)?;
+        let at = place_initrd(memory, initrd, end, below)?;
         params.hdr.ramdisk_image = at as u32;
         params.hdr.ramdisk_size = initrd.len() as u32;
     }

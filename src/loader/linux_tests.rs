@@ -29,6 +29,7 @@ fn bzimage() -> Vec<u8> {
     put(&mut image, 0x22c, &0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
     put(&mut image, 0x236, &3u16.to_le_bytes()); // xloadflags: 64-bit, above 4G
     put(&mut image, 0x238, &2047u32.to_le_bytes()); // cmdline_size
+    put(&mut image, 0x258, &0x100_0000u64.to_le_bytes()); // pref_address
     put(&mut image, 0x260, &0x8000u32.to_le_bytes()); // init_size
     image.extend((0..PAYLOAD).map(|i| (i % 251) as u8));
     image
@@ -96,7 +97,7 @@ fn a_truncated_bzimage_is_an_error() {
             "{len:#x}: {error}"
         );
     }
-    let (memory, layout) = memory(16 * MIB);
+    let (memory, layout) = memory(32 * MIB);
     let cut = &image[..image.len() - 16];
     assert!(matches!(
         load_bzimage(&memory, &layout, &boot(cut, None)),
@@ -158,8 +159,8 @@ fn load_bzimage_fills_in_boot_params() {
     assert_eq!(size, initrd.len() as u64);
     assert_eq!(at % PAGE_SIZE, 0);
     assert!(
-        at >= HIGH_RAM_START + 0x8000,
-        "above the kernel's init_size"
+        at >= 16 * MIB + 0x8000,
+        "above init_size bytes from pref_address"
     );
     assert!(at + size <= layout.low_ram_end());
     assert!(
@@ -187,7 +188,7 @@ fn the_initrd_stays_below_initrd_addr_max() {
 
 #[test]
 fn without_an_initrd_or_rsdp_the_fields_stay_zero() {
-    let (memory, layout) = memory(16 * MIB);
+    let (memory, layout) = memory(32 * MIB);
     let image = bzimage();
     let boot = LinuxBoot {
         rsdp: None,
@@ -204,7 +205,7 @@ fn without_an_initrd_or_rsdp_the_fields_stay_zero() {
 
 #[test]
 fn the_entry_state_is_the_64_bit_boot_protocol() {
-    let (memory, layout) = memory(16 * MIB);
+    let (memory, layout) = memory(32 * MIB);
     let image = bzimage();
     let entry = load_bzimage(&memory, &layout, &boot(&image, None)).unwrap();
     let expected = EntryState {
@@ -235,22 +236,22 @@ fn the_entry_state_is_the_64_bit_boot_protocol() {
 
 #[test]
 fn an_initrd_that_does_not_fit_is_an_error() {
-    let (memory, layout) = memory(16 * MIB);
+    let (memory, layout) = memory(32 * MIB);
     let image = bzimage();
-    let initrd = vec![0u8; 15 * MIB as usize];
+    let initrd = vec![0u8; 31 * MIB as usize + 1];
     let error = load_bzimage(&memory, &layout, &boot(&image, Some(&initrd))).unwrap_err();
     assert!(
-        matches!(error, LoaderError::InitrdDoesNotFit { size, below, .. } if size == initrd.len() && below == 16 * MIB),
+        matches!(error, LoaderError::InitrdDoesNotFit { size, below, .. } if size == initrd.len() && below == 32 * MIB),
         "{error}"
     );
     assert!(error
         .to_string()
-        .starts_with("the initrd (15728640 bytes) does not fit below 0x1000000"));
+        .starts_with("the initrd (32505857 bytes) does not fit below 0x2000000"));
 }
 
 #[test]
 fn a_command_line_over_the_kernels_limit_is_an_error() {
-    let (memory, layout) = memory(16 * MIB);
+    let (memory, layout) = memory(32 * MIB);
     let mut image = bzimage();
     put(&mut image, 0x238, &16u32.to_le_bytes());
     let long = LinuxBoot {
@@ -288,13 +289,13 @@ fn a_kernel_larger_than_ram_is_an_error() {
     put(&mut image, 0x260, &(8 * MIB as u32).to_le_bytes());
     assert!(matches!(
         load_bzimage(&memory, &layout, &boot(&image, None)),
-        Err(LoaderError::KernelDoesNotFit { needed, .. }) if needed == 8 * MIB
+        Err(LoaderError::KernelDoesNotFit { end, ram_end }) if end == 24 * MIB && ram_end == 4 * MIB
     ));
 }
 
 #[test]
 fn a_corrupt_bzimage_never_panics() {
-    let (memory, layout) = memory(4 * MIB);
+    let (memory, layout) = memory(32 * MIB);
     let image = bzimage();
     for at in 0x1f1..0x270 {
         for value in [0x00, 0x7f, 0xff] {

@@ -87,10 +87,8 @@ pub enum LoaderError {
     CmdlineTooLong { len: usize, max: u64 },
     #[error("invalid command line: {0}")]
     Cmdline(#[source] linux_loader::cmdline::Error),
-    #[error(
-        "the kernel needs {needed:#x} bytes from {at:#x}; RAM below the hole ends at {ram_end:#x}"
-    )]
-    KernelDoesNotFit { at: u64, needed: u64, ram_end: u64 },
+    #[error("the kernel needs RAM up to {end:#x} (to load, then to decompress at its preferred address); RAM below the hole ends at {ram_end:#x}")]
+    KernelDoesNotFit { end: u64, ram_end: u64 },
     #[error(
         "the initrd ({size} bytes) does not fit below {below:#x} above the kernel's end at {above:#x}"
     )]
