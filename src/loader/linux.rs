@@ -69,7 +69,8 @@ const ENTRY_64_OFFSET: u64 = 0x200;
 /// `type_of_loader` for a boot loader without an assigned id.
 const LOADER_UNDEFINED: u8 = 0xff;
 /// The end of the setup heap as QEMU sets it (the command line 64 KiB above the real-mode
-/// code, less 0x200): the 64-bit entry skips the setup code, but the field is checked.
+/// code, less 0x200). The 64-bit entry skips the setup code that would use the heap; the
+/// value only keeps the header what a boot loader would leave.
 const HEAP_END: u16 = 0xfe00;
 
 /// Recognises a kernel image: a bzImage (checked to be loadable: not truncated, a 64-bit
