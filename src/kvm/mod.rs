@@ -1,5 +1,6 @@
 //! Everything that talks to KVM: the only module that imports `kvm-ioctls`.
 
+mod boot;
 pub mod floor;
 mod irq;
 mod ring;

@@ -3,23 +3,15 @@
 use std::fmt::Write as _;
 
 use kvm_bindings::{
-    kvm_run, kvm_segment, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HLT, KVM_EXIT_INTERNAL_ERROR,
-    KVM_EXIT_INTR, KVM_EXIT_IO, KVM_EXIT_IO_OUT, KVM_EXIT_MMIO, KVM_EXIT_SHUTDOWN,
-    KVM_EXIT_SYSTEM_EVENT,
+    kvm_run, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HLT, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_INTR,
+    KVM_EXIT_IO, KVM_EXIT_IO_OUT, KVM_EXIT_MMIO, KVM_EXIT_SHUTDOWN, KVM_EXIT_SYSTEM_EVENT,
 };
 use kvm_ioctls::VcpuFd;
 
-use super::{ioctl_error, KvmError, KvmRing, StatsReader};
+use super::{KvmError, KvmRing, StatsReader};
 use crate::bus::Access;
 use crate::exit::VmExit;
-use crate::loader::{EntryMode, EntryState};
-
-const CR0_PE: u64 = 1 << 0;
-const CR0_ET: u64 = 1 << 4;
-const RFLAGS_RESERVED: u64 = 1 << 1;
-/// x87 control word after FNINIT; MXCSR at reset.
-const FPU_CONTROL_WORD: u16 = 0x37f;
-const MXCSR_DEFAULT: u32 = 0x1f80;
+use crate::loader::EntryState;
 
 /// A vCPU of a [`super::Vm`].
 #[derive(Debug)]
@@ -28,24 +20,6 @@ pub struct Vcpu {
     id: u8,
     run_size: usize,
     coalesced_ring_page: Option<u32>,
-}
-
-fn flat_segment(selector: u16, kind: u8) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_: kind,
-        present: 1,
-        dpl: 0,
-        db: 1,
-        s: 1,
-        l: 0,
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
 }
 
 impl Vcpu {
@@ -70,31 +44,15 @@ impl Vcpu {
 
     /// Puts the vCPU in the state a boot protocol requires at its entry point.
     pub fn set_entry_state(&self, state: &EntryState) -> Result<(), KvmError> {
-        if state.mode != EntryMode::Protected32 {
-            return Err(KvmError::MissingCapability("a 64-bit entry state"));
-        }
-        let mut sregs = self.fd.get_sregs().map_err(ioctl_error("KVM_GET_SREGS"))?;
-        sregs.cs = flat_segment(state.code_selector, 0xb);
-        let data = flat_segment(state.data_selector, 0x3);
-        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
-        sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & !(1 << 31);
-        sregs.cr4 = 0;
-        sregs.efer = 0;
-        self.fd
-            .set_sregs(&sregs)
-            .map_err(ioctl_error("KVM_SET_SREGS"))?;
-        let mut fpu = self.fd.get_fpu().map_err(ioctl_error("KVM_GET_FPU"))?;
-        fpu.fcw = FPU_CONTROL_WORD;
-        fpu.mxcsr = MXCSR_DEFAULT;
-        self.fd.set_fpu(&fpu).map_err(ioctl_error("KVM_SET_FPU"))?;
-        let mut regs = self.fd.get_regs().map_err(ioctl_error("KVM_GET_REGS"))?;
-        regs.rip = state.rip;
-        regs.rsp = state.rsp;
-        regs.rax = state.rax;
-        regs.rbx = state.rbx;
-        regs.rsi = state.rsi;
-        regs.rflags = RFLAGS_RESERVED;
-        self.fd.set_regs(&regs).map_err(ioctl_error("KVM_SET_REGS"))
+        super::boot::set_entry_state(&self.fd, state)
+    }
+
+    /// What every vCPU gets before it runs, as a PC's firmware leaves it: the boot MSRs,
+    /// the x87/SSE control words, LINT0 as ExtINT and LINT1 as NMI.
+    pub(super) fn set_power_on_state(&self) -> Result<(), KvmError> {
+        super::boot::set_boot_msrs(&self.fd)?;
+        super::boot::set_fpu_defaults(&self.fd)?;
+        super::boot::set_lint(&self.fd)
     }
 
     /// Runs the vCPU until its next exit to userspace.

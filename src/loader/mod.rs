@@ -1,11 +1,15 @@
-//! Guest image loading. Today: Multiboot (v1) ELF32 kernels.
+//! Guest image loading: Multiboot (v1) ELF32 kernels, Linux bzImages (64-bit boot
+//! protocol) and PVH ELF kernels, recognised from the file by [`detect`].
 //!
 //! ELF32 is parsed here rather than with `linux-loader`, whose ELF loader takes 64-bit
-//! images only.
+//! images only; bzImage and PVH loading use `linux-loader`.
 
 pub mod elf32;
 pub mod entry;
+pub mod linux;
 pub mod multiboot;
+pub mod pvh;
+pub mod x86_64;
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +19,9 @@ use vm_memory::GuestMemoryMmap;
 use crate::layout::MemoryLayout;
 
 pub use entry::{DescriptorTable, EntryMode, EntryState};
+pub use linux::{detect, load_bzimage, KernelFormat, LinuxBoot};
 pub use multiboot::{kernel_cmdline, Module};
+pub use pvh::load_pvh;
 
 /// Why an image could not be loaded.
 #[derive(Debug, Error)]
@@ -65,6 +71,38 @@ pub enum LoaderError {
         #[source]
         source: vm_memory::GuestMemoryError,
     },
+    #[error("an ELF file without a PVH entry note or a Multiboot header")]
+    NoBootProtocol,
+    #[error("not a kernel hushvm can boot (bzImage, ELF with a PVH note, or Multiboot)")]
+    UnknownFormat,
+    #[error("truncated bzImage: {len:#x} bytes, its header says {needed:#x}")]
+    TruncatedBzImage { len: usize, needed: u64 },
+    #[error(
+        "boot protocol {}.{:02} is too old: hushvm needs 2.12 or later (a 64-bit entry point)",
+        version >> 8,
+        version & 0xff
+    )]
+    BootProtocolTooOld { version: u16 },
+    #[error("the bzImage has no 64-bit entry point (XLF_KERNEL_64 is clear): a 32-bit kernel")]
+    No64BitEntry,
+    #[error("the ELF file has no PVH entry note (Xen note type 18) or is not ELF64 x86-64")]
+    NoPvhEntry,
+    #[error("the command line is {len} bytes; this kernel accepts at most {max}")]
+    CmdlineTooLong { len: usize, max: u64 },
+    #[error("invalid command line: {0}")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    #[error("the kernel needs RAM up to {end:#x} (to load, then to decompress at its preferred address); RAM below the hole ends at {ram_end:#x}")]
+    KernelDoesNotFit { end: u64, ram_end: u64 },
+    #[error(
+        "the initrd ({size} bytes) does not fit below {below:#x} above the kernel's end at {above:#x}"
+    )]
+    InitrdDoesNotFit { size: usize, below: u64, above: u64 },
+    #[error("the memory map has {entries} entries, more than the boot protocol's {max}")]
+    MemoryMapTooLarge { entries: usize, max: usize },
+    #[error("cannot load the kernel: {0}")]
+    Kernel(#[source] linux_loader::loader::Error),
+    #[error("cannot write the boot parameters: {0}")]
+    BootParams(#[source] linux_loader::configurator::Error),
 }
 
 /// A kernel to boot and what it boots with.
@@ -125,7 +163,7 @@ mod tests {
 
     /// An ELF32 image: one PT_LOAD segment at `paddr` holding a Multiboot header with
     /// `flags`, then `payload`, with `bss` zero bytes after it.
-    fn image(paddr: u32, flags: u32, payload: &[u8], bss: u32) -> Vec<u8> {
+    pub(super) fn image(paddr: u32, flags: u32, payload: &[u8], bss: u32) -> Vec<u8> {
         let mut data = Vec::new();
         for word in [
             multiboot::HEADER_MAGIC,
