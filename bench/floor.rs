@@ -62,6 +62,7 @@ fn run(options: &Options) -> Result<u8, String> {
         image: &image,
         cmdline: &options.cmdline,
         modules: &[],
+        initrd: None,
         rsdp: None,
     };
     let entry = loader::load(&memory, &layout, &request).map_err(|e| e.to_string())?;

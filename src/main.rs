@@ -54,7 +54,9 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// The kernel; its format is recognised from the file (a Multiboot ELF32 image).
+    /// The kernel; its format is recognised from the file: a bzImage (Linux boot
+    /// protocol, 64-bit entry), an ELF vmlinux with a PVH entry note, or a Multiboot
+    /// ELF32 image.
     #[arg(long, value_name = "FILE", visible_alias = "multiboot")]
     kernel: PathBuf,
     /// vCPUs: vCPU 0 starts at the entry point, the others wait for INIT/SIPI.
@@ -70,9 +72,12 @@ struct RunArgs {
     /// Where COM1 goes: stdio, none or file:PATH.
     #[arg(long, default_value = "stdio")]
     serial: SerialMode,
-    /// The command line, after the kernel's file name.
+    /// The kernel command line (a Multiboot kernel sees its file name, a space, then this).
     #[arg(long, default_value = "")]
     cmdline: String,
+    /// A Linux kernel's initial RAM disk.
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
     /// A Multiboot module (repeatable), as QEMU's -initrd for a Multiboot kernel.
     #[arg(long = "module", value_name = "FILE")]
     modules: Vec<PathBuf>,
@@ -175,6 +180,7 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
             },
             cmdline: args.cmdline,
             modules,
+            initrd: args.initrd.as_deref().map(loader::read_file).transpose()?,
         },
         devices: DeviceConfig {
             serial: args.serial,

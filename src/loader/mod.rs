@@ -33,6 +33,10 @@ pub enum LoaderError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--initrd is for Linux kernels; a Multiboot kernel takes --module")]
+    InitrdForMultiboot,
+    #[error("--module is for Multiboot kernels; a Linux kernel takes --initrd")]
+    ModulesForLinux,
     #[error("not an ELF file")]
     NotElf,
     #[error("not an ELF32 file (ELF class {class}; a Multiboot kernel must be 32-bit)")]
@@ -115,6 +119,8 @@ pub struct BootRequest<'a> {
     pub cmdline: &'a str,
     /// Multiboot modules.
     pub modules: &'a [Module],
+    /// A Linux initial RAM disk.
+    pub initrd: Option<&'a [u8]>,
     /// Where the ACPI RSDP is, for boot protocols that pass it on.
     pub rsdp: Option<u64>,
 }
@@ -126,8 +132,27 @@ pub fn load(
     layout: &MemoryLayout,
     request: &BootRequest<'_>,
 ) -> Result<EntryState, LoaderError> {
-    let cmdline = kernel_cmdline(request.kernel_name, request.cmdline);
-    multiboot::load(memory, layout, request.image, &cmdline, request.modules)
+    let format = detect(request.image)?;
+    if format == KernelFormat::Multiboot {
+        if request.initrd.is_some() {
+            return Err(LoaderError::InitrdForMultiboot);
+        }
+        let cmdline = kernel_cmdline(request.kernel_name, request.cmdline);
+        return multiboot::load(memory, layout, request.image, &cmdline, request.modules);
+    }
+    if !request.modules.is_empty() {
+        return Err(LoaderError::ModulesForLinux);
+    }
+    let boot = LinuxBoot {
+        image: request.image,
+        cmdline: request.cmdline,
+        initrd: request.initrd,
+        rsdp: request.rsdp,
+    };
+    match format {
+        KernelFormat::BzImage => load_bzimage(memory, layout, &boot),
+        _ => load_pvh(memory, layout, &boot),
+    }
 }
 
 /// Reads a file for loading.

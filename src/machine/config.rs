@@ -39,6 +39,8 @@ pub struct BootConfig {
     pub cmdline: String,
     /// Multiboot modules.
     pub modules: Vec<Module>,
+    /// A Linux initial RAM disk.
+    pub initrd: Option<Vec<u8>>,
 }
 
 /// The devices beyond the fixed PC ones.
@@ -114,6 +116,7 @@ impl MachineConfig {
                 kernel,
                 cmdline: String::new(),
                 modules: Vec::new(),
+                initrd: None,
             },
             devices: DeviceConfig {
                 serial: SerialMode::Stdio,

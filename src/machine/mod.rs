@@ -271,6 +271,7 @@ fn load_kernel<C: Clock>(
         image: &boot.kernel.image,
         cmdline: &cmdline,
         modules: &boot.modules,
+        initrd: boot.initrd.as_deref(),
         rsdp: Some(rsdp),
     };
     Ok(loader::load(memory, &config.memory, &request)?)
