@@ -44,6 +44,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read a trace and say which registers' writes could be posted instead of exiting.
+    Advise {
+        /// The trace file (from `run --record`).
+        file: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the built-in test guests (Multiboot ELF32 files) to a directory.
     Guests {
         /// Where to write them.
@@ -289,6 +297,23 @@ fn replay(file: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn advise(file: &Path, json: bool) -> Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let advice = hushvm::advise::advise(&bytes)?;
+    if json {
+        println!("{}", serde_json::to_string(&advice)?);
+    } else {
+        print!("{}", advice.render());
+    }
+    if advice.divergences > 0 {
+        eprintln!(
+            "hushvm: the replay diverged {} times: these verdicts are suspect",
+            advice.divergences
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn write_guests(out: &Path) -> Result<ExitCode> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     for (name, image) in hushvm::guests::GUESTS {
@@ -326,6 +351,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args),
         Command::Bench(args) => bench(args),
         Command::Replay { file, json } => replay(&file, json),
+        Command::Advise { file, json } => advise(&file, json),
         Command::Guests { out } => write_guests(&out),
     };
     result.unwrap_or_else(|error| {
