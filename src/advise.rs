@@ -201,10 +201,12 @@ impl RegisterAdvice {
     }
 }
 
-/// What the advisor found in one trace.
+/// What the advisor found in one trace, or several.
 #[derive(Debug, Clone, Serialize)]
 pub struct Advice {
-    /// Exits in the trace.
+    /// Traces replayed.
+    pub traces: usize,
+    /// Exits in the traces.
     pub exits: u64,
     /// Reads that did not replay as recorded: if not 0, the verdicts are suspect.
     pub divergences: u64,
@@ -251,8 +253,8 @@ impl Advice {
         }
         let _ = writeln!(
             out,
-            "{} exits replayed, {} divergences; {} doorbells taken by ioeventfds",
-            self.exits, self.divergences, self.ioeventfd_doorbells
+            "{} exits replayed from {} trace(s), {} divergences; {} doorbells taken by ioeventfds",
+            self.exits, self.traces, self.divergences, self.ioeventfd_doorbells
         );
         out
     }
@@ -315,8 +317,20 @@ fn is_write(record: &Record) -> bool {
 
 /// Replays the trace in `bytes` and judges every register it accessed.
 pub fn advise(bytes: &[u8]) -> Result<Advice, AdviseError> {
+    advise_all(&[bytes])
+}
+
+/// Replays every trace and judges every register over all of them: a register's verdict
+/// is the worst any trace gives it (one workload may write only NVRAM through the RTC's
+/// data port, another its timer registers).
+pub fn advise_all(traces: &[&[u8]]) -> Result<Advice, AdviseError> {
     let mut advisor = Advisor::default();
-    let report = replay::observe(bytes, &mut advisor)?;
+    let (mut exits, mut divergences) = (0, 0);
+    for bytes in traces {
+        let report = replay::observe(bytes, &mut advisor)?;
+        exits += report.exits;
+        divergences += report.divergences;
+    }
     let mut registers: Vec<RegisterAdvice> = advisor
         .registers
         .iter()
@@ -325,11 +339,14 @@ pub fn advise(bytes: &[u8]) -> Result<Advice, AdviseError> {
     registers.sort_by(|a, b| {
         (b.exits_saved, b.accesses)
             .cmp(&(a.exits_saved, a.accesses))
-            .then_with(|| (a.space, a.base, a.offset).cmp(&(b.space, b.base, b.offset)))
+            .then_with(|| {
+                (a.space, a.base, a.offset, a.size).cmp(&(b.space, b.base, b.offset, b.size))
+            })
     });
     Ok(Advice {
-        exits: report.exits,
-        divergences: report.divergences,
+        traces: traces.len(),
+        exits,
+        divergences,
         ioeventfd_doorbells: advisor.ioeventfd_doorbells,
         registers,
     })

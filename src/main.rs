@@ -44,10 +44,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Read a trace and say which registers' writes could be posted instead of exiting.
+    /// Read traces and say which registers' writes could be posted instead of exiting.
     Advise {
-        /// The trace file (from `run --record`).
-        file: PathBuf,
+        /// Trace files (from `run --record`); a register gets its worst verdict over all.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -297,9 +298,13 @@ fn replay(file: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn advise(file: &Path, json: bool) -> Result<ExitCode> {
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let advice = hushvm::advise::advise(&bytes)?;
+fn advise(files: &[PathBuf], json: bool) -> Result<ExitCode> {
+    let traces = files
+        .iter()
+        .map(|file| std::fs::read(file).with_context(|| format!("cannot read {}", file.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let traces: Vec<&[u8]> = traces.iter().map(Vec::as_slice).collect();
+    let advice = hushvm::advise::advise_all(&traces)?;
     if json {
         println!("{}", serde_json::to_string(&advice)?);
     } else {
@@ -351,7 +356,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args),
         Command::Bench(args) => bench(args),
         Command::Replay { file, json } => replay(&file, json),
-        Command::Advise { file, json } => advise(&file, json),
+        Command::Advise { files, json } => advise(&files, json),
         Command::Guests { out } => write_guests(&out),
     };
     result.unwrap_or_else(|error| {

@@ -116,6 +116,17 @@ fn an_rtc_register_b_write_that_enables_interrupts_is_time_bound() {
 }
 
 #[test]
+fn several_traces_give_each_register_its_worst_verdict() {
+    let nvram = trace(false, &[outb(0x70, 0x40), outb(0x71, 0x55)]);
+    let timer = trace(false, &[outb(0x70, 0x0b), outb(0x71, 0x42)]);
+    let advice = advise_all(&[&nvram, &timer]).unwrap();
+    assert_eq!(advice.traces, 2);
+    let data = advice.register("rtc", 1, 1).unwrap();
+    assert_eq!((data.writes, data.verdict), (2, Some(Verdict::TimeBound)));
+    assert_eq!(verdict(&advice, "rtc", 0, 1), Some(Verdict::Latch));
+}
+
+#[test]
 fn com1_thr_writes_are_time_bound_by_their_output() {
     let mut records = vec![outb(0x3fb, 0x03)];
     records.extend(b"hello\n".iter().map(|byte| outb(0x3f8, *byte)));
