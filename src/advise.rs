@@ -76,6 +76,14 @@ impl Register {
         }
     }
 
+    /// True if its device declares this register's writes posted.
+    fn declared_posted(&self, machine: &ReplayMachine) -> bool {
+        let addr = self.base + self.offset;
+        machine.buses().posted_zones().iter().any(|zone| {
+            (zone.space, zone.addr, zone.size) == (self.space, addr, u32::from(self.size))
+        })
+    }
+
     /// `rtc 0x70+0 (1 byte)`, `virtio-rng 0xc0001000+0x50 (4 bytes)`.
     fn label(&self) -> String {
         let offset = match self.offset {
@@ -121,7 +129,7 @@ impl WriteEffects {
     }
 
     /// `stop 1, output 90`: what made the verdict, most severe first.
-    fn summary(&self) -> String {
+    pub fn summary(&self) -> String {
         let parts = [
             ("stop", self.stops),
             ("doorbell", self.doorbells),
@@ -144,6 +152,8 @@ impl WriteEffects {
 /// One register's accesses in the trace.
 #[derive(Debug, Clone, Default)]
 struct Tally {
+    /// The device already declares its writes posted (`BusDevice::posted_registers`).
+    declared_posted: bool,
     reads: u64,
     exited_writes: u64,
     posted_writes: u64,
@@ -168,6 +178,8 @@ pub struct RegisterAdvice {
     pub exited_writes: u64,
     /// Writes KVM already posted (posted-write records).
     pub posted_writes: u64,
+    /// Its device already declares it posted (`BusDevice::posted_registers`).
+    pub declared_posted: bool,
     /// How many writes did what, at the write.
     pub effects: WriteEffects,
     /// `None` for a register only read.
@@ -194,6 +206,7 @@ impl RegisterAdvice {
             writes,
             exited_writes: tally.exited_writes,
             posted_writes: tally.posted_writes,
+            declared_posted: tally.declared_posted,
             effects: tally.effects,
             verdict: (writes > 0).then(|| tally.effects.verdict()),
             exits_saved: tally.exited_writes,
@@ -224,6 +237,14 @@ impl Advice {
             .find(|row| row.device == device && row.offset == offset && row.size == size)
     }
 
+    /// Registers their devices declare posted whose writes the traces show reaching
+    /// beyond the device: a posting that loses or delays an effect.
+    pub fn contradictions(&self) -> impl Iterator<Item = &RegisterAdvice> {
+        self.registers
+            .iter()
+            .filter(|row| row.declared_posted && row.verdict.is_some_and(|v| v != Verdict::Latch))
+    }
+
     /// The table `hushvm advise` prints.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -234,10 +255,13 @@ impl Advice {
         );
         for row in &self.registers {
             let verdict = row.verdict.map_or("-", Verdict::label);
-            let effects = match row.writes {
+            let mut effects = match row.writes {
                 0 => String::new(),
                 _ => row.effects.summary(),
             };
+            if row.declared_posted {
+                effects.push_str("; declared posted");
+            }
             let _ = writeln!(
                 out,
                 "{:<36} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<10} {:>11}  {effects}",
@@ -295,7 +319,10 @@ impl Observer for Advisor {
             }
             _ => return,
         };
-        let tally = self.registers.entry(register).or_default();
+        let tally = self.registers.entry(register).or_insert_with(|| Tally {
+            declared_posted: register.declared_posted(machine),
+            ..Tally::default()
+        });
         match (is_write(record), posted) {
             (false, _) => tally.reads += 1,
             (true, true) => tally.posted_writes += 1,

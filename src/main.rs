@@ -316,6 +316,13 @@ fn advise(files: &[PathBuf], json: bool) -> Result<ExitCode> {
             advice.divergences
         );
     }
+    for row in advice.contradictions() {
+        eprintln!(
+            "hushvm: {} is declared posted, but its writes reached beyond the device ({})",
+            row.register,
+            row.effects.summary()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -207,6 +207,7 @@ fn the_advisor_judges_the_committed_traces() {
     for name in TRACES {
         let advice = advise(&committed(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(advice.divergences, 0, "{name}");
+        assert_eq!(advice.contradictions().count(), 0, "{name}");
         let verdict = |device, offset, size| {
             let row = advice.register(device, offset, size);
             row.unwrap_or_else(|| panic!("{name}: no {device}+{offset}"))
