@@ -281,6 +281,12 @@ impl PioBus {
     fn slots(&self) -> &[Slot] {
         &self.slots
     }
+
+    /// The slot that holds `port`.
+    fn slot_at(&self, port: u16) -> Option<&Slot> {
+        let index = self.by_port[usize::from(port)];
+        self.slots.get(usize::from(index).checked_sub(1)?)
+    }
 }
 
 /// The MMIO bus: ranges sorted by base, found by binary search, with the last range hit
@@ -344,6 +350,13 @@ impl MmioBus {
     fn slots(&self) -> &[Slot] {
         &self.slots
     }
+
+    /// The slot whose range holds `addr`.
+    fn slot_at(&self, addr: u64) -> Option<&Slot> {
+        let after = self.slots.partition_point(|slot| slot.base <= addr);
+        let slot = &self.slots[after.checked_sub(1)?];
+        slot.contains(addr, 1).then_some(slot)
+    }
 }
 
 fn check_overlap(slots: &[Slot], name: &'static str, base: u64, len: u64) -> Result<(), BusError> {
@@ -390,6 +403,16 @@ impl IoBuses {
             },
             AddressSpace::Mmio => self.mmio.dispatch(addr, access),
         }
+    }
+
+    /// The device that holds `addr`, by its slot name, and the offset of `addr` in it:
+    /// how tools name a register (the advisor, reports).
+    pub fn locate(&self, space: AddressSpace, addr: u64) -> Option<(&'static str, u64)> {
+        let slot = match space {
+            AddressSpace::Pio => self.pio.slot_at(u16::try_from(addr).ok()?),
+            AddressSpace::Mmio => self.mmio.slot_at(addr),
+        }?;
+        Some((slot.name, addr - slot.base))
     }
 
     /// Every posted register of every device, as absolute zones.

@@ -82,13 +82,14 @@ pub fn virtio_mmio_registers(data: &[u8]) {
 }
 
 /// The trace reader on arbitrary bytes, then a replay of what it accepts when the
-/// machine is small (so a fuzzer does not spend its time allocating guest memory).
+/// machine is small (so a fuzzer does not spend its time allocating guest memory). The
+/// replay is the advisor's: the same replay, with its observer watching every record.
 pub fn trace(data: &[u8]) {
     let Ok((machine, _)) = crate::replay::decode(data) else {
         return;
     };
     if machine.memory <= 4 << 20 && machine.disk_bytes <= 1 << 20 {
-        let _ = crate::replay::replay(data);
+        let _ = crate::advise::advise(data);
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod acpi;
+pub mod advise;
 pub mod bench;
 pub mod bus;
 pub mod coalesced;

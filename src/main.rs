@@ -44,6 +44,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read traces and say which registers' writes could be posted instead of exiting.
+    Advise {
+        /// Trace files (from `run --record`); a register gets its worst verdict over all.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the built-in test guests (Multiboot ELF32 files) to a directory.
     Guests {
         /// Where to write them.
@@ -295,6 +304,34 @@ fn replay(file: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn advise(files: &[PathBuf], json: bool) -> Result<ExitCode> {
+    let traces = files
+        .iter()
+        .map(|file| std::fs::read(file).with_context(|| format!("cannot read {}", file.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let traces: Vec<&[u8]> = traces.iter().map(Vec::as_slice).collect();
+    let advice = hushvm::advise::advise_all(&traces)?;
+    if json {
+        println!("{}", serde_json::to_string(&advice)?);
+    } else {
+        print!("{}", advice.render());
+    }
+    if advice.divergences > 0 {
+        eprintln!(
+            "hushvm: the replay diverged {} times: these verdicts are suspect",
+            advice.divergences
+        );
+    }
+    for row in advice.contradictions() {
+        eprintln!(
+            "hushvm: {} is declared posted, but its writes reached beyond the device ({})",
+            row.register,
+            row.effects.summary()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn write_guests(out: &Path) -> Result<ExitCode> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     for (name, image) in hushvm::guests::GUESTS {
@@ -332,6 +369,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args),
         Command::Bench(args) => bench(args),
         Command::Replay { file, json } => replay(&file, json),
+        Command::Advise { files, json } => advise(&files, json),
         Command::Guests { out } => write_guests(&out),
     };
     result.unwrap_or_else(|error| {

@@ -4,6 +4,7 @@
 //! ticks, doorbells and input through the [`crate::services`]). Every read must return
 //! what the trace recorded.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,17 +12,18 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::access::DeviceAccess;
-use crate::bus::{Access, IoBuses};
+use crate::bus::{Access, Dispatch, IoBuses, StopRequest};
 use crate::config::Doorbell;
 use crate::exit::VmExit;
+use crate::irq::InterruptLine;
 use crate::layout::MemoryLayout;
-use crate::machine::{self, Backends, Clocks, DeviceSpec, MachineError, Unplugged};
+use crate::machine::{self, Backends, Clocks, CountingSink, DeviceSpec, MachineError, Unplugged};
 use crate::profile::{ExitKey, ExitProfile};
 use crate::ratelimit::RateLimiter;
 use crate::services::{InputTarget, Services};
 use crate::trace::format::{ExitDirection, Record, TraceError, TraceReader, MAX_DATA};
 use crate::trace::{MachineDescription, ReplayClock};
-use crate::vcpu::ExitContext;
+use crate::vcpu::{ExitContext, ExitOutcome, VmStop};
 
 /// The first read that did not return what was recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -99,12 +101,35 @@ fn exit_of<'a>(
     }
 }
 
+/// What the devices have done outside themselves so far, as counters: read before and
+/// after a record, they say whether it reached beyond its device (the advisor).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outside {
+    /// Edges on every interrupt line.
+    pub interrupts: u64,
+    /// Bytes sent to the host (COM1, virtio-console).
+    pub output_bytes: u64,
+    /// virtio doorbells rung, work or none.
+    pub doorbells: u64,
+    /// Times the RTC asked the event loop to re-arm its timer.
+    pub timer_rearms: u64,
+}
+
+/// Where the [`Outside`] counters come from.
+struct OutsideCounters {
+    lines: Vec<Arc<dyn InterruptLine>>,
+    output: CountingSink,
+    doorbells: Vec<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    rearms: Arc<AtomicU64>,
+}
+
 /// A traced machine, rebuilt: what a replay drives.
 pub struct ReplayMachine {
     /// The buses, with no ring and no trace.
     pub access: DeviceAccess,
     services: Services<ReplayClock>,
     clock: ReplayClock,
+    outside: OutsideCounters,
 }
 
 impl ReplayMachine {
@@ -118,8 +143,13 @@ impl ReplayMachine {
             // Replayed doorbells come from the trace's records, not from fds.
             doorbell: Doorbell::Exit,
         };
-        let backends =
-            Backends::for_replay(description.disk_bytes, description.rng, description.console);
+        let output = CountingSink::default();
+        let backends = Backends::for_replay(
+            description.disk_bytes,
+            description.rng,
+            description.console,
+            &output,
+        );
         let clock = ReplayClock::new(description.clock_start);
         let clocks = Clocks {
             rtc: clock.clone(),
@@ -128,11 +158,42 @@ impl ReplayMachine {
         let mut devices =
             machine::build_devices(&spec, &Unplugged, backends, clocks, &guest_memory)?;
         let buses = std::mem::take(&mut devices.buses);
+        let rearms = Arc::new(AtomicU64::new(0));
+        let counter = rearms.clone();
+        devices.services.rtc.on_rearm(Box::new(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }));
+        let outside = OutsideCounters {
+            lines: devices
+                .lines
+                .iter()
+                .map(|named| named.line.clone())
+                .collect(),
+            output,
+            doorbells: devices
+                .virtio
+                .iter()
+                .map(|slot| slot.doorbells_rung.clone())
+                .collect(),
+            rearms,
+        };
         Ok(Self {
             access: DeviceAccess::plain(Arc::new(buses)),
             services: devices.services,
             clock,
+            outside,
         })
+    }
+
+    /// What the devices have done outside themselves so far.
+    pub fn outside(&self) -> Outside {
+        let counters = &self.outside;
+        Outside {
+            interrupts: counters.lines.iter().map(|line| line.pulses()).sum(),
+            output_bytes: counters.output.bytes(),
+            doorbells: counters.doorbells.iter().map(|rung| rung()).sum(),
+            timer_rearms: counters.rearms.load(Ordering::Relaxed),
+        }
     }
 
     /// The machine's buses.
@@ -140,13 +201,16 @@ impl ReplayMachine {
         &self.access.buses
     }
 
-    /// Applies a record that is not an exit.
-    fn apply(&self, record: &Record) {
+    /// Applies a record that is not an exit; returns the stop a posted write asked for.
+    fn apply(&self, record: &Record) -> Option<StopRequest> {
         let access = &self.access;
         match record {
             Record::Exit { .. } => {}
             Record::PostedWrite { space, addr, data } => {
-                let _ = access.buses.dispatch(*space, *addr, Access::Write(data));
+                return match access.buses.dispatch(*space, *addr, Access::Write(data)) {
+                    Dispatch::Handled(stop) => stop,
+                    Dispatch::Unclaimed => None,
+                };
             }
             Record::Clock(nanos) => self.clock.push(*nanos),
             Record::RtcTick => {
@@ -165,11 +229,33 @@ impl ReplayMachine {
                 }
             }
         }
+        None
     }
 }
 
-/// Called before each exit with the number of exits replayed so far.
-type Hook<'a> = &'a mut dyn FnMut(u64, &ReplayMachine);
+/// Watches a replay record by record: tests change a device part way, the advisor
+/// reads [`ReplayMachine::outside`] around each write. Both methods default to nothing.
+pub trait Observer {
+    /// Before `record` is applied; `exits` have been replayed so far.
+    fn before(&mut self, _record: &Record, _exits: u64, _machine: &ReplayMachine) {}
+    /// After `record` was applied, with the stop it asked for (an exit's or a posted
+    /// write's; the replay goes on regardless, as the trace does).
+    fn after(&mut self, _record: &Record, _stop: Option<StopRequest>, _machine: &ReplayMachine) {}
+}
+
+/// Watches nothing.
+impl Observer for () {}
+
+/// [`replay_with`]'s hook, called before each exit with the exits replayed so far.
+struct BeforeExit<'a>(&'a mut dyn FnMut(u64, &ReplayMachine));
+
+impl Observer for BeforeExit<'_> {
+    fn before(&mut self, record: &Record, exits: u64, machine: &ReplayMachine) {
+        if matches!(record, Record::Exit { .. }) {
+            (self.0)(exits, machine);
+        }
+    }
+}
 
 /// What one pass over the records found.
 struct Pass {
@@ -178,8 +264,8 @@ struct Pass {
     first: Option<Divergence>,
 }
 
-/// Feeds `records` to `machine`.
-fn run(machine: &ReplayMachine, records: &[Record], mut before_exit: Option<Hook<'_>>) -> Pass {
+/// Feeds `records` to `machine`, telling `observer` around each.
+fn run(machine: &ReplayMachine, records: &[Record], observer: &mut impl Observer) -> Pass {
     let mut profile = ExitProfile::default();
     let mut warnings = RateLimiter::new(0, Duration::from_secs(3600));
     let mut buffer = vec![0u8; MAX_DATA as usize];
@@ -189,6 +275,7 @@ fn run(machine: &ReplayMachine, records: &[Record], mut before_exit: Option<Hook
         first: None,
     };
     for record in records {
+        observer.before(record, pass.exits, machine);
         let Record::Exit {
             direction,
             addr,
@@ -197,16 +284,14 @@ fn run(machine: &ReplayMachine, records: &[Record], mut before_exit: Option<Hook
             ..
         } = record
         else {
-            machine.apply(record);
+            let stop = machine.apply(record);
+            observer.after(record, stop, machine);
             continue;
         };
-        if let Some(hook) = before_exit.as_mut() {
-            hook(pass.exits, machine);
-        }
         pass.exits += 1;
         let exit = exit_of(*direction, *addr, *size, data, &mut buffer);
         let key = ExitKey::of(&exit);
-        ExitContext {
+        let outcome = ExitContext {
             access: &machine.access,
             profile: &mut profile,
             warnings: &mut warnings,
@@ -223,13 +308,18 @@ fn run(machine: &ReplayMachine, records: &[Record], mut before_exit: Option<Hook
                 got: buffer[..data.len()].to_vec(),
             });
         }
+        let stop = match outcome {
+            ExitOutcome::Stop(VmStop::Guest(request)) => Some(request),
+            _ => None,
+        };
+        observer.after(record, stop, machine);
     }
     pass
 }
 
 /// Replays a trace held in `bytes`.
 pub fn replay(bytes: &[u8]) -> Result<ReplayReport, ReplayError> {
-    replay_inner(bytes, None)
+    observe(bytes, &mut ())
 }
 
 /// Replays a trace, calling `before_exit` with the number of exits replayed so far
@@ -238,14 +328,15 @@ pub fn replay_with(
     bytes: &[u8],
     before_exit: &mut dyn FnMut(u64, &ReplayMachine),
 ) -> Result<ReplayReport, ReplayError> {
-    replay_inner(bytes, Some(before_exit))
+    observe(bytes, &mut BeforeExit(before_exit))
 }
 
-fn replay_inner(bytes: &[u8], before_exit: Option<Hook<'_>>) -> Result<ReplayReport, ReplayError> {
+/// Replays a trace, telling `observer` about every record.
+pub fn observe(bytes: &[u8], observer: &mut impl Observer) -> Result<ReplayReport, ReplayError> {
     let (description, records) = decode(bytes)?;
     let machine = ReplayMachine::build(&description)?;
     let started = Instant::now();
-    let pass = run(&machine, &records, before_exit);
+    let pass = run(&machine, &records, observer);
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
     Ok(ReplayReport {
         exits: pass.exits,
@@ -261,5 +352,5 @@ fn replay_inner(bytes: &[u8], before_exit: Option<Hook<'_>>) -> Result<ReplayRep
 pub fn dispatch_only(bytes: &[u8]) -> Result<impl FnMut() -> u64, ReplayError> {
     let (description, records) = decode(bytes)?;
     let machine = ReplayMachine::build(&description)?;
-    Ok(move || run(&machine, &records, None).exits)
+    Ok(move || run(&machine, &records, &mut ()).exits)
 }

@@ -10,7 +10,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::{guest_config, kvm_available, run};
+use hushvm::advise::{advise, Verdict};
 use hushvm::bus::{Access, AddressSpace};
+use hushvm::config::Doorbell;
+use hushvm::machine::MachineConfig;
 use hushvm::replay::{decode, replay, replay_with};
 use hushvm::trace::format::{ExitDirection, Record};
 
@@ -123,15 +126,18 @@ fn truncated_and_corrupt_traces_are_clear_errors() {
         ("not-a-trace", b"#!/bin/sh\n".to_vec(), "not a hushvm trace"),
         ("corrupt", corrupt_tag, "corrupt trace"),
     ];
-    for (name, data, expected) in cases {
+    for ((name, data, expected), command) in cases
+        .into_iter()
+        .flat_map(|case| [(case.clone(), "replay"), (case, "advise")])
+    {
         let path = dir.join(name);
         std::fs::write(&path, data).unwrap();
         let output = Command::new(env!("CARGO_BIN_EXE_hushvm"))
-            .args(["replay", path.to_str().unwrap()])
+            .args([command, path.to_str().unwrap()])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{name}: {stderr}");
+        assert_eq!(output.status.code(), Some(1), "{command} {name}: {stderr}");
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
         assert!(
@@ -193,5 +199,114 @@ fn fresh_recordings_replay_without_divergence() {
         if std::env::var("HUSHVM_RECORD_TRACES").as_deref() == Ok("1") {
             std::fs::write(trace_path(name), &bytes).unwrap();
         }
+    }
+}
+
+#[test]
+fn the_advisor_judges_the_committed_traces() {
+    for name in TRACES {
+        let advice = advise(&committed(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(advice.divergences, 0, "{name}");
+        assert_eq!(advice.contradictions().count(), 0, "{name}");
+        let verdict = |device, offset, size| {
+            let row = advice.register(device, offset, size);
+            row.unwrap_or_else(|| panic!("{name}: no {device}+{offset}"))
+                .verdict
+        };
+        assert_eq!(
+            verdict("com1", 0, 1),
+            Some(Verdict::TimeBound),
+            "{name}: THR"
+        );
+        assert_eq!(
+            verdict("isa-debug-exit", 0, 1),
+            Some(Verdict::Never),
+            "{name}"
+        );
+        if matches!(*name, "rtc" | "tick") {
+            assert_eq!(verdict("rtc", 0, 1), Some(Verdict::Latch), "{name}: index");
+        }
+    }
+    let tick = advise(&committed("tick")).unwrap();
+    let data = tick.register("rtc", 1, 1).unwrap();
+    assert_eq!(
+        data.verdict,
+        Some(Verdict::TimeBound),
+        "register A/B writes re-arm"
+    );
+    // The doorbell workload's doorbells were ioeventfds: no QueueNotify exit to judge.
+    let doorbell = advise(&committed("doorbell")).unwrap();
+    assert!(doorbell.register("virtio-rng", 0x50, 4).is_none());
+    assert_eq!(doorbell.ioeventfd_doorbells, 50);
+}
+
+#[test]
+fn advise_prints_a_table_and_json() {
+    let hushvm = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_hushvm"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let (rtc, tick) = (trace_path("rtc"), trace_path("tick"));
+    let table = hushvm(&["advise", rtc.to_str().unwrap()]);
+    let index = table
+        .lines()
+        .find(|l| l.starts_with("rtc 0x70+0 "))
+        .unwrap();
+    assert!(index.contains(" latch "), "{table}");
+    let json = hushvm(&[
+        "advise",
+        rtc.to_str().unwrap(),
+        tick.to_str().unwrap(),
+        "--json",
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["traces"], 2);
+    let rows = json["registers"].as_array().unwrap();
+    let data = rows
+        .iter()
+        .find(|row| row["register"] == "rtc 0x70+0x1 (1 byte)")
+        .unwrap();
+    assert_eq!(data["verdict"], "time-bound", "tick's timer writes count");
+}
+
+#[test]
+fn the_advisor_rejects_what_must_exit_on_fresh_recordings() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("hushvm-advise-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let record = |name: &str, guest: &str, cmdline: &str, edit: &dyn Fn(&mut MachineConfig)| {
+        let mut config = guest_config(guest, cmdline);
+        edit(&mut config);
+        config.run.record = Some(dir.join(format!("{name}.trace")));
+        run(&config);
+        advise(&std::fs::read(config.run.record.as_ref().unwrap()).unwrap()).unwrap()
+    };
+    let rtc = record("rtc", "rtc", "iterations=100", &|c| {
+        c.cures.coalesce = false
+    });
+    let index = rtc.register("rtc", 0, 1).unwrap();
+    assert_eq!(index.verdict, Some(Verdict::Latch));
+    assert!(index.exits_saved >= 100 && index.exits_saved == index.writes);
+    let doorbell = record("doorbell", "doorbell", "requests=20", &|c| {
+        c.devices.rng = true;
+        c.cures.doorbell = Doorbell::Exit;
+    });
+    let notify = doorbell.register("virtio-rng", 0x50, 4).unwrap();
+    assert_eq!((notify.verdict, notify.writes), (Some(Verdict::Never), 20));
+    let stops = [
+        ("reset", "i8042", 4, 1),
+        ("cf9reset", "reset-control", 0, 1),
+        ("poweroff", "acpi-pm1-control", 0, 2),
+    ];
+    for (action, device, offset, size) in stops {
+        let advice = record(action, "probe", &format!("action={action}"), &|_| {});
+        let row = advice.register(device, offset, size).unwrap();
+        assert_eq!(row.verdict, Some(Verdict::Never), "{action}");
     }
 }

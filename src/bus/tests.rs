@@ -128,3 +128,17 @@ fn le_value_reads_little_endian() {
     assert_eq!(le_value(&[]), 0);
     assert_eq!(Access::Write(&[1, 0, 0, 0]).write_value(), 1);
 }
+
+#[test]
+fn locate_names_the_device_and_the_offset() {
+    let mut buses = IoBuses::default();
+    buses.pio.insert("rtc", 0x70, 2, recorder()).unwrap();
+    buses.mmio.insert("mm", 0x1000, 0x100, recorder()).unwrap();
+    assert_eq!(buses.locate(AddressSpace::Pio, 0x71), Some(("rtc", 1)));
+    assert_eq!(buses.locate(AddressSpace::Pio, 0x72), None);
+    assert_eq!(buses.locate(AddressSpace::Pio, 0x1_0070), None);
+    assert_eq!(buses.locate(AddressSpace::Mmio, 0x1050), Some(("mm", 0x50)));
+    assert_eq!(buses.locate(AddressSpace::Mmio, 0x10ff), Some(("mm", 0xff)));
+    assert_eq!(buses.locate(AddressSpace::Mmio, 0x1100), None);
+    assert_eq!(buses.locate(AddressSpace::Mmio, 0xfff), None);
+}

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{DiskConfig, SerialMode};
@@ -27,6 +28,29 @@ impl SharedBuffer {
 impl Write for SharedBuffer {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.0.locked().extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An output that keeps only a count of the bytes written to it: a replay's stand-in
+/// for the host's files, so that what replays a trace can tell a write made output.
+#[derive(Debug, Clone, Default)]
+pub struct CountingSink(Arc<AtomicU64>);
+
+impl CountingSink {
+    /// Bytes written so far, by every clone.
+    pub fn bytes(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Write for CountingSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(data.len())
     }
 
@@ -81,14 +105,14 @@ impl Backends {
     }
 
     /// Stand-ins for a replay: an in-memory disk of `disk_bytes` (none if 0), zeros for
-    /// entropy, outputs discarded.
-    pub fn for_replay(disk_bytes: u64, rng: bool, console: bool) -> Self {
+    /// entropy, outputs counted into `output` and discarded.
+    pub fn for_replay(disk_bytes: u64, rng: bool, console: bool, output: &CountingSink) -> Self {
         let disk = vec![0u8; usize::try_from(disk_bytes).unwrap_or(0)];
         Self {
-            serial: Box::new(io::sink()),
+            serial: Box::new(output.clone()),
             disk: (disk_bytes > 0).then(|| (Box::new(disk) as Box<dyn DiskBackend>, false)),
             entropy: rng.then(|| Box::new(io::repeat(0)) as _),
-            console: console.then(|| Box::new(io::sink()) as _),
+            console: console.then(|| Box::new(output.clone()) as _),
         }
     }
 }

@@ -40,7 +40,7 @@ use crate::sync::LockExt;
 use crate::trace::{MachineClock, MachineDescription, RecordedClock, Recorder};
 use crate::vcpu;
 
-pub use backends::{open_disk, Backends, DiskProblem};
+pub use backends::{open_disk, Backends, CountingSink, DiskProblem};
 pub use config::{
     BootConfig, Cures, DeviceConfig, Kernel, MachineConfig, RunOptions, VcpuConfig,
     DEFAULT_EVENT_POLL,

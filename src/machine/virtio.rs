@@ -51,6 +51,8 @@ pub struct VirtioSlot {
     pub doorbells: Vec<(EventFd, Option<u32>)>,
     /// Doorbells that found work, read at the end of the run.
     pub notifications: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// Doorbells rung, work or none (a replay's advisor watches it).
+    pub doorbells_rung: Arc<dyn Fn() -> u64 + Send + Sync>,
     /// The line, to count its interrupts.
     pub interrupt: Arc<dyn InterruptLine>,
     /// Where host input goes, for the console.
@@ -116,13 +118,14 @@ impl Placement<'_> {
             Arc::new(Mutex::new(PioDoorbell(notify.clone()))),
         )?;
         let doorbells = self.doorbells(base + QUEUE_NOTIFY, port, queues)?;
-        let counter = transport.clone();
+        let (counter, rung) = (transport.clone(), transport.clone());
         let slot = VirtioSlot {
             name,
             index: slot,
             service: DoorbellService::new(slot, notify),
             doorbells,
             notifications: Arc::new(move || counter.locked().notifications()),
+            doorbells_rung: Arc::new(move || rung.locked().doorbells()),
             interrupt,
             input: None,
         };

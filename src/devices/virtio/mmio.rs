@@ -55,6 +55,8 @@ pub struct MmioTransport<D: VirtioDevice> {
     config_generation: u32,
     /// Doorbells that found work, for the profiler and benches.
     notifications: u64,
+    /// Every doorbell, work or none: the advisor counts a write that rang one.
+    doorbells: u64,
 }
 
 impl<D: VirtioDevice> std::fmt::Debug for MmioTransport<D> {
@@ -87,6 +89,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             interrupt_status: 0,
             config_generation: 0,
             notifications: 0,
+            doorbells: 0,
         }
     }
 
@@ -98,6 +101,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// Doorbells that made the device use buffers.
     pub fn notifications(&self) -> u64 {
         self.notifications
+    }
+
+    /// Doorbells rung, whether or not they found work or the driver was ready.
+    pub fn doorbells(&self) -> u64 {
+        self.doorbells
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -234,6 +242,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
 impl<D: VirtioDevice> QueueNotify for MmioTransport<D> {
     fn notify(&mut self, index: Option<u32>) {
+        self.doorbells += 1;
         let ready = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
         if self.status & ready != ready || self.status & STATUS_NEEDS_RESET != 0 {
             return;

@@ -312,6 +312,12 @@ fn the_transport_negotiates_runs_queues_and_interrupts() {
     assert_eq!(read32(&mut transport, 0x000), 0x7472_6976);
     assert_eq!(read32(&mut transport, 0x004), 2);
     assert_eq!(read32(&mut transport, 0x008), 4);
+    write32(&mut transport, QUEUE_NOTIFY, 0);
+    assert_eq!(
+        (transport.doorbells(), transport.notifications()),
+        (1, 0),
+        "a doorbell before DRIVER_OK is counted as rung, and finds no work"
+    );
     write32(&mut transport, 0x014, 1);
     assert_eq!(
         read32(&mut transport, 0x010),
@@ -342,6 +348,7 @@ fn the_transport_negotiates_runs_queues_and_interrupts() {
     transport.notify(None);
     assert_eq!(queue.used_idx(&memory), 2);
     assert_eq!(transport.notifications(), 2);
+    assert_eq!(transport.doorbells(), 3);
 
     write32(&mut transport, 0x070, 0);
     assert_eq!(read32(&mut transport, 0x070), 0, "reset");
