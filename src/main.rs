@@ -373,7 +373,24 @@ fn main() -> ExitCode {
         Command::Guests { out } => write_guests(&out),
     };
     result.unwrap_or_else(|error| {
-        eprintln!("hushvm: error: {error:#}");
+        eprintln!("hushvm: error: {}", error_line(&error));
         ExitCode::FAILURE
     })
+}
+
+/// The error and its causes on one line. Most of hushvm's errors already show their
+/// source in their own message (and keep it as `source()` for callers that walk the
+/// chain), so a cause is added only when the line does not already say it.
+fn error_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }

@@ -52,12 +52,15 @@ fn bad_images_are_clear_errors() {
     std::fs::write(&text, "not a kernel").unwrap();
     assert_clear_error(
         &hushvm(&["run", "--multiboot", text.to_str().unwrap()]),
-        "not an ELF file",
+        "not a kernel hushvm can boot (bzImage, ELF with a PVH note, or Multiboot)",
     );
 
-    // hushvm itself is a 64-bit ELF.
+    // hushvm itself is a 64-bit ELF with neither boot protocol.
     let elf64 = env!("CARGO_BIN_EXE_hushvm");
-    assert_clear_error(&hushvm(&["run", "--multiboot", elf64]), "not an ELF32 file");
+    assert_clear_error(
+        &hushvm(&["run", "--kernel", elf64]),
+        "an ELF file without a PVH entry note or a Multiboot header",
+    );
 
     let mut image = hushvm::guests::image("probe").unwrap().to_vec();
     let magic = 0x1BAD_B002u32.to_le_bytes();

@@ -85,6 +85,11 @@ pub fn detect(image: &[u8]) -> Result<KernelFormat, LoaderError> {
     }
     match multiboot::header_flags(image) {
         Ok(_) => Ok(KernelFormat::Multiboot),
+        // A 32-bit ELF can only be a Multiboot kernel: its loader says precisely what is
+        // wrong with it (truncated, no header, ...).
+        Err(LoaderError::NoMultibootHeader) if image.starts_with(b"\x7fELF\x01") => {
+            Ok(KernelFormat::Multiboot)
+        }
         Err(LoaderError::NoMultibootHeader) if image.starts_with(b"\x7fELF") => {
             Err(LoaderError::NoBootProtocol)
         }

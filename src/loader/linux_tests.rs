@@ -63,16 +63,16 @@ fn each_format_is_recognised() {
 
 #[test]
 fn an_elf_without_a_boot_protocol_is_named_as_such() {
+    let error = detect(&pvh_elf(17)).unwrap_err();
+    assert!(matches!(error, LoaderError::NoBootProtocol));
+    assert_eq!(
+        error.to_string(),
+        "an ELF file without a PVH entry note or a Multiboot header"
+    );
+    // A 32-bit ELF can only be Multiboot: its loader then says what is missing.
     let mut no_header = multiboot_elf(0x10_0000, 3, &[0; 16], 0);
     no_header[84] ^= 0xff;
-    for elf in [pvh_elf(17), no_header] {
-        let error = detect(&elf).unwrap_err();
-        assert!(matches!(error, LoaderError::NoBootProtocol));
-        assert_eq!(
-            error.to_string(),
-            "an ELF file without a PVH entry note or a Multiboot header"
-        );
-    }
+    assert_eq!(detect(&no_header).unwrap(), KernelFormat::Multiboot);
 }
 
 #[test]
