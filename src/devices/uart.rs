@@ -1,13 +1,16 @@
 //! A 16550A UART (COM1) that Linux's 8250 driver detects as `PORT_16550A`, and whose
 //! transmit register can be posted.
 //!
-//! Why not `vm-superio`'s `Serial`: its interrupt is an event, not a level. It triggers
-//! on every THR write and on every IER write, its IIR read forgets every pending source
-//! (received data included), it ignores FCR (IIR always claims FIFOs, which are never
-//! cleared), and a byte the host output refuses is lost while THRE still reads set. Its
-//! fields are private, so a wrapper cannot change any of that, and a posted burst of
-//! THR writes applied at once needs the 16550's own rules: one interrupt source per
-//! condition, each with the priority and the acknowledgement the datasheet gives.
+//! Why not `vm-superio`'s `Serial` (0.8): its IIR always claims FIFOs, whatever FCR
+//! says, but its loopback fills a 64-byte buffer, so Linux's `size_fifo` counts 64 and
+//! names the port a U6_16550A rather than a 16550A. Its
+//! interrupt is an event, not a level: it triggers on every THR write and on every IER
+//! write, and its IIR read forgets every pending source (received data included). FCR
+//! is ignored (FIFOs are never cleared), and a byte the host output refuses is lost
+//! while THRE still reads set. Its fields are private, so a wrapper cannot change any
+//! of that, and a posted burst of THR writes applied at once needs the 16550's own
+//! rules: one interrupt source per condition, each with the datasheet's priority and
+//! acknowledgement.
 //!
 //! The model:
 //! - The interrupt output is the level "some enabled source is pending"; the ISA line
@@ -29,10 +32,13 @@
 //!   they overrun (LSR.OE) past the FIFO's depth, so Linux's `size_fifo` counts 16.
 //!
 //! Posting THR (offset 0, one byte) is safe: a posted write only latches. With DLAB
-//! clear it queues a byte whose effects (host output, the THR-empty edge, a looped-back
-//! byte) the guest can only observe through a later access, which settles the ring
-//! first; with DLAB set the same write is a DLL write, which only latches too. So offset
-//! 0 can be posted whatever LCR says, and [`UartOptions::post_transmit`] switches it.
+//! clear it queues a byte: the host output and a looped-back byte are seen only through
+//! a later access, which settles the ring first, and the THR-empty edge comes when the
+//! ring is settled instead of at the write, which to the guest is a slower transmitter
+//! (the machine bounds that delay: see [`Uart::flush_transmit`]). With DLAB set the same
+//! write is a DLL write, which only latches too. So offset 0 can be posted whatever LCR
+//! says; posted-ness is fixed when the machine is built, so
+//! [`UartOptions::post_transmit`] switches it.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Write};
@@ -165,8 +171,9 @@ impl<W: Write + Send> Uart<W> {
     /// With [`UartOptions::post_transmit`], a THR byte is not in the device at all until
     /// the machine settles the coalesced ring. So the machine's bounded drain must
     /// settle the ring and then call this, at least once per period P: a transmitted
-    /// byte then reaches the output (and its THR-empty interrupt the guest) within P of
-    /// the write, whatever the guest does next (it may halt in the kernel and never exit).
+    /// byte the output takes then reaches it (and its THR-empty interrupt the guest)
+    /// within P of the write, whatever the guest does next (it may halt in the kernel,
+    /// where nothing exits, while it waits for that interrupt).
     pub fn flush_transmit(&mut self) {
         self.transmit();
         self.update_line();
