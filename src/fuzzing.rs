@@ -2,11 +2,14 @@
 //! arbitrary bytes with no KVM. Unit tests run them over generated inputs too, so they
 //! are exercised on every `cargo test`, not only under a fuzzer.
 
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::bus::{Access, BusDevice};
+use crate::devices::uart::Uart;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::driver::DriverQueue;
@@ -81,6 +84,51 @@ pub fn virtio_mmio_registers(data: &[u8]) {
     }
 }
 
+/// An output that refuses (`WouldBlock`) while its switch is on, as a full pipe does.
+struct FlakyOutput(Arc<AtomicBool>);
+
+impl Write for FlakyOutput {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self.0.load(Ordering::Relaxed) {
+            true => Err(io::ErrorKind::WouldBlock.into()),
+            false => Ok(data.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// COM1's registers: arbitrary accesses (offset, width, value), host input, the
+/// machine's flush, and an output that sometimes refuses.
+pub fn uart_registers(data: &[u8]) {
+    let refusing = Arc::new(AtomicBool::new(false));
+    let line = Arc::new(CountingLine::default());
+    let mut uart = Uart::with_interrupt(FlakyOutput(refusing.clone()), line);
+    for access in data.chunks(3) {
+        let [op, offset, value] = access else {
+            break;
+        };
+        let offset = u64::from(*offset & 0x0f);
+        let width = if op & 0x30 == 0 { 2 } else { 1 };
+        match op & 0x0f {
+            0 => {
+                uart.receive(&[*value; 7]);
+            }
+            1 => uart.flush_transmit(),
+            2 => refusing.store(value & 1 != 0, Ordering::Relaxed),
+            3..=8 => {
+                let mut read = [0u8; 2];
+                uart.access(offset, Access::Read(&mut read[..width]));
+            }
+            _ => {
+                uart.access(offset, Access::Write(&[*value; 2][..width]));
+            }
+        }
+    }
+}
+
 /// The trace reader on arbitrary bytes, then a replay of what it accepts when the
 /// machine is small (so a fuzzer does not spend its time allocating guest memory). The
 /// replay is the advisor's: the same replay, with its observer watching every record.
@@ -117,6 +165,7 @@ mod tests {
             virtio_block(&data);
             virtio_small_devices(&data);
             virtio_mmio_registers(&data);
+            uart_registers(&data);
             trace(&data);
             // A valid header (2 MiB, one vCPU, rng and console) before the bytes.
             let mut traced = crate::trace::format::MAGIC.to_vec();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::access::DeviceAccess;
 use crate::devices::rtc::{Clock, Rtc};
-use crate::devices::serial::SerialPort;
+use crate::devices::uart::Uart;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{MmioTransport, QueueNotify};
 use crate::sync::LockExt;
@@ -46,9 +46,9 @@ pub trait InputSink: Send {
     fn receive(&mut self, bytes: &[u8]) -> usize;
 }
 
-impl<W: io::Write + Send> InputSink for SerialPort<W> {
+impl<W: io::Write + Send> InputSink for Uart<W> {
     fn receive(&mut self, bytes: &[u8]) -> usize {
-        SerialPort::receive(self, bytes)
+        Uart::receive(self, bytes)
     }
 }
 

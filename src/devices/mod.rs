@@ -9,5 +9,5 @@ pub mod fw_cfg;
 pub mod i8042;
 pub mod post_code;
 pub mod rtc;
-pub mod serial;
+pub mod uart;
 pub mod virtio;

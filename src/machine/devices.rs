@@ -15,7 +15,7 @@ use crate::devices::fw_cfg::FwCfg;
 use crate::devices::i8042::I8042;
 use crate::devices::post_code::PostCode;
 use crate::devices::rtc::{Clock, Rtc};
-use crate::devices::serial::SerialPort;
+use crate::devices::uart::Uart;
 use crate::irq::InterruptLine;
 use crate::layout::{gsi, ports, MemoryLayout};
 use crate::services::{InputService, InputTarget, RtcService, Services};
@@ -26,7 +26,7 @@ use super::virtio::{self, VirtioSlot};
 use super::MachineError;
 
 /// COM1 as the machine builds it.
-pub type Com1 = SerialPort<Output>;
+pub type Com1 = Uart<Output>;
 
 /// What to build.
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +76,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
     rtc.set_memory_size(spec.memory.ram_bytes());
     rtc.connect_interrupt(rtc_line.clone());
     let rtc = Arc::new(Mutex::new(rtc));
-    let com1 = Arc::new(Mutex::new(SerialPort::with_interrupt(
+    let com1 = Arc::new(Mutex::new(Uart::with_interrupt(
         backends.serial,
         com1_line.clone(),
     )));
