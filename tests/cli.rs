@@ -249,3 +249,66 @@ fn timeout_and_crash_statuses() {
         "{stderr}"
     );
 }
+
+/// The start of a bzImage: one setup sector and a header announcing `payload` bytes.
+fn bzimage_header(version: u16, payload: u32) -> Vec<u8> {
+    let mut image = vec![0u8; 1024];
+    image[0x1f1] = 1;
+    image[0x1f4..0x1f8].copy_from_slice(&(payload / 16).to_le_bytes());
+    image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&version.to_le_bytes());
+    image[0x236..0x238].copy_from_slice(&3u16.to_le_bytes());
+    image
+}
+
+#[test]
+fn bad_linux_images_and_cpu_models_are_clear_errors() {
+    let truncated = scratch("truncated.bzImage");
+    std::fs::write(&truncated, bzimage_header(0x020f, 1 << 20)).unwrap();
+    assert_clear_error(
+        &hushvm(&["run", "--kernel", truncated.to_str().unwrap()]),
+        "truncated bzImage",
+    );
+    let old = scratch("old.bzImage");
+    let mut image = bzimage_header(0x0203, 4096);
+    image.extend(vec![0u8; 4096]);
+    std::fs::write(&old, image).unwrap();
+    assert_clear_error(
+        &hushvm(&["run", "--kernel", old.to_str().unwrap()]),
+        "boot protocol 2.03 is too old",
+    );
+    let probe = guest_file("probe");
+    assert_clear_error(
+        &hushvm(&[
+            "run",
+            "--kernel",
+            probe.to_str().unwrap(),
+            "--cpu",
+            "host,-warp",
+        ]),
+        "unknown CPU feature `warp`",
+    );
+    assert_clear_error(
+        &hushvm(&[
+            "run",
+            "--kernel",
+            probe.to_str().unwrap(),
+            "--cpu",
+            "pentium",
+        ]),
+        "--cpu",
+    );
+    let initrd = scratch("initrd.img");
+    std::fs::write(&initrd, b"initrd").unwrap();
+    assert_clear_error(
+        &hushvm(&[
+            "run",
+            "--kernel",
+            probe.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+        ]),
+        "--initrd is for Linux kernels",
+    );
+}
