@@ -1,0 +1,320 @@
+//! The root bus: bus 0 with a host bridge at 00:00.0 and up to 31 devices (one function
+//! each), reached through configuration mechanism #1 (ports 0xcf8-0xcff) and through
+//! ECAM (the MMIO window at `layout::PCI_ECAM_START`). Both paths end in
+//! [`PciRoot::config_read`] and [`PciRoot::config_write`].
+//!
+//! # 0xcf8-0xcff and the reset register at 0xcf9
+//!
+//! Port 0xcf9 is the PC's reset-control register, inside the range of the 32-bit
+//! configuration-address register at 0xcf8, and bus ranges cannot overlap. So one
+//! device, [`PciConfigIo`], owns all eight ports and holds the
+//! [`ResetControl`]: an access that starts at 0xcf9 goes to the reset register (so a
+//! guest's `outb 0x06, 0xcf9` still returns [`StopRequest::Reset`]); only a dword access
+//! at 0xcf8 reaches the address register, as on real chipsets; other accesses to
+//! 0xcf8-0xcfb read all-ones and are dropped. A machine with PCI places `PciConfigIo`
+//! at 0xcf8 instead of `ResetControl` at 0xcf9.
+//!
+//! The address register is declared posted: a write to it only latches, and the
+//! ordering rule applies it before the next access to this device, that is before the
+//! data access it selects for.
+//!
+//! # Locks
+//!
+//! The root has no lock of its own: its table of functions is fixed once it is shared,
+//! and each function has its own mutex, taken for one access. A BAR move is reported to
+//! the [`BarObserver`] after that lock is released, so the observer may lock the
+//! function (or anything else but the configuration device it was called from).
+
+use std::sync::{Arc, Mutex};
+
+use super::config::{BarChange, ConfigSpace, PciError, PciIds};
+use super::PciFunction;
+use crate::bus::{le_value, Access, BusDevice, PostedRegister, StopRequest};
+use crate::devices::acpi_pm::ResetControl;
+use crate::sync::LockExt;
+
+/// A function shared between the root and the bus slots of its BARs.
+pub type SharedFunction = Arc<Mutex<dyn PciFunction>>;
+
+/// Devices on bus 0, the host bridge included.
+pub const DEVICES: u8 = 32;
+/// The host bridge: Red Hat's "QEMU PCIe host bridge" (1b36:0008, QEMU's
+/// docs/specs/pci-ids.rst), class 06/00/00. It is a documented ID with no quirks in
+/// Linux, unlike an Intel chipset's, for which Linux would look for chipset registers.
+pub const HOST_BRIDGE_IDS: PciIds = PciIds {
+    vendor: 0x1b36,
+    device: 0x0008,
+    revision: 0,
+    class: 0x06_00_00,
+    subsystem_vendor: 0x1b36,
+    subsystem: 0x0008,
+};
+
+/// The configuration-address register's enable bit.
+const ENABLE: u32 = 1 << 31;
+/// Its meaningful bits: enable, bus, device, function, dword register.
+const ADDRESS_BITS: u32 = ENABLE | 0x00ff_fffc;
+const POSTED: [PostedRegister; 1] = [PostedRegister { offset: 0, size: 4 }];
+/// Bytes ECAM gives each bus.
+const ECAM_BUS_BYTES: u64 = 1 << 20;
+
+/// Told when a guest moves a BAR; the machine moves the device's range on its bus (and
+/// its doorbells), and refuses (saying so) a move onto something else.
+pub trait BarObserver: Send + Sync {
+    /// `function` is the device number on bus 0.
+    fn bar_changed(&self, function: u8, change: BarChange);
+}
+
+/// A configuration-space address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigAddress {
+    pub bus: u8,
+    pub device: u8,
+    pub function: u8,
+    /// Byte offset in the function's space (below 4096).
+    pub register: u16,
+}
+
+/// The host bridge at 00:00.0: an identity and nothing else.
+#[derive(Debug)]
+pub struct HostBridge {
+    config: ConfigSpace,
+}
+
+impl Default for HostBridge {
+    fn default() -> Self {
+        Self {
+            config: ConfigSpace::new(HOST_BRIDGE_IDS),
+        }
+    }
+}
+
+impl PciFunction for HostBridge {
+    fn read_config(&mut self, offset: u16, data: &mut [u8]) {
+        self.config.read(offset, data);
+    }
+
+    fn write_config(&mut self, offset: u16, data: &[u8]) -> Option<BarChange> {
+        self.config.write(offset, data)
+    }
+}
+
+/// Bus 0.
+pub struct PciRoot {
+    functions: Vec<Option<SharedFunction>>,
+    observer: Arc<dyn BarObserver>,
+}
+
+impl std::fmt::Debug for PciRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let present: Vec<usize> = (0..self.functions.len())
+            .filter(|i| self.functions[*i].is_some())
+            .collect();
+        f.debug_struct("PciRoot")
+            .field("devices", &present)
+            .finish()
+    }
+}
+
+impl PciRoot {
+    /// Bus 0 with its host bridge; BAR moves go to `observer`.
+    pub fn new(observer: Arc<dyn BarObserver>) -> Self {
+        let mut functions: Vec<Option<SharedFunction>> = vec![None; usize::from(DEVICES)];
+        functions[0] = Some(Arc::new(Mutex::new(HostBridge::default())));
+        Self {
+            functions,
+            observer,
+        }
+    }
+
+    /// Places `function` at device number `device` (1 to 31).
+    pub fn add(&mut self, device: u8, function: SharedFunction) -> Result<(), PciError> {
+        let slot = match device {
+            0 => None,
+            _ => self.functions.get_mut(usize::from(device)),
+        };
+        match slot {
+            Some(slot @ None) => {
+                *slot = Some(function);
+                Ok(())
+            }
+            Some(Some(_)) => Err(PciError::Slot {
+                device,
+                reason: "already taken",
+            }),
+            None => Err(PciError::Slot {
+                device,
+                reason: "not a device number for a function (1 to 31)",
+            }),
+        }
+    }
+
+    /// Places `function` at the lowest free device number, and returns it.
+    pub fn add_next(&mut self, function: SharedFunction) -> Result<u8, PciError> {
+        let free = (1..DEVICES).find(|d| self.functions[usize::from(*d)].is_none());
+        let device = free.ok_or(PciError::Slot {
+            device: DEVICES,
+            reason: "bus 0 is full",
+        })?;
+        self.add(device, function)?;
+        Ok(device)
+    }
+
+    fn function(&self, address: ConfigAddress) -> Option<&SharedFunction> {
+        if address.bus != 0 || address.function != 0 {
+            return None;
+        }
+        self.functions.get(usize::from(address.device))?.as_ref()
+    }
+
+    /// Reads configuration space; a missing function reads all-ones.
+    pub fn config_read(&self, address: ConfigAddress, data: &mut [u8]) {
+        let Some(function) = self.function(address) else {
+            data.fill(0xff);
+            return;
+        };
+        let mut function = function.locked();
+        for (offset, range) in dword_pieces(address.register, data.len()) {
+            function.read_config(offset, &mut data[range]);
+        }
+    }
+
+    /// Writes configuration space; a write to a missing function is dropped. BAR moves
+    /// go to the observer, after the function's lock is released.
+    pub fn config_write(&self, address: ConfigAddress, data: &[u8]) {
+        let Some(function) = self.function(address) else {
+            return;
+        };
+        for (offset, range) in dword_pieces(address.register, data.len()) {
+            let change = function.locked().write_config(offset, &data[range]);
+            if let Some(change) = change {
+                self.observer.bar_changed(address.device, change);
+            }
+        }
+    }
+}
+
+/// Splits an access of `len` bytes at `register` at dword boundaries: (offset, range
+/// of the data). Bytes past the 4 KiB space are left out.
+fn dword_pieces(register: u16, len: usize) -> impl Iterator<Item = (u16, std::ops::Range<usize>)> {
+    let mut done = 0usize;
+    std::iter::from_fn(move || {
+        let offset = usize::from(register) + done;
+        if done >= len || offset >= super::config::CONFIG_SPACE_SIZE {
+            return None;
+        }
+        let take = (4 - offset % 4).min(len - done);
+        let range = done..done + take;
+        done += take;
+        // Below CONFIG_SPACE_SIZE: the cast is exact.
+        Some((offset as u16, range))
+    })
+}
+
+/// Configuration mechanism #1 at ports 0xcf8-0xcff, with the reset register at 0xcf9
+/// (see the module's documentation).
+pub struct PciConfigIo {
+    root: Arc<PciRoot>,
+    address: u32,
+    reset: ResetControl,
+}
+
+impl std::fmt::Debug for PciConfigIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PciConfigIo({:#010x})", self.address)
+    }
+}
+
+impl PciConfigIo {
+    /// The ports over `root`, owning the reset register `reset`.
+    pub fn new(root: Arc<PciRoot>, reset: ResetControl) -> Self {
+        Self {
+            root,
+            address: 0,
+            reset,
+        }
+    }
+
+    /// Where a data access at byte `byte` (0-3) of 0xcfc goes, if the address register
+    /// is enabled.
+    fn target(&self, byte: u64) -> Option<ConfigAddress> {
+        if self.address & ENABLE == 0 {
+            return None;
+        }
+        Some(ConfigAddress {
+            bus: (self.address >> 16) as u8,
+            device: ((self.address >> 11) & 0x1f) as u8,
+            function: ((self.address >> 8) & 0x7) as u8,
+            register: (self.address & 0xfc) as u16 + byte as u16,
+        })
+    }
+
+    fn data(&self, byte: u64, access: Access<'_>) {
+        match (self.target(byte), access) {
+            (Some(address), Access::Read(data)) => self.root.config_read(address, data),
+            (None, Access::Read(data)) => data.fill(0xff),
+            (Some(address), Access::Write(data)) => self.root.config_write(address, data),
+            (None, Access::Write(_)) => {}
+        }
+    }
+}
+
+impl BusDevice for PciConfigIo {
+    fn access(&mut self, offset: u64, access: Access<'_>) -> Option<StopRequest> {
+        match (offset, access) {
+            (1, access) => return self.reset.access(0, access),
+            (0, Access::Read(data)) if data.len() == 4 => {
+                data.copy_from_slice(&self.address.to_le_bytes())
+            }
+            (0, Access::Write(data)) if data.len() == 4 => {
+                self.address = le_value(data) as u32 & ADDRESS_BITS
+            }
+            (4..=7, access) => self.data(offset - 4, access),
+            (_, Access::Read(data)) => data.fill(0xff),
+            (_, Access::Write(_)) => {}
+        }
+        None
+    }
+
+    fn posted_registers(&self) -> &[PostedRegister] {
+        &POSTED
+    }
+}
+
+/// ECAM: `offset = bus << 20 | device << 15 | function << 12 | register`. The window
+/// may be the full 256 buses; only bus 0 has devices, the rest read all-ones.
+#[derive(Debug)]
+pub struct PciEcam {
+    root: Arc<PciRoot>,
+}
+
+impl PciEcam {
+    /// The window over `root`.
+    pub fn new(root: Arc<PciRoot>) -> Self {
+        Self { root }
+    }
+}
+
+impl BusDevice for PciEcam {
+    fn access(&mut self, offset: u64, access: Access<'_>) -> Option<StopRequest> {
+        let register = (offset & 0xfff) as u16;
+        let fits = usize::from(register) + access.len() <= super::config::CONFIG_SPACE_SIZE;
+        let address = ConfigAddress {
+            bus: (offset >> 20) as u8,
+            device: ((offset >> 15) & 0x1f) as u8,
+            function: ((offset >> 12) & 0x7) as u8,
+            register,
+        };
+        match access {
+            Access::Read(data) if fits && offset < 256 * ECAM_BUS_BYTES => {
+                self.root.config_read(address, data)
+            }
+            Access::Read(data) => data.fill(0xff),
+            Access::Write(data) if fits && offset < 256 * ECAM_BUS_BYTES => {
+                self.root.config_write(address, data)
+            }
+            Access::Write(_) => {}
+        }
+        None
+    }
+}
