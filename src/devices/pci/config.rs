@@ -100,6 +100,8 @@ pub enum PciError {
     CapabilityMask { id: u8, body: usize, mask: usize },
     #[error("MSI-X with {vectors} vectors: a table holds 1 to 2048")]
     MsixVectors { vectors: u16 },
+    #[error("PCI device {device} BAR {bar}: no room for {size:#x} bytes in the window")]
+    WindowFull { device: u8, bar: u8, size: u64 },
     #[error("PCI device number {device}: {reason}")]
     Slot { device: u8, reason: &'static str },
 }

@@ -25,9 +25,10 @@
 //! the [`BarObserver`] after that lock is released, so the observer may lock the
 //! function (or anything else but the configuration device it was called from).
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use super::config::{BarChange, ConfigSpace, PciError, PciIds};
+use super::config::{BarChange, ConfigSpace, PciError, PciIds, BAR0, BAR_COUNT};
 use super::PciFunction;
 use crate::bus::{le_value, Access, BusDevice, PostedRegister, StopRequest};
 use crate::devices::acpi_pm::ResetControl;
@@ -191,6 +192,79 @@ impl PciRoot {
                 self.observer.bar_changed(address.device, change);
             }
         }
+    }
+}
+
+impl PciRoot {
+    fn read_u32(&self, device: u8, register: u16) -> u32 {
+        let mut data = [0u8; 4];
+        self.config_read(bus0(device, register), &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    fn write_u32(&self, device: u8, register: u16, value: u32) {
+        self.config_write(bus0(device, register), &value.to_le_bytes());
+    }
+
+    /// The size mask BAR register `register` reads after the sizing write; the
+    /// register is restored.
+    fn size_register(&self, device: u8, register: u16) -> u32 {
+        let original = self.read_u32(device, register);
+        self.write_u32(device, register, u32::MAX);
+        let mask = self.read_u32(device, register);
+        self.write_u32(device, register, original);
+        mask
+    }
+
+    /// Places every memory BAR of every device in `window`, as firmware would: each
+    /// BAR sized through configuration space, then programmed at the next address
+    /// aligned to its size, so the observer sees one [`BarChange`] per BAR. I/O BARs are
+    /// left for the guest. Decoding stays off until the guest's driver enables it.
+    pub fn assign_memory_bars(&self, window: Range<u64>) -> Result<(), PciError> {
+        let mut next = window.start;
+        for device in 0..DEVICES {
+            if self.read_u32(device, 0) == u32::MAX {
+                continue;
+            }
+            let mut bar = 0;
+            while bar < BAR_COUNT {
+                let register = BAR0 + 4 * u16::from(bar);
+                let low = self.size_register(device, register);
+                let wide = low & 0b111 == 0b100;
+                if low == 0 || low & 1 != 0 {
+                    bar += 1;
+                    continue;
+                }
+                let high = match wide {
+                    true => self.size_register(device, register + 4),
+                    false => u32::MAX,
+                };
+                let mask = (u64::from(high) << 32) | u64::from(low & !0xf);
+                let size = (!mask).wrapping_add(1);
+                let address = next.checked_next_multiple_of(size).filter(|address| {
+                    address
+                        .checked_add(size)
+                        .is_some_and(|end| end <= window.end)
+                });
+                let address = address.ok_or(PciError::WindowFull { device, bar, size })?;
+                self.write_u32(device, register, address as u32);
+                if wide {
+                    self.write_u32(device, register + 4, (address >> 32) as u32);
+                }
+                next = address + size;
+                bar += if wide { 2 } else { 1 };
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bus0(device: u8, register: u16) -> ConfigAddress {
+    ConfigAddress {
+        bus: 0,
+        device,
+        function: 0,
+        register,
     }
 }
 

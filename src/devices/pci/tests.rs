@@ -440,3 +440,46 @@ fn address(device: u8, register: u16) -> ConfigAddress {
         register,
     }
 }
+
+#[test]
+fn memory_bars_are_assigned_aligned_once_each_and_within_the_window() {
+    let moves = Arc::new(Moves::default());
+    let mut root = PciRoot::new(moves.clone());
+    let mut first = ConfigSpace::new(IDS);
+    first.add_bar(0, BarKind::Memory32, 0x1000).unwrap();
+    first.add_bar(1, BarKind::Io, 0x20).unwrap();
+    first.add_bar(2, BarKind::Memory64, 0x8000).unwrap();
+    let mut second = ConfigSpace::new(IDS);
+    second.add_bar(4, BarKind::Memory64, 0x4000).unwrap();
+    root.add(1, Arc::new(Mutex::new(Plain(first)))).unwrap();
+    root.add(3, Arc::new(Mutex::new(Plain(second)))).unwrap();
+    let window = 0xc100_0000..0xc100_0000 + 0x2_0000;
+    root.assign_memory_bars(window.clone()).unwrap();
+    let seen: Vec<_> = moves
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(device, change)| (*device, change.bar, change.old, change.new))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (1, 0, 0, 0xc100_0000),
+            (1, 2, 0, 0xc100_8000),
+            (3, 4, 0, 0xc101_0000),
+        ]
+    );
+    let mut too_small = PciRoot::new(Arc::new(Moves::default()));
+    let mut big = ConfigSpace::new(IDS);
+    big.add_bar(0, BarKind::Memory32, 0x4_0000).unwrap();
+    too_small.add(1, Arc::new(Mutex::new(Plain(big)))).unwrap();
+    assert_eq!(
+        too_small.assign_memory_bars(window),
+        Err(PciError::WindowFull {
+            device: 1,
+            bar: 0,
+            size: 0x4_0000
+        })
+    );
+}

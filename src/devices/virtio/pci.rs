@@ -348,7 +348,12 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
             }
             (COMMON_OFFSET, Access::Write(data)) => {
                 let (features, vectors) = (self.device.features(), self.msix.vectors());
+                let was = self.common.status;
                 self.common.write(within, data, features, vectors);
+                if was != 0 && self.common.status == 0 {
+                    // A device reset lowers any interrupt it had raised.
+                    self.take_isr();
+                }
             }
             (ISR_OFFSET, Access::Read(data)) => {
                 data.fill(0);

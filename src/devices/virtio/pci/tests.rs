@@ -476,3 +476,16 @@ fn random_common_configuration_accesses_keep_the_invariants() {
         }
     }
 }
+
+#[test]
+fn a_reset_lowers_the_interrupt() {
+    let mut h = rng();
+    let _driver = h.one_request(VIRTIO_MSI_NO_VECTOR);
+    h.transport.notify(Some(0));
+    assert_ne!(h.config_read(STATUS, 2) as u16 & STATUS_INTERRUPT, 0);
+    h.write(DEVICE_STATUS, 0, 1);
+    assert_eq!(h.config_read(STATUS, 2) as u16 & STATUS_INTERRUPT, 0);
+    assert_eq!(h.read(ISR_OFFSET, 1), 0);
+    h.transport.intx_resample();
+    assert_eq!(h.line.pulses(), 1);
+}
