@@ -18,6 +18,12 @@
 //! ordering rule applies it before the next access to this device, that is before the
 //! data access it selects for.
 //!
+//! Caution for the machine: KVM posts every write that lies wholly inside a coalesced
+//! zone, so the zone 0xcf8+4 also posts byte writes to 0xcf9. A reset written there
+//! then reaches [`ResetControl`] only when the ring is next settled, and the
+//! [`StopRequest::Reset`] it returns must be honoured by whoever settles (the exit path
+//! and the services), or the reset is lost.
+//!
 //! # Locks
 //!
 //! The root has no lock of its own: its table of functions is fixed once it is shared,
