@@ -9,11 +9,16 @@ use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::bus::{Access, BusDevice};
+use crate::devices::acpi_pm::ResetControl;
+use crate::devices::pci::host::{BarObserver, PciConfigIo, PciEcam, PciRoot};
+use crate::devices::pci::msix::{MsiMessage, MsiSink, MsixLayout, MsixState};
+use crate::devices::pci::{BarChange, PciFunction};
 use crate::devices::uart::Uart;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::driver::DriverQueue;
 use crate::devices::virtio::mmio::{MmioTransport, QueueNotify};
+use crate::devices::virtio::pci::VirtioPciTransport;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
 use crate::irq::CountingLine;
@@ -129,6 +134,155 @@ pub fn uart_registers(data: &[u8]) {
     }
 }
 
+/// An MSI sink that checks the MSI-X rules: a vector is only signalled while the sink
+/// holds a message for it.
+#[derive(Default)]
+struct CheckingSink {
+    programmed: std::sync::Mutex<Vec<bool>>,
+}
+
+impl MsiSink for CheckingSink {
+    fn program(&self, vector: u16, message: Option<MsiMessage>) {
+        let mut programmed = self.programmed.lock().unwrap_or_else(|e| e.into_inner());
+        if programmed.len() <= usize::from(vector) {
+            programmed.resize(usize::from(vector) + 1, false);
+        }
+        programmed[usize::from(vector)] = message.is_some();
+    }
+
+    fn signal(&self, vector: u16) {
+        let programmed = self.programmed.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(
+            programmed
+                .get(usize::from(vector))
+                .copied()
+                .unwrap_or(false),
+            "vector {vector} signalled while masked"
+        );
+    }
+}
+
+/// BAR moves go nowhere: the machine's side is not fuzzed here.
+struct NoObserver;
+
+impl BarObserver for NoObserver {
+    fn bar_changed(&self, _function: u8, change: BarChange) {
+        assert_ne!(change.old, change.new, "a BarChange that moves nothing");
+    }
+}
+
+/// One access from 8 fuzzer bytes: (selector, offset, width, is_read, value).
+fn decode_access(bytes: &[u8]) -> Option<(u8, u32, usize, bool, [u8; 8])> {
+    let [selector, o0, o1, o2, width, v0, v1, v2] = *bytes else {
+        return None;
+    };
+    let offset = u32::from_le_bytes([o0, o1, o2, 0]);
+    let len = [1usize, 2, 4, 8][usize::from(width & 3)];
+    let value = [v0, v1, v2, width, v0, v1, v2, selector];
+    Some((selector, offset, len, width & 0x80 != 0, value))
+}
+
+fn small_memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEMORY)]).expect("64 KiB")
+}
+
+/// Configuration space through 0xcf8-0xcff and ECAM: the host bridge and a virtio-pci
+/// function on bus 0, arbitrary accesses of any width.
+pub fn pci_config(data: &[u8]) {
+    let line = Arc::new(CountingLine::default());
+    let sink = Arc::new(CheckingSink::default());
+    let device = Rng::new(std::io::repeat(7));
+    let Ok(transport) = VirtioPciTransport::new(device, small_memory(), sink, line) else {
+        return;
+    };
+    let mut root = PciRoot::new(Arc::new(NoObserver));
+    let function: Arc<std::sync::Mutex<dyn PciFunction>> =
+        Arc::new(std::sync::Mutex::new(transport));
+    let _ = root.add(1, function);
+    let root = Arc::new(root);
+    let mut io = PciConfigIo::new(root.clone(), ResetControl::default());
+    let mut ecam = PciEcam::new(root);
+    for bytes in data.chunks(8) {
+        let Some((selector, offset, len, is_read, value)) = decode_access(bytes) else {
+            break;
+        };
+        let (device, offset, len): (&mut dyn BusDevice, u64, usize) = match selector & 1 {
+            // Bus 0 (two devices) and three empty buses; the CF8 ports, dwords at most.
+            0 => (&mut ecam, u64::from(offset & 0x3f_ffff), len),
+            _ => (&mut io, u64::from(offset % 8), len.min(4)),
+        };
+        let mut read = [0u8; 8];
+        match is_read {
+            true => device.access(offset, Access::Read(&mut read[..len])),
+            false => device.access(offset, Access::Write(&value[..len])),
+        };
+    }
+}
+
+/// The MSI-X table, PBA and message control, with notifications between; the sink
+/// checks that no masked vector is ever signalled.
+pub fn msix_table(data: &[u8]) {
+    let layout = MsixLayout {
+        vectors: 70,
+        table_bar: 0,
+        table_offset: 0,
+        pba_bar: 0,
+        pba_offset: 0x800,
+    };
+    let Ok(mut msix) = MsixState::new(layout, Arc::new(CheckingSink::default())) else {
+        return;
+    };
+    for bytes in data.chunks(8) {
+        let Some((selector, offset, len, is_read, value)) = decode_access(bytes) else {
+            break;
+        };
+        let offset = u64::from(offset & 0x7ff);
+        let mut read = [0u8; 8];
+        match selector % 5 {
+            0 => msix.write_control(u16::from_le_bytes([value[0], value[1]])),
+            1 => msix.notify(u16::from_le_bytes([value[0], value[1]]) % 80),
+            2 => msix.read_pba(offset % 24, &mut read[..len]),
+            _ if is_read => msix.read_table(offset, &mut read[..len]),
+            _ => msix.write_table(offset, &value[..len]),
+        }
+    }
+}
+
+/// The virtio-pci transport's BAR (common configuration, ISR, notifications, device
+/// configuration, MSI-X) and configuration space, over a block device whose queues may
+/// point anywhere in a small guest memory.
+pub fn virtio_pci_common(data: &[u8]) {
+    let line = Arc::new(CountingLine::default());
+    let sink = Arc::new(CheckingSink::default());
+    let device = Block::new(vec![0u8; 4096], false, "fuzz");
+    let Ok(mut transport) = VirtioPciTransport::new(device, small_memory(), sink, line) else {
+        return;
+    };
+    // Memory decoding and bus mastering on, so the BAR answers and queues are served.
+    transport.write_config(0x04, &[0x06, 0x00]);
+    for bytes in data.chunks(8) {
+        let Some((selector, offset, len, is_read, value)) = decode_access(bytes) else {
+            break;
+        };
+        let mut read = [0u8; 8];
+        let register = (offset & 0xff) as u16;
+        let bar_offset = u64::from(offset & 0x7fff);
+        match (selector % 8, is_read) {
+            (0, _) => transport.notify(None),
+            (1, true) => transport.read_config(register, &mut read[..len.min(4)]),
+            (1, false) => {
+                let _ = transport.write_config(register, &value[..len.min(4)]);
+            }
+            (_, true) => {
+                transport.access(bar_offset, Access::Read(&mut read[..len]));
+            }
+            (_, false) => {
+                transport.access(bar_offset, Access::Write(&value[..len]));
+            }
+        }
+    }
+}
+
 /// The trace reader on arbitrary bytes, then a replay of what it accepts when the
 /// machine is small (so a fuzzer does not spend its time allocating guest memory). The
 /// replay is the advisor's: the same replay, with its observer watching every record.
@@ -166,6 +320,9 @@ mod tests {
             virtio_small_devices(&data);
             virtio_mmio_registers(&data);
             uart_registers(&data);
+            pci_config(&data);
+            msix_table(&data);
+            virtio_pci_common(&data);
             trace(&data);
             // A valid header (2 MiB, one vCPU, rng and console) before the bytes.
             let mut traced = crate::trace::format::MAGIC.to_vec();

@@ -7,6 +7,7 @@ pub mod data_port;
 pub mod debug_exit;
 pub mod fw_cfg;
 pub mod i8042;
+pub mod pci;
 pub mod post_code;
 pub mod rtc;
 pub mod uart;

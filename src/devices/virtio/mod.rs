@@ -1,4 +1,5 @@
-//! virtio 1.x devices behind the virtio-mmio transport (version 2 registers).
+//! virtio 1.x devices behind the virtio-mmio transport (version 2 registers) or the
+//! modern virtio-pci transport (`pci.rs`).
 //!
 //! A device sees only its queues (`virtio-queue`) and guest memory; the transport
 //! (`mmio.rs`) owns the register state machine, and the machine decides how doorbells
@@ -8,6 +9,7 @@ pub mod block;
 pub mod console;
 pub mod driver;
 pub mod mmio;
+pub mod pci;
 pub mod rng;
 
 use thiserror::Error;
