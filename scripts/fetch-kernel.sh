@@ -81,7 +81,8 @@ download() {
     # apt (as root) warns that it downloads unsandboxed; only failures matter here.
     if ! (cd "$DEBS" && apt-get download -q "$pkg" >/dev/null 2>&1); then
         update_lists || die "apt-get download $pkg failed"
-        (cd "$DEBS" && apt-get download -q "$pkg" >/dev/null 2>&1) ||
+        # This time apt's own messages stay visible.
+        (cd "$DEBS" && apt-get download -q "$pkg" >/dev/null) ||
             die "apt-get download $pkg failed after apt-get update"
     fi
     DEB=$(cached_deb "$pkg")

@@ -42,8 +42,14 @@ def parse_args():
     p.add_argument("--perf", choices=["stat", "record", "none"], default="stat")
     p.add_argument("--timeout", type=int, default=120)
     p.add_argument("--out", default="target/qemu-linux")
-    p.add_argument("extra", nargs="*")
-    return p.parse_args()
+    argv = sys.argv[1:]
+    extra = []
+    if "--" in argv:
+        extra = argv[argv.index("--") + 1:]
+        argv = argv[:argv.index("--")]
+    args = p.parse_args(argv)
+    args.extra = extra
+    return args
 
 
 def qemu_command(args, pidfile):
