@@ -11,7 +11,7 @@
 //! 0x0000_9000  PAGE_TABLES       PML4, PDPT, 4 page directories: identity map of 4 GiB
 //! 0x0002_0000  CMDLINE           the kernel command line (Linux and PVH)
 //! 0x0009_fc00  EBDA_START        extended BIOS data area (reserved)
-//! 0x000a_0000  LEGACY_HOLE       VGA and option ROMs (backed, reported reserved)
+//! 0x000a_0000                    VGA and option ROMs (backed; EBDA to 1 MiB reported reserved)
 //! 0x000e_0000  ACPI_TABLES       RSDP first, then the other tables (reserved)
 //! 0x0010_0000  HIGH_RAM_START    kernels load here; RAM up to min(--mem, 3 GiB)
 //! 0xc000_0000  MMIO_HOLE_START   the 32-bit device hole, up to 4 GiB:
@@ -51,8 +51,6 @@ pub const CMDLINE: u64 = 0x2_0000;
 pub const CMDLINE_MAX: u64 = 0x1_0000;
 /// Start of the extended BIOS data area: conventional RAM ends here.
 pub const EBDA_START: u64 = 0x9_fc00;
-/// Start of the legacy hole (VGA memory, option ROMs, BIOS).
-pub const LEGACY_HOLE: u64 = 0xa_0000;
 /// The ACPI tables, RSDP first (inside the BIOS area, where a kernel that is not told
 /// where the RSDP is looks for it).
 pub const ACPI_TABLES: u64 = 0xe_0000;
@@ -268,10 +266,13 @@ impl MemoryLayout {
             size: end - start,
             kind,
         };
+        // The EBDA, the legacy hole and the BIOS area (the ACPI tables' home) as one
+        // reserved range: Linux reserves 0xa0000-0xfffff itself on every boot path
+        // (PVH included), so the map it prints is the map handed to it only when the
+        // whole area is reserved here.
         let mut map = vec![
             range(0, EBDA_START, MemoryKind::Ram),
-            range(EBDA_START, LEGACY_HOLE, MemoryKind::Reserved),
-            range(ACPI_TABLES, HIGH_RAM_START, MemoryKind::Reserved),
+            range(EBDA_START, HIGH_RAM_START, MemoryKind::Reserved),
         ];
         if self.low_ram_end() > HIGH_RAM_START {
             map.push(range(HIGH_RAM_START, self.low_ram_end(), MemoryKind::Ram));
@@ -341,15 +342,14 @@ mod tests {
     }
 
     #[test]
-    fn memory_map_reserves_the_ebda_and_bios_area_and_skips_the_hole() {
+    fn memory_map_reserves_the_ebda_to_1_mib_and_skips_the_hole() {
         let map = layout(4 * GIB).memory_map();
         let kinds: Vec<_> = map.iter().map(|r| (r.start, r.end(), r.kind)).collect();
         assert_eq!(
             kinds,
             vec![
                 (0, EBDA_START, MemoryKind::Ram),
-                (EBDA_START, LEGACY_HOLE, MemoryKind::Reserved),
-                (ACPI_TABLES, MIB, MemoryKind::Reserved),
+                (EBDA_START, MIB, MemoryKind::Reserved),
                 (MIB, 3 * GIB, MemoryKind::Ram),
                 (4 * GIB, 5 * GIB, MemoryKind::Ram),
             ]
@@ -403,7 +403,11 @@ mod tests {
             "[mem 0x0000000000000000-0x000000000009fbff] usable"
         );
         assert_eq!(
-            lines[3],
+            lines[1],
+            "[mem 0x000000000009fc00-0x00000000000fffff] reserved"
+        );
+        assert_eq!(
+            lines[2],
             "[mem 0x0000000000100000-0x0000000003ffffff] usable"
         );
     }

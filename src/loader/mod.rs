@@ -305,9 +305,9 @@ mod tests {
             read_u32(&mem, info + 44),
             u64::from(read_u32(&mem, info + 48)),
         );
-        assert_eq!(mmap_len, 4 * 24, "the layout's memory map");
-        let last_base: u64 = mem.read_obj(GuestAddress(mmap + 72 + 4)).unwrap();
-        let last_len: u64 = mem.read_obj(GuestAddress(mmap + 72 + 12)).unwrap();
+        assert_eq!(mmap_len, 3 * 24, "the layout's memory map");
+        let last_base: u64 = mem.read_obj(GuestAddress(mmap + 48 + 4)).unwrap();
+        let last_len: u64 = mem.read_obj(GuestAddress(mmap + 48 + 12)).unwrap();
         assert_eq!((last_base, last_len), (MIB, 7 * MIB));
     }
 
