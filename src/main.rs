@@ -8,10 +8,11 @@ use clap::{Args, Parser, Subcommand};
 
 use hushvm::bench::{self, BenchOptions};
 use hushvm::bus::StopRequest;
+use hushvm::config::VirtioTransport;
 use hushvm::config::{self, SerialMode};
 use hushvm::cpuid::CpuModel;
 use hushvm::layout::MemoryLayout;
-use hushvm::loader::{self, Module};
+use hushvm::loader::{self, KernelFormat, Module};
 use hushvm::machine::{
     self, BootConfig, Coalescing, Cures, DeviceConfig, Kernel, MachineConfig, RunOptions,
     RunReport, VcpuConfig,
@@ -100,6 +101,10 @@ struct RunArgs {
     /// A virtio-rng device fed from the host's /dev/urandom.
     #[arg(long)]
     rng: bool,
+    /// Where the virtio devices sit: pci (virtio-pci with MSI-X; the default for Linux
+    /// kernels) or mmio (virtio-mmio; the default for Multiboot kernels).
+    #[arg(long, value_name = "pci|mmio")]
+    virtio_transport: Option<VirtioTransport>,
     /// A virtio-console device whose output goes to stdio, none or file:PATH.
     #[arg(long, value_name = "DEST")]
     virtio_console: Option<SerialMode>,
@@ -114,6 +119,10 @@ struct RunArgs {
     /// (0: never poll).
     #[arg(long, value_name = "USECS", default_value_t = 100)]
     event_poll_us: u64,
+    /// At most how long a posted write waits in KVM's ring before the event loop applies
+    /// it, in microseconds (0: until the next exit).
+    #[arg(long, value_name = "USECS", default_value_t = 1000)]
+    posted_drain_us: u64,
     /// Do not advertise KVM_FEATURE_PV_EOI in CPUID (the guest then writes every EOI).
     #[arg(long)]
     no_pv_eoi: bool,
@@ -166,6 +175,12 @@ fn file_name(path: &Path) -> String {
 /// The machine `hushvm run` describes.
 fn machine_config(args: RunArgs) -> Result<MachineConfig> {
     let image = loader::read_file(&args.kernel)?;
+    // As QEMU's q35 and Cloud Hypervisor do, a Linux kernel gets its devices on PCI.
+    let linux = !matches!(loader::detect(&image), Ok(KernelFormat::Multiboot) | Err(_));
+    let transport = args.virtio_transport.unwrap_or(match linux {
+        true => VirtioTransport::Pci,
+        false => VirtioTransport::Mmio,
+    });
     let modules = args
         .modules
         .iter()
@@ -196,6 +211,7 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
             disk: args.disk,
             rng: args.rng,
             virtio_console: args.virtio_console,
+            transport,
         },
         cures: Cures {
             coalesce: !args.no_coalesce,
@@ -206,6 +222,8 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
                 (false, None) => hushvm::config::Doorbell::default(),
             },
             event_poll: std::time::Duration::from_micros(args.event_poll_us),
+            posted_drain: (args.posted_drain_us > 0)
+                .then(|| std::time::Duration::from_micros(args.posted_drain_us)),
         },
         run: RunOptions {
             timeout: args.timeout,

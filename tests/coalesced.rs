@@ -56,7 +56,11 @@ fn with_coalescing_index_writes_are_posted_and_applied_in_order() {
         VmStop::Guest(StopRequest::Exit(0)),
         "every read saw its own index"
     );
-    assert_eq!(report.coalescing, Coalescing::On(vec![(0x70, 1)]));
+    assert_eq!(
+        report.coalescing,
+        Coalescing::On(vec![(0x70, 1), (0xcf8, 4)]),
+        "the RTC index and the PCI configuration address"
+    );
     assert_eq!(
         count(&report, ExitKind::PioOut, 0x70),
         0,

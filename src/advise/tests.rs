@@ -9,6 +9,7 @@ fn trace(rng: bool, records: &[Record]) -> Vec<u8> {
         cpus: 1,
         rng,
         console: false,
+        pci: false,
         disk_bytes: 0,
         clock_start: 1_700_000_000_000_000_000,
     };

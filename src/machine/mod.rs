@@ -7,6 +7,7 @@
 mod backends;
 mod config;
 mod devices;
+mod pci;
 mod platform;
 mod report;
 mod vcpus;
@@ -15,7 +16,6 @@ mod virtio;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,10 +27,12 @@ use crate::access::DeviceAccess;
 use crate::acpi;
 use crate::bus::{AddressSpace, BusError, IoBuses};
 use crate::coalesced::PostedWrites;
-use crate::config::SerialMode;
+use crate::config::{SerialMode, VirtioTransport};
 use crate::devices::acpi_pm::MonotonicClock;
 use crate::devices::rtc::{Clock, SystemClock};
-use crate::event_loop::{DoorbellEvent, HostInput, RtcTimer, StopWake, Subscriber};
+use crate::event_loop::{
+    DoorbellEvent, HostInput, IntxResample, PostedDrain, RtcTimer, StopWake, Subscriber,
+};
 use crate::kvm::{Hypervisor, KvmError, Vcpu, VcpuOptions, Vm};
 use crate::layout::{self, LayoutError, MemoryLayout};
 use crate::loader::{self, BootRequest, EntryState, LoaderError};
@@ -43,7 +45,7 @@ use crate::vcpu;
 pub use backends::{open_disk, Backends, CountingSink, DiskProblem};
 pub use config::{
     BootConfig, Cures, DeviceConfig, Kernel, MachineConfig, RunOptions, VcpuConfig,
-    DEFAULT_EVENT_POLL,
+    DEFAULT_EVENT_POLL, DEFAULT_POSTED_DRAIN,
 };
 pub use devices::{build as build_devices, Clocks, DeviceSpec, Devices};
 pub use platform::{Platform, Unplugged};
@@ -74,6 +76,8 @@ pub enum MachineError {
     Kvm(#[from] KvmError),
     #[error("cannot place a device: {0}")]
     Bus(#[from] BusError),
+    #[error("cannot build the PCI bus: {0}")]
+    Pci(#[from] crate::devices::pci::PciError),
     #[error("--cpu: {0}")]
     Cpuid(#[from] crate::cpuid::CpuidError),
     #[error("--cpus {asked}: this KVM allows 1 to {max}")]
@@ -217,6 +221,7 @@ fn start_trace(
         cpus: config.vcpus.count,
         rng: devices.rng,
         console: devices.virtio_console.is_some(),
+        pci: devices.transport == VirtioTransport::Pci,
         disk_bytes,
         clock_start: clock_start.as_nanos() as u64,
     };
@@ -237,6 +242,7 @@ fn write_acpi_tables<C: Clock>(
     let windows = devices
         .virtio
         .iter()
+        .filter(|slot| slot.on_mmio)
         .map(|slot| acpi::VirtioMmioWindow {
             base: layout::virtio_mmio_slot(slot.index),
             size: layout::VIRTIO_MMIO_SLOT_SIZE,
@@ -283,13 +289,8 @@ fn event_loop<C: Clock + 'static>(
     config: &MachineConfig,
     devices: &mut Devices<C>,
     access: &DeviceAccess,
-) -> Result<
-    (
-        EventManager<Subscriber>,
-        Arc<vmm_sys_util::eventfd::EventFd>,
-    ),
-    MachineError,
-> {
+    wake: StopWake,
+) -> Result<EventManager<Subscriber>, MachineError> {
     let mut events = EventManager::<Subscriber>::new().map_err(MachineError::EventManager)?;
     let subscribe = |events: &mut EventManager<Subscriber>, subscriber: Subscriber| {
         events.add_subscriber(subscriber);
@@ -313,10 +314,17 @@ fn event_loop<C: Clock + 'static>(
             let doorbell = DoorbellEvent::new(event, queue, slot.service.clone(), access.clone());
             subscribe(&mut events, Arc::new(Mutex::new(doorbell)));
         }
+        if let Some((event, device)) = slot.resample.take() {
+            let resample = IntxResample::new(event, device, access.clone());
+            subscribe(&mut events, Arc::new(Mutex::new(resample)));
+        }
     }
-    let (wake_subscriber, wake) = StopWake::new().map_err(MachineError::EventLoop)?;
-    subscribe(&mut events, Arc::new(Mutex::new(wake_subscriber)));
-    Ok((events, wake))
+    if let (Some(period), true) = (config.cures.posted_drain, access.posted.is_enabled()) {
+        let drain = PostedDrain::new(period, access.clone()).map_err(MachineError::EventLoop)?;
+        subscribe(&mut events, Arc::new(Mutex::new(drain)));
+    }
+    subscribe(&mut events, Arc::new(Mutex::new(wake)));
+    Ok(events)
 }
 
 /// Boots the machine and runs it until it stops.
@@ -335,6 +343,7 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         memory: config.memory,
         cpus: config.vcpus.count,
         doorbell: config.cures.doorbell,
+        transport: config.devices.transport,
     };
     let backends = Backends::open(&config.devices, &captures)?;
     let clocks = Clocks {
@@ -347,18 +356,19 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     let vcpus = create_vcpus(&vm, config, &entry)?;
     let buses = std::mem::take(&mut devices.buses);
     let (posted, coalescing) = posted_writes(config, &vm, &vcpus[0], &buses)?;
+    let (wake_subscriber, wake) = StopWake::new().map_err(MachineError::EventLoop)?;
+    let state = Arc::new(vcpus::StopState::new(wake));
     let access = DeviceAccess {
         buses: Arc::new(buses),
         posted: Arc::new(posted),
         recorder: recorder.clone(),
+        stops: Some(state.clone()),
     };
-    let (mut events, wake) = event_loop(config, &mut devices, &access)?;
+    let mut events = event_loop(config, &mut devices, &access, wake_subscriber)?;
     vcpu::install_kick_handler().map_err(MachineError::KickSignal)?;
     let shared = vcpus::Shared {
         access: access.clone(),
-        stop: Arc::new(AtomicBool::new(false)),
-        wake,
-        first_stop: Arc::default(),
+        state,
         time_exits: config.run.time_exits,
     };
     let run = vcpus::run(vcpus, &shared, &mut events, config)?;
@@ -406,7 +416,7 @@ fn report<C: Clock>(
         interrupts: devices
             .lines
             .iter()
-            .map(|named| (named.name, named.line.pulses()))
+            .map(|named| (named.name, (named.count)()))
             .collect(),
         virtio_notifications: devices
             .virtio
