@@ -15,6 +15,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("doorbell", "doorbell.c"),
     ("blk", "blk.c"),
     ("strio", "strio.c"),
+    ("console", "console.c"),
 ];
 /// Guests that stand alone: one assembly file, none of the shared sources (each tests
 /// something the shared start-up code would hide).

@@ -109,15 +109,50 @@ pub enum StopRequest {
     PowerOff,
 }
 
-/// A register whose writes only latch state, so KVM may post them to the coalesced ring
-/// instead of exiting (seed 000). The device must accept them late, but in order, and
-/// before any later access to it.
+/// A register whose writes KVM may post to the coalesced ring instead of exiting
+/// (seed 000). The device must accept them late, but in order, and before any later
+/// access to it; `flush` says what else bounds the delay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PostedRegister {
     /// Offset within the device's range.
     pub offset: u64,
     /// Width in bytes.
     pub size: u32,
+    /// When a posted write must have been applied.
+    pub flush: Flush,
+}
+
+/// A posted register's flush rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Flush {
+    /// Before the next access to the same device: the write only latches state that a
+    /// later access observes (the RTC index, the PCI configuration address).
+    BeforeNextAccess,
+    /// That, and within the machine's drain period: the write has an effect outside the
+    /// device (a UART's transmitted byte, its THR-empty interrupt), so it must not wait
+    /// for an exit that may never come.
+    Bounded,
+}
+
+impl PostedRegister {
+    /// A latch: applied before the next access to its device.
+    pub const fn latch(offset: u64, size: u32) -> Self {
+        Self {
+            offset,
+            size,
+            flush: Flush::BeforeNextAccess,
+        }
+    }
+
+    /// A register with an outside effect: applied within the drain period as well.
+    pub const fn bounded(offset: u64, size: u32) -> Self {
+        Self {
+            offset,
+            size,
+            flush: Flush::Bounded,
+        }
+    }
 }
 
 /// A device on a bus. Implementations are register-level state machines with no KVM
@@ -317,6 +352,8 @@ pub struct PostedZone {
     pub size: u32,
     /// The device's name, for messages.
     pub device: &'static str,
+    /// Its register's flush rule.
+    pub flush: Flush,
 }
 
 /// Both buses of a VM.
@@ -367,6 +404,7 @@ impl IoBuses {
                         addr: slot.base + register.offset,
                         size: register.size,
                         device: slot.name,
+                        flush: register.flush,
                     });
                 }
             }

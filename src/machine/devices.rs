@@ -15,7 +15,7 @@ use crate::devices::fw_cfg::FwCfg;
 use crate::devices::i8042::I8042;
 use crate::devices::post_code::PostCode;
 use crate::devices::rtc::{Clock, Rtc};
-use crate::devices::uart::Uart;
+use crate::devices::uart::{Uart, UartOptions};
 use crate::layout::{gsi, ports, MemoryLayout};
 use crate::services::{InputService, InputTarget, RtcService, Services};
 
@@ -78,9 +78,14 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
     rtc.set_memory_size(spec.memory.ram_bytes());
     rtc.connect_interrupt(rtc_line.clone());
     let rtc = Arc::new(Mutex::new(rtc));
-    let com1 = Arc::new(Mutex::new(Uart::with_interrupt(
+    // THR is declared posted with a bounded flush; the machine registers it only when
+    // it runs the bounded drain.
+    let com1 = Arc::new(Mutex::new(Uart::with_options(
         backends.serial,
         com1_line.clone(),
+        UartOptions {
+            post_transmit: true,
+        },
     )));
     place_pc_devices(&mut buses, spec, rtc.clone(), com1.clone())?;
     place_acpi_devices(&mut buses, clocks.pm_timer)?;

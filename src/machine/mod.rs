@@ -25,7 +25,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::access::DeviceAccess;
 use crate::acpi;
-use crate::bus::{AddressSpace, BusError, IoBuses};
+use crate::bus::{AddressSpace, BusError, Flush, IoBuses};
 use crate::coalesced::PostedWrites;
 use crate::config::{SerialMode, VirtioTransport};
 use crate::devices::acpi_pm::MonotonicClock;
@@ -127,13 +127,19 @@ pub fn guest_memory(layout: &MemoryLayout) -> Result<GuestMemoryMmap, MachineErr
     })
 }
 
-/// Registers every declared posted register with KVM, or says why not.
+/// Registers every declared posted register with KVM, or says why not; a register with
+/// an outside effect only when `bounded` (the drain that bounds its delay runs).
 fn enable_posted_writes(
     vm: &Vm,
     vcpu: &Vcpu,
     buses: &IoBuses,
+    bounded: bool,
 ) -> Result<(PostedWrites, Coalescing), KvmError> {
-    let zones = buses.posted_zones();
+    let zones: Vec<_> = buses
+        .posted_zones()
+        .into_iter()
+        .filter(|zone| bounded || zone.flush == Flush::BeforeNextAccess)
+        .collect();
     if zones
         .iter()
         .any(|zone| !vm.supports_posted_writes(zone.space))
@@ -166,7 +172,8 @@ fn posted_writes(
     if !config.cures.coalesce {
         return Ok((PostedWrites::disabled(), Coalescing::Off));
     }
-    let (posted, coalescing) = enable_posted_writes(vm, boot_vcpu, buses)?;
+    let bounded = config.cures.posted_drain.is_some();
+    let (posted, coalescing) = enable_posted_writes(vm, boot_vcpu, buses, bounded)?;
     if coalescing == Coalescing::Unsupported {
         eprintln!("hushvm: warning: KVM cannot post port writes (no KVM_CAP_COALESCED_PIO); running without coalescing");
     }

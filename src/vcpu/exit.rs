@@ -173,7 +173,8 @@ mod tests {
         }
 
         fn posted_registers(&self) -> &[PostedRegister] {
-            &[PostedRegister { offset: 0, size: 1 }]
+            const POSTED: [PostedRegister; 1] = [PostedRegister::latch(0, 1)];
+            &POSTED
         }
     }
 
