@@ -19,6 +19,7 @@ fn config(cpus: u8, virtio: usize) -> AcpiConfig {
                 gsi: layout::virtio_mmio_gsi(slot),
             })
             .collect(),
+        pci: None,
     }
 }
 
