@@ -259,6 +259,7 @@ fn the_most_devices_still_fit() {
 }
 
 mod aml;
+mod pci;
 
 use aml::Value;
 
