@@ -259,6 +259,7 @@ fn write_acpi_tables<C: Clock>(
     let tables = acpi::build(&acpi::AcpiConfig {
         cpus: config.vcpus.count,
         virtio_mmio: windows,
+        pci: Some(pci_description()),
     })?;
     memory
         .write_slice(&tables.bytes, GuestAddress(layout::ACPI_TABLES))
@@ -267,6 +268,18 @@ fn write_acpi_tables<C: Clock>(
             source,
         })?;
     Ok(tables.rsdp_addr)
+}
+
+/// The PCI host bridge the tables describe: bus 0 only, the layout's windows, QEMU's
+/// I/O window. No INTx routes yet: no PCI device is placed on bus 0.
+fn pci_description() -> acpi::AcpiPci {
+    acpi::AcpiPci {
+        ecam_base: layout::PCI_ECAM_START,
+        bus_end: 0,
+        mmio32: layout::PCI_MMIO32_START..layout::PCI_MMIO32_END,
+        io: Some(layout::ports::PCI_IO_START..=u16::MAX),
+        intx: Vec::new(),
+    }
 }
 
 /// Loads the kernel, with the devices' additions to its command line.
