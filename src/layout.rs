@@ -125,9 +125,6 @@ pub mod ports {
     pub const PCI_CONFIG: u16 = 0xcf8;
     pub const PCI_CONFIG_COUNT: u16 = 8;
     pub const RESET_CONTROL: u16 = 0xcf9;
-    /// PCI configuration mechanism #1 (address 0xcf8, data 0xcfc), around RESET_CONTROL.
-    pub const PCI_CONFIG: u16 = 0xcf8;
-    pub const PCI_CONFIG_COUNT: u16 = 8;
     /// The PCI I/O window for I/O BARs, from here to the top of port space (QEMU's
     /// window; every platform device's ports lie below it).
     pub const PCI_IO_START: u16 = 0x0d00;

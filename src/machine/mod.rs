@@ -259,7 +259,7 @@ fn write_acpi_tables<C: Clock>(
     let tables = acpi::build(&acpi::AcpiConfig {
         cpus: config.vcpus.count,
         virtio_mmio: windows,
-        pci: Some(pci_description()),
+        pci: Some(pci_description(devices)),
     })?;
     memory
         .write_slice(&tables.bytes, GuestAddress(layout::ACPI_TABLES))
@@ -271,14 +271,15 @@ fn write_acpi_tables<C: Clock>(
 }
 
 /// The PCI host bridge the tables describe: bus 0 only, the layout's windows, QEMU's
-/// I/O window. No INTx routes yet: no PCI device is placed on bus 0.
-fn pci_description() -> acpi::AcpiPci {
+/// I/O window, and the INTx line of each virtio-pci device.
+fn pci_description<C: Clock>(devices: &Devices<C>) -> acpi::AcpiPci {
+    let on_pci = devices.virtio.iter().filter(|slot| !slot.on_mmio).count();
     acpi::AcpiPci {
         ecam_base: layout::PCI_ECAM_START,
         bus_end: 0,
         mmio32: layout::PCI_MMIO32_START..layout::PCI_MMIO32_END,
         io: Some(layout::ports::PCI_IO_START..=u16::MAX),
-        intx: Vec::new(),
+        intx: pci::intx_routes(on_pci),
     }
 }
 

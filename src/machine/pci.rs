@@ -149,6 +149,9 @@ impl BarObserver for BarMover {
     }
 }
 
+/// A transport as its bus slot, its PCI function and its services share it.
+type SharedTransport<D> = Arc<Mutex<VirtioPciTransport<D>>>;
+
 /// Everything placing a virtio-pci device needs.
 struct Placement<'a> {
     memory: &'a GuestMemoryMmap,
@@ -164,7 +167,7 @@ impl Placement<'_> {
         device_number: u8,
         (slot, name): (u8, &'static str),
         device: D,
-    ) -> Result<(VirtioSlot, Arc<Mutex<VirtioPciTransport<D>>>), MachineError> {
+    ) -> Result<(VirtioSlot, SharedTransport<D>), MachineError> {
         let queues = device.queue_max_sizes().len();
         let vectors = Arc::new(MsiVectors::new(self.platform, queues as u16 + 1)?);
         let gsi = INTX_FIRST_GSI + u32::from(device_number) % 8;
