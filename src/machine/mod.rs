@@ -393,6 +393,9 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         time_exits: config.run.time_exits,
     };
     let run = vcpus::run(vcpus, &shared, &mut events, config)?;
+    // Every stop path ends here: what a guest posted after its last exit (a console
+    // byte before a crash or a timeout) still reaches its device.
+    let _ = access.operation(|| access.settle());
     let wall = started.elapsed();
     if let (Some(recorder), Some(path)) = (&recorder, &config.run.record) {
         recorder.finish().map_err(|source| MachineError::Trace {
