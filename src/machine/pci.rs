@@ -308,3 +308,102 @@ pub fn intx_routes(devices: usize) -> Vec<(u8, u32)> {
         .map(|device| (device, INTX_FIRST_GSI + u32::from(device) % 8))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::DeviceAccess;
+    use crate::bus::{Access, Dispatch};
+    use crate::coalesced::{PostedWrite, PostedWrites, QueueRing};
+    use crate::exit::VmExit;
+    use crate::machine::platform::Unplugged;
+    use crate::profile::ExitProfile;
+    use crate::vcpu::ExitContext;
+
+    /// Bus 0 with its host bridge, and the ring KVM would fill.
+    fn machine() -> (DeviceAccess, Arc<QueueRing>) {
+        let memory =
+            GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        let mut buses = IoBuses::default();
+        let reset = ResetControl::default();
+        build(
+            VirtioBackends::none(),
+            Doorbell::Len0,
+            &memory,
+            &Unplugged,
+            &mut buses,
+            reset,
+        )
+        .unwrap();
+        let ring = Arc::new(QueueRing::default());
+        let access = DeviceAccess {
+            buses: Arc::new(buses),
+            posted: Arc::new(PostedWrites::new(ring.clone())),
+            recorder: None,
+            stops: None,
+        };
+        (access, ring)
+    }
+
+    fn posted_address(ring: &QueueRing, address: u32) {
+        let mut data = [0u8; 8];
+        data[..4].copy_from_slice(&address.to_le_bytes());
+        ring.push(PostedWrite {
+            space: AddressSpace::Pio,
+            addr: u64::from(ports::PCI_CONFIG),
+            len: 4,
+            data,
+        });
+    }
+
+    fn read_data(access: &DeviceAccess, vcpu: u8) -> u32 {
+        let mut data = [0u8; 4];
+        let mut profile = ExitProfile::default();
+        let mut warnings = RateLimiter::default();
+        ExitContext {
+            access,
+            profile: &mut profile,
+            warnings: &mut warnings,
+            vcpu,
+        }
+        .handle(VmExit::Io {
+            port: ports::PCI_CONFIG + 4,
+            size: 4,
+            access: Access::Read(&mut data),
+        });
+        u32::from_le_bytes(data)
+    }
+
+    #[test]
+    fn a_posted_configuration_address_is_seen_by_the_next_data_read_on_any_vcpu() {
+        let (access, ring) = machine();
+        // vCPU 0 writes the address (posted: no exit), vCPU 1 reads the data.
+        posted_address(&ring, 0x8000_0000);
+        assert_eq!(read_data(&access, 1), 0x0008_1b36, "the host bridge's ids");
+        posted_address(&ring, 0x8000_0008);
+        assert_eq!(read_data(&access, 0) >> 8, 0x06_00_00, "its class code");
+        posted_address(&ring, 0x8000_0800);
+        assert_eq!(read_data(&access, 1), u32::MAX, "no device 1");
+        assert_eq!(access.posted.applied(), 3);
+    }
+
+    #[test]
+    fn a_reset_posted_to_0xcf9_is_not_lost() {
+        let (access, ring) = machine();
+        let mut data = [0u8; 8];
+        data[0] = 0x06;
+        ring.push(PostedWrite {
+            space: AddressSpace::Pio,
+            addr: u64::from(ports::RESET_CONTROL),
+            len: 1,
+            data,
+        });
+        assert_eq!(access.settle(), Some(crate::bus::StopRequest::Reset));
+        let host = access
+            .buses
+            .dispatch(AddressSpace::Mmio, layout::PCI_ECAM_START, {
+                Access::Read(&mut [0u8; 4])
+            });
+        assert_eq!(host, Dispatch::Handled(None), "ECAM is on the bus");
+    }
+}
