@@ -222,4 +222,36 @@ mod tests {
         assert!(!posted.is_enabled());
         assert_eq!(posted.apply_pending(&buses, |_, _| panic!("no entries")), 0);
     }
+
+    #[test]
+    fn posted_writes_to_several_devices_keep_their_order_across_devices() {
+        use crate::devices::uart::Uart;
+        // The RTC index and COM1's THR share the ring: a byte written between two index
+        // writes reaches the output between them, and each device sees its own order.
+        let (mut buses, ring, posted) = machine();
+        let output = std::sync::Arc::new(Mutex::new(Vec::new()));
+        struct Log(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+                self.0.locked().extend_from_slice(data);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let uart = Arc::new(Mutex::new(Uart::new(Log(output.clone()))));
+        buses.pio.insert("com1", 0x3f8, 8, uart).unwrap();
+        let mut order = Vec::new();
+        for (port, value) in [(0x70, 0x40), (0x3f8, b'a'), (0x70, 0x41), (0x3f8, b'b')] {
+            ring.push(pio_write(port, value));
+        }
+        posted.apply_pending(&buses, |w, _| order.push((w.addr, w.data[0])));
+        assert_eq!(
+            order,
+            [(0x70, 0x40), (0x3f8, b'a'), (0x70, 0x41), (0x3f8, b'b')]
+        );
+        assert_eq!(*output.locked(), b"ab");
+        assert_eq!(posted.applied(), 4);
+    }
 }
