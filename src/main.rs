@@ -246,6 +246,9 @@ fn say_why_it_stopped(report: &RunReport) {
             eprintln!("hushvm: the guest was still running after the timeout; stopped")
         }
         VmStop::Guest(StopRequest::PowerOff) => eprintln!("hushvm: guest powered off"),
+        VmStop::Signal(signal) => {
+            eprintln!("hushvm: stopped by {}", machine::signal_name(*signal))
+        }
         VmStop::Guest(_) | VmStop::Requested => {}
     }
 }
@@ -274,6 +277,10 @@ fn write_profile(report: &RunReport, table: bool, json: Option<&Path>) -> Result
 fn run(args: RunArgs) -> Result<ExitCode> {
     let (table, json) = (args.profile, args.profile_json.clone());
     let config = machine_config(args)?;
+    // From here a SIGINT, SIGTERM or SIGHUP stops the VM as a power-off does (a signal
+    // during the build stops it as soon as it starts). Rust's runtime already ignores
+    // SIGPIPE: a closed --serial pipe is a write error that COM1 counts, not a death.
+    machine::install_signal_handlers().context("cannot install the signal handlers")?;
     let report = machine::run(&config)?;
     say_why_it_stopped(&report);
     write_profile(&report, table, json.as_deref())?;
