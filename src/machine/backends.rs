@@ -148,6 +148,8 @@ pub fn open_disk(disk: &DiskConfig) -> Result<FileDisk, MachineError> {
         .open(&disk.path)
         .map_err(|e| match (e.kind(), e.raw_os_error()) {
             (io::ErrorKind::NotFound, _) => error(DiskProblem::Missing),
+            // Opening a directory for writing fails before the is-a-file check below.
+            (_, Some(libc::EISDIR)) => error(DiskProblem::NotAFile),
             (_, Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ETXTBSY))
                 if !disk.readonly =>
             {
