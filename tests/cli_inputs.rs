@@ -1,6 +1,7 @@
 //! README's "Options and bad input", row by row: every bad value or file gives one
 //! `hushvm: error:` line and status 1, never a panic. (tests/cli.rs covers the kernel
-//! formats, --mem, --serial and --module rows; tests/signals.rs the locked disk.)
+//! formats, --mem, --serial and --module rows; tests/virtio.rs a disk that cannot be
+//! written (the running hushvm binary); tests/signals.rs a locked one.)
 
 mod common;
 
@@ -214,37 +215,5 @@ fn bad_disks_and_outputs_are_clear_errors() {
         (vec!["--profile-json", no_dir], "cannot write"),
     ] {
         assert_clear_error(&run_probe(&extra), expected);
-    }
-}
-
-#[test]
-fn a_disk_that_cannot_be_written_is_a_clear_error() {
-    if !kvm_available() {
-        return;
-    }
-    let image = file("readonly.img", &[0u8; 4096]);
-    // Root writes through file modes: an immutable file stands in, where chattr works.
-    let immutable = |flag: &str| {
-        std::process::Command::new("chattr")
-            .args([flag, &image])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let is_root = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
-    let locked_down = if is_root {
-        immutable("+i")
-    } else {
-        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o444);
-        std::fs::set_permissions(&image, mode).is_ok()
-    };
-    if locked_down {
-        assert_clear_error(&run_probe(&["--disk", &image]), "not writable");
-        let readonly = format!("{image},readonly");
-        assert_eq!(run_probe(&["--disk", &readonly]).status.code(), Some(3));
-    }
-    if is_root {
-        immutable("-i");
     }
 }
