@@ -94,3 +94,18 @@ impl MutEventSubscriber for SignalStop {
         let _ = ops.add(Events::new(self.event, EventSet::IN));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signal_stop_exits_as_a_shell_reports_the_signal() {
+        assert_eq!(VmStop::Signal(libc::SIGINT).exit_status(), 130);
+        assert_eq!(VmStop::Signal(libc::SIGTERM).exit_status(), 143);
+        assert_eq!(VmStop::Signal(libc::SIGHUP).exit_status(), 129);
+        assert_eq!(signal_name(libc::SIGINT), "SIGINT");
+        assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
+        assert_eq!(signal_name(libc::SIGUSR1), "signal 10");
+    }
+}
