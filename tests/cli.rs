@@ -4,16 +4,9 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::kvm_available;
-
-fn hushvm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hushvm"))
-        .args(args)
-        .output()
-        .expect("hushvm runs")
-}
+use common::{assert_clear_error, hushvm, kvm_available};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("hushvm-cli-{}", std::process::id()));
@@ -25,19 +18,6 @@ fn guest_file(name: &str) -> PathBuf {
     let path = scratch(&format!("{name}.elf"));
     std::fs::write(&path, hushvm::guests::image(name).unwrap()).unwrap();
     path
-}
-
-/// Asserts one `hushvm: error:` line containing `expected`, status 1, no panic.
-fn assert_clear_error(output: &Output, expected: &str) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("hushvm: error: "), "{stderr}");
-    assert!(
-        stderr.contains(expected),
-        "expected {expected:?} in {stderr}"
-    );
 }
 
 #[test]

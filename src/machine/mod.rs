@@ -10,6 +10,7 @@ mod devices;
 mod pci;
 mod platform;
 mod report;
+mod signals;
 mod vcpus;
 mod virtio;
 
@@ -50,6 +51,7 @@ pub use config::{
 pub use devices::{build as build_devices, Clocks, DeviceSpec, Devices};
 pub use platform::{Platform, Unplugged};
 pub use report::{Coalescing, RunReport};
+pub use signals::{install as install_signal_handlers, signal_name, STOP_SIGNALS};
 
 /// Setting the machine up failed.
 #[derive(Debug, Error)]
@@ -305,12 +307,12 @@ fn load_kernel<C: Clock>(
 }
 
 /// The event loop's subscribers: the RTC timer, host input, the doorbells, the stop
-/// wake-up.
+/// wake-up, the stop signals.
 fn event_loop<C: Clock + 'static>(
     config: &MachineConfig,
     devices: &mut Devices<C>,
     access: &DeviceAccess,
-    wake: StopWake,
+    (wake, state): (StopWake, &Arc<vcpus::StopState>),
 ) -> Result<EventManager<Subscriber>, MachineError> {
     let mut events = EventManager::<Subscriber>::new().map_err(MachineError::EventManager)?;
     let subscribe = |events: &mut EventManager<Subscriber>, subscriber: Subscriber| {
@@ -345,6 +347,8 @@ fn event_loop<C: Clock + 'static>(
         subscribe(&mut events, Arc::new(Mutex::new(drain)));
     }
     subscribe(&mut events, Arc::new(Mutex::new(wake)));
+    let signals = signals::SignalStop::new(state.clone()).map_err(MachineError::EventLoop)?;
+    subscribe(&mut events, Arc::new(Mutex::new(signals)));
     Ok(events)
 }
 
@@ -366,7 +370,8 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         doorbell: config.cures.doorbell,
         transport: config.devices.transport,
     };
-    let backends = Backends::open(&config.devices, &captures)?;
+    let mut backends = Backends::open(&config.devices, &captures)?;
+    let disk_sync = backends.disk_sync.take();
     let clocks = Clocks {
         rtc: MachineClock::new(clock_start, recorder.clone()),
         pm_timer: RecordedClock::new(MonotonicClock::default(), recorder.clone()),
@@ -385,7 +390,7 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         recorder: recorder.clone(),
         stops: Some(state.clone()),
     };
-    let mut events = event_loop(config, &mut devices, &access, wake_subscriber)?;
+    let mut events = event_loop(config, &mut devices, &access, (wake_subscriber, &state))?;
     vcpu::install_kick_handler().map_err(MachineError::KickSignal)?;
     let shared = vcpus::Shared {
         access: access.clone(),
@@ -396,6 +401,7 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     // Every stop path ends here: what a guest posted after its last exit (a console
     // byte before a crash or a timeout) still reaches its device.
     let _ = access.operation(|| access.settle());
+    finish_outputs(config, disk_sync);
     let wall = started.elapsed();
     if let (Some(recorder), Some(path)) = (&recorder, &config.run.record) {
         recorder.finish().map_err(|source| MachineError::Trace {
@@ -406,6 +412,23 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     Ok(report(
         config, run, &devices, &access, &captures, coalescing, wall,
     ))
+}
+
+/// What every stop ends with, whatever stopped the VM (a power-off, a crash, a signal):
+/// the disk's data reaches the image's storage (as a guest's flush would have made it)
+/// and COM1's and the console's output leaves hushvm's buffers. A failure is only
+/// reported: the run's outcome stands.
+fn finish_outputs(config: &MachineConfig, disk_sync: Option<std::fs::File>) {
+    if let (Some(file), Some(disk)) = (disk_sync, &config.devices.disk) {
+        if let Err(error) = file.sync_data() {
+            eprintln!(
+                "hushvm: warning: --disk {}: cannot sync the image: {error}",
+                disk.path.display()
+            );
+        }
+    }
+    // The devices flush after each write; standard output's own buffer is flushed here.
+    let _ = io::Write::flush(&mut io::stdout());
 }
 
 /// Gathers what the run measured.
