@@ -90,7 +90,12 @@ fn coalescing_changes_nothing_the_guest_or_the_devices_can_see() {
         let (off, on) = (run(&off), run(&on));
         assert_eq!(off.serial, on.serial, "{cmdline}: serial output");
         assert_eq!(off.stop, on.stop, "{cmdline}: exit");
-        assert_eq!(off.rtc, on.rtc, "{cmdline}: RTC state");
+        // Register C's flags follow the wall clock (an update-ended flag each second a
+        // run happens to span), not coalescing: compare everything else.
+        let (mut off_rtc, mut on_rtc) = (off.rtc.clone(), on.rtc.clone());
+        off_rtc.cmos[0x0c] = 0;
+        on_rtc.cmos[0x0c] = 0;
+        assert_eq!(off_rtc, on_rtc, "{cmdline}: RTC state");
     }
     let (off, on) = (rtc_run(300, false), rtc_run(300, true));
     let without_tsc = |serial: &[u8]| {
