@@ -17,6 +17,7 @@ use thiserror::Error;
 use crate::config::{DiskConfig, Doorbell, SerialMode};
 use crate::guests;
 use crate::machine::{self, Kernel, MachineConfig, MachineError, RunReport};
+use crate::seccomp::SeccompAction;
 
 pub use report::{BenchReport, VariantResult};
 pub use workloads::{workload, WORKLOADS};
@@ -68,6 +69,8 @@ pub struct BenchOptions {
     pub variant: Option<String>,
     /// Time each exit (the profiler's clock).
     pub time_exits: bool,
+    /// The seccomp filters' action.
+    pub seccomp: SeccompAction,
 }
 
 /// The bench could not run.
@@ -119,7 +122,7 @@ fn run_once(
     workload: &Workload,
     variant: &Variant,
     iterations: u64,
-    time_exits: bool,
+    options: &BenchOptions,
     disk: Option<&ScratchDisk>,
 ) -> Result<RunReport, BenchError> {
     let image = guests::image(workload.guest).ok_or(BenchError::MissingGuest(workload.guest))?;
@@ -137,7 +140,8 @@ fn run_once(
         path: disk.0.clone(),
         readonly: false,
     });
-    config.run.time_exits = time_exits;
+    config.run.time_exits = options.time_exits;
+    config.run.seccomp = options.seccomp;
     Ok(machine::run(&config)?)
 }
 
@@ -181,14 +185,8 @@ pub fn run(workload: &Workload, options: &BenchOptions) -> Result<BenchReport, B
         .transpose()?;
     for _ in 0..repeat {
         for (variant, samples) in selected.iter().zip(samples.iter_mut()) {
-            let full = run_once(
-                workload,
-                variant,
-                iterations,
-                options.time_exits,
-                disk.as_ref(),
-            )?;
-            let empty = run_once(workload, variant, 0, options.time_exits, disk.as_ref())?;
+            let full = run_once(workload, variant, iterations, options, disk.as_ref())?;
+            let empty = run_once(workload, variant, 0, options, disk.as_ref())?;
             samples.add(workload, iterations, full, empty);
         }
     }
