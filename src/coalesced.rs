@@ -7,7 +7,7 @@
 //! device with posted registers (the event loop, later) must call it first as well.
 
 use crate::sync::LockExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::bus::{Access, AddressSpace, Dispatch, IoBuses, StopRequest};
@@ -34,7 +34,9 @@ impl PostedWrite {
 
 /// Where posted writes come from: KVM's ring, or a queue in tests.
 pub trait PostedWriteRing: Send + Sync {
-    /// True if no entry is waiting. Must be cheap: it runs on every exit.
+    /// True if no entry is waiting. Must be cheap: it runs on every exit. It must read the
+    /// consumer index with Acquire, so that a reader that sees a pop sees what the
+    /// popper wrote before it.
     fn is_empty(&self) -> bool;
     /// Takes the oldest entry. Callers serialise calls to `pop`.
     fn pop(&self) -> Option<PostedWrite>;
@@ -46,8 +48,12 @@ pub trait PostedWriteRing: Send + Sync {
 pub struct PostedWrites {
     ring: Option<Arc<dyn PostedWriteRing>>,
     /// Held while popping *and* applying, so that two drainers cannot apply entries out
-    /// of order. Taken only when the ring is not empty.
+    /// of order. Taken only when the ring is not empty or a drain is under way.
     drain: Mutex<()>,
+    /// Raised (under `drain`) before a drainer pops and lowered after it has applied:
+    /// an entry popped but not yet applied leaves the ring empty, and a reader that saw
+    /// the ring empty must still wait for it (a data read after a posted address).
+    draining: AtomicBool,
     /// Entries applied so far, by every drainer.
     applied: AtomicU64,
 }
@@ -66,6 +72,7 @@ impl PostedWrites {
         Self {
             ring: Some(ring),
             drain: Mutex::new(()),
+            draining: AtomicBool::new(false),
             applied: AtomicU64::new(0),
         }
     }
@@ -99,10 +106,13 @@ impl PostedWrites {
         mut observe: impl FnMut(&PostedWrite, Option<StopRequest>),
     ) -> u64 {
         let Some(ring) = &self.ring else { return 0 };
-        if ring.is_empty() {
+        // `is_empty` reads the ring's consumer index with Acquire: seeing a drainer's pop
+        // means seeing the `draining` it raised before popping.
+        if ring.is_empty() && !self.draining.load(Ordering::SeqCst) {
             return 0;
         }
         let _order = self.drain.locked();
+        self.draining.store(true, Ordering::SeqCst);
         let mut applied = 0;
         while let Some(write) = ring.pop() {
             let stop = match buses.dispatch(write.space, write.addr, Access::Write(write.bytes())) {
@@ -112,6 +122,7 @@ impl PostedWrites {
             observe(&write, stop);
             applied += 1;
         }
+        self.draining.store(false, Ordering::SeqCst);
         self.applied.fetch_add(applied, Ordering::Relaxed);
         applied
     }

@@ -74,7 +74,9 @@ impl KvmRing {
 
 impl PostedWriteRing for KvmRing {
     fn is_empty(&self) -> bool {
-        self.index(FIRST_OFFSET).load(Ordering::Relaxed)
+        // Acquire on `first` too: a drainer raised its `draining` flag before it advanced
+        // `first` (PostedWrites::apply_pending relies on seeing it).
+        self.index(FIRST_OFFSET).load(Ordering::Acquire)
             == self.index(LAST_OFFSET).load(Ordering::Acquire)
     }
 
