@@ -15,6 +15,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("doorbell", "doorbell.c"),
     ("blk", "blk.c"),
     ("strio", "strio.c"),
+    ("console", "console.c"),
     ("pcitest", "pcitest.c"),
     ("pcicfg", "pcicfg.c"),
 ];

@@ -42,6 +42,7 @@ def contestants(guest, iterations, with_qemu):
         "hushvm-coalesced": [hushvm, "run", "--multiboot", guest, "--cmdline", cmdline],
         # --timeout adds a watchdog thread; this shows what that costs.
         "hushvm-coalesced+timeout": [hushvm, "run", "--multiboot", guest, "--cmdline", cmdline, "--timeout", "300"],
+        "hushvm-coalesced-nodrain": [hushvm, "run", "--multiboot", guest, "--cmdline", cmdline, "--posted-drain-us", "0"],
         "floor-baseline": [floor, "--multiboot", guest, "--cmdline", cmdline, "--no-coalesce"],
         "hushvm-baseline": [hushvm, "run", "--multiboot", guest, "--cmdline", cmdline, "--no-coalesce"],
     }
@@ -90,6 +91,7 @@ def main():
             "hushvm/floor (coalesced)": medians["hushvm-coalesced"] / medians["floor-coalesced"],
             "hushvm/floor (baseline)": medians["hushvm-baseline"] / medians["floor-baseline"],
             "hushvm+timeout/floor (coalesced)": medians["hushvm-coalesced+timeout"] / medians["floor-coalesced"],
+            "hushvm without the drain/floor (coalesced)": medians["hushvm-coalesced-nodrain"] / medians["floor-coalesced"],
         },
     }
     if with_qemu:

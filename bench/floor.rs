@@ -79,6 +79,7 @@ fn run(options: &Options) -> Result<u8, String> {
             addr: u64::from(ports::RTC),
             size: 1,
             device: "rtc",
+            flush: hushvm::bus::Flush::BeforeNextAccess,
         };
         vm.register_posted_zone(&zone).map_err(|e| e.to_string())?;
         vcpu.map_posted_write_ring().map_err(|e| e.to_string())?

@@ -346,6 +346,10 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
     if (value_is(action, "spin")) for (;;) __asm__ volatile("");
     if (value_is(action, "reset")) outb(0x64, 0xfe);
     if (value_is(action, "cf9reset")) outb(0xcf9, 0x06);
+    if (value_is(action, "cf9spin")) { /* reset, then no exit at all: only the drain sees it */
+        outb(0xcf9, 0x06);
+        for (;;) __asm__ volatile("");
+    }
     if (value_is(action, "poweroff")) outw(0x604, (5 << 10) | (1 << 13)); /* S5, SLP_EN */
     if (value_is(action, "pmtimer")) return action_pmtimer();
     if (value_is(action, "acpi")) return action_acpi();

@@ -7,12 +7,18 @@
 
 use std::sync::Arc;
 
-use crate::bus::IoBuses;
+use crate::bus::{IoBuses, StopRequest};
 use crate::coalesced::PostedWrites;
 use crate::trace::{Record, Recorder};
 
+/// Where a stop request goes that a posted write made off the exit path (a reset written
+/// to 0xcf9, applied when an event-loop service settles the ring).
+pub trait StopSink: Send + Sync {
+    fn request(&self, request: StopRequest);
+}
+
 /// The buses, the coalesced ring and the trace being made, if any.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DeviceAccess {
     /// The machine's buses.
     pub buses: Arc<IoBuses>,
@@ -20,6 +26,17 @@ pub struct DeviceAccess {
     pub posted: Arc<PostedWrites>,
     /// The trace being made, if any.
     pub recorder: Option<Arc<Recorder>>,
+    /// Where posted writes' stop requests go.
+    pub stops: Option<Arc<dyn StopSink>>,
+}
+
+impl std::fmt::Debug for DeviceAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceAccess")
+            .field("buses", &self.buses)
+            .field("posted", &self.posted)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DeviceAccess {
@@ -29,14 +46,17 @@ impl DeviceAccess {
             buses,
             posted: Arc::new(PostedWrites::disabled()),
             recorder: None,
+            stops: None,
         }
     }
 
     /// Applies waiting posted writes, in ring order, recording each; call before
-    /// touching a device.
-    pub fn settle(&self) {
+    /// touching a device. Returns the first stop request a posted write made, which is
+    /// also handed to the stop sink (the caller may be the event loop).
+    pub fn settle(&self) -> Option<StopRequest> {
         let recorder = self.recorder.as_deref();
-        self.posted.apply_pending(&self.buses, |write| {
+        let mut first_stop = None;
+        self.posted.apply_pending(&self.buses, |write, stop| {
             if let Some(recorder) = recorder {
                 recorder.record(&Record::PostedWrite {
                     space: write.space,
@@ -44,7 +64,12 @@ impl DeviceAccess {
                     data: write.bytes().to_vec(),
                 });
             }
+            first_stop = first_stop.or(stop);
         });
+        if let (Some(stop), Some(sink)) = (first_stop, &self.stops) {
+            sink.request(stop);
+        }
+        first_stop
     }
 
     /// Records what `record` builds, when a trace is being made (the closure, and its
@@ -71,7 +96,7 @@ impl DeviceAccess {
         record: impl FnOnce(&T) -> Record,
     ) -> T {
         self.operation(|| {
-            self.settle();
+            let _ = self.settle();
             let result = operation();
             self.record(|| record(&result));
             result

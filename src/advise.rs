@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::bus::{AddressSpace, StopRequest};
+use crate::bus::{AddressSpace, Flush, StopRequest};
 use crate::replay::{self, Observer, Outside, ReplayError, ReplayMachine};
 use crate::trace::format::Record;
 
@@ -76,12 +76,17 @@ impl Register {
         }
     }
 
-    /// True if its device declares this register's writes posted.
-    fn declared_posted(&self, machine: &ReplayMachine) -> bool {
+    /// How its device declares this register's writes posted, if it does.
+    fn declared_posted(&self, machine: &ReplayMachine) -> Option<Flush> {
         let addr = self.base + self.offset;
-        machine.buses().posted_zones().iter().any(|zone| {
-            (zone.space, zone.addr, zone.size) == (self.space, addr, u32::from(self.size))
-        })
+        machine
+            .buses()
+            .posted_zones()
+            .iter()
+            .find(|zone| {
+                (zone.space, zone.addr, zone.size) == (self.space, addr, u32::from(self.size))
+            })
+            .map(|zone| zone.flush)
     }
 
     /// `rtc 0x70+0 (1 byte)`, `virtio-rng 0xc0001000+0x50 (4 bytes)`.
@@ -152,8 +157,8 @@ impl WriteEffects {
 /// One register's accesses in the trace.
 #[derive(Debug, Clone, Default)]
 struct Tally {
-    /// The device already declares its writes posted (`BusDevice::posted_registers`).
-    declared_posted: bool,
+    /// How the device already declares its writes posted (`BusDevice::posted_registers`).
+    declared_posted: Option<Flush>,
     reads: u64,
     exited_writes: u64,
     posted_writes: u64,
@@ -178,8 +183,8 @@ pub struct RegisterAdvice {
     pub exited_writes: u64,
     /// Writes KVM already posted (posted-write records).
     pub posted_writes: u64,
-    /// Its device already declares it posted (`BusDevice::posted_registers`).
-    pub declared_posted: bool,
+    /// How its device already declares it posted (`BusDevice::posted_registers`).
+    pub declared_posted: Option<Flush>,
     /// How many writes did what, at the write.
     pub effects: WriteEffects,
     /// `None` for a register only read.
@@ -240,9 +245,14 @@ impl Advice {
     /// Registers their devices declare posted whose writes the traces show reaching
     /// beyond the device: a posting that loses or delays an effect.
     pub fn contradictions(&self) -> impl Iterator<Item = &RegisterAdvice> {
-        self.registers
-            .iter()
-            .filter(|row| row.declared_posted && row.verdict.is_some_and(|v| v != Verdict::Latch))
+        self.registers.iter().filter(|row| {
+            let allowed = match row.declared_posted {
+                None => return false,
+                Some(Flush::BeforeNextAccess) => [Verdict::Latch].as_slice(),
+                Some(Flush::Bounded) => [Verdict::Latch, Verdict::TimeBound].as_slice(),
+            };
+            row.verdict.is_some_and(|v| !allowed.contains(&v))
+        })
     }
 
     /// The table `hushvm advise` prints.
@@ -259,8 +269,10 @@ impl Advice {
                 0 => String::new(),
                 _ => row.effects.summary(),
             };
-            if row.declared_posted {
-                effects.push_str("; declared posted");
+            match row.declared_posted {
+                Some(Flush::BeforeNextAccess) => effects.push_str("; declared posted"),
+                Some(Flush::Bounded) => effects.push_str("; declared posted, bounded"),
+                None => {}
             }
             let _ = writeln!(
                 out,

@@ -5,8 +5,10 @@
 //! flat table indexed by port; the MMIO bus is a sorted range table.
 
 use crate::sync::LockExt;
+
+mod mmio;
+pub use mmio::{MmioBus, SwappableMmio};
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use thiserror::Error;
@@ -107,15 +109,50 @@ pub enum StopRequest {
     PowerOff,
 }
 
-/// A register whose writes only latch state, so KVM may post them to the coalesced ring
-/// instead of exiting (seed 000). The device must accept them late, but in order, and
-/// before any later access to it.
+/// A register whose writes KVM may post to the coalesced ring instead of exiting
+/// (seed 000). The device must accept them late, but in order, and before any later
+/// access to it; `flush` says what else bounds the delay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PostedRegister {
     /// Offset within the device's range.
     pub offset: u64,
     /// Width in bytes.
     pub size: u32,
+    /// When a posted write must have been applied.
+    pub flush: Flush,
+}
+
+/// A posted register's flush rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Flush {
+    /// Before the next access to the same device: the write only latches state that a
+    /// later access observes (the RTC index, the PCI configuration address).
+    BeforeNextAccess,
+    /// That, and within the machine's drain period: the write has an effect outside the
+    /// device (a UART's transmitted byte, its THR-empty interrupt), so it must not wait
+    /// for an exit that may never come.
+    Bounded,
+}
+
+impl PostedRegister {
+    /// A latch: applied before the next access to its device.
+    pub const fn latch(offset: u64, size: u32) -> Self {
+        Self {
+            offset,
+            size,
+            flush: Flush::BeforeNextAccess,
+        }
+    }
+
+    /// A register with an outside effect: applied within the drain period as well.
+    pub const fn bounded(offset: u64, size: u32) -> Self {
+        Self {
+            offset,
+            size,
+            flush: Flush::Bounded,
+        }
+    }
 }
 
 /// A device on a bus. Implementations are register-level state machines with no KVM
@@ -154,6 +191,9 @@ pub enum BusError {
         base: u64,
         len: u64,
     },
+    /// No device starts at the address a move names.
+    #[error("no device is placed at {base:#x}")]
+    NotPlaced { base: u64 },
     /// The range overlaps a device already on the bus.
     #[error("{name}: range {base:#x}+{len:#x} overlaps {other}")]
     Overlap {
@@ -289,76 +329,6 @@ impl PioBus {
     }
 }
 
-/// The MMIO bus: ranges sorted by base, found by binary search, with the last range hit
-/// tried first (a driver tends to hit one device many times in a row).
-#[derive(Debug, Default)]
-pub struct MmioBus {
-    slots: Vec<Slot>,
-    /// Index of the slot the last dispatch found; only a hint, so relaxed ordering.
-    last_hit: AtomicUsize,
-}
-
-impl MmioBus {
-    /// Places `device` at `[base, base + len)`.
-    pub fn insert(
-        &mut self,
-        name: &'static str,
-        base: u64,
-        len: u64,
-        device: SharedDevice,
-    ) -> Result<(), BusError> {
-        if len == 0 || base.checked_add(len).is_none() {
-            return Err(BusError::BadRange {
-                name,
-                space: AddressSpace::Mmio,
-                base,
-                len,
-            });
-        }
-        check_overlap(&self.slots, name, base, len)?;
-        let at = self.slots.partition_point(|slot| slot.base < base);
-        self.last_hit.store(0, Ordering::Relaxed);
-        self.slots.insert(
-            at,
-            Slot {
-                base,
-                len,
-                name,
-                device,
-            },
-        );
-        Ok(())
-    }
-
-    /// Sends an access to the device that claims all of it.
-    pub fn dispatch(&self, addr: u64, access: Access<'_>) -> Dispatch {
-        let len = access.len() as u64;
-        let hint = self.last_hit.load(Ordering::Relaxed);
-        if let Some(slot) = self.slots.get(hint).filter(|slot| slot.contains(addr, len)) {
-            return slot.dispatch(addr, access);
-        }
-        let after = self.slots.partition_point(|slot| slot.base <= addr);
-        match after.checked_sub(1) {
-            Some(index) if self.slots[index].contains(addr, len) => {
-                self.last_hit.store(index, Ordering::Relaxed);
-                self.slots[index].dispatch(addr, access)
-            }
-            _ => unclaimed(access),
-        }
-    }
-
-    fn slots(&self) -> &[Slot] {
-        &self.slots
-    }
-
-    /// The slot whose range holds `addr`.
-    fn slot_at(&self, addr: u64) -> Option<&Slot> {
-        let after = self.slots.partition_point(|slot| slot.base <= addr);
-        let slot = &self.slots[after.checked_sub(1)?];
-        slot.contains(addr, 1).then_some(slot)
-    }
-}
-
 fn check_overlap(slots: &[Slot], name: &'static str, base: u64, len: u64) -> Result<(), BusError> {
     match slots.iter().find(|slot| slot.overlaps(base, len)) {
         Some(other) => Err(BusError::Overlap {
@@ -382,6 +352,8 @@ pub struct PostedZone {
     pub size: u32,
     /// The device's name, for messages.
     pub device: &'static str,
+    /// Its register's flush rule.
+    pub flush: Flush,
 }
 
 /// Both buses of a VM.
@@ -389,8 +361,9 @@ pub struct PostedZone {
 pub struct IoBuses {
     /// I/O ports.
     pub pio: PioBus,
-    /// Memory-mapped I/O.
-    pub mmio: MmioBus,
+    /// Memory-mapped I/O, republished whole when a device moves (shared with what moves
+    /// devices: PCI's BAR observer).
+    pub mmio: Arc<SwappableMmio>,
 }
 
 impl IoBuses {
@@ -410,16 +383,17 @@ impl IoBuses {
     pub fn locate(&self, space: AddressSpace, addr: u64) -> Option<(&'static str, u64)> {
         let slot = match space {
             AddressSpace::Pio => self.pio.slot_at(u16::try_from(addr).ok()?),
-            AddressSpace::Mmio => self.mmio.slot_at(addr),
+            AddressSpace::Mmio => return self.mmio.locate(addr),
         }?;
         Some((slot.name, addr - slot.base))
     }
 
     /// Every posted register of every device, as absolute zones.
     pub fn posted_zones(&self) -> Vec<PostedZone> {
+        let mmio = self.mmio.snapshot();
         let spaces = [
             (AddressSpace::Pio, self.pio.slots()),
-            (AddressSpace::Mmio, self.mmio.slots()),
+            (AddressSpace::Mmio, mmio.slots()),
         ];
         let mut zones = Vec::new();
         for (space, slots) in spaces {
@@ -430,6 +404,7 @@ impl IoBuses {
                         addr: slot.base + register.offset,
                         size: register.size,
                         device: slot.name,
+                        flush: register.flush,
                     });
                 }
             }

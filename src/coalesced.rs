@@ -10,7 +10,7 @@ use crate::sync::LockExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::bus::{Access, AddressSpace, IoBuses};
+use crate::bus::{Access, AddressSpace, Dispatch, IoBuses, StopRequest};
 
 /// One write taken from the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,14 +80,24 @@ impl PostedWrites {
         self.applied.load(Ordering::Relaxed)
     }
 
+    /// True if entries wait in the ring (a cheap check of its indices).
+    pub fn has_pending(&self) -> bool {
+        self.ring.as_ref().is_some_and(|ring| !ring.is_empty())
+    }
+
     /// True if writes may be posted.
     pub fn is_enabled(&self) -> bool {
         self.ring.is_some()
     }
 
-    /// Applies every waiting entry to its device, in order, calling `observe` for each.
-    /// Returns how many were applied.
-    pub fn apply_pending(&self, buses: &IoBuses, mut observe: impl FnMut(&PostedWrite)) -> u64 {
+    /// Applies every waiting entry to its device, in order, calling `observe` for each
+    /// with what the write asked of the VM (a posted write to 0xcf9 inside PCI's 0xcf8
+    /// zone may reset it: that must not be lost). Returns how many were applied.
+    pub fn apply_pending(
+        &self,
+        buses: &IoBuses,
+        mut observe: impl FnMut(&PostedWrite, Option<StopRequest>),
+    ) -> u64 {
         let Some(ring) = &self.ring else { return 0 };
         if ring.is_empty() {
             return 0;
@@ -95,9 +105,11 @@ impl PostedWrites {
         let _order = self.drain.locked();
         let mut applied = 0;
         while let Some(write) = ring.pop() {
-            // A posted register latches state; it cannot ask the VM to stop.
-            let _ = buses.dispatch(write.space, write.addr, Access::Write(write.bytes()));
-            observe(&write);
+            let stop = match buses.dispatch(write.space, write.addr, Access::Write(write.bytes())) {
+                Dispatch::Handled(stop) => stop,
+                Dispatch::Unclaimed => None,
+            };
+            observe(&write, stop);
             applied += 1;
         }
         self.applied.fetch_add(applied, Ordering::Relaxed);
@@ -183,7 +195,7 @@ mod tests {
         ring.push(pio_write(0x70, 0x41));
         // The read of 0x71 exits; the ring is applied first, in order.
         let mut seen = Vec::new();
-        assert_eq!(posted.apply_pending(&buses, |w| seen.push(w.data[0])), 2);
+        assert_eq!(posted.apply_pending(&buses, |w, _| seen.push(w.data[0])), 2);
         assert_eq!(seen, vec![0x40, 0x41]);
         assert_eq!(read_data_port(&buses), 0xbb);
         assert!(ring.is_empty());
@@ -199,7 +211,7 @@ mod tests {
         ring.push(pio_write(0x70, 0x40));
         // Wrong order: the read sees the stale index 0x41.
         assert_eq!(read_data_port(&buses), 0xbb);
-        posted.apply_pending(&buses, |_| {});
+        posted.apply_pending(&buses, |_, _| {});
         assert_eq!(read_data_port(&buses), 0xaa);
     }
 
@@ -208,6 +220,38 @@ mod tests {
         let (buses, _, _) = machine();
         let posted = PostedWrites::disabled();
         assert!(!posted.is_enabled());
-        assert_eq!(posted.apply_pending(&buses, |_| panic!("no entries")), 0);
+        assert_eq!(posted.apply_pending(&buses, |_, _| panic!("no entries")), 0);
+    }
+
+    #[test]
+    fn posted_writes_to_several_devices_keep_their_order_across_devices() {
+        use crate::devices::uart::Uart;
+        // The RTC index and COM1's THR share the ring: a byte written between two index
+        // writes reaches the output between them, and each device sees its own order.
+        let (mut buses, ring, posted) = machine();
+        let output = std::sync::Arc::new(Mutex::new(Vec::new()));
+        struct Log(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+                self.0.locked().extend_from_slice(data);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let uart = Arc::new(Mutex::new(Uart::new(Log(output.clone()))));
+        buses.pio.insert("com1", 0x3f8, 8, uart).unwrap();
+        let mut order = Vec::new();
+        for (port, value) in [(0x70, 0x40), (0x3f8, b'a'), (0x70, 0x41), (0x3f8, b'b')] {
+            ring.push(pio_write(port, value));
+        }
+        posted.apply_pending(&buses, |w, _| order.push((w.addr, w.data[0])));
+        assert_eq!(
+            order,
+            [(0x70, 0x40), (0x3f8, b'a'), (0x70, 0x41), (0x3f8, b'b')]
+        );
+        assert_eq!(*output.locked(), b"ab");
+        assert_eq!(posted.applied(), 4);
     }
 }

@@ -24,6 +24,8 @@ pub enum ConfigError {
     BadTimeout(String),
     #[error("invalid doorbell {0:?}: expected exit, len0, len4 or pio")]
     BadDoorbell(String),
+    #[error("invalid virtio transport {0:?}: expected pci or mmio")]
+    BadTransport(String),
     #[error("invalid --disk option {0:?}: expected PATH or PATH,readonly")]
     BadDiskOption(String),
 }
@@ -89,6 +91,28 @@ impl FromStr for Doorbell {
             "len4" => Ok(Doorbell::Len4),
             "pio" => Ok(Doorbell::Pio),
             _ => Err(ConfigError::BadDoorbell(text.to_string())),
+        }
+    }
+}
+
+/// Where the virtio devices sit (`--virtio-transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VirtioTransport {
+    /// virtio-mmio slots in the 32-bit hole (the test guests' transport).
+    #[default]
+    Mmio,
+    /// virtio-pci (modern) functions on PCI bus 0, with MSI-X.
+    Pci,
+}
+
+impl FromStr for VirtioTransport {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "mmio" => Ok(VirtioTransport::Mmio),
+            "pci" => Ok(VirtioTransport::Pci),
+            _ => Err(ConfigError::BadTransport(text.to_string())),
         }
     }
 }

@@ -16,7 +16,8 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::access::DeviceAccess;
 use crate::devices::rtc::Clock;
 use crate::ratelimit::RateLimiter;
-use crate::services::{DoorbellService, InputService, RtcService};
+use crate::services::{DoorbellService, InputService, LevelTriggered, RtcService};
+use crate::sync::LockExt;
 
 /// A subscriber as the event manager holds it.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -179,5 +180,76 @@ impl MutEventSubscriber for DoorbellEvent {
 
     fn init(&mut self, ops: &mut EventOps) {
         let _ = ops.add(Events::new(&self.event, EventSet::IN));
+    }
+}
+
+/// A level-triggered line's resample eventfd: the guest ended the interrupt; the device
+/// raises the line again if it still asserts it. (Not traced: it changes no register a
+/// guest reads, only when an interrupt arrives.)
+pub struct IntxResample {
+    event: EventFd,
+    device: Arc<Mutex<dyn LevelTriggered>>,
+    access: DeviceAccess,
+}
+
+impl IntxResample {
+    pub fn new(
+        event: EventFd,
+        device: Arc<Mutex<dyn LevelTriggered>>,
+        access: DeviceAccess,
+    ) -> Self {
+        Self {
+            event,
+            device,
+            access,
+        }
+    }
+}
+
+impl MutEventSubscriber for IntxResample {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.event.read();
+        let _ = self.access.settle();
+        self.device.locked().resample();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.event, EventSet::IN));
+    }
+}
+
+/// The bounded drain: posted writes wait in KVM's ring until the next exit, which may be
+/// long in coming (a guest that writes 0xcf9 to reset and then spins, a console byte
+/// written just before the guest halts). Every `period` this applies what waits, so a
+/// posted write takes effect within the period. With nothing posted it only checks the
+/// ring's two indices.
+pub struct PostedDrain {
+    timer: TimerFd,
+    period: Duration,
+    access: DeviceAccess,
+}
+
+impl PostedDrain {
+    pub fn new(period: Duration, access: DeviceAccess) -> io::Result<Self> {
+        Ok(Self {
+            timer: TimerFd::new()?,
+            period,
+            access,
+        })
+    }
+}
+
+impl MutEventSubscriber for PostedDrain {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.timer.wait();
+        if self.access.posted.has_pending() {
+            let access = &self.access;
+            access.operation(|| access.settle());
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = self.timer.reset(self.period, Some(self.period));
+        let _ = ops.add(Events::new(&self.timer, EventSet::IN));
     }
 }

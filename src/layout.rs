@@ -119,8 +119,15 @@ pub mod ports {
     pub const ACPI_PM1_CONTROL_COUNT: u16 = 2;
     pub const ACPI_PM_TIMER: u16 = 0x608;
     pub const ACPI_PM_TIMER_COUNT: u16 = 4;
-    /// The PC's reset control register, the FADT's reset register.
+    /// PCI configuration mechanism #1: the address register at 0xcf8, the data window at
+    /// 0xcfc-0xcff. The PC's reset control register, the FADT's reset register, sits at
+    /// 0xcf9, inside it: the configuration device forwards it.
+    pub const PCI_CONFIG: u16 = 0xcf8;
+    pub const PCI_CONFIG_COUNT: u16 = 8;
     pub const RESET_CONTROL: u16 = 0xcf9;
+    /// The PCI I/O window for I/O BARs, from here to the top of port space (QEMU's
+    /// window; every platform device's ports lie below it).
+    pub const PCI_IO_START: u16 = 0x0d00;
     /// virtio-mmio devices' I/O-port doorbells (hushvm's own, for the "as fast as PIO"
     /// comparison): 4 ports per slot.
     pub const VIRTIO_PIO_DOORBELLS: u16 = 0xb00;

@@ -8,10 +8,11 @@ use clap::{Args, Parser, Subcommand};
 
 use hushvm::bench::{self, BenchOptions};
 use hushvm::bus::StopRequest;
+use hushvm::config::VirtioTransport;
 use hushvm::config::{self, SerialMode};
 use hushvm::cpuid::CpuModel;
 use hushvm::layout::MemoryLayout;
-use hushvm::loader::{self, Module};
+use hushvm::loader::{self, KernelFormat, Module};
 use hushvm::machine::{
     self, BootConfig, Coalescing, Cures, DeviceConfig, Kernel, MachineConfig, RunOptions,
     RunReport, VcpuConfig,
@@ -100,6 +101,10 @@ struct RunArgs {
     /// A virtio-rng device fed from the host's /dev/urandom.
     #[arg(long)]
     rng: bool,
+    /// Where the virtio devices sit: pci (virtio-pci with MSI-X; the default for Linux
+    /// kernels) or mmio (virtio-mmio; the default for Multiboot kernels).
+    #[arg(long, value_name = "pci|mmio")]
+    virtio_transport: Option<VirtioTransport>,
     /// A virtio-console device whose output goes to stdio, none or file:PATH.
     #[arg(long, value_name = "DEST")]
     virtio_console: Option<SerialMode>,
@@ -114,6 +119,10 @@ struct RunArgs {
     /// (0: never poll).
     #[arg(long, value_name = "USECS", default_value_t = 100)]
     event_poll_us: u64,
+    /// At most how long a posted write waits in KVM's ring before the event loop applies
+    /// it, in microseconds (0: until the next exit).
+    #[arg(long, value_name = "USECS", default_value_t = 1000)]
+    posted_drain_us: u64,
     /// Do not advertise KVM_FEATURE_PV_EOI in CPUID (the guest then writes every EOI).
     #[arg(long)]
     no_pv_eoi: bool,
@@ -141,10 +150,10 @@ struct BenchArgs {
     workload: String,
     /// Iterations per measured run (rtc: loop passes; eoi, tick: interrupts; doorbell:
     /// requests; blk: 4 KiB blocks written and read back).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     iterations: Option<u64>,
     /// Repetitions (medians are reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
     /// Print one JSON object.
     #[arg(long)]
@@ -166,6 +175,12 @@ fn file_name(path: &Path) -> String {
 /// The machine `hushvm run` describes.
 fn machine_config(args: RunArgs) -> Result<MachineConfig> {
     let image = loader::read_file(&args.kernel)?;
+    // As QEMU's q35 and Cloud Hypervisor do, a Linux kernel gets its devices on PCI.
+    let linux = !matches!(loader::detect(&image), Ok(KernelFormat::Multiboot) | Err(_));
+    let transport = args.virtio_transport.unwrap_or(match linux {
+        true => VirtioTransport::Pci,
+        false => VirtioTransport::Mmio,
+    });
     let modules = args
         .modules
         .iter()
@@ -196,6 +211,7 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
             disk: args.disk,
             rng: args.rng,
             virtio_console: args.virtio_console,
+            transport,
         },
         cures: Cures {
             coalesce: !args.no_coalesce,
@@ -206,6 +222,8 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
                 (false, None) => hushvm::config::Doorbell::default(),
             },
             event_poll: std::time::Duration::from_micros(args.event_poll_us),
+            posted_drain: (args.posted_drain_us > 0)
+                .then(|| std::time::Duration::from_micros(args.posted_drain_us)),
         },
         run: RunOptions {
             timeout: args.timeout,
@@ -228,6 +246,9 @@ fn say_why_it_stopped(report: &RunReport) {
             eprintln!("hushvm: the guest was still running after the timeout; stopped")
         }
         VmStop::Guest(StopRequest::PowerOff) => eprintln!("hushvm: guest powered off"),
+        VmStop::Signal(signal) => {
+            eprintln!("hushvm: stopped by {}", machine::signal_name(*signal))
+        }
         VmStop::Guest(_) | VmStop::Requested => {}
     }
 }
@@ -256,6 +277,10 @@ fn write_profile(report: &RunReport, table: bool, json: Option<&Path>) -> Result
 fn run(args: RunArgs) -> Result<ExitCode> {
     let (table, json) = (args.profile, args.profile_json.clone());
     let config = machine_config(args)?;
+    // From here a SIGINT, SIGTERM or SIGHUP stops the VM as a power-off does (a signal
+    // during the build stops it as soon as it starts). Rust's runtime already ignores
+    // SIGPIPE: a closed --serial pipe is a write error that COM1 counts, not a death.
+    machine::install_signal_handlers().context("cannot install the signal handlers")?;
     let report = machine::run(&config)?;
     say_why_it_stopped(&report);
     write_profile(&report, table, json.as_deref())?;
@@ -273,9 +298,9 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     };
     let report = bench::run(workload, &options)?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        print_out(format_args!("{}\n", serde_json::to_string(&report)?))?;
     } else {
-        print!("{}", report.render());
+        print_out(report.render())?;
     }
     if !report.all_passed() {
         bail!("a guest reported a failure (exit status other than 1)");
@@ -287,12 +312,12 @@ fn replay(file: &Path, json: bool) -> Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let report = hushvm::replay::replay(&bytes)?;
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        print_out(format_args!("{}\n", serde_json::to_string(&report)?))?;
     } else {
-        println!(
-            "replayed {} exits: {} divergences; {:.0} exits/s, {:.1} ns/exit",
+        print_out(format_args!(
+            "replayed {} exits: {} divergences; {:.0} exits/s, {:.1} ns/exit\n",
             report.exits, report.divergences, report.exits_per_second, report.ns_per_exit
-        );
+        ))?;
     }
     if let Some(divergence) = &report.first_divergence {
         eprintln!(
@@ -312,9 +337,9 @@ fn advise(files: &[PathBuf], json: bool) -> Result<ExitCode> {
     let traces: Vec<&[u8]> = traces.iter().map(Vec::as_slice).collect();
     let advice = hushvm::advise::advise_all(&traces)?;
     if json {
-        println!("{}", serde_json::to_string(&advice)?);
+        print_out(format_args!("{}\n", serde_json::to_string(&advice)?))?;
     } else {
-        print!("{}", advice.render());
+        print_out(advice.render())?;
     }
     if advice.divergences > 0 {
         eprintln!(
@@ -337,9 +362,22 @@ fn write_guests(out: &Path) -> Result<ExitCode> {
     for (name, image) in hushvm::guests::GUESTS {
         let path = out.join(format!("{name}.elf"));
         std::fs::write(&path, image).with_context(|| format!("cannot write {}", path.display()))?;
-        println!("{}", path.display());
+        print_out(format_args!("{}\n", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `text` to standard output. A reader that went away (`hushvm guests | head -1`)
+/// is no error: `println!` would panic there (SIGPIPE is ignored, so the write fails with
+/// EPIPE); any other failure is one error line.
+fn print_out(text: impl std::fmt::Display) -> Result<()> {
+    use std::io::Write;
+    match write!(std::io::stdout().lock(), "{text}") {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("cannot write to standard output")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// clap's error, as one line: its message and any argument it lists, without the usage

@@ -13,9 +13,8 @@ use thiserror::Error;
 
 use crate::access::DeviceAccess;
 use crate::bus::{Access, Dispatch, IoBuses, StopRequest};
-use crate::config::Doorbell;
+use crate::config::{Doorbell, VirtioTransport};
 use crate::exit::VmExit;
-use crate::irq::InterruptLine;
 use crate::layout::MemoryLayout;
 use crate::machine::{self, Backends, Clocks, CountingSink, DeviceSpec, MachineError, Unplugged};
 use crate::profile::{ExitKey, ExitProfile};
@@ -117,7 +116,7 @@ pub struct Outside {
 
 /// Where the [`Outside`] counters come from.
 struct OutsideCounters {
-    lines: Vec<Arc<dyn InterruptLine>>,
+    lines: Vec<Arc<dyn Fn() -> u64 + Send + Sync>>,
     output: CountingSink,
     doorbells: Vec<Arc<dyn Fn() -> u64 + Send + Sync>>,
     rearms: Arc<AtomicU64>,
@@ -142,6 +141,10 @@ impl ReplayMachine {
             cpus: description.cpus.max(1),
             // Replayed doorbells come from the trace's records, not from fds.
             doorbell: Doorbell::Exit,
+            transport: match description.pci {
+                true => VirtioTransport::Pci,
+                false => VirtioTransport::Mmio,
+            },
         };
         let output = CountingSink::default();
         let backends = Backends::for_replay(
@@ -167,7 +170,7 @@ impl ReplayMachine {
             lines: devices
                 .lines
                 .iter()
-                .map(|named| named.line.clone())
+                .map(|named| named.count.clone())
                 .collect(),
             output,
             doorbells: devices
@@ -189,7 +192,7 @@ impl ReplayMachine {
     pub fn outside(&self) -> Outside {
         let counters = &self.outside;
         Outside {
-            interrupts: counters.lines.iter().map(|line| line.pulses()).sum(),
+            interrupts: counters.lines.iter().map(|count| count()).sum(),
             output_bytes: counters.output.bytes(),
             doorbells: counters.doorbells.iter().map(|rung| rung()).sum(),
             timer_rearms: counters.rearms.load(Ordering::Relaxed),

@@ -11,6 +11,8 @@ use crate::devices::rtc::{Clock, Rtc};
 use crate::devices::uart::Uart;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{MmioTransport, QueueNotify};
+use crate::devices::virtio::pci::VirtioPciTransport;
+use crate::devices::virtio::VirtioDevice;
 use crate::sync::LockExt;
 use crate::trace::Record;
 
@@ -57,6 +59,26 @@ impl<W: io::Write + Send> InputSink for MmioTransport<Console<W>> {
         let taken = self.device_mut().receive(bytes);
         self.notify(Some(0));
         taken
+    }
+}
+
+impl<W: io::Write + Send> InputSink for VirtioPciTransport<Console<W>> {
+    fn receive(&mut self, bytes: &[u8]) -> usize {
+        let taken = self.device_mut().receive(bytes);
+        self.notify(Some(0));
+        taken
+    }
+}
+
+/// A device behind a level-triggered line: told when the guest ended the interrupt, it
+/// raises the line again if it still asserts it (PCI INTx through an irqfd's resample).
+pub trait LevelTriggered: Send {
+    fn resample(&mut self);
+}
+
+impl<D: VirtioDevice> LevelTriggered for VirtioPciTransport<D> {
+    fn resample(&mut self) {
+        self.intx_resample();
     }
 }
 

@@ -24,6 +24,22 @@ fn acpi_s5_powers_off_and_0xcf9_resets() {
 }
 
 #[test]
+fn a_reset_posted_to_0xcf9_takes_effect_though_the_guest_never_exits_again() {
+    if !kvm_available() {
+        return;
+    }
+    // KVM's coalesced zone for the PCI address register (0xcf8, 4 bytes) also takes byte
+    // writes to 0xcf9: the reset waits in the ring, and the bounded drain applies it.
+    let mut config = guest_config("probe", "action=cf9spin");
+    config.run.timeout = Some(std::time::Duration::from_secs(20));
+    let started = std::time::Instant::now();
+    let report = run(&config);
+    assert_eq!(report.stop, VmStop::Guest(StopRequest::Reset));
+    assert!(report.profile.posted_writes >= 1, "the reset was posted");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[test]
 fn the_pm_timer_runs_forwards_at_its_rate() {
     if !kvm_available() {
         return;

@@ -301,7 +301,7 @@ fn the_advisor_rejects_what_must_exit_on_fresh_recordings() {
     assert_eq!((notify.verdict, notify.writes), (Some(Verdict::Never), 20));
     let stops = [
         ("reset", "i8042", 4, 1),
-        ("cf9reset", "reset-control", 0, 1),
+        ("cf9reset", "pci-config", 1, 1),
         ("poweroff", "acpi-pm1-control", 0, 2),
     ];
     for (action, device, offset, size) in stops {

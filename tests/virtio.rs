@@ -272,7 +272,7 @@ fn bad_disks_are_clear_errors() {
         (odd.display().to_string(), "not a positive multiple of 512"),
         // A running executable cannot be opened for writing, even by root.
         (hushvm.to_string(), "not writable"),
-        (dir.display().to_string(), "Is a directory"),
+        (dir.display().to_string(), "not a regular file"),
         (
             format!("{},sometimes", odd.display()),
             "invalid --disk option",

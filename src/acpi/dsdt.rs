@@ -19,7 +19,7 @@ pub(super) const VIRTIO_MMIO_HID: &str = "LNRO0005";
 const PROCESSOR_HID: &str = "ACPI0007";
 
 /// The DSDT for `config` (already checked: at most 256 virtio devices, 254 vCPUs, every
-/// window below 4 GiB).
+/// window below 4 GiB, a PCI description the descriptors can encode).
 pub(super) fn dsdt(config: &AcpiConfig) -> Vec<u8> {
     let mut devices = Vec::new();
     for id in 0..config.cpus {
@@ -41,6 +41,9 @@ pub(super) fn dsdt(config: &AcpiConfig) -> Vec<u8> {
     ));
     for (index, window) in config.virtio_mmio.iter().enumerate() {
         devices.extend(virtio_mmio(index, window));
+    }
+    if let Some(pci) = &config.pci {
+        devices.extend(super::pci::devices(pci));
     }
     let mut sdt = Sdt::new(
         *b"DSDT",

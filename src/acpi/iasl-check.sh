@@ -13,6 +13,7 @@ done
 cat ./*.dsl
 grep -ih "warning\|error\|not contain" ./*.log ./*.dsl || echo "iasl: no warnings or errors"
 # acpiexec's built-in GPE tests complain (AE_BAD_PARAMETER): the machine has no GPE block.
-acpiexec -b "Namespace; Evaluate \_SB.COM1._CRS; Evaluate \_SB.VR00._CRS; Evaluate \_S5" \
-    facp.dat dsdt.dat apic.dat xsdt.dat
+acpiexec -b "Namespace; Evaluate \_SB.COM1._CRS; Evaluate \_SB.VR00._CRS; Evaluate \_S5;
+    Evaluate \_SB.PCI0._CRS; Evaluate \_SB.PCI0._PRT; Evaluate \_SB.MRES._CRS" \
+    facp.dat dsdt.dat apic.dat mcfg.dat xsdt.dat
 echo "tables in $dir"

@@ -18,13 +18,20 @@
 //! Linux's virtio_mmio driver binds to), one `ACPI0007` processor device per vCPU (so
 //! the OS ties each MADT entry to a namespace object) and `\_S5`.
 //!
+//! A machine with PCI (`AcpiConfig::pci`) also gets an MCFG for its ECAM window, a
+//! `\_SB.PCI0` host bridge with its windows and INTx routing, and a PNP0C02 device that
+//! reserves the ECAM window (see `pci.rs`).
+//!
 //! `iasl-check.sh` beside this file disassembles the tables with ACPICA's iasl and
 //! loads them into acpiexec, by hand; the unit tests parse the AML themselves.
 
 mod dsdt;
+mod pci;
 mod tables;
 #[cfg(test)]
 mod tests;
+
+use std::ops::{Range, RangeInclusive};
 
 use thiserror::Error;
 
@@ -55,12 +62,32 @@ pub struct VirtioMmioWindow {
     pub gsi: u32,
 }
 
+/// The PCI host bridge: segment 0, buses 0 to `bus_end`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcpiPci {
+    /// The ECAM window's base (1 MiB per bus); it must end below 4 GiB, where the
+    /// motherboard-resource descriptor that reserves it reaches.
+    pub ecam_base: u64,
+    /// The last bus the ECAM window covers (hushvm has bus 0 only, so 0).
+    pub bus_end: u8,
+    /// The 32-bit memory window BARs are placed in (end exclusive, at most 4 GiB).
+    pub mmio32: Range<u64>,
+    /// The I/O port window for I/O BARs, if any. Inclusive, as ACPI's descriptors are
+    /// (QEMU's 0x0d00 to 0xffff reaches the top of port space, which a `Range<u16>`
+    /// cannot name); it must leave out the configuration ports 0xcf8-0xcff.
+    pub io: Option<RangeInclusive<u16>>,
+    /// INTx routing: (device number on bus 0, GSI) of each device's INTA#.
+    pub intx: Vec<(u8, u32)>,
+}
+
 /// What the tables describe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcpiConfig {
     pub cpus: u8,
     /// virtio-mmio devices present: MMIO base, window size, GSI.
     pub virtio_mmio: Vec<VirtioMmioWindow>,
+    /// The PCI host bridge, if the machine has one.
+    pub pci: Option<AcpiPci>,
 }
 
 /// The built tables, ready to copy into guest memory.
@@ -72,7 +99,8 @@ pub struct AcpiTables {
     /// pointers inside are absolute guest-physical addresses in that block).
     pub bytes: Vec<u8>,
     /// (signature, guest address, length) of each table, for tests and reports, in
-    /// address order: FACS, DSDT, APIC (MADT), FACP (FADT), XSDT. Not the RSDP.
+    /// address order: FACS, DSDT, APIC (MADT), MCFG (with PCI only), FACP (FADT), XSDT.
+    /// Not the RSDP.
     pub tables: Vec<([u8; 4], u64, u32)>,
 }
 
@@ -87,6 +115,16 @@ pub enum AcpiError {
     TooManyVirtioDevices { count: usize },
     #[error("virtio-mmio window {base:#x} (+{size:#x}) does not end below 4 GiB")]
     VirtioWindowAbove4G { base: u64, size: u64 },
+    #[error("PCI ECAM at {base:#x}, buses 0-{bus_end}: not 1 MiB-aligned or not below 4 GiB")]
+    PciEcamWindow { base: u64, bus_end: u8 },
+    #[error("PCI memory window {start:#x}..{end:#x} is empty or does not end below 4 GiB")]
+    PciMmio32Window { start: u64, end: u64 },
+    #[error("PCI memory window {start:#x}..{end:#x} overlaps the ECAM window")]
+    PciMmio32OverlapsEcam { start: u64, end: u64 },
+    #[error("PCI I/O window {start:#x}..={end:#x} is empty or takes in ports 0xcf8-0xcff")]
+    PciIoWindow { start: u16, end: u16 },
+    #[error("INTx route for device {device}: bus 0 has devices 0 to 31, each routed once")]
+    PciIntxDevice { device: u8 },
     #[error("the ACPI tables take {bytes:#x} bytes, more than the {limit:#x} reserved")]
     TooLarge { bytes: u64, limit: u64 },
 }
@@ -103,8 +141,11 @@ fn build_within(config: &AcpiConfig, limit: u64) -> Result<AcpiTables, AcpiError
     let facs = block.place(*b"FACS", &tables::facs(), FACS_ALIGN);
     let dsdt = block.place(*b"DSDT", &dsdt::dsdt(config), TABLE_ALIGN);
     let madt = block.place(*b"APIC", &tables::madt(config.cpus), TABLE_ALIGN);
+    let pci = config.pci.as_ref();
+    let mcfg = pci.map(|pci| block.place(*b"MCFG", &pci::mcfg(pci), TABLE_ALIGN));
     let fadt = block.place(*b"FACP", &tables::fadt(facs, dsdt), TABLE_ALIGN);
-    let xsdt = block.place(*b"XSDT", &tables::xsdt(&[fadt, madt]), TABLE_ALIGN);
+    let entries: Vec<u64> = [fadt, madt].into_iter().chain(mcfg).collect();
+    let xsdt = block.place(*b"XSDT", &tables::xsdt(&entries), TABLE_ALIGN);
     let rsdp = tables::rsdp(xsdt);
     block.bytes[..rsdp.len()].copy_from_slice(&rsdp);
     let bytes = block.bytes.len() as u64;
@@ -139,7 +180,7 @@ fn check(config: &AcpiConfig) -> Result<(), AcpiError> {
             });
         }
     }
-    Ok(())
+    config.pci.as_ref().map_or(Ok(()), pci::check)
 }
 
 /// Tables start on 16-byte boundaries (the RSDP must); the FACS on a 64-byte one (the

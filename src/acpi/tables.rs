@@ -14,8 +14,8 @@ use super::{addr32, seal, CREATOR_ID, CREATOR_REVISION, OEM_ID, OEM_REVISION, OE
 use crate::devices::rtc;
 use crate::layout::{self, gsi, ports};
 
-/// Serializes a crate table.
-fn serialize(table: &dyn Aml) -> Vec<u8> {
+/// Serializes a crate table or AML term.
+pub(super) fn serialize(table: &dyn Aml) -> Vec<u8> {
     let mut bytes = Vec::new();
     table.to_aml_bytes(&mut bytes);
     bytes
@@ -26,7 +26,7 @@ pub(super) fn rsdp(xsdt: u64) -> Vec<u8> {
     serialize(&Rsdp::new(OEM_ID, xsdt))
 }
 
-/// The XSDT, listing `entries` (the FADT and the MADT).
+/// The XSDT, listing `entries` (the FADT, the MADT and, with PCI, the MCFG).
 pub(super) fn xsdt(entries: &[u64]) -> Vec<u8> {
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     for entry in entries {

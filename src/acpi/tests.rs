@@ -19,6 +19,7 @@ fn config(cpus: u8, virtio: usize) -> AcpiConfig {
                 gsi: layout::virtio_mmio_gsi(slot),
             })
             .collect(),
+        pci: None,
     }
 }
 
@@ -258,6 +259,7 @@ fn the_most_devices_still_fit() {
 }
 
 mod aml;
+mod pci;
 
 use aml::Value;
 
@@ -340,12 +342,13 @@ fn dsdt_has_a_processor_device_per_vcpu_and_s5() {
 }
 
 /// Writes every table (not the RSDP, which `iasl -d` does not take alone) of a
-/// 2-vCPU, 2-virtio machine into `$HUSHVM_ACPI_DUMP`, for src/acpi/iasl-check.sh.
+/// 2-vCPU, 2-virtio machine with PCI (two INTx routes) into `$HUSHVM_ACPI_DUMP`, for
+/// src/acpi/iasl-check.sh.
 #[test]
 #[ignore = "writes files for iasl; run by src/acpi/iasl-check.sh"]
 fn dump_tables_for_iasl() {
     let dir = std::path::PathBuf::from(std::env::var_os("HUSHVM_ACPI_DUMP").unwrap());
-    let tables = build(&config(2, 2)).unwrap();
+    let tables = build(&pci::with_pci(pci::pci(0, &[(1, 16), (2, 17)]))).unwrap();
     for (signature, addr, len) in &tables.tables {
         let name = String::from_utf8_lossy(signature).to_lowercase();
         let bytes = at(&tables, *addr, *len as usize);

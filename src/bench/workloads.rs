@@ -122,6 +122,25 @@ pub const WORKLOADS: &[Workload] = &[
         rng: false,
         disk_bytes: 0,
     },
+    // Issue 11: a console printing through COM1 in Linux's three ways; posted: THR writes
+    // wait in the coalesced ring (bounded drain) instead of exiting.
+    Workload {
+        name: "console",
+        guest: "console",
+        count_key: "bytes",
+        default_iterations: 512,
+        result_prefix: "console:",
+        variants: &[
+            variant("slow-baseline", false, true, "pattern=slow"),
+            variant("slow-posted", true, true, "pattern=slow"),
+            variant("fifo-baseline", false, true, "pattern=fifo"),
+            variant("fifo-posted", true, true, "pattern=fifo"),
+            variant("irq-baseline", false, true, "pattern=irq"),
+            variant("irq-posted", true, true, "pattern=irq"),
+        ],
+        rng: false,
+        disk_bytes: 0,
+    },
 ];
 
 /// The workload called `name`.

@@ -472,10 +472,7 @@ impl<C: Clock> BusDevice for Rtc<C> {
 
     fn posted_registers(&self) -> &[PostedRegister] {
         // Writing the index only latches it (seed 000).
-        const INDEX: [PostedRegister; 1] = [PostedRegister {
-            offset: INDEX_PORT,
-            size: 1,
-        }];
+        const INDEX: [PostedRegister; 1] = [PostedRegister::latch(INDEX_PORT, 1)];
         &INDEX
     }
 }

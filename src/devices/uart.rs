@@ -57,7 +57,7 @@ pub const RX_FIFO_DEPTH: usize = 16;
 /// Host input the receiver holds, FIFO included.
 pub const RX_CAPACITY: usize = 64;
 
-const POSTED_THR: [PostedRegister; 1] = [PostedRegister { offset: 0, size: 1 }];
+const POSTED_THR: [PostedRegister; 1] = [PostedRegister::bounded(0, 1)];
 
 /// How the machine wants the UART built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -28,6 +28,23 @@ impl IrqFd {
     }
 }
 
+impl IrqFd {
+    /// An irqfd for a level-triggered GSI, and the resample eventfd KVM signals when the
+    /// guest ends the interrupt (the device then raises the line again if it is still
+    /// asserted).
+    pub(super) fn register_with_resample(vm: &VmFd, gsi: u32) -> Result<(Self, EventFd), KvmError> {
+        let event = EventFd::new(EFD_NONBLOCK).map_err(KvmError::EventFd)?;
+        let resample = EventFd::new(EFD_NONBLOCK).map_err(KvmError::EventFd)?;
+        vm.register_irqfd_with_resample(&event, &resample, gsi)
+            .map_err(ioctl_error("KVM_IRQFD (resample)"))?;
+        let line = Self {
+            event,
+            pulses: AtomicU64::new(0),
+        };
+        Ok((line, resample))
+    }
+}
+
 impl InterruptLine for IrqFd {
     fn pulse(&self) {
         // A full counter (2^64 - 2 unread edges) cannot happen: KVM consumes each write.

@@ -3,6 +3,7 @@
 mod boot;
 pub mod floor;
 mod irq;
+mod msi;
 mod ring;
 mod stats;
 mod vcpu;
@@ -14,10 +15,11 @@ use kvm_ioctls::{Cap, Kvm};
 use thiserror::Error;
 
 pub use irq::IrqFd;
+pub use msi::MsiRoutes;
 pub use ring::KvmRing;
 pub use stats::StatsReader;
 pub use vcpu::Vcpu;
-pub use vm::{VcpuOptions, Vm};
+pub use vm::{IoEvents, VcpuOptions, Vm};
 
 /// Names another KVM device than `/dev/kvm` (tests use it to check the error).
 pub const KVM_DEVICE_VARIABLE: &str = "HUSHVM_KVM_DEVICE";

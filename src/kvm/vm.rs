@@ -1,12 +1,14 @@
 //! The VM: memory slots, the in-kernel irqchip, coalesced zones, vCPU creation.
 
 use kvm_bindings::{kvm_cpuid_entry2, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
+use std::sync::Arc;
+
 use kvm_ioctls::{Cap, IoEventAddress, NoDatamatch, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{ioctl_error, Hypervisor, IrqFd, KvmError, Vcpu};
+use super::{ioctl_error, Hypervisor, IrqFd, KvmError, MsiRoutes, Vcpu};
 use crate::bus::{AddressSpace, PostedZone};
 use crate::cpuid::{self, CpuModel, CpuidEntry, CpuidError};
 use crate::layout::{KVM_IDENTITY_MAP, KVM_TSS};
@@ -57,19 +59,20 @@ fn to_kvm(entry: &CpuidEntry) -> kvm_cpuid_entry2 {
 /// A KVM VM.
 #[derive(Debug)]
 pub struct Vm {
-    fd: VmFd,
+    fd: Arc<VmFd>,
     supported_cpuid: CpuId,
     run_size: usize,
     coalesced_ring_page: Option<u32>,
     coalesced_pio: bool,
     tsc_deadline: bool,
+    msi_routes: Arc<MsiRoutes>,
 }
 
 impl Vm {
     /// Creates a VM with `memory` as its RAM and the in-kernel irqchip.
     pub fn new(hypervisor: &Hypervisor, memory: &GuestMemoryMmap) -> Result<Self, KvmError> {
         let kvm = &hypervisor.kvm;
-        let fd = kvm.create_vm().map_err(ioctl_error("KVM_CREATE_VM"))?;
+        let fd = Arc::new(kvm.create_vm().map_err(ioctl_error("KVM_CREATE_VM"))?);
         fd.set_tss_address(KVM_TSS as usize)
             .map_err(ioctl_error("KVM_SET_TSS_ADDR"))?;
         fd.set_identity_map_address(KVM_IDENTITY_MAP)
@@ -105,6 +108,7 @@ impl Vm {
         let coalesced_pio = coalesced_ring_page.is_some() && fd.check_extension(Cap::CoalescedPio);
         let tsc_deadline = fd.check_extension(Cap::TscDeadlineTimer);
         Ok(Self {
+            msi_routes: Arc::new(MsiRoutes::new(fd.clone())),
             fd,
             supported_cpuid,
             run_size,
@@ -139,6 +143,22 @@ impl Vm {
         IrqFd::register(&self.fd, gsi)
     }
 
+    /// A level-triggered line to `gsi` (PCI INTx): the irqfd asserts it until the guest
+    /// ends the interrupt, then KVM signals the returned resample eventfd.
+    pub fn level_irq_line(&self, gsi: u32) -> Result<(IrqFd, EventFd), KvmError> {
+        IrqFd::register_with_resample(&self.fd, gsi)
+    }
+
+    /// The VM's GSI routes, for MSI vectors.
+    pub fn msi_routes(&self) -> Arc<MsiRoutes> {
+        self.msi_routes.clone()
+    }
+
+    /// A handle that (un)registers ioeventfds at run time (doorbells that move with a BAR).
+    pub fn ioevents(&self) -> IoEvents {
+        IoEvents(self.fd.clone())
+    }
+
     /// A doorbell: an eventfd KVM signals, without leaving the kernel, when the guest
     /// writes `addr`. `datamatch: None` registers a length-0 ioeventfd, which for MMIO
     /// takes KVM's fast-MMIO path (seed 003: no instruction decoding, length and data not
@@ -150,15 +170,7 @@ impl Vm {
         datamatch: Option<u32>,
     ) -> Result<EventFd, KvmError> {
         let event = EventFd::new(EFD_NONBLOCK).map_err(KvmError::EventFd)?;
-        let addr = match space {
-            AddressSpace::Pio => IoEventAddress::Pio(addr),
-            AddressSpace::Mmio => IoEventAddress::Mmio(addr),
-        };
-        match datamatch {
-            None => self.fd.register_ioevent(&event, &addr, NoDatamatch),
-            Some(value) => self.fd.register_ioevent(&event, &addr, value),
-        }
-        .map_err(ioctl_error("KVM_IOEVENTFD"))?;
+        self.ioevents().assign(&event, space, addr, datamatch)?;
         Ok(event)
     }
 
@@ -195,5 +207,51 @@ impl Vm {
         let vcpu = Vcpu::new(fd, id, self.run_size, self.coalesced_ring_page);
         vcpu.set_power_on_state()?;
         Ok(vcpu)
+    }
+}
+
+/// Registers and removes ioeventfds while the VM runs.
+#[derive(Debug, Clone)]
+pub struct IoEvents(Arc<VmFd>);
+
+impl IoEvents {
+    fn address(space: AddressSpace, addr: u64) -> IoEventAddress {
+        match space {
+            AddressSpace::Pio => IoEventAddress::Pio(addr),
+            AddressSpace::Mmio => IoEventAddress::Mmio(addr),
+        }
+    }
+
+    /// Signals `event` on writes to `addr` (`datamatch: None`: a length-0 ioeventfd, any
+    /// write; `Some(v)`: a 2-byte write of `v`, a virtio-pci queue index).
+    pub fn assign(
+        &self,
+        event: &EventFd,
+        space: AddressSpace,
+        addr: u64,
+        datamatch: Option<u32>,
+    ) -> Result<(), KvmError> {
+        let addr = Self::address(space, addr);
+        match datamatch {
+            None => self.0.register_ioevent(event, &addr, NoDatamatch),
+            Some(value) => self.0.register_ioevent(event, &addr, value),
+        }
+        .map_err(ioctl_error("KVM_IOEVENTFD"))
+    }
+
+    /// Removes what [`IoEvents::assign`] registered.
+    pub fn deassign(
+        &self,
+        event: &EventFd,
+        space: AddressSpace,
+        addr: u64,
+        datamatch: Option<u32>,
+    ) -> Result<(), KvmError> {
+        let addr = Self::address(space, addr);
+        match datamatch {
+            None => self.0.unregister_ioevent(event, &addr, NoDatamatch),
+            Some(value) => self.0.unregister_ioevent(event, &addr, value),
+        }
+        .map_err(ioctl_error("KVM_IOEVENTFD (deassign)"))
     }
 }

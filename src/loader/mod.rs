@@ -103,7 +103,7 @@ pub enum LoaderError {
     InitrdDoesNotFit { size: usize, below: u64, above: u64 },
     #[error("the memory map has {entries} entries, more than the boot protocol's {max}")]
     MemoryMapTooLarge { entries: usize, max: usize },
-    #[error("cannot load the kernel: {0}")]
+    #[error("{0}")]
     Kernel(#[source] linux_loader::loader::Error),
     #[error("cannot write the boot parameters: {0}")]
     BootParams(#[source] linux_loader::configurator::Error),

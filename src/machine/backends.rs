@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -69,6 +70,9 @@ pub struct Backends {
     pub disk: Option<(Box<dyn DiskBackend>, bool)>,
     pub entropy: Option<Box<dyn Read + Send>>,
     pub console: Option<Output>,
+    /// A second handle on the disk image, for the `fdatasync` every stop ends with
+    /// (a guest that never flushes, a signal): the device owns the first.
+    pub disk_sync: Option<File>,
 }
 
 /// What [`SerialMode::Capture`] outputs collected.
@@ -81,13 +85,10 @@ pub struct Captures {
 impl Backends {
     /// Opens what `devices` names on the host.
     pub fn open(devices: &DeviceConfig, captures: &Captures) -> Result<Self, MachineError> {
-        let disk = match &devices.disk {
-            Some(disk) => Some((
-                Box::new(open_disk(disk)?) as Box<dyn DiskBackend>,
-                disk.readonly,
-            )),
-            None => None,
-        };
+        let disk = devices.disk.as_ref().map(open_disk).transpose()?;
+        let disk_sync = disk.as_ref().and_then(|d| d.file().try_clone().ok());
+        let readonly = devices.disk.as_ref().is_some_and(|d| d.readonly);
+        let disk = disk.map(|d| (Box::new(d) as Box<dyn DiskBackend>, readonly));
         let entropy = match devices.rng {
             true => Some(Box::new(File::open("/dev/urandom").map_err(MachineError::Entropy)?) as _),
             false => None,
@@ -101,6 +102,7 @@ impl Backends {
                 .as_ref()
                 .map(|mode| output(mode, &captures.console))
                 .transpose()?,
+            disk_sync,
         })
     }
 
@@ -113,6 +115,7 @@ impl Backends {
             disk: (disk_bytes > 0).then(|| (Box::new(disk) as Box<dyn DiskBackend>, false)),
             entropy: rng.then(|| Box::new(io::repeat(0)) as _),
             console: console.then(|| Box::new(output.clone()) as _),
+            disk_sync: None,
         }
     }
 }
@@ -145,6 +148,8 @@ pub fn open_disk(disk: &DiskConfig) -> Result<FileDisk, MachineError> {
         .open(&disk.path)
         .map_err(|e| match (e.kind(), e.raw_os_error()) {
             (io::ErrorKind::NotFound, _) => error(DiskProblem::Missing),
+            // Opening a directory for writing fails before the is-a-file check below.
+            (_, Some(libc::EISDIR)) => error(DiskProblem::NotAFile),
             (_, Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ETXTBSY))
                 if !disk.readonly =>
             {
@@ -156,11 +161,46 @@ pub fn open_disk(disk: &DiskConfig) -> Result<FileDisk, MachineError> {
     if !metadata.is_file() {
         return Err(error(DiskProblem::NotAFile));
     }
+    lock(&file, disk.readonly).map_err(|e| match e.raw_os_error() {
+        Some(libc::EAGAIN | libc::EACCES) => error(DiskProblem::Locked),
+        _ => error(DiskProblem::Lock(e)),
+    })?;
     let size = metadata.len();
     if size == 0 || size % SECTOR != 0 {
         return Err(error(DiskProblem::BadSize(size)));
     }
     Ok(FileDisk::new(file, size))
+}
+
+/// Takes an advisory lock on the whole image for as long as the file stays open: shared
+/// for `readonly`, exclusive otherwise; fails at once (EAGAIN) if another process holds a
+/// conflicting one. An open-file-description ("OFD") `fcntl` lock rather than `flock`:
+/// it is what QEMU (on its permission bytes) and Cloud Hypervisor (on the whole file)
+/// take, and on Linux `flock` locks and `fcntl` locks never see each other; unlike a
+/// classic POSIX lock it belongs to this open file, so closing another descriptor of the
+/// image (the final sync's duplicate) does not drop it.
+fn lock(file: &File, readonly: bool) -> io::Result<()> {
+    let kind = if readonly {
+        libc::F_RDLCK
+    } else {
+        libc::F_WRLCK
+    };
+    let request = libc::flock {
+        l_type: kind as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        // 0: to the end of the file, however long it grows.
+        l_len: 0,
+        // Must be 0 for an OFD lock.
+        l_pid: 0,
+    };
+    // SAFETY: `file` is an open descriptor for the call's duration and `request` is a
+    // valid, initialised `struct flock` that F_OFD_SETLK only reads.
+    let result = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &request) };
+    match result {
+        -1 => Err(io::Error::last_os_error()),
+        _ => Ok(()),
+    }
 }
 
 /// Why a disk image cannot be used.
@@ -172,8 +212,68 @@ pub enum DiskProblem {
     NotWritable(#[source] io::Error),
     #[error("{0}")]
     Open(#[source] io::Error),
+    #[error("locked by another process (is another VM using it?)")]
+    Locked,
+    #[error("cannot lock it: {0}")]
+    Lock(#[source] io::Error),
     #[error("not a regular file")]
     NotAFile,
     #[error("its size, {0} bytes, is not a positive multiple of 512")]
     BadSize(u64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(name: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("hushvm-lock-{}-{name}", std::process::id()));
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        path
+    }
+
+    fn open(path: &std::path::Path, readonly: bool) -> Result<FileDisk, MachineError> {
+        open_disk(&DiskConfig {
+            path: path.to_path_buf(),
+            readonly,
+        })
+    }
+
+    fn locked(result: Result<FileDisk, MachineError>) -> bool {
+        matches!(
+            result,
+            Err(MachineError::Disk {
+                problem: DiskProblem::Locked,
+                ..
+            })
+        )
+    }
+
+    /// OFD locks conflict between two opens of one file even in one process, so the
+    /// rules are testable here.
+    #[test]
+    fn one_writer_or_many_readers() {
+        let path = image("rw");
+        let writer = open(&path, false).unwrap();
+        assert!(locked(open(&path, false)), "a second writer");
+        assert!(locked(open(&path, true)), "a reader beside a writer");
+        drop(writer);
+        let first = open(&path, true).unwrap();
+        let _second = open(&path, true).expect("two readers");
+        assert!(locked(open(&path, false)), "a writer beside readers");
+        drop((first, _second));
+        open(&path, false).expect("the lock goes with the file");
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// The final sync's duplicate handle shares the lock: closing it keeps the image
+    /// locked (a classic POSIX lock would have been dropped).
+    #[test]
+    fn closing_a_duplicate_keeps_the_lock() {
+        let path = image("dup");
+        let writer = open(&path, false).unwrap();
+        drop(writer.file().try_clone().unwrap());
+        assert!(locked(open(&path, false)));
+        let _ = std::fs::remove_file(path);
+    }
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{DiskConfig, Doorbell, SerialMode};
+use crate::config::{DiskConfig, Doorbell, SerialMode, VirtioTransport};
 use crate::cpuid::CpuModel;
 use crate::layout::MemoryLayout;
 use crate::loader::Module;
@@ -12,6 +12,10 @@ use crate::loader::Module;
 /// The event loop's polling window after each event (QEMU's IOThreads poll up to 32 us by
 /// default; doorbell round trips on the development host need a little more).
 pub const DEFAULT_EVENT_POLL: Duration = Duration::from_micros(100);
+
+/// The bounded drain's period: a posted write (a console byte, a reset to 0xcf9) takes
+/// effect within it even when the guest makes no exit.
+pub const DEFAULT_POSTED_DRAIN: Duration = Duration::from_millis(1);
 
 /// A kernel image and the name the guest's command line gives it.
 #[derive(Debug, Clone)]
@@ -54,6 +58,8 @@ pub struct DeviceConfig {
     pub rng: bool,
     /// A virtio-console device, and where its output goes.
     pub virtio_console: Option<SerialMode>,
+    /// virtio-mmio or virtio-pci.
+    pub transport: VirtioTransport,
 }
 
 /// The seed techniques, each switchable so that every claim is an A/B measurement.
@@ -67,6 +73,8 @@ pub struct Cures {
     pub doorbell: Doorbell,
     /// How long the event loop keeps polling after an event before it sleeps.
     pub event_poll: Duration,
+    /// At most how long a posted write waits in the ring (`None`: until the next exit).
+    pub posted_drain: Option<Duration>,
 }
 
 impl Default for Cures {
@@ -76,6 +84,7 @@ impl Default for Cures {
             pv_eoi: true,
             doorbell: Doorbell::default(),
             event_poll: DEFAULT_EVENT_POLL,
+            posted_drain: Some(DEFAULT_POSTED_DRAIN),
         }
     }
 }
@@ -123,6 +132,7 @@ impl MachineConfig {
                 disk: None,
                 rng: false,
                 virtio_console: None,
+                transport: VirtioTransport::Mmio,
             },
             cures: Cures::default(),
             run: RunOptions {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
 
 use crate::bus::IoBuses;
-use crate::config::Doorbell;
+use crate::config::{Doorbell, VirtioTransport};
 use crate::devices::acpi_pm::{Pm1Control, Pm1Event, PmTimer, ResetControl};
 use crate::devices::data_port::DataPort;
 use crate::devices::debug_exit::DebugExit;
@@ -15,14 +15,14 @@ use crate::devices::fw_cfg::FwCfg;
 use crate::devices::i8042::I8042;
 use crate::devices::post_code::PostCode;
 use crate::devices::rtc::{Clock, Rtc};
-use crate::devices::uart::Uart;
-use crate::irq::InterruptLine;
+use crate::devices::uart::{Uart, UartOptions};
 use crate::layout::{gsi, ports, MemoryLayout};
 use crate::services::{InputService, InputTarget, RtcService, Services};
 
 use super::backends::{Backends, Output};
+use super::pci;
 use super::platform::Platform;
-use super::virtio::{self, VirtioSlot};
+use super::virtio::{self, Counter, VirtioSlot};
 use super::MachineError;
 
 /// COM1 as the machine builds it.
@@ -34,6 +34,8 @@ pub struct DeviceSpec {
     pub memory: MemoryLayout,
     pub cpus: u8,
     pub doorbell: Doorbell,
+    /// Where the virtio devices sit.
+    pub transport: VirtioTransport,
 }
 
 /// The clocks the devices read: the RTC's wall clock and the PM timer's monotonic one
@@ -43,10 +45,10 @@ pub struct Clocks<C: Clock, P: Clock> {
     pub pm_timer: P,
 }
 
-/// A named interrupt line, to count what it carried.
+/// A device's interrupts, by name, to count what it raised.
 pub struct NamedLine {
     pub name: &'static str,
-    pub line: Arc<dyn InterruptLine>,
+    pub count: Counter,
 }
 
 /// The built devices, placed on the buses.
@@ -76,38 +78,61 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
     rtc.set_memory_size(spec.memory.ram_bytes());
     rtc.connect_interrupt(rtc_line.clone());
     let rtc = Arc::new(Mutex::new(rtc));
-    let com1 = Arc::new(Mutex::new(Uart::with_interrupt(
+    // THR is declared posted with a bounded flush; the machine registers it only when
+    // it runs the bounded drain.
+    let com1 = Arc::new(Mutex::new(Uart::with_options(
         backends.serial,
         com1_line.clone(),
+        UartOptions {
+            post_transmit: true,
+        },
     )));
     place_pc_devices(&mut buses, spec, rtc.clone(), com1.clone())?;
     place_acpi_devices(&mut buses, clocks.pm_timer)?;
-    let slots = virtio::build(
-        virtio::VirtioBackends {
-            disk: backends.disk,
-            entropy: backends.entropy,
-            console: backends.console,
-        },
+    let virtio_backends = virtio::VirtioBackends {
+        disk: backends.disk,
+        entropy: backends.entropy,
+        console: backends.console,
+    };
+    let on_pci = spec.transport == VirtioTransport::Pci;
+    let (pci_devices, mmio_devices) = match on_pci {
+        true => (virtio_backends, virtio::VirtioBackends::none()),
+        false => (virtio::VirtioBackends::none(), virtio_backends),
+    };
+    let reset = ResetControl::default();
+    let mut slots = pci::build(
+        pci_devices,
         spec.doorbell,
         memory,
         platform,
         &mut buses,
+        reset,
     )?;
+    slots.extend(virtio::build(
+        mmio_devices,
+        spec.doorbell,
+        memory,
+        platform,
+        &mut buses,
+    )?);
     let mut inputs = vec![InputService::new(InputTarget::Com1, com1)];
     inputs.extend(slots.iter().filter_map(|slot| slot.input.clone()));
     let mut lines = vec![
         NamedLine {
             name: "com1",
-            line: com1_line,
+            count: Arc::new(move || com1_line.pulses()),
         },
         NamedLine {
             name: "rtc",
-            line: rtc_line,
+            count: {
+                let rtc_line = rtc_line.clone();
+                Arc::new(move || rtc_line.pulses())
+            },
         },
     ];
     lines.extend(slots.iter().map(|slot| NamedLine {
         name: slot.name,
-        line: slot.interrupt.clone(),
+        count: slot.interrupts.clone(),
     }));
     Ok(Devices {
         buses,
@@ -190,11 +215,7 @@ fn place_acpi_devices<P: Clock + 'static>(
         ports::ACPI_PM_TIMER_COUNT,
         Arc::new(Mutex::new(PmTimer::new(pm_clock))),
     )?;
-    pio.insert(
-        "reset-control",
-        ports::RESET_CONTROL,
-        1,
-        Arc::new(Mutex::new(ResetControl::default())),
-    )?;
+    // The reset register (0xcf9) sits inside PCI's configuration ports: pci::build
+    // places it.
     Ok(())
 }

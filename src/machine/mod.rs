@@ -7,15 +7,16 @@
 mod backends;
 mod config;
 mod devices;
+mod pci;
 mod platform;
 mod report;
+mod signals;
 mod vcpus;
 mod virtio;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,12 +26,14 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::access::DeviceAccess;
 use crate::acpi;
-use crate::bus::{AddressSpace, BusError, IoBuses};
+use crate::bus::{AddressSpace, BusError, Flush, IoBuses};
 use crate::coalesced::PostedWrites;
-use crate::config::SerialMode;
+use crate::config::{SerialMode, VirtioTransport};
 use crate::devices::acpi_pm::MonotonicClock;
 use crate::devices::rtc::{Clock, SystemClock};
-use crate::event_loop::{DoorbellEvent, HostInput, RtcTimer, StopWake, Subscriber};
+use crate::event_loop::{
+    DoorbellEvent, HostInput, IntxResample, PostedDrain, RtcTimer, StopWake, Subscriber,
+};
 use crate::kvm::{Hypervisor, KvmError, Vcpu, VcpuOptions, Vm};
 use crate::layout::{self, LayoutError, MemoryLayout};
 use crate::loader::{self, BootRequest, EntryState, LoaderError};
@@ -43,11 +46,12 @@ use crate::vcpu;
 pub use backends::{open_disk, Backends, CountingSink, DiskProblem};
 pub use config::{
     BootConfig, Cures, DeviceConfig, Kernel, MachineConfig, RunOptions, VcpuConfig,
-    DEFAULT_EVENT_POLL,
+    DEFAULT_EVENT_POLL, DEFAULT_POSTED_DRAIN,
 };
 pub use devices::{build as build_devices, Clocks, DeviceSpec, Devices};
 pub use platform::{Platform, Unplugged};
 pub use report::{Coalescing, RunReport};
+pub use signals::{install as install_signal_handlers, signal_name, STOP_SIGNALS};
 
 /// Setting the machine up failed.
 #[derive(Debug, Error)]
@@ -74,6 +78,8 @@ pub enum MachineError {
     Kvm(#[from] KvmError),
     #[error("cannot place a device: {0}")]
     Bus(#[from] BusError),
+    #[error("cannot build the PCI bus: {0}")]
+    Pci(#[from] crate::devices::pci::PciError),
     #[error("--cpu: {0}")]
     Cpuid(#[from] crate::cpuid::CpuidError),
     #[error("--cpus {asked}: this KVM allows 1 to {max}")]
@@ -123,13 +129,19 @@ pub fn guest_memory(layout: &MemoryLayout) -> Result<GuestMemoryMmap, MachineErr
     })
 }
 
-/// Registers every declared posted register with KVM, or says why not.
+/// Registers every declared posted register with KVM, or says why not; a register with
+/// an outside effect only when `bounded` (the drain that bounds its delay runs).
 fn enable_posted_writes(
     vm: &Vm,
     vcpu: &Vcpu,
     buses: &IoBuses,
+    bounded: bool,
 ) -> Result<(PostedWrites, Coalescing), KvmError> {
-    let zones = buses.posted_zones();
+    let zones: Vec<_> = buses
+        .posted_zones()
+        .into_iter()
+        .filter(|zone| bounded || zone.flush == Flush::BeforeNextAccess)
+        .collect();
     if zones
         .iter()
         .any(|zone| !vm.supports_posted_writes(zone.space))
@@ -162,7 +174,8 @@ fn posted_writes(
     if !config.cures.coalesce {
         return Ok((PostedWrites::disabled(), Coalescing::Off));
     }
-    let (posted, coalescing) = enable_posted_writes(vm, boot_vcpu, buses)?;
+    let bounded = config.cures.posted_drain.is_some();
+    let (posted, coalescing) = enable_posted_writes(vm, boot_vcpu, buses, bounded)?;
     if coalescing == Coalescing::Unsupported {
         eprintln!("hushvm: warning: KVM cannot post port writes (no KVM_CAP_COALESCED_PIO); running without coalescing");
     }
@@ -217,6 +230,7 @@ fn start_trace(
         cpus: config.vcpus.count,
         rng: devices.rng,
         console: devices.virtio_console.is_some(),
+        pci: devices.transport == VirtioTransport::Pci,
         disk_bytes,
         clock_start: clock_start.as_nanos() as u64,
     };
@@ -237,6 +251,7 @@ fn write_acpi_tables<C: Clock>(
     let windows = devices
         .virtio
         .iter()
+        .filter(|slot| slot.on_mmio)
         .map(|slot| acpi::VirtioMmioWindow {
             base: layout::virtio_mmio_slot(slot.index),
             size: layout::VIRTIO_MMIO_SLOT_SIZE,
@@ -246,6 +261,7 @@ fn write_acpi_tables<C: Clock>(
     let tables = acpi::build(&acpi::AcpiConfig {
         cpus: config.vcpus.count,
         virtio_mmio: windows,
+        pci: Some(pci_description(devices)),
     })?;
     memory
         .write_slice(&tables.bytes, GuestAddress(layout::ACPI_TABLES))
@@ -254,6 +270,19 @@ fn write_acpi_tables<C: Clock>(
             source,
         })?;
     Ok(tables.rsdp_addr)
+}
+
+/// The PCI host bridge the tables describe: bus 0 only, the layout's windows, QEMU's
+/// I/O window, and the INTx line of each virtio-pci device.
+fn pci_description<C: Clock>(devices: &Devices<C>) -> acpi::AcpiPci {
+    let on_pci = devices.virtio.iter().filter(|slot| !slot.on_mmio).count();
+    acpi::AcpiPci {
+        ecam_base: layout::PCI_ECAM_START,
+        bus_end: 0,
+        mmio32: layout::PCI_MMIO32_START..layout::PCI_MMIO32_END,
+        io: Some(layout::ports::PCI_IO_START..=u16::MAX),
+        intx: pci::intx_routes(on_pci),
+    }
 }
 
 /// Loads the kernel, with the devices' additions to its command line.
@@ -278,18 +307,13 @@ fn load_kernel<C: Clock>(
 }
 
 /// The event loop's subscribers: the RTC timer, host input, the doorbells, the stop
-/// wake-up.
+/// wake-up, the stop signals.
 fn event_loop<C: Clock + 'static>(
     config: &MachineConfig,
     devices: &mut Devices<C>,
     access: &DeviceAccess,
-) -> Result<
-    (
-        EventManager<Subscriber>,
-        Arc<vmm_sys_util::eventfd::EventFd>,
-    ),
-    MachineError,
-> {
+    (wake, state): (StopWake, &Arc<vcpus::StopState>),
+) -> Result<EventManager<Subscriber>, MachineError> {
     let mut events = EventManager::<Subscriber>::new().map_err(MachineError::EventManager)?;
     let subscribe = |events: &mut EventManager<Subscriber>, subscriber: Subscriber| {
         events.add_subscriber(subscriber);
@@ -313,10 +337,19 @@ fn event_loop<C: Clock + 'static>(
             let doorbell = DoorbellEvent::new(event, queue, slot.service.clone(), access.clone());
             subscribe(&mut events, Arc::new(Mutex::new(doorbell)));
         }
+        if let Some((event, device)) = slot.resample.take() {
+            let resample = IntxResample::new(event, device, access.clone());
+            subscribe(&mut events, Arc::new(Mutex::new(resample)));
+        }
     }
-    let (wake_subscriber, wake) = StopWake::new().map_err(MachineError::EventLoop)?;
-    subscribe(&mut events, Arc::new(Mutex::new(wake_subscriber)));
-    Ok((events, wake))
+    if let (Some(period), true) = (config.cures.posted_drain, access.posted.is_enabled()) {
+        let drain = PostedDrain::new(period, access.clone()).map_err(MachineError::EventLoop)?;
+        subscribe(&mut events, Arc::new(Mutex::new(drain)));
+    }
+    subscribe(&mut events, Arc::new(Mutex::new(wake)));
+    let signals = signals::SignalStop::new(state.clone()).map_err(MachineError::EventLoop)?;
+    subscribe(&mut events, Arc::new(Mutex::new(signals)));
+    Ok(events)
 }
 
 /// Boots the machine and runs it until it stops.
@@ -335,8 +368,10 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         memory: config.memory,
         cpus: config.vcpus.count,
         doorbell: config.cures.doorbell,
+        transport: config.devices.transport,
     };
-    let backends = Backends::open(&config.devices, &captures)?;
+    let mut backends = Backends::open(&config.devices, &captures)?;
+    let disk_sync = backends.disk_sync.take();
     let clocks = Clocks {
         rtc: MachineClock::new(clock_start, recorder.clone()),
         pm_timer: RecordedClock::new(MonotonicClock::default(), recorder.clone()),
@@ -347,21 +382,26 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     let vcpus = create_vcpus(&vm, config, &entry)?;
     let buses = std::mem::take(&mut devices.buses);
     let (posted, coalescing) = posted_writes(config, &vm, &vcpus[0], &buses)?;
+    let (wake_subscriber, wake) = StopWake::new().map_err(MachineError::EventLoop)?;
+    let state = Arc::new(vcpus::StopState::new(wake));
     let access = DeviceAccess {
         buses: Arc::new(buses),
         posted: Arc::new(posted),
         recorder: recorder.clone(),
+        stops: Some(state.clone()),
     };
-    let (mut events, wake) = event_loop(config, &mut devices, &access)?;
+    let mut events = event_loop(config, &mut devices, &access, (wake_subscriber, &state))?;
     vcpu::install_kick_handler().map_err(MachineError::KickSignal)?;
     let shared = vcpus::Shared {
         access: access.clone(),
-        stop: Arc::new(AtomicBool::new(false)),
-        wake,
-        first_stop: Arc::default(),
+        state,
         time_exits: config.run.time_exits,
     };
     let run = vcpus::run(vcpus, &shared, &mut events, config)?;
+    // Every stop path ends here: what a guest posted after its last exit (a console
+    // byte before a crash or a timeout) still reaches its device.
+    let _ = access.operation(|| access.settle());
+    finish_outputs(config, disk_sync);
     let wall = started.elapsed();
     if let (Some(recorder), Some(path)) = (&recorder, &config.run.record) {
         recorder.finish().map_err(|source| MachineError::Trace {
@@ -372,6 +412,23 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     Ok(report(
         config, run, &devices, &access, &captures, coalescing, wall,
     ))
+}
+
+/// What every stop ends with, whatever stopped the VM (a power-off, a crash, a signal):
+/// the disk's data reaches the image's storage (as a guest's flush would have made it)
+/// and COM1's and the console's output leaves hushvm's buffers. A failure is only
+/// reported: the run's outcome stands.
+fn finish_outputs(config: &MachineConfig, disk_sync: Option<std::fs::File>) {
+    if let (Some(file), Some(disk)) = (disk_sync, &config.devices.disk) {
+        if let Err(error) = file.sync_data() {
+            eprintln!(
+                "hushvm: warning: --disk {}: cannot sync the image: {error}",
+                disk.path.display()
+            );
+        }
+    }
+    // The devices flush after each write; standard output's own buffer is flushed here.
+    let _ = io::Write::flush(&mut io::stdout());
 }
 
 /// Gathers what the run measured.
@@ -406,7 +463,7 @@ fn report<C: Clock>(
         interrupts: devices
             .lines
             .iter()
-            .map(|named| (named.name, named.line.pulses()))
+            .map(|named| (named.name, (named.count)()))
             .collect(),
         virtio_notifications: devices
             .virtio

@@ -8,7 +8,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::AddressSpace;
 use crate::irq::{CountingLine, InterruptLine};
-use crate::kvm::Vm;
+use crate::kvm::{IoEvents, MsiRoutes, Vm};
 
 use super::MachineError;
 
@@ -24,6 +24,18 @@ pub trait Platform {
         addr: u64,
         datamatch: Option<u32>,
     ) -> Result<Option<EventFd>, MachineError>;
+    /// A level-triggered line for `gsi`, and the fd that says the guest ended the
+    /// interrupt (none where nothing resamples).
+    fn level_line(
+        &self,
+        gsi: u32,
+    ) -> Result<(Arc<dyn InterruptLine>, Option<EventFd>), MachineError>;
+    /// A fresh MSI vector: its GSI and the line that signals it.
+    fn msi_vector(&self) -> Result<(u32, Arc<dyn InterruptLine>), MachineError>;
+    /// Where MSI vectors are routed to the messages the guest programs.
+    fn msi_routes(&self) -> Option<Arc<MsiRoutes>>;
+    /// Registers doorbells while the VM runs (they move with a PCI BAR).
+    fn ioevents(&self) -> Option<IoEvents>;
 }
 
 impl Platform for Vm {
@@ -38,6 +50,27 @@ impl Platform for Vm {
         datamatch: Option<u32>,
     ) -> Result<Option<EventFd>, MachineError> {
         Ok(Some(Vm::doorbell(self, space, addr, datamatch)?))
+    }
+
+    fn level_line(
+        &self,
+        gsi: u32,
+    ) -> Result<(Arc<dyn InterruptLine>, Option<EventFd>), MachineError> {
+        let (line, resample) = self.level_irq_line(gsi)?;
+        Ok((Arc::new(line), Some(resample)))
+    }
+
+    fn msi_vector(&self) -> Result<(u32, Arc<dyn InterruptLine>), MachineError> {
+        let (gsi, line) = self.msi_routes().vector()?;
+        Ok((gsi, Arc::new(line)))
+    }
+
+    fn msi_routes(&self) -> Option<Arc<MsiRoutes>> {
+        Some(Vm::msi_routes(self))
+    }
+
+    fn ioevents(&self) -> Option<IoEvents> {
+        Some(Vm::ioevents(self))
     }
 }
 
@@ -57,5 +90,24 @@ impl Platform for Unplugged {
         _: Option<u32>,
     ) -> Result<Option<EventFd>, MachineError> {
         Ok(None)
+    }
+
+    fn level_line(
+        &self,
+        _gsi: u32,
+    ) -> Result<(Arc<dyn InterruptLine>, Option<EventFd>), MachineError> {
+        Ok((Arc::new(CountingLine::default()), None))
+    }
+
+    fn msi_vector(&self) -> Result<(u32, Arc<dyn InterruptLine>), MachineError> {
+        Ok((0, Arc::new(CountingLine::default())))
+    }
+
+    fn msi_routes(&self) -> Option<Arc<MsiRoutes>> {
+        None
+    }
+
+    fn ioevents(&self) -> Option<IoEvents> {
+        None
     }
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use event_manager::EventManager;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::access::DeviceAccess;
+use crate::access::{DeviceAccess, StopSink};
+use crate::bus::StopRequest;
 use crate::event_loop::Subscriber;
 use crate::kvm::{StatsReader, Vcpu};
 use crate::sync::LockExt;
@@ -17,20 +18,47 @@ use crate::vcpu::{self, VcpuReport, VmStop};
 
 use super::{MachineConfig, MachineError};
 
-/// The first real reason the VM stopped, and the registers of the vCPU that stopped it.
-pub type FirstStop = Arc<Mutex<Option<(VmStop, Option<String>)>>>;
+/// How the VM comes to a stop: the flag every vCPU loop checks before `KVM_RUN`, the
+/// first real reason (with the registers of the vCPU that stopped it), and the eventfd
+/// that wakes the event loop.
+#[derive(Debug)]
+pub struct StopState {
+    pub stop: AtomicBool,
+    first: Mutex<Option<(VmStop, Option<String>)>>,
+    wake: Arc<EventFd>,
+}
+
+impl StopState {
+    pub fn new(wake: Arc<EventFd>) -> Self {
+        Self {
+            stop: AtomicBool::new(false),
+            first: Mutex::default(),
+            wake,
+        }
+    }
+
+    /// Stops the VM for `stop` (kept if it is the first real reason).
+    pub fn stop(&self, stop: VmStop, registers: Option<String>) {
+        if stop != VmStop::Requested {
+            self.first.locked().get_or_insert((stop, registers));
+        }
+        self.stop.store(true, Ordering::Release);
+        let _ = self.wake.write(1);
+    }
+}
+
+impl StopSink for StopState {
+    fn request(&self, request: StopRequest) {
+        self.stop(VmStop::Guest(request), None);
+    }
+}
 
 /// What every vCPU thread shares.
 #[derive(Clone)]
 pub struct Shared {
     /// The buses, the coalesced ring, the trace.
     pub access: DeviceAccess,
-    /// Raised when the VM is to stop; every vCPU loop checks it before `KVM_RUN`.
-    pub stop: Arc<AtomicBool>,
-    /// Wakes the event loop when a vCPU stops.
-    pub wake: Arc<EventFd>,
-    /// The first real reason a vCPU stopped, with its registers.
-    pub first_stop: FirstStop,
+    pub state: Arc<StopState>,
     pub time_exits: bool,
 }
 
@@ -56,7 +84,12 @@ fn spawn(mut vcpu: Vcpu, shared: Shared) -> Result<JoinHandle<Outcome>, MachineE
         .name(name)
         .spawn(move || {
             let before = read_stats(&stats);
-            let report = vcpu::run(&mut vcpu, &shared.access, &shared.stop, shared.time_exits);
+            let report = vcpu::run(
+                &mut vcpu,
+                &shared.access,
+                &shared.state.stop,
+                shared.time_exits,
+            );
             let stats = read_stats(&stats)
                 .into_iter()
                 .map(|(name, value)| {
@@ -64,12 +97,9 @@ fn spawn(mut vcpu: Vcpu, shared: Shared) -> Result<JoinHandle<Outcome>, MachineE
                     (name, value.saturating_sub(start))
                 })
                 .collect();
-            if report.stop != VmStop::Requested {
-                let mut first = shared.first_stop.locked();
-                first.get_or_insert_with(|| (report.stop.clone(), report.registers.clone()));
-            }
-            shared.stop.store(true, Ordering::Release);
-            let _ = shared.wake.write(1);
+            shared
+                .state
+                .stop(report.stop.clone(), report.registers.clone());
             Outcome { report, stats }
         })
         .map_err(MachineError::SpawnThread)
@@ -153,11 +183,11 @@ pub fn run(
     let (outcomes, timed_out) = run_until_stopped(
         events,
         threads,
-        &shared.stop,
+        &shared.state.stop,
         deadline,
         config.cures.event_poll,
     )?;
-    let first = shared.first_stop.locked().take();
+    let first = shared.state.first.locked().take();
     let (stop, registers) = match first {
         Some(first) => first,
         None if timed_out => (VmStop::Timeout, None),

@@ -23,9 +23,8 @@ use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{MmioTransport, QueueNotify, MMIO_SIZE, QUEUE_NOTIFY};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
-use crate::irq::InterruptLine;
 use crate::layout::{self, ports::VIRTIO_PIO_DOORBELL_COUNT};
-use crate::services::{DoorbellService, InputService, InputTarget};
+use crate::services::{DoorbellService, InputService, InputTarget, LevelTriggered};
 use crate::sync::LockExt;
 
 use super::backends::Output;
@@ -39,7 +38,7 @@ pub const RNG_SLOT: u8 = 1;
 /// The console's slot.
 pub const CONSOLE_SLOT: u8 = 2;
 /// The serial number virtio-blk reports (VIRTIO_BLK_T_GET_ID).
-const DISK_ID: &str = "hushvm-disk0";
+pub(super) const DISK_ID: &str = "hushvm-disk0";
 
 /// A placed device, as the rest of the machine sees it.
 pub struct VirtioSlot {
@@ -53,11 +52,18 @@ pub struct VirtioSlot {
     pub notifications: Arc<dyn Fn() -> u64 + Send + Sync>,
     /// Doorbells rung, work or none (a replay's advisor watches it).
     pub doorbells_rung: Arc<dyn Fn() -> u64 + Send + Sync>,
-    /// The line, to count its interrupts.
-    pub interrupt: Arc<dyn InterruptLine>,
+    /// Interrupts it raised (edges on its line, or MSI-X messages and INTx edges).
+    pub interrupts: Counter,
     /// Where host input goes, for the console.
     pub input: Option<InputService>,
+    /// On virtio-mmio (its window and line are `layout::virtio_mmio_slot/gsi`).
+    pub on_mmio: bool,
+    /// A level-triggered line's resample fd, and the device to ask (virtio-pci INTx).
+    pub resample: Option<(EventFd, Arc<Mutex<dyn LevelTriggered>>)>,
 }
+
+/// A count read at the end of a run.
+pub type Counter = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// The host side of the virtio devices; a device is present when its backend is.
 pub struct VirtioBackends {
@@ -68,6 +74,17 @@ pub struct VirtioBackends {
 
 /// A transport as the bus, the doorbells and the input service share it.
 type SharedTransport<D> = Arc<Mutex<MmioTransport<D>>>;
+
+impl VirtioBackends {
+    /// No devices.
+    pub fn none() -> Self {
+        Self {
+            disk: None,
+            entropy: None,
+            console: None,
+        }
+    }
+}
 
 /// A PIO doorbell: a write of a queue index notifies the device (when no ioeventfd took
 /// the write first).
@@ -126,8 +143,10 @@ impl Placement<'_> {
             doorbells,
             notifications: Arc::new(move || counter.locked().notifications()),
             doorbells_rung: Arc::new(move || rung.locked().doorbells()),
-            interrupt,
+            interrupts: Arc::new(move || interrupt.pulses()),
             input: None,
+            on_mmio: true,
+            resample: None,
         };
         Ok((slot, transport))
     }
@@ -196,6 +215,7 @@ pub fn build(
 pub fn cmdline_additions(slots: &[VirtioSlot]) -> String {
     slots
         .iter()
+        .filter(|slot| slot.on_mmio)
         .map(|slot| {
             format!(
                 " virtio_mmio.device=4K@{:#x}:{}",

@@ -9,6 +9,8 @@
 //!   4 rtc tick                         (the event loop's RTC timer fired)
 //!   5 doorbell      slot:u8 queue:u32  (an ioeventfd doorbell served; u32::MAX: any queue)
 //!   6 input         sink:u8 len:u32 data[len]   (host input: 0 COM1, 1 virtio-console)
+//! machine  memory:u64 cpus:u8 flags:u8 (1 rng, 2 console, 4 virtio on PCI)
+//!          disk_bytes:u64 clock_start:u64
 //! ```
 //! An exit's data is what the guest wrote, or what hushvm answered to a read; `len` is
 //! `size * count`.
@@ -33,6 +35,9 @@ pub struct MachineDescription {
     pub cpus: u8,
     pub rng: bool,
     pub console: bool,
+    /// The virtio devices sat on PCI (virtio-pci) rather than on virtio-mmio. Version-1
+    /// traces made before PCI existed have the bit clear.
+    pub pci: bool,
     /// Size of the virtio-blk disk, 0 for none.
     pub disk_bytes: u64,
     /// The RTC's clock when the machine was built (ns since the epoch).
@@ -151,7 +156,7 @@ impl<W: Write> TraceWriter<W> {
         out.write_all(&machine.memory.to_le_bytes())?;
         out.write_all(&[
             machine.cpus,
-            u8::from(machine.rng) | (u8::from(machine.console) << 1),
+            u8::from(machine.rng) | (u8::from(machine.console) << 1) | (u8::from(machine.pci) << 2),
         ])?;
         out.write_all(&machine.disk_bytes.to_le_bytes())?;
         out.write_all(&machine.clock_start.to_le_bytes())?;
@@ -241,6 +246,7 @@ impl<'a> TraceReader<'a> {
             cpus,
             rng: flags & 1 != 0,
             console: flags & 2 != 0,
+            pci: flags & 4 != 0,
             disk_bytes,
             clock_start,
         };
@@ -371,6 +377,7 @@ mod tests {
             cpus: 1,
             rng: true,
             console: false,
+            pci: false,
             disk_bytes: 0,
             clock_start: 7,
         }

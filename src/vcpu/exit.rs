@@ -40,9 +40,10 @@ impl ExitContext<'_> {
     /// access that caused this exit came after every write already in the ring.
     pub fn handle(&mut self, exit: VmExit<'_>) -> ExitOutcome {
         let access = self.access;
-        access.operation(|| {
-            access.settle();
-            self.handle_exit(exit)
+        access.operation(|| match access.settle() {
+            // A posted write stopped the VM (a reset to 0xcf9): the exit is moot.
+            Some(request) => ExitOutcome::Stop(VmStop::Guest(request)),
+            None => self.handle_exit(exit),
         })
     }
 
@@ -172,7 +173,8 @@ mod tests {
         }
 
         fn posted_registers(&self) -> &[PostedRegister] {
-            &[PostedRegister { offset: 0, size: 1 }]
+            const POSTED: [PostedRegister; 1] = [PostedRegister::latch(0, 1)];
+            &POSTED
         }
     }
 
@@ -200,6 +202,7 @@ mod tests {
                     buses: Arc::new(buses),
                     posted: Arc::new(posted),
                     recorder: None,
+                    stops: None,
                 },
                 port,
                 ring,

@@ -86,6 +86,9 @@ pub enum VmStop {
     Requested,
     /// The guest crashed or KVM failed.
     Fault(GuestFault),
+    /// hushvm received this signal (SIGINT, SIGTERM, SIGHUP) and stopped the VM as a
+    /// power-off would.
+    Signal(i32),
 }
 
 /// Status for a guest crash or KVM failure.
@@ -95,13 +98,15 @@ pub const TIMEOUT_STATUS: i32 = 124;
 
 impl VmStop {
     /// The process exit status: QEMU's `(v << 1) | 1` for isa-debug-exit, 0 for a reset,
-    /// 124 for a timeout, 2 for a crash.
+    /// 124 for a timeout, 2 for a crash, 128 + n for signal n (as a shell reports a
+    /// process that signal killed: 130 for SIGINT, 143 for SIGTERM).
     pub fn exit_status(&self) -> i32 {
         match self {
             VmStop::Guest(StopRequest::Exit(value)) => ((value << 1) | 1) as i32,
             VmStop::Guest(StopRequest::Reset | StopRequest::PowerOff) => 0,
             VmStop::Timeout | VmStop::Requested => TIMEOUT_STATUS,
             VmStop::Fault(_) => FAULT_STATUS,
+            VmStop::Signal(signal) => 128 + signal,
         }
     }
 }

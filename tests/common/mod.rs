@@ -93,3 +93,25 @@ pub fn hushvm_with_input(args: &[&str], input: &[u8]) -> std::process::Output {
         .expect("input written");
     child.wait_with_output().expect("hushvm finishes")
 }
+
+/// Runs the hushvm binary with `args` and no input.
+pub fn hushvm(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hushvm"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("hushvm runs")
+}
+
+/// Asserts one `hushvm: error:` line containing `expected`, status 1, no panic.
+pub fn assert_clear_error(output: &std::process::Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("hushvm: error: "), "{stderr}");
+    assert!(
+        stderr.contains(expected),
+        "expected {expected:?} in {stderr}"
+    );
+}

@@ -61,7 +61,7 @@ pub const HOST_BRIDGE_IDS: PciIds = PciIds {
 const ENABLE: u32 = 1 << 31;
 /// Its meaningful bits: enable, bus, device, function, dword register.
 const ADDRESS_BITS: u32 = ENABLE | 0x00ff_fffc;
-const POSTED: [PostedRegister; 1] = [PostedRegister { offset: 0, size: 4 }];
+const POSTED: [PostedRegister; 1] = [PostedRegister::latch(0, 4)];
 /// Bytes ECAM gives each bus.
 const ECAM_BUS_BYTES: u64 = 1 << 20;
 

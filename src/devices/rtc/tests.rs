@@ -347,8 +347,5 @@ fn the_rearm_notifier_hears_of_changes_to_a_and_b_only() {
 #[test]
 fn the_index_port_is_posted() {
     let (rtc, _) = rtc();
-    assert_eq!(
-        rtc.posted_registers(),
-        &[PostedRegister { offset: 0, size: 1 }]
-    );
+    assert_eq!(rtc.posted_registers(), &[PostedRegister::latch(0, 1)]);
 }

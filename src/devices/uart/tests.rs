@@ -346,10 +346,7 @@ fn posting_thr_is_an_option() {
         post_transmit: true,
     };
     let uart = Uart::with_options(Vec::new(), Arc::new(CountingLine::default()), posted);
-    assert_eq!(
-        uart.posted_registers(),
-        &[PostedRegister { offset: 0, size: 1 }]
-    );
+    assert_eq!(uart.posted_registers(), &[PostedRegister::bounded(0, 1)]);
 }
 
 #[test]

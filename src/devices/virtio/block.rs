@@ -54,6 +54,11 @@ impl FileDisk {
     pub fn new(file: File, size: u64) -> Self {
         Self { file, size }
     }
+
+    /// The image file, for a final `fdatasync` when the VM stops.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
 }
 
 impl DiskBackend for FileDisk {
