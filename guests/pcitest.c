@@ -227,11 +227,23 @@ static int open_device(int k, int queue, uint32_t features, uint8_t apic_id)
         return -1;
     }
     int vectors = virtio_pci_msix(d, (uint8_t)(MSIX_VECTOR_BASE + 8 * k), apic_id);
-    if (vectors < queue + 2 || vectors > 8 ||
-        virtio_pci_queue(d, &queues[k], queue, (uint16_t)(queue + 1)) || virtio_pci_start(d)) {
+    int queue_status = vectors >= queue + 2 && vectors <= 8
+                           ? virtio_pci_queue(d, &queues[k], queue, (uint16_t)(queue + 1))
+                           : -3;
+    int start_status = queue_status ? 0 : virtio_pci_start(d);
+    if (queue_status || start_status) {
+        /* msix_table_entries < 0: no MSI-X; queue -1: no queue of 16, -2: vector
+         * refused, -3: table too small or too large for this guest's 8 vectors. */
         put_str("pcitest: ");
         put_str(names[k]);
-        put_str(" MSI-X set-up failed\n");
+        put_str(" set-up failed: msix_table_entries=");
+        if (vectors < 0) put_char('-');
+        put_dec((uint32_t)(vectors < 0 ? -vectors : vectors));
+        put_str(" queue=-");
+        put_dec((uint32_t)-queue_status);
+        put_str(" start=-");
+        put_dec((uint32_t)-start_status);
+        put_char('\n');
         fail(FAIL_MSIX + k);
         return -1;
     }
