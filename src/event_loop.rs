@@ -1,4 +1,4 @@
-//! The event loop: the main thread's epoll (rust-vmm `event-manager`). Each subscriber
+//! The event loop: the event-loop thread's epoll (rust-vmm `event-manager`). Each subscriber
 //! turns an fd's readiness into a call of a [`crate::services`] service, which applies the
 //! coalesced ring first (the ordering rule) and records what it did when a trace is
 //! being made.

@@ -21,6 +21,7 @@ pub mod machine;
 pub mod profile;
 pub mod ratelimit;
 pub mod replay;
+pub mod seccomp;
 pub mod services;
 pub mod sync;
 pub mod trace;

@@ -18,6 +18,7 @@ use hushvm::machine::{
     RunReport, VcpuConfig,
 };
 use hushvm::profile::ProfileReport;
+use hushvm::seccomp::SeccompAction;
 use hushvm::vcpu::VmStop;
 
 #[derive(Parser)]
@@ -141,6 +142,11 @@ struct RunArgs {
     /// Count exits without timing them (to measure what the profiler's clock costs).
     #[arg(long, hide = true)]
     no_exit_timing: bool,
+    /// What the vCPU and event-loop threads' seccomp filters do with a syscall outside
+    /// their lists: kill (report it and exit with status 159), log (the kernel logs it
+    /// and lets it run) or off (no filters).
+    #[arg(long, value_name = "kill|log|off", default_value = "kill")]
+    seccomp: SeccompAction,
 }
 
 #[derive(Args)]
@@ -169,6 +175,9 @@ struct BenchArgs {
     /// `transport=pci`; doorbell only).
     #[arg(long, value_name = "mmio|pci", default_value = "mmio")]
     transport: VirtioTransport,
+    /// The seccomp filters' action, as for `run`.
+    #[arg(long, value_name = "kill|log|off", default_value = "kill")]
+    seccomp: SeccompAction,
 }
 
 fn file_name(path: &Path) -> String {
@@ -234,6 +243,7 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
             timeout: args.timeout,
             time_exits: !args.no_exit_timing,
             record: args.record,
+            seccomp: args.seccomp,
         },
     })
 }
@@ -301,6 +311,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         variant: args.variant,
         time_exits: !args.no_exit_timing,
         transport: args.transport,
+        seccomp: args.seccomp,
     };
     let report = bench::run(workload, &options)?;
     if args.json {

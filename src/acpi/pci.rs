@@ -22,14 +22,14 @@ use crate::devices::pci::host::DEVICES;
 use crate::layout::{self, ports};
 
 /// ECAM gives each bus 1 MiB (32 devices, 8 functions, 4 KiB each).
-pub(super) const ECAM_BUS_SIZE: u64 = layout::MIB;
+const ECAM_BUS_SIZE: u64 = layout::MIB;
 /// `_PRT` address: the device in the high word, 0xffff for "any function".
 const ANY_FUNCTION: u32 = 0xffff;
 /// `_PRT` pin: INTA#.
 const INTA: u8 = 0;
 
 /// The bytes of the ECAM window: 1 MiB for each bus from 0 to `bus_end`.
-pub(super) fn ecam_size(pci: &AcpiPci) -> u64 {
+fn ecam_size(pci: &AcpiPci) -> u64 {
     (u64::from(pci.bus_end) + 1) * ECAM_BUS_SIZE
 }
 

@@ -17,6 +17,7 @@ use thiserror::Error;
 use crate::config::{DiskConfig, Doorbell, SerialMode, VirtioTransport};
 use crate::guests;
 use crate::machine::{self, Kernel, MachineConfig, MachineError, RunReport};
+use crate::seccomp::SeccompAction;
 
 pub use report::{BenchReport, VariantResult};
 pub use workloads::{workload, WORKLOADS};
@@ -72,6 +73,8 @@ pub struct BenchOptions {
     pub time_exits: bool,
     /// Where the virtio devices sit; with PCI the guest is told `transport=pci`.
     pub transport: VirtioTransport,
+    /// The seccomp filters' action.
+    pub seccomp: SeccompAction,
 }
 
 /// The bench could not run.
@@ -150,6 +153,7 @@ fn run_once(
         readonly: false,
     });
     config.run.time_exits = options.time_exits;
+    config.run.seccomp = options.seccomp;
     Ok(machine::run(&config)?)
 }
 
@@ -253,6 +257,7 @@ mod tests {
             variant: None,
             time_exits: false,
             transport: VirtioTransport::Pci,
+            seccomp: SeccompAction::Off,
         };
         // Refused before any VM is made.
         assert!(matches!(

@@ -4,6 +4,7 @@ mod boot;
 pub mod floor;
 mod irq;
 mod msi;
+pub mod requests;
 mod ring;
 mod stats;
 mod vcpu;

@@ -8,6 +8,7 @@ use crate::config::{DiskConfig, Doorbell, SerialMode, VirtioTransport};
 use crate::cpuid::CpuModel;
 use crate::layout::MemoryLayout;
 use crate::loader::Module;
+use crate::seccomp::SeccompAction;
 
 /// The event loop's polling window after each event (QEMU's IOThreads poll up to 32 us by
 /// default; doorbell round trips on the development host need a little more).
@@ -98,6 +99,8 @@ pub struct RunOptions {
     pub time_exits: bool,
     /// Record every exit to this trace file.
     pub record: Option<PathBuf>,
+    /// What the threads' seccomp filters do with a syscall outside their lists.
+    pub seccomp: SeccompAction,
 }
 
 /// Everything a run needs.
@@ -139,6 +142,7 @@ impl MachineConfig {
                 timeout: None,
                 time_exits: true,
                 record: None,
+                seccomp: SeccompAction::Kill,
             },
         }
     }

@@ -38,6 +38,7 @@ use crate::kvm::{Hypervisor, KvmError, Vcpu, VcpuOptions, Vm};
 use crate::layout::{self, LayoutError, MemoryLayout};
 use crate::loader::{self, BootRequest, EntryState, LoaderError};
 use crate::profile::ExitProfile;
+use crate::seccomp::{Filters, SeccompError};
 use crate::services::InputTarget;
 use crate::sync::LockExt;
 use crate::trace::{MachineClock, MachineDescription, RecordedClock, Recorder};
@@ -112,8 +113,10 @@ pub enum MachineError {
     KickSignal(#[source] vmm_sys_util::errno::Error),
     #[error("cannot start a vCPU thread: {0}")]
     SpawnThread(#[source] io::Error),
-    #[error("a vCPU thread panicked")]
+    #[error("a vCPU or event-loop thread panicked")]
     ThreadPanicked,
+    #[error("seccomp: {0}")]
+    Seccomp(#[from] SeccompError),
 }
 
 /// Guest RAM as the layout places it.
@@ -390,17 +393,17 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         recorder: recorder.clone(),
         stops: Some(state.clone()),
     };
-    let mut events = event_loop(config, &mut devices, &access, (wake_subscriber, &state))?;
+    let events = event_loop(config, &mut devices, &access, (wake_subscriber, &state))?;
     vcpu::install_kick_handler().map_err(MachineError::KickSignal)?;
     let shared = vcpus::Shared {
         access: access.clone(),
         state,
         time_exits: config.run.time_exits,
+        filters: Arc::new(Filters::new(config.run.seccomp)?),
     };
-    let run = vcpus::run(vcpus, &shared, &mut events, config)?;
-    // Every stop path ends here: what a guest posted after its last exit (a console
-    // byte before a crash or a timeout) still reaches its device.
-    let _ = access.operation(|| access.settle());
+    // The event-loop thread settles the ring once more after joining the vCPUs: what a
+    // guest posted after its last exit still reaches its device, on every stop path.
+    let run = vcpus::run(vcpus, &shared, events, config)?;
     finish_outputs(config, disk_sync);
     let wall = started.elapsed();
     if let (Some(recorder), Some(path)) = (&recorder, &config.run.record) {

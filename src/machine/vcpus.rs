@@ -1,7 +1,9 @@
-//! vCPU threads, and the main thread's event loop that runs until they stop.
+//! vCPU threads, and the event-loop thread that runs until they stop; each installs its
+//! seccomp filter before the guest runs.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use crate::access::{DeviceAccess, StopSink};
 use crate::bus::StopRequest;
 use crate::event_loop::Subscriber;
 use crate::kvm::{StatsReader, Vcpu};
+use crate::seccomp::{Filters, SeccompError, ThreadKind};
 use crate::sync::LockExt;
 use crate::vcpu::{self, VcpuReport, VmStop};
 
@@ -60,6 +63,8 @@ pub struct Shared {
     pub access: DeviceAccess,
     pub state: Arc<StopState>,
     pub time_exits: bool,
+    /// The seccomp filters each thread installs on itself.
+    pub filters: Arc<Filters>,
 }
 
 /// How one vCPU thread ended.
@@ -76,13 +81,20 @@ fn read_stats(stats: &Option<StatsReader>) -> BTreeMap<String, u64> {
         .unwrap_or_default()
 }
 
-/// Starts a thread running `vcpu`.
-fn spawn(mut vcpu: Vcpu, shared: Shared) -> Result<JoinHandle<Outcome>, MachineError> {
+/// A vCPU thread: its outcome, or why its filter could not be installed.
+type VcpuThread = JoinHandle<Result<Outcome, SeccompError>>;
+
+/// Starts a thread running `vcpu`; its seccomp filter goes on before its first `KVM_RUN`.
+fn spawn(mut vcpu: Vcpu, shared: Shared) -> Result<VcpuThread, MachineError> {
     let name = format!("vcpu{}", vcpu.id());
     let stats = vcpu.stats().ok();
     thread::Builder::new()
-        .name(name)
+        .name(name.clone())
         .spawn(move || {
+            if let Err(error) = shared.filters.install(ThreadKind::Vcpu, &name) {
+                shared.state.stop(VmStop::Requested, None);
+                return Err(error);
+            }
             let before = read_stats(&stats);
             let report = vcpu::run(
                 &mut vcpu,
@@ -100,7 +112,7 @@ fn spawn(mut vcpu: Vcpu, shared: Shared) -> Result<JoinHandle<Outcome>, MachineE
             shared
                 .state
                 .stop(report.stop.clone(), report.registers.clone());
-            Outcome { report, stats }
+            Ok(Outcome { report, stats })
         })
         .map_err(MachineError::SpawnThread)
 }
@@ -109,7 +121,7 @@ fn spawn(mut vcpu: Vcpu, shared: Shared) -> Result<JoinHandle<Outcome>, MachineE
 /// after each event before it blocks; then stops every vCPU and collects them. Returns the outcomes and whether the deadline ended the run.
 fn run_until_stopped(
     events: &mut EventManager<Subscriber>,
-    threads: Vec<JoinHandle<Outcome>>,
+    threads: Vec<VcpuThread>,
     stop: &AtomicBool,
     deadline: Option<Instant>,
     poll: Duration,
@@ -150,10 +162,16 @@ fn run_until_stopped(
             .for_each(vcpu::kick);
         thread::sleep(Duration::from_millis(2));
     }
-    let outcomes = threads
+    // Every thread is joined before an error is returned.
+    let joined: Vec<_> = threads.into_iter().map(JoinHandle::join).collect();
+    let outcomes = joined
         .into_iter()
-        .map(|t| t.join().map_err(|_| MachineError::ThreadPanicked))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|joined| {
+            joined
+                .map_err(|_| MachineError::ThreadPanicked)?
+                .map_err(Into::into)
+        })
+        .collect::<Result<Vec<_>, MachineError>>()?;
     Ok((outcomes, timed_out))
 }
 
@@ -167,26 +185,88 @@ pub struct RunOutcome {
     pub registers: Option<String>,
 }
 
-/// Starts a thread per vCPU, runs the event loop until the VM stops (or the configured
-/// timeout passes), and collects the vCPUs.
+/// What the event-loop thread takes with it.
+struct EventLoop {
+    events: EventManager<Subscriber>,
+    shared: Shared,
+    deadline: Option<Instant>,
+    poll: Duration,
+}
+
+type EventLoopThread = JoinHandle<Result<(Vec<Outcome>, bool), MachineError>>;
+
+/// Starts the event-loop thread: it installs its filter, says so on `ready`, waits for
+/// the vCPU threads on `vcpus`, runs the loop until they stop, and settles the ring once
+/// more after they are joined (what a guest posted after its last exit, a console byte
+/// before a crash or a timeout, still reaches its device).
+fn spawn_event_loop(
+    mut looped: EventLoop,
+    ready: SyncSender<()>,
+    vcpus: Receiver<Vec<VcpuThread>>,
+) -> Result<EventLoopThread, MachineError> {
+    thread::Builder::new()
+        .name(EVENT_LOOP_THREAD.to_string())
+        .spawn(move || {
+            let shared = &looped.shared;
+            shared
+                .filters
+                .install(ThreadKind::EventLoop, EVENT_LOOP_THREAD)?;
+            let _ = ready.send(());
+            let threads = vcpus.recv().unwrap_or_default();
+            let result = run_until_stopped(
+                &mut looped.events,
+                threads,
+                &shared.state.stop,
+                looped.deadline,
+                looped.poll,
+            );
+            let _ = shared.access.operation(|| shared.access.settle());
+            result
+        })
+        .map_err(MachineError::SpawnThread)
+}
+
+/// The event-loop thread's name, in reports.
+const EVENT_LOOP_THREAD: &str = "event-loop";
+
+/// Starts the event-loop thread and, once its filter is on, a thread per vCPU; waits
+/// until the VM stops (or the configured timeout passes) and collects the vCPUs.
 pub fn run(
     vcpus: Vec<Vcpu>,
     shared: &Shared,
-    events: &mut EventManager<Subscriber>,
+    events: EventManager<Subscriber>,
     config: &MachineConfig,
 ) -> Result<RunOutcome, MachineError> {
-    let threads = vcpus
-        .into_iter()
-        .map(|vcpu| spawn(vcpu, shared.clone()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let deadline = config.run.timeout.map(|limit| Instant::now() + limit);
-    let (outcomes, timed_out) = run_until_stopped(
+    let looped = EventLoop {
         events,
-        threads,
-        &shared.state.stop,
-        deadline,
-        config.cures.event_poll,
-    )?;
+        shared: shared.clone(),
+        deadline: config.run.timeout.map(|limit| Instant::now() + limit),
+        poll: config.cures.event_poll,
+    };
+    let (ready_sender, ready) = mpsc::sync_channel(1);
+    let (threads_sender, threads) = mpsc::channel();
+    let event_loop = spawn_event_loop(looped, ready_sender, threads)?;
+    let mut spawned = Vec::new();
+    let mut failed = None;
+    if ready.recv().is_ok() {
+        for vcpu in vcpus {
+            match spawn(vcpu, shared.clone()) {
+                Ok(thread) => spawned.push(thread),
+                Err(error) => {
+                    shared.state.stop(VmStop::Requested, None);
+                    failed = Some(error);
+                    break;
+                }
+            }
+        }
+    }
+    let _ = threads_sender.send(spawned);
+    let (outcomes, timed_out) = event_loop
+        .join()
+        .map_err(|_| MachineError::ThreadPanicked)??;
+    if let Some(error) = failed {
+        return Err(error);
+    }
     let first = shared.state.first.locked().take();
     let (stop, registers) = match first {
         Some(first) => first,

@@ -1,0 +1,55 @@
+//! The request numbers of the KVM ioctls a thread can issue once the guest runs, for the
+//! seccomp filters (`crate::seccomp`): kvm-ioctls keeps its own numbers private, and this
+//! module is the one that knows which calls hushvm makes where.
+
+use kvm_bindings::{kvm_ioeventfd, kvm_irq_routing, kvm_regs, kvm_sregs, KVMIO};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+
+ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
+ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
+
+/// An ioctl by name and request number (the kernel reads the number as 32 bits).
+pub type Request = (&'static str, u32);
+
+/// What a vCPU thread asks of KVM while the guest runs, and from where:
+/// - `KVM_RUN`: the run loop ([`super::Vcpu::run`]);
+/// - `KVM_GET_REGS`, `KVM_GET_SREGS`: the registers of a vCPU that faulted
+///   ([`super::Vcpu::dump_registers`]);
+/// - `KVM_IOEVENTFD`: a guest moving a virtio-pci BAR re-registers its doorbells
+///   ([`super::IoEvents`], from a configuration write the vCPU dispatches);
+/// - `KVM_SET_GSI_ROUTING`: a guest unmasking or reprogramming an MSI-X vector
+///   ([`super::MsiRoutes::set`], from an MSI-X table or configuration write).
+///
+/// The event loop issues none: its work is eventfd and timerfd reads and writes.
+pub fn vcpu_thread() -> [Request; 5] {
+    [
+        ("KVM_RUN", KVM_RUN() as u32),
+        ("KVM_GET_REGS", KVM_GET_REGS() as u32),
+        ("KVM_GET_SREGS", KVM_GET_SREGS() as u32),
+        ("KVM_IOEVENTFD", KVM_IOEVENTFD() as u32),
+        ("KVM_SET_GSI_ROUTING", KVM_SET_GSI_ROUTING() as u32),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_numbers_are_the_kernels() {
+        // From <linux/kvm.h> as the kernel headers spell them out (x86_64 sizes).
+        assert_eq!(
+            vcpu_thread(),
+            [
+                ("KVM_RUN", 0xae80),
+                ("KVM_GET_REGS", 0x8090_ae81),
+                ("KVM_GET_SREGS", 0x8138_ae83),
+                ("KVM_IOEVENTFD", 0x4040_ae79),
+                ("KVM_SET_GSI_ROUTING", 0x4008_ae6a),
+            ]
+        );
+    }
+}

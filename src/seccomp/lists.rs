@@ -1,0 +1,145 @@
+//! What each thread kind may call, as seccompiler rules: a syscall with no rule is
+//! allowed with any arguments; one with rules is allowed when one of them matches.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+
+use crate::kvm::requests;
+
+/// Syscall number -> rules (empty: any arguments).
+pub type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+/// Every thread, for the Rust runtime and glibc once the thread runs: the allocator,
+/// locks, the clock's fallback when the vDSO cannot serve it, the kick signal's return,
+/// thread exit, and the SIGSYS report itself (`write`, `exit_group`).
+const COMMON: &[libc::c_long] = &[
+    libc::SYS_brk,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_clock_gettime,
+    libc::SYS_getrandom,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_close,
+    libc::SYS_write,
+    libc::SYS_read,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// A vCPU thread's own calls beyond [`COMMON`]: a device served inline reads and writes
+/// its backing file (`pread64`, `pwrite64`, `fdatasync`), and KVM's statistics are read
+/// with `pread64`.
+const VCPU: &[libc::c_long] = &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync];
+
+/// The event loop's calls beyond [`COMMON`]: epoll, its timers, the same device files as
+/// a vCPU (doorbells are served here), and the stop path (kicking a vCPU is
+/// `pthread_kill`: `getpid` + `tgkill`; waiting for it is `nanosleep` and `futex`).
+const EVENT_LOOP: &[libc::c_long] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_timerfd_settime,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_fdatasync,
+    libc::SYS_getpid,
+    libc::SYS_tgkill,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+];
+
+fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).expect("argument index below 6")
+}
+
+fn rule(conditions: Vec<SeccompCondition>) -> SeccompRule {
+    SeccompRule::new(conditions).expect("a rule has conditions")
+}
+
+fn allow_any(rules: &mut Rules, syscalls: &[libc::c_long]) {
+    for syscall in syscalls {
+        rules.insert(*syscall, Vec::new());
+    }
+}
+
+/// `mmap` and `mprotect` for the allocator (glibc's thread arenas map, then grow with
+/// `mprotect`), never with `PROT_EXEC`: no thread needs new code once the guest runs.
+fn allow_memory(rules: &mut Rules) {
+    let exec = u64::from(libc::PROT_EXEC as u32);
+    let no_exec = || vec![rule(vec![condition(2, SeccompCmpOp::MaskedEq(exec), 0)])];
+    rules.insert(libc::SYS_mmap, no_exec());
+    rules.insert(libc::SYS_mprotect, no_exec());
+}
+
+/// The rules every thread shares; `fcntl` only as `F_GETFD`, which Rust's debug builds
+/// issue when they close a file (to assert that it was open).
+fn common() -> Rules {
+    let mut rules = Rules::new();
+    allow_any(&mut rules, COMMON);
+    allow_memory(&mut rules);
+    let getfd = u64::from(libc::F_GETFD as u32);
+    rules.insert(
+        libc::SYS_fcntl,
+        vec![rule(vec![condition(1, SeccompCmpOp::Eq, getfd)])],
+    );
+    rules
+}
+
+/// A vCPU thread: [`COMMON`], [`VCPU`], and `ioctl` for the requests
+/// [`requests::vcpu_thread`] lists only (argument 1, compared as 32 bits).
+pub fn vcpu() -> Rules {
+    let mut rules = common();
+    allow_any(&mut rules, VCPU);
+    let ioctls = requests::vcpu_thread()
+        .iter()
+        .map(|(_, request)| rule(vec![condition(1, SeccompCmpOp::Eq, u64::from(*request))]))
+        .collect();
+    rules.insert(libc::SYS_ioctl, ioctls);
+    rules
+}
+
+/// The event-loop thread: [`COMMON`] and [`EVENT_LOOP`]; no `ioctl` at all.
+pub fn event_loop() -> Rules {
+    let mut rules = common();
+    allow_any(&mut rules, EVENT_LOOP);
+    rules
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_loop_has_no_ioctl_and_the_vcpu_only_kvms() {
+        assert!(!event_loop().contains_key(&libc::SYS_ioctl));
+        assert_eq!(
+            vcpu()[&libc::SYS_ioctl].len(),
+            requests::vcpu_thread().len()
+        );
+    }
+
+    #[test]
+    fn neither_may_start_processes_threads_or_open_files() {
+        for rules in [vcpu(), event_loop()] {
+            for forbidden in [
+                libc::SYS_execve,
+                libc::SYS_clone,
+                libc::SYS_clone3,
+                libc::SYS_fork,
+                libc::SYS_open,
+                libc::SYS_openat,
+                libc::SYS_socket,
+                libc::SYS_ptrace,
+                libc::SYS_getppid,
+            ] {
+                assert!(!rules.contains_key(&forbidden), "syscall {forbidden}");
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Seccomp filters, one per thread kind (Firecracker's model, built in code with rust-vmm's
+//! `seccompiler` rather than from JSON), each installed by its thread before the guest
+//! runs its first instruction:
+//!
+//! - **vcpu**: every vCPU thread, as the first thing its closure does, before `KVM_RUN`;
+//! - **event loop**: the thread that runs the event loop, as its first action, and
+//!   before any vCPU thread is started.
+//!
+//! Filters are per thread (no TSYNC): the thread that builds the machine stays unfiltered,
+//! because it builds (opens `/dev/kvm`, maps memory, spawns threads) and may build again
+//! (`hushvm bench` and the tests run many machines in one process). It only waits for
+//! the event-loop thread and then reads the report; it touches no guest data while the
+//! guest runs.
+//!
+//! What each filter allows ([`lists`]): every thread the allocator (`brk`, `mmap` and
+//! `mprotect` without `PROT_EXEC`, `munmap`, `mremap`, `madvise`), `futex`,
+//! `sched_yield`, `clock_gettime`, `getrandom`, `rt_sigreturn` (the kick signal),
+//! `rt_sigprocmask` and `sigaltstack` (thread exit), `close`, `read`, `write`, `exit`,
+//! `exit_group`. These take any arguments: their fds and addresses are the thread's own
+//! and a filter cannot tell them apart. vCPU threads add `pread64`, `pwrite64`,
+//! `fdatasync` (a device served inline; KVM's statistics) and `ioctl` for five KVM
+//! requests only ([`crate::kvm::requests::vcpu_thread`]: `KVM_RUN`, `KVM_GET_REGS`,
+//! `KVM_GET_SREGS`, `KVM_IOEVENTFD`, `KVM_SET_GSI_ROUTING`). The event loop adds
+//! `epoll_wait`/`epoll_pwait`/`epoll_ctl`, `timerfd_settime`, the same file calls, and
+//! the stop path's `getpid`, `tgkill`, `nanosleep`/`clock_nanosleep`; no `ioctl`.
+//!
+//! A denied syscall ([`SeccompAction`]): with `kill` (the default) a SIGSYS whose handler
+//! reports the thread and syscall number and exits with [`VIOLATION_STATUS`]
+//! ([`report`]); with `log` the kernel logs it (SECCOMP_RET_LOG) and lets it run; `off`
+//! installs nothing.
+
+mod lists;
+mod report;
+
+use std::fmt;
+use std::str::FromStr;
+
+use seccompiler::{BpfProgram, SeccompFilter, TargetArch};
+use thiserror::Error;
+
+pub use report::VIOLATION_STATUS;
+
+/// Makes every vCPU thread call `getppid` (outside its list) right after installing its
+/// filter: the hook `tests/seccomp.rs` uses to see a violation reported.
+pub const SELFTEST_VARIABLE: &str = "HUSHVM_SECCOMP_SELFTEST";
+
+/// What a filter does with a syscall outside its list (`--seccomp`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SeccompAction {
+    /// Report the thread and syscall, then end the process (SECCOMP_RET_TRAP + SIGSYS).
+    #[default]
+    Kill,
+    /// Let it run; the kernel logs it (SECCOMP_RET_LOG).
+    Log,
+    /// No filters.
+    Off,
+}
+
+impl FromStr for SeccompAction {
+    type Err = SeccompError;
+
+    fn from_str(text: &str) -> Result<Self, SeccompError> {
+        match text {
+            "kill" => Ok(Self::Kill),
+            "log" => Ok(Self::Log),
+            "off" => Ok(Self::Off),
+            other => Err(SeccompError::UnknownAction(other.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for SeccompAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Kill => "kill",
+            Self::Log => "log",
+            Self::Off => "off",
+        })
+    }
+}
+
+/// The kinds of thread that run while the guest does, each with its filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    Vcpu,
+    EventLoop,
+}
+
+impl fmt::Display for ThreadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Vcpu => "vcpu",
+            Self::EventLoop => "event loop",
+        })
+    }
+}
+
+/// Filters could not be built or installed.
+#[derive(Debug, Error)]
+pub enum SeccompError {
+    #[error("--seccomp {0:?}: expected kill, log or off")]
+    UnknownAction(String),
+    #[error("cannot build the {kind} seccomp filter: {source}")]
+    Build {
+        kind: ThreadKind,
+        #[source]
+        source: seccompiler::Error,
+    },
+    #[error("cannot install the {kind} seccomp filter: {source}")]
+    Install {
+        kind: ThreadKind,
+        #[source]
+        source: seccompiler::Error,
+    },
+    #[error("cannot install the SIGSYS handler that reports seccomp violations: {0}")]
+    Handler(#[source] vmm_sys_util::errno::Error),
+}
+
+/// The compiled program for `kind` under `action` (`None` for `off`).
+pub fn program(
+    kind: ThreadKind,
+    action: SeccompAction,
+) -> Result<Option<BpfProgram>, SeccompError> {
+    let mismatch = match action {
+        SeccompAction::Kill => seccompiler::SeccompAction::Trap,
+        SeccompAction::Log => seccompiler::SeccompAction::Log,
+        SeccompAction::Off => return Ok(None),
+    };
+    let rules = match kind {
+        ThreadKind::Vcpu => lists::vcpu(),
+        ThreadKind::EventLoop => lists::event_loop(),
+    };
+    let build = |error: seccompiler::BackendError| SeccompError::Build {
+        kind,
+        source: error.into(),
+    };
+    let filter = SeccompFilter::new(
+        rules,
+        mismatch,
+        seccompiler::SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(build)?;
+    Ok(Some(BpfProgram::try_from(filter).map_err(build)?))
+}
+
+/// Every thread kind's program, compiled once per machine before any thread starts.
+#[derive(Debug, Clone)]
+pub struct Filters {
+    vcpu: Option<BpfProgram>,
+    event_loop: Option<BpfProgram>,
+    selftest: bool,
+}
+
+impl Filters {
+    /// Compiles the programs for `action` and, for `kill`, installs the SIGSYS handler.
+    pub fn new(action: SeccompAction) -> Result<Self, SeccompError> {
+        if action == SeccompAction::Kill {
+            report::install_handler().map_err(SeccompError::Handler)?;
+        }
+        Ok(Self {
+            vcpu: program(ThreadKind::Vcpu, action)?,
+            event_loop: program(ThreadKind::EventLoop, action)?,
+            selftest: std::env::var_os(SELFTEST_VARIABLE).is_some_and(|v| v == "1"),
+        })
+    }
+
+    /// Installs `kind`'s filter on the calling thread, called `name` in reports.
+    pub fn install(&self, kind: ThreadKind, name: &str) -> Result<(), SeccompError> {
+        let program = match kind {
+            ThreadKind::Vcpu => &self.vcpu,
+            ThreadKind::EventLoop => &self.event_loop,
+        };
+        let Some(program) = program else {
+            return Ok(());
+        };
+        report::set_thread_name(name);
+        seccompiler::apply_filter(program)
+            .map_err(|source| SeccompError::Install { kind, source })?;
+        if self.selftest && kind == ThreadKind::Vcpu {
+            // A syscall no filter allows: the process must now be reported and stopped.
+            let _ = std::os::unix::process::parent_id();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_filter_compiles_under_every_action() {
+        for kind in [ThreadKind::Vcpu, ThreadKind::EventLoop] {
+            for action in [SeccompAction::Kill, SeccompAction::Log] {
+                let program = program(kind, action).expect("compiles");
+                assert!(program.is_some_and(|p| !p.is_empty()), "{kind} {action}");
+            }
+            assert!(program(kind, SeccompAction::Off).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn the_action_parses_and_prints() {
+        for action in [SeccompAction::Kill, SeccompAction::Log, SeccompAction::Off] {
+            assert_eq!(action.to_string().parse::<SeccompAction>().unwrap(), action);
+        }
+        assert_eq!(SeccompAction::default(), SeccompAction::Kill);
+        let error = "trap".parse::<SeccompAction>().unwrap_err().to_string();
+        assert_eq!(error, "--seccomp \"trap\": expected kill, log or off");
+    }
+}
