@@ -1,7 +1,7 @@
 //! PCI and virtio-pci driven by the pcitest guest: both configuration mechanisms see
 //! the same bus, a BAR is sized and moved, block data round-trips, and every
-//! completion arrives as exactly one MSI-X interrupt, with ioeventfd doorbells and
-//! without (`--no-ioeventfd`).
+//! completion arrives as exactly one MSI-X interrupt (held pending while its vector is
+//! masked), with ioeventfd doorbells and without (`--no-ioeventfd`).
 
 mod common;
 
@@ -199,6 +199,26 @@ fn every_completion_is_one_msix_interrupt_with_and_without_ioeventfd() {
             Doorbell::Exit => assert_eq!(notify_exits(&report), TOTAL, "each doorbell exits"),
             _ => assert_eq!(notify_exits(&report), 0, "no doorbell reaches userspace"),
         }
+    }
+}
+
+#[test]
+fn a_masked_vector_is_held_pending_and_delivered_on_unmask() {
+    if !kvm_available() {
+        return;
+    }
+    for doorbell in [Doorbell::Exit, Doorbell::Len0] {
+        let mut config = pci_config("action=mask", None, true, false);
+        config.cures.doorbell = doorbell;
+        let report = run(&config);
+        let text = serial_text(&report);
+        assert_exit_0(&report);
+        let fields = guest_fields(&report.serial, "pcimask:");
+        assert_eq!(fields["masked_interrupts"], 0, "{doorbell:?}: {text}");
+        assert_eq!(fields["pending"], 1, "{doorbell:?}: {text}");
+        assert_eq!(fields["unmasked_interrupts"], 1, "{doorbell:?}: {text}");
+        assert_eq!(fields["pending_after"], 0, "{doorbell:?}: {text}");
+        assert_eq!(report.virtio_interrupts(), 1, "{doorbell:?}");
     }
 }
 
