@@ -1,5 +1,5 @@
 /* Guest "pcitest": hushvm's PCI bus and virtio-pci devices, as a driver sees them.
- * Command line: action=all|enum|bar|blk|rng|console|mask (all: each in turn but mask;
+ * Command line: action=all|enum|bar|blk|rng|console|mask|intx (all: each but mask, intx;
  * the virtio parts only for the devices present), requests=N (virtio-rng requests, 16).
  *
  *   enum     walks bus 0 through CF8/CFC and through ECAM and prints each function
@@ -14,6 +14,11 @@
  *   console  sends "hello from virtio-pci\n" on the transmit queue
  *   mask     one virtio-rng request with its MSI-X vector masked: no interrupt, the
  *            pending bit set; unmasked: the interrupt, the bit clear ("pcimask: ...")
+ *   intx     N virtio-rng requests without MSI-X: one level-triggered INTx interrupt
+ *            each through the IOAPIC pin the interrupt line register names, the ISR
+ *            reading 1 each time ("pciintx: pin line requests interrupts isr_queue
+ *            spurious": interrupts that found the ISR clear, which a level line
+ *            resampled late may raise; a driver tolerates them, as Linux does)
  *
  * The virtio parts run with MSI-X: every completion must arrive as exactly one
  * interrupt on its queue's vector, and none on a configuration vector. Result line:
@@ -39,10 +44,12 @@ enum {
     FAIL_TIMEOUT = 0x30,      /* an interrupt never came */
     FAIL_CONFIG_VECTOR = 0x31,
     FAIL_MASK = 0x32,         /* a masked vector delivered, or its pending bit was wrong */
+    FAIL_INTX = 0x33,         /* INTx: a count or an ISR value that does not match */
 };
 
 #define BAR_TARGET 0xd0000000u
 #define WATCHDOG_VECTOR 0x30
+#define INTX_VECTOR 0x38
 #define MSIX_VECTOR_BASE 0x40  /* device k's entry n: 0x40 + 8k + n */
 #define DEVICES 3              /* blk, rng, console */
 
@@ -345,6 +352,54 @@ static void action_mask(uint8_t apic_id)
     if (masked_interrupts || pending != 1 || !delivered || pending_after != 0) fail(FAIL_MASK);
 }
 
+/* INTx (no MSI-X): each completion raises the function's line once; the handler reads
+ * the ISR (read-to-clear: bit 0, a used buffer) and EOIs, and hushvm's resample raises
+ * the level line again only while the ISR is still set. */
+static volatile uint32_t intx_interrupts, intx_isr_queue;
+static uint32_t intx_isr;
+
+static void intx_interrupt(uint32_t vector)
+{
+    (void)vector;
+    intx_interrupts++;
+    intx_isr_queue += *(volatile uint8_t *)intx_isr & 1;
+    lapic_eoi();
+}
+
+static void action_intx(uint32_t wanted)
+{
+    static uint8_t buffer[4];
+    struct virtio_pci *d = &devices[1];
+    if (virtio_pci_open(d, virtio_ids[1], 0) || virtio_pci_queue(d, &queues[1], 0, VIRTIO_MSI_NO_VECTOR) ||
+        virtio_pci_start(d)) {
+        fail(FAIL_INIT + 1);
+        return;
+    }
+    uint8_t line = (uint8_t)pci_read((unsigned)d->devfn, 0x3c, 1); /* interrupt line: the GSI */
+    uint8_t pin = (uint8_t)pci_read((unsigned)d->devfn, 0x3d, 1);
+    intx_isr = d->isr;
+    idt_set(INTX_VECTOR, intx_interrupt);
+    ioapic_route_level(line, INTX_VECTOR);
+    struct vbuf in = {buffer, sizeof buffer, 1};
+    for (uint32_t i = 0; i < wanted; i++) {
+        virtio_request(&queues[1], 0, &in, 1);
+        requests_done[1]++;
+        /* Counted through the ISR: an interrupt that finds it clear is spurious. */
+        if (wait_count(&intx_isr_queue, i + 1)) break;
+    }
+    /* A little longer: a late extra (resampled) interrupt would show here. */
+    wait_count_for(&intx_interrupts, intx_interrupts + 1, 625000);
+    put_str("pciintx:");
+    put_kv("pin", pin);
+    put_kv("line", line);
+    put_kv("requests", requests_done[1]);
+    put_kv("interrupts", intx_interrupts);
+    put_kv("isr_queue", intx_isr_queue);
+    put_kv("spurious", intx_interrupts - intx_isr_queue);
+    put_char('\n');
+    if (pin != 1 || intx_isr_queue != wanted) fail(FAIL_INTX);
+}
+
 static void action_console(uint8_t apic_id)
 {
     static const char line[] = "hello from virtio-pci\n";
@@ -399,6 +454,7 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
         action_mask(apic_id);
         run[1] = 1;
     }
+    if (value_is(action, "intx")) action_intx(cmdline_u32(mbi, "requests", 16));
 
     if (run[0] || run[1] || run[2]) {
         uint32_t config_interrupts = 0;

@@ -45,6 +45,11 @@ fn pci_config(cmdline: &str, disk: Option<PathBuf>, rng: bool, console: bool) ->
     });
     config.devices.rng = rng;
     config.devices.virtio_console = console.then_some(hushvm::config::SerialMode::Capture);
+    // The bounded drain can apply a posted 0xcf8 address after the data read it selects
+    // for (see a_posted_address_is_applied_before_its_data_read_under_the_bounded_drain):
+    // these tests are about PCI, so posted writes wait for the next exit. Remove once
+    // that race is fixed.
+    config.cures.posted_drain = None;
     config
 }
 
@@ -268,14 +273,46 @@ fn the_doorbell_workload_rings_virtio_pci() {
 }
 
 #[test]
+fn a_level_triggered_intx_interrupt_reports_each_completion_once() {
+    if !kvm_available() {
+        return;
+    }
+    for doorbell in [Doorbell::Exit, Doorbell::Len0] {
+        let mut config = pci_config("action=intx requests=20", None, true, false);
+        config.cures.doorbell = doorbell;
+        let report = run(&config);
+        let text = serial_text(&report);
+        assert_exit_0(&report);
+        let fields = guest_fields(&report.serial, "pciintx:");
+        assert_eq!(fields["pin"], 1, "INTA#");
+        assert_eq!(fields["line"], 17, "GSI 16 + device 1");
+        // Every completion seen exactly once through the ISR. A late extra interrupt
+        // that finds the ISR clear is tolerated (and counted): one has been seen here
+        // about 200 us after the last completion, with and without ioeventfds.
+        assert_eq!(fields["isr_queue"], 20, "{doorbell:?}: {text}");
+        assert!(fields["spurious"] <= 1, "{doorbell:?}: {text}");
+        // hushvm counts assertions of the line, resample re-assertions included (a
+        // resample that comes after the next completion set the ISR asserts again):
+        // 35-39 for these 20 completions here. Each interrupt needs one.
+        assert!(
+            report.virtio_interrupts() >= fields["interrupts"],
+            "{doorbell:?}: hushvm's count of INTx assertions"
+        );
+    }
+}
+
+#[test]
 fn the_pcicfg_workload_reads_the_host_bridge() {
     if !kvm_available() {
         return;
     }
-    for coalesce in [false, true] {
+    for (coalesce, drain) in [(false, true), (true, false)] {
         let mut config = guest_config("pcicfg", "reads=200");
-        config.devices.transport = VirtioTransport::Pci;
         config.cures.coalesce = coalesce;
+        if !drain {
+            // See the next test.
+            config.cures.posted_drain = None;
+        }
         let report = run(&config);
         assert_exit_0(&report);
         let fields = guest_fields(&report.serial, "pcicfg:");
@@ -285,5 +322,29 @@ fn the_pcicfg_workload_reads_the_host_bridge() {
             .profile
             .count(|k| k.kind == ExitKind::PioIn && k.addr == 0xcfc);
         assert_eq!(data_reads, 200, "every data read exits");
+        let address_writes = report
+            .profile
+            .count(|k| k.kind == ExitKind::PioOut && k.addr == 0xcf8);
+        assert_eq!(address_writes, if coalesce { 0 } else { 200 });
+    }
+}
+
+/// The pcicfg guest alternates two registers, so a data read served with the previous
+/// address is an error. With the bounded drain (the default), the event loop can pop a
+/// posted 0xcf8 write from the ring and, before it has applied it, the vCPU's 0xcfc
+/// exit finds the ring empty and reads with the old address: 2-7 errors in 20,000 reads
+/// in about half the runs here (the rtc guest shows the same with 0x70/0x71), none with
+/// `--posted-drain-us 0` or `--no-coalesce`.
+#[test]
+#[ignore = "fails: a bounded drain in progress is not waited for by the exit path"]
+fn a_posted_address_is_applied_before_its_data_read_under_the_bounded_drain() {
+    if !kvm_available() {
+        return;
+    }
+    for _ in 0..4 {
+        let report = run(&guest_config("pcicfg", "reads=20000"));
+        let fields = guest_fields(&report.serial, "pcicfg:");
+        assert_eq!(fields["errors"], 0, "reads served with a stale address");
+        assert_exit_0(&report);
     }
 }
