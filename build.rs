@@ -16,14 +16,37 @@ const GUESTS: &[(&str, &str)] = &[
     ("blk", "blk.c"),
     ("strio", "strio.c"),
     ("console", "console.c"),
+    ("pcitest", "pcitest.c"),
+    ("pcicfg", "pcicfg.c"),
 ];
 /// Guests that stand alone: one assembly file, none of the shared sources (each tests
 /// something the shared start-up code would hide).
 const STANDALONE: &[(&str, &str)] = &[("stackless", "stackless.S")];
 /// Linked into every guest.
-const SHARED_SOURCES: &[&str] = &["start.S", "lib.c", "irq.c", "stubs.S", "smp.S", "virtio.c"];
+const SHARED_SOURCES: &[&str] = &[
+    "start.S",
+    "lib.c",
+    "irq.c",
+    "stubs.S",
+    "smp.S",
+    "virtio.c",
+    "pci.c",
+    "virtio_pci.c",
+];
 const SHARED: &[&str] = &[
-    "start.S", "lib.c", "lib.h", "irq.c", "irq.h", "stubs.S", "smp.S", "virtio.c", "virtio.h",
+    "start.S",
+    "lib.c",
+    "lib.h",
+    "irq.c",
+    "irq.h",
+    "stubs.S",
+    "smp.S",
+    "virtio.c",
+    "virtio.h",
+    "pci.c",
+    "pci.h",
+    "virtio_pci.c",
+    "virtio_pci.h",
     "link.ld",
 ];
 

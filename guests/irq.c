@@ -97,6 +97,12 @@ void ioapic_route(uint8_t irq, uint8_t vector)
     ioapic_write(0x10 + 2 * irq, vector);     /* fixed, physical, edge, high, unmasked */
 }
 
+void ioapic_route_level(uint8_t pin, uint8_t vector)
+{
+    ioapic_write(0x10 + 2 * pin + 1, 0);
+    ioapic_write(0x10 + 2 * pin, (1u << 15) | vector); /* level, high, unmasked */
+}
+
 int pv_eoi_enable(void)
 {
     uint32_t a, b, c, d;

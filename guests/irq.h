@@ -49,6 +49,9 @@ void lapic_eoi(void);
 void pic_mask_all(void);
 /* Routes ISA interrupt `irq` (edge, active high) to `vector` on APIC 0. */
 void ioapic_route(uint8_t irq, uint8_t vector);
+/* Routes IOAPIC pin `pin` as a level-triggered, active-high line (a PCI INTx as KVM's
+ * resampled irqfd drives it) to `vector` on APIC 0. */
+void ioapic_route_level(uint8_t pin, uint8_t vector);
 
 /* PV EOI: returns 1 if the host advertises it (KVM signature and feature bit 6) and the
  * per-CPU word was registered with MSR 0x4b564d04. */

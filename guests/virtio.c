@@ -32,6 +32,8 @@ void virtio_add_queue(struct vq *q, int slot, int queue)
     mmio_write(base + 0x0a4, 0);
     mmio_write(base + 0x044, 1);
     q->base = base;
+    q->notify = base + 0x050;
+    q->notify_width = 4;
     q->doorbell_port = 0;
     q->last_used = q->used.idx;
 }
@@ -77,8 +79,10 @@ uint32_t virtio_submit(struct vq *q, int queue)
     __asm__ volatile("" ::: "memory");
     if (q->doorbell_port)
         outw(q->doorbell_port, (uint16_t)queue);
+    else if (q->notify_width == 2) /* virtio-pci: the queue index, 16 bits */
+        *(volatile uint16_t *)q->notify = (uint16_t)queue;
     else
-        mmio_write(q->base + 0x050, (uint32_t)queue);
+        mmio_write(q->notify, (uint32_t)queue);
     uint16_t seen = q->last_used;
     while (*(volatile uint16_t *)&q->used.idx == seen) { }
     q->last_used = (uint16_t)(seen + 1);

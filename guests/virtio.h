@@ -1,6 +1,9 @@
-/* A minimal virtio-mmio (version 2) driver for hushvm's test guests: one split queue of
- * 16 entries, requests submitted one at a time and completed by polling the used ring.
- * Devices sit at hushvm's fixed slots: 0 block (0xc0000000), 1 entropy, 2 console. */
+/* A minimal virtio driver for hushvm's test guests: one split queue of 16 entries,
+ * requests submitted one at a time and completed by polling the used ring. The queue
+ * code is the transport's business only at set-up (virtio_init here for virtio-mmio,
+ * virtio_pci.h for virtio-pci) and at the doorbell, which struct vq describes.
+ * virtio-mmio devices sit at hushvm's fixed slots: 0 block (0xc0000000), 1 entropy,
+ * 2 console. */
 #ifndef GUEST_VIRTIO_H
 #define GUEST_VIRTIO_H
 #include <stdint.h>
@@ -15,9 +18,11 @@ struct vq {
     struct vring_desc desc[VQ_SIZE] __attribute__((aligned(16)));
     struct { uint16_t flags, idx; uint16_t ring[VQ_SIZE]; } avail __attribute__((aligned(2)));
     struct { uint16_t flags, idx; struct { uint32_t id, len; } ring[VQ_SIZE]; } used __attribute__((aligned(4096)));
-    uint32_t base;
-    uint16_t doorbell_port; /* 0: ring through QueueNotify (MMIO) */
+    uint32_t base;          /* virtio-mmio: the slot; virtio-pci: the common configuration */
+    uint32_t notify;        /* the doorbell's MMIO address (QueueNotify, or virtio-pci's) */
+    uint16_t doorbell_port; /* nonzero: ring this I/O port instead of `notify` */
     uint16_t last_used;
+    uint8_t notify_width;   /* bytes of the MMIO doorbell write: 4 (virtio-mmio), 2 (pci) */
 };
 struct vbuf { void *addr; uint32_t len; int device_writes; };
 

@@ -152,10 +152,11 @@ struct RunArgs {
 #[derive(Args)]
 struct BenchArgs {
     /// The workload: rtc (seed 000), eoi (seed 002), tick (RTC tick, seeds 000 + 002),
-    /// doorbell (seed 003) or blk (virtio-blk).
+    /// doorbell (seed 003), blk (virtio-blk), strio, console or pci (configuration
+    /// reads through 0xcf8/0xcfc).
     workload: String,
     /// Iterations per measured run (rtc: loop passes; eoi, tick: interrupts; doorbell:
-    /// requests; blk: 4 KiB blocks written and read back).
+    /// requests; blk: 4 KiB blocks written and read back; pci: configuration reads).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     iterations: Option<u64>,
     /// Repetitions (medians are reported).
@@ -170,6 +171,10 @@ struct BenchArgs {
     /// Count exits without timing them.
     #[arg(long)]
     no_exit_timing: bool,
+    /// Where the virtio devices sit: mmio, or pci (virtio-pci; the guest is told
+    /// `transport=pci`; doorbell only).
+    #[arg(long, value_name = "mmio|pci", default_value = "mmio")]
+    transport: VirtioTransport,
     /// The seccomp filters' action, as for `run`.
     #[arg(long, value_name = "kill|log|off", default_value = "kill")]
     seccomp: SeccompAction,
@@ -305,6 +310,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         repeat: args.repeat,
         variant: args.variant,
         time_exits: !args.no_exit_timing,
+        transport: args.transport,
         seccomp: args.seccomp,
     };
     let report = bench::run(workload, &options)?;

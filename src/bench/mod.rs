@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-use crate::config::{DiskConfig, Doorbell, SerialMode};
+use crate::config::{DiskConfig, Doorbell, SerialMode, VirtioTransport};
 use crate::guests;
 use crate::machine::{self, Kernel, MachineConfig, MachineError, RunReport};
 use crate::seccomp::SeccompAction;
@@ -56,6 +56,8 @@ pub struct Workload {
     pub rng: bool,
     /// A virtio-blk disk of this many bytes (0: none), a fresh sparse scratch file.
     pub disk_bytes: u64,
+    /// The guest drives virtio-pci too (`transport=pci` on its command line).
+    pub pci_transport: bool,
 }
 
 /// Options of `hushvm bench`.
@@ -69,6 +71,8 @@ pub struct BenchOptions {
     pub variant: Option<String>,
     /// Time each exit (the profiler's clock).
     pub time_exits: bool,
+    /// Where the virtio devices sit; with PCI the guest is told `transport=pci`.
+    pub transport: VirtioTransport,
     /// The seccomp filters' action.
     pub seccomp: SeccompAction,
 }
@@ -76,8 +80,12 @@ pub struct BenchOptions {
 /// The bench could not run.
 #[derive(Debug, Error)]
 pub enum BenchError {
-    #[error("unknown workload {0:?}; workloads: rtc, eoi, tick, doorbell, blk, strio")]
+    #[error(
+        "unknown workload {0:?}; workloads: rtc, eoi, tick, doorbell, blk, strio, console, pci"
+    )]
     UnknownWorkload(String),
+    #[error("the {0} workload's guest drives virtio-mmio only; --transport pci is for doorbell")]
+    NoPciTransport(&'static str),
     #[error("unknown variant {name:?}; variants: {known}")]
     UnknownVariant { name: String, known: String },
     #[error("the {0} guest is missing from this build")]
@@ -131,6 +139,10 @@ fn run_once(
         image: image.to_vec(),
     });
     config.boot.cmdline = format!("{}={iterations} {}", workload.count_key, variant.cmdline);
+    config.devices.transport = options.transport;
+    if options.transport == VirtioTransport::Pci {
+        config.boot.cmdline.push_str(" transport=pci");
+    }
     config.devices.serial = SerialMode::Capture;
     config.cures.coalesce = variant.coalesce;
     config.cures.pv_eoi = variant.pv_eoi;
@@ -170,6 +182,9 @@ fn select<'a>(
 
 /// Runs `workload` under its variants.
 pub fn run(workload: &Workload, options: &BenchOptions) -> Result<BenchReport, BenchError> {
+    if options.transport == VirtioTransport::Pci && !workload.pci_transport {
+        return Err(BenchError::NoPciTransport(workload.name));
+    }
     let selected = select(workload, &options.variant)?;
     let iterations = options
         .iterations
@@ -232,5 +247,28 @@ mod tests {
             select(workload("eoi").unwrap(), &Some("turbo".into())),
             Err(BenchError::UnknownVariant { .. })
         ));
+    }
+
+    #[test]
+    fn only_a_workload_whose_guest_drives_virtio_pci_takes_the_pci_transport() {
+        let options = BenchOptions {
+            iterations: Some(1),
+            repeat: 1,
+            variant: None,
+            time_exits: false,
+            transport: VirtioTransport::Pci,
+            seccomp: SeccompAction::Off,
+        };
+        // Refused before any VM is made.
+        assert!(matches!(
+            run(workload("blk").unwrap(), &options),
+            Err(BenchError::NoPciTransport("blk"))
+        ));
+        let takes_pci: Vec<_> = WORKLOADS
+            .iter()
+            .filter(|w| w.pci_transport)
+            .map(|w| w.name)
+            .collect();
+        assert_eq!(takes_pci, ["doorbell"]);
     }
 }

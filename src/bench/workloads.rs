@@ -43,6 +43,7 @@ pub const WORKLOADS: &[Workload] = &[
         ],
         rng: false,
         disk_bytes: 0,
+        pci_transport: false,
     },
     // Seed 002: LAPIC timer interrupts, EOI written or skipped through PV EOI.
     Workload {
@@ -59,6 +60,7 @@ pub const WORKLOADS: &[Workload] = &[
         ],
         rng: false,
         disk_bytes: 0,
+        pci_transport: false,
     },
     // Seed 000's Windows pattern: the RTC periodic interrupt as the tick.
     Workload {
@@ -75,6 +77,7 @@ pub const WORKLOADS: &[Workload] = &[
         ],
         rng: false,
         disk_bytes: 0,
+        pci_transport: false,
     },
     // Seed 003: a virtqueue doorbell per small request (4 bytes from virtio-rng).
     Workload {
@@ -91,6 +94,7 @@ pub const WORKLOADS: &[Workload] = &[
         ],
         rng: true,
         disk_bytes: 0,
+        pci_transport: true,
     },
     // virtio-blk: 4 KiB blocks written, flushed, read back and checked.
     Workload {
@@ -107,6 +111,7 @@ pub const WORKLOADS: &[Workload] = &[
         ],
         rng: false,
         disk_bytes: 64 << 20,
+        pci_transport: false,
     },
     // String I/O (seed 004's exception): a buffer out with rep outsb, back with rep insw.
     Workload {
@@ -121,6 +126,7 @@ pub const WORKLOADS: &[Workload] = &[
         ],
         rng: false,
         disk_bytes: 0,
+        pci_transport: false,
     },
     // Issue 11: a console printing through COM1 in Linux's three ways; posted: THR writes
     // wait in the coalesced ring (bounded drain) instead of exiting.
@@ -140,6 +146,23 @@ pub const WORKLOADS: &[Workload] = &[
         ],
         rng: false,
         disk_bytes: 0,
+        pci_transport: false,
+    },
+    // Linux's PCI configuration read: the address to 0xcf8 (posted when coalesced), then
+    // the data from 0xcfc; the host bridge's ID each time.
+    Workload {
+        name: "pci",
+        guest: "pcicfg",
+        count_key: "reads",
+        default_iterations: 10_000,
+        result_prefix: "pcicfg:",
+        variants: &[
+            variant("baseline", false, true, ""),
+            variant("coalesced", true, true, ""),
+        ],
+        rng: false,
+        disk_bytes: 0,
+        pci_transport: false,
     },
 ];
 
