@@ -16,6 +16,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("blk", "blk.c"),
     ("strio", "strio.c"),
     ("console", "console.c"),
+    ("hostile", "hostile.c"),
 ];
 /// Guests that stand alone: one assembly file, none of the shared sources (each tests
 /// something the shared start-up code would hide).
