@@ -508,6 +508,20 @@ static void find_devices(void)
 
 /* ---- The rest of the device hole ---- */
 
+static uint32_t hole_address(void);
+
+/* rep movs between the scratch area and a device window: an MMIO exit per element.
+ * With zones=1 only from the device (a write could land on a queue address). */
+static void op_string_mmio(void)
+{
+    uint32_t size = 1u << below(3), count = 1 + below(64), addr = hole_address() & ~(size - 1);
+    uint32_t from = addr, to = STRING_BUFFER;
+    if (!zones && chance(2)) from = STRING_BUFFER, to = addr;
+    if (size == 1) __asm__ volatile("cld\n\trep movsb" : "+S"(from), "+D"(to), "+c"(count) : : "memory");
+    else if (size == 2) __asm__ volatile("cld\n\trep movsw" : "+S"(from), "+D"(to), "+c"(count) : : "memory");
+    else __asm__ volatile("cld\n\trep movsl" : "+S"(from), "+D"(to), "+c"(count) : : "memory");
+}
+
 /* zones=1: would a write here reach a queue address register (a virtio-mmio slot's, a
  * BAR's common configuration) or configuration space below 0x100 (the pci_cfg window)? */
 static int zone_conflict(uint32_t addr, uint32_t size)
@@ -524,13 +538,24 @@ static int zone_conflict(uint32_t addr, uint32_t size)
     return 0;
 }
 
+/* Somewhere in the device hole below the IOAPIC: often a device's registers. */
+static uint32_t hole_address(void)
+{
+    uint32_t f = below(function_count + 1);
+    switch (below(4)) {
+    case 0: return VIRTIO_MMIO + below(0x4000);
+    case 1: return f < function_count && bar_now(&functions[f]) ? bar_now(&functions[f]) + below(0x8000) : PCI_WINDOW + below(0x40000);
+    case 2: return PCI_WINDOW + below(ECAM - PCI_WINDOW);
+    default: return VIRTIO_MMIO + below(IOAPIC - VIRTIO_MMIO - 0x1000);
+    }
+}
+
 static void op_mmio(void)
 {
     uint32_t addr;
-    switch (below(4)) {
-    case 0: addr = VIRTIO_MMIO + below(0x10000); break;
-    case 1: addr = PCI_WINDOW + below(ECAM - PCI_WINDOW); break;
-    case 2: addr = VIRTIO_MMIO + below(IOAPIC - VIRTIO_MMIO); break;
+    switch (below(3)) {
+    case 0:
+    case 1: addr = hole_address(); break;
     default:
         /* The IOAPIC and LAPIC are KVM's: select an IOAPIC register, read. */
         if (chance(2)) {
@@ -569,7 +594,8 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
         uint32_t kind = below(100);
         struct device *d = device_count ? &devices[below(device_count)] : 0;
         if (kind < 25) op_port();
-        else if (kind < 30) op_string();
+        else if (kind < 28) op_string();
+        else if (kind < 30) op_string_mmio();
         else if (kind < 40) op_mmio();
         else if (kind < 50) op_pci_config();
         else if (kind < 55) op_ecam();
