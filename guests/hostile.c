@@ -20,7 +20,12 @@
  * buffers never hold a byte 1 (so a request type, little-endian, is never T_OUT = 1), and
  * no descriptor is indirect. The host then checks the image is unchanged.
  *
- * Prints "hostile: seed=N ops=M done" and exits with status 0 (hushvm's 1). */
+ * With more than one vCPU (and zones=0: the zone checks assume no one else moves BARs
+ * meanwhile) every AP runs M operations of its own at the same time, from the same
+ * generator, so devices see accesses from several vCPUs at once.
+ *
+ * Prints "hostile: seed=N ops=M ... done" and exits with status 0 (hushvm's 1). */
+#include "irq.h"
 #include "lib.h"
 
 #define MIB (1024u * 1024u)
@@ -573,23 +578,11 @@ static void op_mmio(void)
     else mmio_write(addr, size, value());
 }
 
-int guest_main(uint32_t magic, const struct mb_info *mbi)
+static uint32_t ops;
+static volatile uint32_t aps_done;
+
+static void run_ops(void)
 {
-    if (magic != MB_BOOT_MAGIC) return 3;
-    uint32_t seed = cmdline_u32(mbi, "seed", 1), ops = cmdline_u32(mbi, "ops", 2000);
-    zones = cmdline_u32(mbi, "zones", 0);
-    state = seed * 2654435761u + 0x9e3779b9u;
-    if (!state) state = 1;
-    ram_top = (mbi->mem_upper + 1024) * 1024;
-    if (ram_top < SCRATCH_END) {
-        put_str("hostile: needs 16 MiB of RAM\n");
-        return 4;
-    }
-    /* MMX for 8-byte accesses: CR0.EM and CR0.TS clear. */
-    __asm__ volatile("mov %%cr0, %%eax\n\tand $~0xc, %%eax\n\tmov %%eax, %%cr0" : : : "eax");
-    pci_scan();
-    find_devices();
-    if (zones) zones_init();
     for (uint32_t op = 0; op < ops; op++) {
         uint32_t kind = below(100);
         struct device *d = device_count ? &devices[below(device_count)] : 0;
@@ -605,6 +598,59 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
         else if (kind < 85) op_chain(d);
         else op_register(d);
     }
+}
+
+void ap_main(void)
+{
+    run_ops();
+    __atomic_fetch_add(&aps_done, 1, __ATOMIC_SEQ_CST);
+}
+
+/* INIT-SIPI-SIPI to every other vCPU (smp.S's trampoline); returns how many there are. */
+extern const char ap_trampoline_start[], ap_trampoline_end[];
+static uint32_t start_aps(void)
+{
+    outw(0x510, 0x05); /* fw_cfg: CPU count */
+    uint32_t cpus = inb(0x511);
+    cpus |= (uint32_t)inb(0x511) << 8;
+    if (cpus < 2 || zones) return 0;
+    uint8_t *trampoline = (uint8_t *)0x8000;
+    for (const char *p = ap_trampoline_start; p < ap_trampoline_end; p++) *trampoline++ = (uint8_t)*p;
+    lapic_enable(0);
+    lapic_write(APIC_ICR_HIGH, 0);
+    lapic_write(APIC_ICR_LOW, 0x000c4500); /* INIT, all excluding self */
+    for (volatile uint32_t i = 0; i < 100; i++) { }
+    for (int i = 0; i < 2; i++) {
+        lapic_write(APIC_ICR_HIGH, 0);
+        lapic_write(APIC_ICR_LOW, 0x000c4600 | (0x8000 >> 12)); /* SIPI, vector 0x08 */
+        for (volatile uint32_t k = 0; k < 100; k++) { }
+    }
+    return cpus - 1;
+}
+
+int guest_main(uint32_t magic, const struct mb_info *mbi)
+{
+    if (magic != MB_BOOT_MAGIC) return 3;
+    uint32_t seed = cmdline_u32(mbi, "seed", 1);
+    ops = cmdline_u32(mbi, "ops", 2000);
+    zones = cmdline_u32(mbi, "zones", 0);
+    state = seed * 2654435761u + 0x9e3779b9u;
+    if (!state) state = 1;
+    ram_top = (mbi->mem_upper + 1024) * 1024;
+    if (ram_top < SCRATCH_END) {
+        put_str("hostile: needs 16 MiB of RAM\n");
+        return 4;
+    }
+    /* MMX for 8-byte accesses: CR0.EM and CR0.TS clear. */
+    __asm__ volatile("mov %%cr0, %%eax\n\tand $~0xc, %%eax\n\tmov %%eax, %%cr0" : : : "eax");
+    pci_scan();
+    find_devices();
+    if (zones) zones_init();
+    uint32_t aps = start_aps();
+    run_ops();
+    /* Wait for the APs, boundedly: one that a device's write derailed must not hang the
+     * run (about 10 s of emulated spinning). */
+    for (uint32_t spins = 0; aps_done < aps && spins < 20000000; spins++) { }
     /* Undo what random writes did to COM1 (DLAB, loopback) so the last line is seen. */
     outb(0x3fb, 0x03);
     outb(0x3fc, 0x00);
@@ -614,6 +660,10 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
     put_str(" ops=");
     put_dec(ops);
     put_str(zones ? " zones=1" : " zones=0");
+    put_str(" cpus=");
+    put_dec(1 + aps);
+    put_str(" aps_done=");
+    put_dec(aps_done);
     /* How much the devices did: the used indices of the queues as last set up (a
      * device's own writes, or whatever later overwrote them). */
     uint32_t used = 0;

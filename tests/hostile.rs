@@ -30,7 +30,8 @@ const OPS: u32 = 2000;
 const DISK_BYTES: usize = 1 << 20;
 
 /// One run's configuration, all derived from the seed: each combination of transport,
-/// doorbell path and disk mode comes up once in every 8 consecutive seeds.
+/// doorbell path and disk mode comes up once in every 8 consecutive seeds, and every
+/// other readonly block of 4 runs on 2 vCPUs.
 #[derive(Debug, Clone, Copy)]
 struct Run {
     seed: u32,
@@ -39,6 +40,8 @@ struct Run {
     ioeventfd: bool,
     /// The guest keeps its requests from writing; the disk is writable.
     zones: bool,
+    /// vCPUs: 2 runs the guest's operations on both at once (only without zones).
+    cpus: u8,
 }
 
 impl Run {
@@ -49,17 +52,23 @@ impl Run {
             pci: seed % 2 == 0,
             ioeventfd: seed / 2 % 2 == 0,
             zones: seed / 4 % 2 == 1,
+            cpus: if seed / 4 % 2 == 0 && seed / 8 % 2 == 1 {
+                2
+            } else {
+                1
+            },
         }
     }
 
     fn describe(&self) -> String {
         format!(
-            "seed={} ops={} transport={} doorbells={} disk={}",
+            "seed={} ops={} transport={} doorbells={} disk={} cpus={}",
             self.seed,
             self.ops,
             if self.pci { "pci" } else { "mmio" },
             if self.ioeventfd { "ioeventfd" } else { "exit" },
             if self.zones { "writable" } else { "readonly" },
+            self.cpus,
         )
     }
 }
@@ -114,6 +123,7 @@ fn execute(run: &Run, guest: &Path, pattern: &[u8]) -> Result<Outcome, String> {
         .arg(guest)
         .args(["--cmdline", &cmdline, "--mem", "32M", "--timeout", "60"])
         .args(["--disk", &disk_arg, "--rng"])
+        .args(["--cpus", &run.cpus.to_string()])
         .arg("--virtio-console")
         .arg(format!("file:{}", console.display()))
         .arg("--serial")
