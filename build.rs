@@ -18,6 +18,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("console", "console.c"),
     ("pcitest", "pcitest.c"),
     ("pcicfg", "pcicfg.c"),
+    ("hostile", "hostile.c"),
 ];
 /// Guests that stand alone: one assembly file, none of the shared sources (each tests
 /// something the shared start-up code would hide).
