@@ -69,8 +69,7 @@ static uint32_t value(void)
     return chance(3) ? edges[below(sizeof edges / sizeof edges[0])] : rnd();
 }
 
-static inline void outl(uint16_t port, uint32_t v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
-static inline uint16_t inw(uint16_t port) { uint16_t v; __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+/* outl and inw come from lib.h. */
 
 static void port_out(uint16_t port, int size, uint32_t v)
 {
