@@ -66,11 +66,24 @@ pub fn scratch_dir() -> std::path::PathBuf {
     dir
 }
 
-/// Built-in guest `name` written to the scratch directory.
+/// Built-in guest `name` written to the scratch directory. Tests run in parallel and
+/// share the directory: the file is written under a name of its own and renamed into
+/// place, so a hushvm started by another test never reads it half written.
 pub fn guest_file(name: &str) -> std::path::PathBuf {
-    let path = scratch_dir().join(format!("{name}.elf"));
-    std::fs::write(&path, hushvm::guests::image(name).expect("built-in guest"))
-        .expect("guest file");
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = scratch_dir();
+    let path = dir.join(format!("{name}.elf"));
+    let partial = dir.join(format!(
+        "{name}.elf.{}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(
+        &partial,
+        hushvm::guests::image(name).expect("built-in guest"),
+    )
+    .expect("guest file");
+    std::fs::rename(&partial, &path).expect("guest file in place");
     path
 }
 
