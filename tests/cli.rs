@@ -15,9 +15,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn guest_file(name: &str) -> PathBuf {
-    let path = scratch(&format!("{name}.elf"));
-    std::fs::write(&path, hushvm::guests::image(name).unwrap()).unwrap();
-    path
+    common::guest_file(name)
 }
 
 #[test]
