@@ -11,14 +11,18 @@
  * It must stay alive to be useful, so it never asks to stop (no write to 0xf4-0xf7, no
  * reset through 0xcf9 or 0x64, no ACPI S5), and every guest-physical address it hands a
  * device lies in the scratch area (8-16 MiB, which nothing else uses) or outside RAM:
- * devices may write only there. MSI-X messages use fixed or lowest-priority delivery
- * (an NMI or INIT would end the guest, not test hushvm).
+ * devices may write only there (with zones=0, rarely, a device may follow a descriptor
+ * its own writes made, such as a used ring laid over a descriptor table, and derail the
+ * guest: the run still ends with a clear status). MSI-X messages use fixed or
+ * lowest-priority delivery (an NMI or INIT would end the guest, not test hushvm).
  *
  * `zones=1` (for a writable disk) also makes sure no block request can be a write: the
  * scratch area is split so that what devices read (descriptor tables, avail rings,
  * readable buffers) is never what devices write (used rings, writable buffers), readable
- * buffers never hold a byte 1 (so a request type, little-endian, is never T_OUT = 1), and
- * no descriptor is indirect. The host then checks the image is unchanged.
+ * buffers never hold a byte 1 (so a request type, little-endian, is never T_OUT = 1), no
+ * descriptor is indirect, queue addresses reach a transport only whole, and no BAR write
+ * is made that hushvm would refuse (bar_write_refused). The host then checks the image
+ * is unchanged.
  *
  * With more than one vCPU (and zones=0: the zone checks assume no one else moves BARs
  * meanwhile) every AP runs M operations of its own at the same time, from the same
