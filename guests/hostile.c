@@ -11,14 +11,18 @@
  * It must stay alive to be useful, so it never asks to stop (no write to 0xf4-0xf7, no
  * reset through 0xcf9 or 0x64, no ACPI S5), and every guest-physical address it hands a
  * device lies in the scratch area (8-16 MiB, which nothing else uses) or outside RAM:
- * devices may write only there. MSI-X messages use fixed or lowest-priority delivery
- * (an NMI or INIT would end the guest, not test hushvm).
+ * devices may write only there (with zones=0, rarely, a device may follow a descriptor
+ * its own writes made, such as a used ring laid over a descriptor table, and derail the
+ * guest: the run still ends with a clear status). MSI-X messages use fixed or
+ * lowest-priority delivery (an NMI or INIT would end the guest, not test hushvm).
  *
  * `zones=1` (for a writable disk) also makes sure no block request can be a write: the
  * scratch area is split so that what devices read (descriptor tables, avail rings,
  * readable buffers) is never what devices write (used rings, writable buffers), readable
- * buffers never hold a byte 1 (so a request type, little-endian, is never T_OUT = 1), and
- * no descriptor is indirect. The host then checks the image is unchanged.
+ * buffers never hold a byte 1 (so a request type, little-endian, is never T_OUT = 1), no
+ * descriptor is indirect, queue addresses reach a transport only whole, and no BAR write
+ * is made that hushvm would refuse (bar_write_refused). The host then checks the image
+ * is unchanged.
  *
  * With more than one vCPU (and zones=0: the zone checks assume no one else moves BARs
  * meanwhile) every AP runs M operations of its own at the same time, from the same
@@ -117,6 +121,8 @@ static uint32_t harmless(uint16_t port, int size, uint32_t v, int *skip)
         if (p == 0xcf9) v &= ~(4u << shift);
         if (p == 0x605) v &= ~(0x20u << shift);
         if (p == 0x64 && ((v >> shift) & 0xff) == 0xfe) v ^= 1u << shift;
+        /* zones=1: configuration writes only through op_pci_config's checks. */
+        if (zones && p >= 0xcfc && p <= 0xcff) *skip = 1;
     }
     return v;
 }
@@ -163,6 +169,7 @@ static void op_string(void)
     for (int i = 0; i < size; i++) {
         uint16_t p = (uint16_t)(port + i);
         if ((p >= 0xf4 && p <= 0xf7) || p == 0x64 || p == 0xcf9 || p == 0x605) skip = 1;
+        if (zones && p >= 0xcfc && p <= 0xcff) skip = 1;
     }
     if (skip) return;
     if (size == 1)
@@ -214,13 +221,54 @@ static uint32_t bar_now(const struct function *f)
     return hi == 0 && lo >= VIRTIO_MMIO && lo < IOAPIC - 0x8000 ? lo : 0;
 }
 
+/* zones=1 relies on each BAR register saying where its device answers, so that the
+ * writes it leaves out (queue addresses) are left out where the device really is. hushvm
+ * keeps a device put, with the register changed, when a move would overlap another
+ * device or ECAM, leave the address space, or go to 0; so with zones=1 a BAR write that
+ * would do that is not made, writes of less than a dword are not made (their result is
+ * harder to foresee), and a sizing write is undone at once. */
+static int bar_write_refused(uint32_t bdf, uint32_t offset, int size, uint32_t v)
+{
+    if (!zones || offset < 0x10 || offset >= 0x18) return 0;
+    int self = -1;
+    for (uint32_t i = 0; i < function_count; i++)
+        if (functions[i].bdf == bdf) self = (int)i;
+    if (self < 0) return 0;
+    if (size != 4) return 1;
+    uint32_t lo = cfg_read(bdf, 0x10), hi = cfg_read(bdf, 0x14);
+    if (offset == 0x10) lo = v; else hi = v;
+    lo &= ~0x7fffu; /* 32 KiB: the low bits are read-only */
+    if ((lo | hi) == 0 || (hi == 0xffffffff && lo >= 0xffff8000)) return 1;
+    if (hi == 0 && lo + 0x8000 > ECAM && lo < ECAM + 0x10000000) return 1;
+    if (hi == 0 && lo + 0x8000 > VIRTIO_MMIO && lo < VIRTIO_MMIO + 0x10000) return 1;
+    for (uint32_t i = 0; i < function_count; i++) {
+        if ((int)i == self) continue;
+        uint32_t olo = cfg_read(functions[i].bdf, 0x10) & ~0xfu, ohi = cfg_read(functions[i].bdf, 0x14);
+        if (ohi == hi && lo + 0x8000 > olo && lo < olo + 0x8000) return 1;
+    }
+    return 0;
+}
+
+/* A configuration write, minding bar_write_refused; a sizing write with zones=1 is
+ * followed by the old value at once. */
+static void cfg_write_checked(uint32_t bdf, uint32_t offset, int size, uint32_t v)
+{
+    if (zones && size == 4 && v == 0xffffffff && offset >= 0x10 && offset < 0x18) {
+        uint32_t old = cfg_read(bdf, offset);
+        cfg_write(bdf, offset, 4, v);
+        cfg_write(bdf, offset, 4, old);
+        return;
+    }
+    if (!bar_write_refused(bdf, offset, size, v)) cfg_write(bdf, offset, size, v);
+}
+
 /* Puts every function back where it was, decoding and bus-mastering, so that later
  * operations reach the devices again. */
 static void pci_repair(void)
 {
     for (uint32_t i = 0; i < function_count; i++) {
-        cfg_write(functions[i].bdf, 0x10, 4, functions[i].bar0 | 4);
-        cfg_write(functions[i].bdf, 0x14, 4, 0);
+        cfg_write_checked(functions[i].bdf, 0x10, 4, functions[i].bar0 | 4);
+        cfg_write_checked(functions[i].bdf, 0x14, 4, 0);
         cfg_write(functions[i].bdf, 0x04, 2, 0x6);
     }
 }
@@ -264,7 +312,7 @@ static void op_pci_config(void)
     if (zones && f->window_cap && offset >= f->window_cap + 16 && offset < f->window_cap + 20) return;
     uint32_t v = offset >= 0x10 && offset < 0x28 ? bar_value() : value();
     if (offset == f->msix_cap + 2 && chance(2)) v = 0x8000 | (chance(4) ? 0x4000 : 0);
-    cfg_write(bdf, offset, size, v);
+    cfg_write_checked(bdf, offset, size, v);
 }
 
 /* ECAM: the same configuration space as MMIO; writes leave BARs and the window alone. */

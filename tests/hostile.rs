@@ -12,8 +12,10 @@
 //! (guests/hostile.c says how), so again the image must not change.
 //!
 //! CI runs a short soak over fixed seeds. `HUSHVM_SOAK_SECONDS=N` turns it into a long
-//! soak over fresh seeds (`HUSHVM_SOAK_FIRST_SEED` picks the first) until N seconds
-//! pass, printing each run; run it with `-- --nocapture`.
+//! soak over fresh seeds (`HUSHVM_SOAK_FIRST_SEED` picks the first,
+//! `HUSHVM_SOAK_OPS` the operations per run) until N seconds pass, printing each run and
+//! a summary; run it with `-- --nocapture`. A second test records hostile runs and
+//! replays their traces.
 
 mod common;
 
