@@ -43,6 +43,7 @@ def contestants(guest, iterations, with_qemu):
         # --timeout adds a watchdog thread; this shows what that costs.
         "hushvm-coalesced+timeout": [hushvm, "run", "--multiboot", guest, "--cmdline", cmdline, "--timeout", "300"],
         "hushvm-coalesced-nodrain": [hushvm, "run", "--multiboot", guest, "--cmdline", cmdline, "--posted-drain-us", "0"],
+        "hushvm-coalesced-noseccomp": [hushvm, "run", "--multiboot", guest, "--cmdline", cmdline, "--seccomp", "off"],
         "floor-baseline": [floor, "--multiboot", guest, "--cmdline", cmdline, "--no-coalesce"],
         "hushvm-baseline": [hushvm, "run", "--multiboot", guest, "--cmdline", cmdline, "--no-coalesce"],
     }
@@ -92,6 +93,7 @@ def main():
             "hushvm/floor (baseline)": medians["hushvm-baseline"] / medians["floor-baseline"],
             "hushvm+timeout/floor (coalesced)": medians["hushvm-coalesced+timeout"] / medians["floor-coalesced"],
             "hushvm without the drain/floor (coalesced)": medians["hushvm-coalesced-nodrain"] / medians["floor-coalesced"],
+            "hushvm without seccomp/floor (coalesced)": medians["hushvm-coalesced-noseccomp"] / medians["floor-coalesced"],
         },
     }
     if with_qemu:
