@@ -128,10 +128,7 @@ impl Vm {
 
     /// Asks KVM to post writes to `zone` to the coalesced ring instead of exiting.
     pub fn register_posted_zone(&self, zone: &PostedZone) -> Result<(), KvmError> {
-        let addr = match zone.space {
-            AddressSpace::Pio => IoEventAddress::Pio(zone.addr),
-            AddressSpace::Mmio => IoEventAddress::Mmio(zone.addr),
-        };
+        let addr = io_address(zone.space, zone.addr);
         self.fd
             .register_coalesced_mmio(addr, zone.size)
             .map_err(ioctl_error("KVM_REGISTER_COALESCED_MMIO"))
@@ -210,18 +207,19 @@ impl Vm {
     }
 }
 
+/// kvm-ioctls' name for an address in `space`.
+fn io_address(space: AddressSpace, addr: u64) -> IoEventAddress {
+    match space {
+        AddressSpace::Pio => IoEventAddress::Pio(addr),
+        AddressSpace::Mmio => IoEventAddress::Mmio(addr),
+    }
+}
+
 /// Registers and removes ioeventfds while the VM runs.
 #[derive(Debug, Clone)]
 pub struct IoEvents(Arc<VmFd>);
 
 impl IoEvents {
-    fn address(space: AddressSpace, addr: u64) -> IoEventAddress {
-        match space {
-            AddressSpace::Pio => IoEventAddress::Pio(addr),
-            AddressSpace::Mmio => IoEventAddress::Mmio(addr),
-        }
-    }
-
     /// Signals `event` on writes to `addr` (`datamatch: None`: a length-0 ioeventfd, any
     /// write; `Some(v)`: a 2-byte write of `v`, a virtio-pci queue index).
     pub fn assign(
@@ -231,12 +229,7 @@ impl IoEvents {
         addr: u64,
         datamatch: Option<u32>,
     ) -> Result<(), KvmError> {
-        let addr = Self::address(space, addr);
-        match datamatch {
-            None => self.0.register_ioevent(event, &addr, NoDatamatch),
-            Some(value) => self.0.register_ioevent(event, &addr, value),
-        }
-        .map_err(ioctl_error("KVM_IOEVENTFD"))
+        self.change(event, space, addr, datamatch, true)
     }
 
     /// Removes what [`IoEvents::assign`] registered.
@@ -247,11 +240,29 @@ impl IoEvents {
         addr: u64,
         datamatch: Option<u32>,
     ) -> Result<(), KvmError> {
-        let addr = Self::address(space, addr);
-        match datamatch {
-            None => self.0.unregister_ioevent(event, &addr, NoDatamatch),
-            Some(value) => self.0.unregister_ioevent(event, &addr, value),
+        self.change(event, space, addr, datamatch, false)
+    }
+
+    fn change(
+        &self,
+        event: &EventFd,
+        space: AddressSpace,
+        addr: u64,
+        datamatch: Option<u32>,
+        assign: bool,
+    ) -> Result<(), KvmError> {
+        let addr = io_address(space, addr);
+        let vm = &self.0;
+        match (datamatch, assign) {
+            (None, true) => vm.register_ioevent(event, &addr, NoDatamatch),
+            (Some(value), true) => vm.register_ioevent(event, &addr, value),
+            (None, false) => vm.unregister_ioevent(event, &addr, NoDatamatch),
+            (Some(value), false) => vm.unregister_ioevent(event, &addr, value),
         }
-        .map_err(ioctl_error("KVM_IOEVENTFD (deassign)"))
+        .map_err(ioctl_error(if assign {
+            "KVM_IOEVENTFD"
+        } else {
+            "KVM_IOEVENTFD (deassign)"
+        }))
     }
 }

@@ -11,7 +11,7 @@ use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{serve_queue, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::bus::{le_value, Access, BusDevice, StopRequest};
 use crate::irq::InterruptLine;
 
@@ -224,13 +224,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 
     fn process(&mut self, index: usize) -> bool {
-        let Some(queue) = self.queues.get_mut(index) else {
-            return false;
-        };
-        if !queue.ready() || !queue.is_valid(&self.memory) {
-            return false;
-        }
-        match self.device.process_queue(index, queue, &self.memory) {
+        let queue = self.queues.get_mut(index);
+        match serve_queue(&mut self.device, index, queue, &self.memory) {
             Ok(used) => used,
             Err(_) => {
                 self.needs_reset();

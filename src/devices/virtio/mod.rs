@@ -67,6 +67,23 @@ pub fn serve_chains(
     Ok(used)
 }
 
+/// What a transport does when a queue may have work: serves queue `index` if the driver
+/// made it ready and its rings lie in guest memory. `Ok(true)` if buffers were used; an
+/// error means the driver broke the ring, and the transport asks for a reset.
+pub fn serve_queue<D: VirtioDevice + ?Sized>(
+    device: &mut D,
+    index: usize,
+    queue: Option<&mut Queue>,
+    memory: &GuestMemoryMmap,
+) -> Result<bool, QueueError> {
+    match queue {
+        Some(queue) if queue.ready() && queue.is_valid(memory) => {
+            device.process_queue(index, queue, memory)
+        }
+        _ => Ok(false),
+    }
+}
+
 /// Copies `source` into `data` from `offset`, zero past its end: configuration space.
 pub fn read_config_bytes(source: &[u8], offset: u64, data: &mut [u8]) {
     for (i, byte) in data.iter_mut().enumerate() {

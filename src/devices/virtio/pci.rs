@@ -34,11 +34,10 @@ pub mod common;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_CONSOLE};
-use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
 use super::mmio::QueueNotify;
-use super::VirtioDevice;
+use super::{serve_queue, VirtioDevice};
 use crate::bus::{Access, BusDevice, StopRequest};
 use crate::devices::pci::config::{
     BarChange, BarKind, ConfigSpace, PciError, PciIds, COMMAND, COMMAND_BUS_MASTER,
@@ -323,13 +322,8 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
     }
 
     fn process(&mut self, index: usize) -> bool {
-        let Some(queue) = self.common.queues.get_mut(index) else {
-            return false;
-        };
-        if !queue.ready() || !queue.is_valid(&self.memory) {
-            return false;
-        }
-        match self.device.process_queue(index, queue, &self.memory) {
+        let queue = self.common.queues.get_mut(index);
+        match serve_queue(&mut self.device, index, queue, &self.memory) {
             Ok(used) => used,
             Err(_) => {
                 self.needs_reset();
