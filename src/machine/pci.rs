@@ -200,7 +200,7 @@ impl Placement<'_> {
             notifications: Arc::new(move || counter.locked().notifications()),
             doorbells_rung: {
                 let counter = transport.clone();
-                Arc::new(move || counter.locked().notifications())
+                Arc::new(move || counter.locked().doorbells())
             },
             interrupts: Arc::new(move || signals.signals() + intx.pulses()),
             input: None,

@@ -110,6 +110,8 @@ pub struct VirtioPciTransport<D: VirtioDevice> {
     isr: u8,
     /// Doorbells that made the device use buffers, for the profiler and benches.
     notifications: u64,
+    /// Doorbells rung, work or none (what the advisor counts as an effect).
+    doorbells: u64,
 }
 
 impl<D: VirtioDevice> std::fmt::Debug for VirtioPciTransport<D> {
@@ -183,6 +185,7 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
             intx,
             isr: 0,
             notifications: 0,
+            doorbells: 0,
         })
     }
 
@@ -259,6 +262,11 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
     /// Doorbells that made the device use buffers.
     pub fn notifications(&self) -> u64 {
         self.notifications
+    }
+
+    /// Doorbells rung, whether or not they found work or the driver was ready.
+    pub fn doorbells(&self) -> u64 {
+        self.doorbells
     }
 
     /// Queues the device has.
@@ -407,6 +415,7 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
 
 impl<D: VirtioDevice> QueueNotify for VirtioPciTransport<D> {
     fn notify(&mut self, index: Option<u32>) {
+        self.doorbells += 1;
         // Without bus mastering the function may neither touch memory nor send MSIs.
         if !self.common.driver_ok() || self.config.command() & COMMAND_BUS_MASTER == 0 {
             return;
