@@ -4,6 +4,8 @@
  *   fifo  FIFOs on; wait for THRE, write up to 16 bytes (serial8250_console_fifo_write);
  *   irq   FIFOs on; the THR-empty interrupt's handler writes up to 16 bytes (the tty
  *         layer's interrupt-driven transmit).
+ * gap_ms=M (default 0): after half the payload, M milliseconds with no output (by the
+ * ACPI PM timer), then the rest: the host's bounded drain goes idle in between.
  * The payload is "console-begin\n", then N bytes, byte i being '\n' when i % 64 == 63
  * and 'A' + i % 26 otherwise, then "\nconsole: bytes=N tsc=T errors=E\n"; the host
  * checks the payload byte for byte. */
@@ -64,6 +66,27 @@ static void send_irq(void)
     while (sent < wanted) wait_for_interrupt();
 }
 
+/* Nothing printed for `ms` milliseconds: the ACPI PM timer (24 bits, 3.579545 MHz). */
+static void idle_ms(uint32_t ms)
+{
+    uint32_t ticks = ms * 3580, waited = 0, last = inl(0x608) & 0xffffff;
+    while (waited < ticks) {
+        uint32_t now = inl(0x608) & 0xffffff;
+        waited += (now - last) & 0xffffff;
+        last = now;
+    }
+}
+
+static void send(int irq, int fifo)
+{
+    if (irq)
+        send_irq();
+    else if (fifo)
+        send_fifo();
+    else
+        send_slow();
+}
+
 int guest_main(uint32_t magic, const struct mb_info *mbi)
 {
     if (magic != MB_BOOT_MAGIC) return 3;
@@ -72,13 +95,15 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
     put_str("console-begin\n");
     int irq = value_is(pattern, "irq"), fifo = irq || value_is(pattern, "fifo");
     if (fifo) outb(COM1 + 2, 0x07); /* FCR: FIFOs on, cleared */
+    uint32_t gap = cmdline_u32(mbi, "gap_ms", 0), total = wanted;
     uint64_t start = rdtsc();
-    if (irq)
-        send_irq();
-    else if (fifo)
-        send_fifo();
-    else
-        send_slow();
+    if (gap) {
+        wanted = total / 2;
+        send(irq, fifo);
+        idle_ms(gap);
+        wanted = total;
+    }
+    send(irq, fifo);
     uint64_t end = rdtsc();
     wait_thre();
     put_str("\nconsole:");

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crate::bus::{IoBuses, StopRequest};
-use crate::coalesced::PostedWrites;
+use crate::coalesced::{DrainError, PostedWrites};
 use crate::trace::{Record, Recorder};
 
 /// Where a stop request goes that a posted write made off the exit path (a reset written
@@ -70,6 +70,23 @@ impl DeviceAccess {
             sink.request(stop);
         }
         first_stop
+    }
+
+    /// One tick of the bounded drain (the event loop, `periods` timer expirations since
+    /// the last): applies what waits in the ring, then lets the bounded zones' policy
+    /// decide; when it unregisters them, applies the ring once more, since writes posted
+    /// before the unregister are still there and no exit may come to apply them.
+    pub fn drain_tick(&self, periods: u64) -> Result<(), DrainError> {
+        if self.posted.has_pending() {
+            self.operation(|| self.settle());
+        }
+        let Some(bounded) = self.posted.bounded() else {
+            return Ok(());
+        };
+        if bounded.tick(periods)? {
+            self.operation(|| self.settle());
+        }
+        Ok(())
     }
 
     /// Records what `record` builds, when a trace is being made (the closure, and its

@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::access::DeviceAccess;
+use crate::coalesced::DrainTimer;
 use crate::devices::rtc::Clock;
 use crate::ratelimit::RateLimiter;
 use crate::services::{DoorbellService, InputService, LevelTriggered, RtcService};
@@ -218,38 +219,76 @@ impl MutEventSubscriber for IntxResample {
     }
 }
 
-/// The bounded drain: posted writes wait in KVM's ring until the next exit, which may be
-/// long in coming (a guest that writes 0xcf9 to reset and then spins, a console byte
-/// written just before the guest halts). Every `period` this applies what waits, so a
-/// posted write takes effect within the period. With nothing posted it only checks the
-/// ring's two indices.
+/// The bounded drain's timer: armed by whichever thread activates the bounded zones (a
+/// vCPU, on the exit of a write to one), disarmed by the event loop when it deactivates
+/// them, waited on by the event loop. Behind a mutex because the timerfd's calls take
+/// `&mut`; the bounded zones' control lock is taken before it, never after.
+pub struct DrainTimerFd(Mutex<TimerFd>);
+
+impl DrainTimerFd {
+    pub fn new() -> io::Result<Self> {
+        Ok(Self(Mutex::new(TimerFd::new()?)))
+    }
+
+    /// Reads the expiry count. Called only when epoll says the timer expired: only the
+    /// event loop disarms it, and a vCPU arms it only after that disarm, so the count
+    /// cannot be reset between epoll's report and this read (which would block).
+    fn expirations(&self) -> u64 {
+        self.0.locked().wait().unwrap_or(1)
+    }
+}
+
+impl std::os::fd::AsRawFd for DrainTimerFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.locked().as_raw_fd()
+    }
+}
+
+impl DrainTimer for DrainTimerFd {
+    fn arm(&self, period: Duration) -> io::Result<()> {
+        self.0
+            .locked()
+            .reset(period, Some(period))
+            .map_err(io::Error::from)
+    }
+
+    fn disarm(&self) -> io::Result<()> {
+        self.0.locked().clear().map_err(io::Error::from)
+    }
+}
+
+/// The bounded drain: posted writes to a bounded zone (COM1's THR) wait in KVM's ring
+/// until the next exit, which may be long in coming (a console byte written just before
+/// the guest halts). While the zones are active, every period this applies what waits,
+/// so such a write takes effect within the period, and lets the zones' policy
+/// deactivate them once the guest stopped writing them (`coalesced::bounded`). While
+/// they are inactive the timer is disarmed and this never runs.
 pub struct PostedDrain {
-    timer: TimerFd,
-    period: Duration,
+    timer: Arc<DrainTimerFd>,
     access: DeviceAccess,
+    warnings: RateLimiter,
 }
 
 impl PostedDrain {
-    pub fn new(period: Duration, access: DeviceAccess) -> io::Result<Self> {
-        Ok(Self {
-            timer: TimerFd::new()?,
-            period,
+    pub fn new(timer: Arc<DrainTimerFd>, access: DeviceAccess) -> Self {
+        Self {
+            timer,
             access,
-        })
+            warnings: RateLimiter::default(),
+        }
     }
 }
 
 impl MutEventSubscriber for PostedDrain {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.timer.wait();
-        if self.access.posted.has_pending() {
-            let access = &self.access;
-            access.operation(|| access.settle());
+        let periods = self.timer.expirations();
+        if let Err(error) = self.access.drain_tick(periods) {
+            self.warnings.warn(|| error.to_string());
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        let _ = self.timer.reset(self.period, Some(self.period));
-        let _ = ops.add(Events::new(&self.timer, EventSet::IN));
+        // Not armed here: the first write to a bounded zone arms it.
+        let _ = ops.add(Events::new(&*self.timer, EventSet::IN));
     }
 }

@@ -120,8 +120,9 @@ struct RunArgs {
     /// (0: never poll).
     #[arg(long, value_name = "USECS", default_value_t = 100)]
     event_poll_us: u64,
-    /// At most how long a posted write waits in KVM's ring before the event loop applies
-    /// it, in microseconds (0: until the next exit).
+    /// At most how long a posted COM1 byte waits in KVM's ring before the event loop
+    /// applies it, in microseconds; the drain runs only while the guest writes COM1 (0: no
+    /// drain, and COM1's writes are never posted).
     #[arg(long, value_name = "USECS", default_value_t = 1000)]
     posted_drain_us: u64,
     /// Do not advertise KVM_FEATURE_PV_EOI in CPUID (the guest then writes every EOI).

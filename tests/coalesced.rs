@@ -59,7 +59,7 @@ fn with_coalescing_index_writes_are_posted_and_applied_in_order() {
     assert_eq!(
         report.coalescing,
         Coalescing::On(vec![(0x70, 1), (0x3f8, 1), (0xcf8, 4)]),
-        "the RTC index, COM1's THR and the PCI configuration address"
+        "the RTC index, COM1's THR (registered on first use) and the PCI configuration address"
     );
     assert_eq!(
         count(&report, ExitKind::PioOut, 0x70),
@@ -67,11 +67,15 @@ fn with_coalescing_index_writes_are_posted_and_applied_in_order() {
         "no index write exits"
     );
     assert_eq!(count(&report, ExitKind::PioIn, 0x71), 500);
+    // THR is registered on its first write, which exits (and again after 20 ms with no
+    // output, which this guest does not pause for, except on a starved host).
     let printed = report.serial.len() as u64;
+    let thr_exits = count(&report, ExitKind::PioOut, 0x3f8);
+    assert!((1..=3).contains(&thr_exits), "{thr_exits}");
     assert_eq!(
-        report.profile.posted_writes,
+        report.profile.posted_writes + thr_exits,
         500 + SETUP_INDEX_WRITES + printed,
-        "every index write, and every byte the guest printed"
+        "every index write, and every byte the guest printed but the activating ones"
     );
 }
 

@@ -29,7 +29,10 @@ fn a_reset_posted_to_0xcf9_takes_effect_though_the_guest_never_exits_again() {
         return;
     }
     // KVM's coalesced zone for the PCI address register (0xcf8, 4 bytes) also takes byte
-    // writes to 0xcf9: the reset waits in the ring, and the bounded drain applies it.
+    // writes to 0xcf9: the reset waits in the ring, and the bounded drain applies it. The
+    // drain runs because the probe printed "probe: start" just before (THR's zone stays
+    // active for 20 ms after its last write); a guest that had printed nothing for 20 ms
+    // would have the reset applied at its next exit instead.
     let mut config = guest_config("probe", "action=cf9spin");
     config.run.timeout = Some(std::time::Duration::from_secs(20));
     let started = std::time::Instant::now();

@@ -20,7 +20,7 @@ pub use msi::MsiRoutes;
 pub use ring::KvmRing;
 pub use stats::StatsReader;
 pub use vcpu::Vcpu;
-pub use vm::{IoEvents, VcpuOptions, Vm};
+pub use vm::{CoalescedZones, IoEvents, VcpuOptions, Vm};
 
 /// Names another KVM device than `/dev/kvm` (tests use it to check the error).
 pub const KVM_DEVICE_VARIABLE: &str = "HUSHVM_KVM_DEVICE";

@@ -2,7 +2,9 @@
 //! seccomp filters (`crate::seccomp`): kvm-ioctls keeps its own numbers private, and this
 //! module is the one that knows which calls hushvm makes where.
 
-use kvm_bindings::{kvm_ioeventfd, kvm_irq_routing, kvm_regs, kvm_sregs, KVMIO};
+use kvm_bindings::{
+    kvm_coalesced_mmio_zone, kvm_ioeventfd, kvm_irq_routing, kvm_regs, kvm_sregs, KVMIO,
+};
 use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
 
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
@@ -10,6 +12,18 @@ ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
 ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
 ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
 ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
+ioctl_iow_nr!(
+    KVM_REGISTER_COALESCED_MMIO,
+    KVMIO,
+    0x67,
+    kvm_coalesced_mmio_zone
+);
+ioctl_iow_nr!(
+    KVM_UNREGISTER_COALESCED_MMIO,
+    KVMIO,
+    0x68,
+    kvm_coalesced_mmio_zone
+);
 
 /// An ioctl by name and request number (the kernel reads the number as 32 bits).
 pub type Request = (&'static str, u32);
@@ -21,17 +35,31 @@ pub type Request = (&'static str, u32);
 /// - `KVM_IOEVENTFD`: a guest moving a virtio-pci BAR re-registers its doorbells
 ///   ([`super::IoEvents`], from a configuration write the vCPU dispatches);
 /// - `KVM_SET_GSI_ROUTING`: a guest unmasking or reprogramming an MSI-X vector
-///   ([`super::MsiRoutes::set`], from an MSI-X table or configuration write).
-///
-/// The event loop issues none: its work is eventfd and timerfd reads and writes.
-pub fn vcpu_thread() -> [Request; 5] {
+///   ([`super::MsiRoutes::set`], from an MSI-X table or configuration write);
+/// - `KVM_REGISTER_COALESCED_MMIO`: the first exited write to a bounded posted zone
+///   (COM1's THR) registers it ([`super::CoalescedZones`]).
+pub fn vcpu_thread() -> [Request; 6] {
     [
         ("KVM_RUN", KVM_RUN() as u32),
         ("KVM_GET_REGS", KVM_GET_REGS() as u32),
         ("KVM_GET_SREGS", KVM_GET_SREGS() as u32),
         ("KVM_IOEVENTFD", KVM_IOEVENTFD() as u32),
         ("KVM_SET_GSI_ROUTING", KVM_SET_GSI_ROUTING() as u32),
+        (
+            "KVM_REGISTER_COALESCED_MMIO",
+            KVM_REGISTER_COALESCED_MMIO() as u32,
+        ),
     ]
+}
+
+/// What the event-loop thread asks of KVM: only `KVM_UNREGISTER_COALESCED_MMIO`, when the
+/// bounded drain finds a bounded zone idle ([`super::CoalescedZones`]). Its other work is
+/// eventfd and timerfd reads and writes.
+pub fn event_loop_thread() -> [Request; 1] {
+    [(
+        "KVM_UNREGISTER_COALESCED_MMIO",
+        KVM_UNREGISTER_COALESCED_MMIO() as u32,
+    )]
 }
 
 #[cfg(test)]
@@ -49,7 +77,12 @@ mod tests {
                 ("KVM_GET_SREGS", 0x8138_ae83),
                 ("KVM_IOEVENTFD", 0x4040_ae79),
                 ("KVM_SET_GSI_ROUTING", 0x4008_ae6a),
+                ("KVM_REGISTER_COALESCED_MMIO", 0x4010_ae67),
             ]
+        );
+        assert_eq!(
+            event_loop_thread(),
+            [("KVM_UNREGISTER_COALESCED_MMIO", 0x4010_ae68)]
         );
     }
 }

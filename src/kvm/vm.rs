@@ -10,6 +10,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{ioctl_error, Hypervisor, IrqFd, KvmError, MsiRoutes, Vcpu};
 use crate::bus::{AddressSpace, PostedZone};
+use crate::coalesced::ZoneSwitch;
 use crate::cpuid::{self, CpuModel, CpuidEntry, CpuidError};
 use crate::layout::{KVM_IDENTITY_MAP, KVM_TSS};
 
@@ -132,6 +133,12 @@ impl Vm {
         self.fd
             .register_coalesced_mmio(addr, zone.size)
             .map_err(ioctl_error("KVM_REGISTER_COALESCED_MMIO"))
+    }
+
+    /// A handle that registers and unregisters coalesced zones while the VM runs (the
+    /// bounded zones, which are registered only while the guest writes them).
+    pub fn coalesced_zones(&self) -> CoalescedZones {
+        CoalescedZones(self.fd.clone())
     }
 
     /// An interrupt line to `gsi` of the in-kernel irqchip (IOAPIC pin and, below 16,
@@ -264,5 +271,27 @@ impl IoEvents {
         } else {
             "KVM_IOEVENTFD (deassign)"
         }))
+    }
+}
+
+/// Registers and unregisters coalesced zones while the VM runs: a vCPU registers a
+/// bounded zone on its first exited write (`KVM_REGISTER_COALESCED_MMIO`), the event loop
+/// unregisters it once idle (`KVM_UNREGISTER_COALESCED_MMIO`); both are in those
+/// threads' seccomp lists (`requests`).
+#[derive(Debug, Clone)]
+pub struct CoalescedZones(Arc<VmFd>);
+
+impl ZoneSwitch for CoalescedZones {
+    fn register(&self, zone: &PostedZone) -> std::io::Result<()> {
+        self.0
+            .register_coalesced_mmio(io_address(zone.space, zone.addr), zone.size)
+            .map_err(std::io::Error::from)
+    }
+
+    fn unregister(&self, zone: &PostedZone) -> std::io::Result<()> {
+        // KVM removes every zone inside this range; zones never overlap, so only this.
+        self.0
+            .unregister_coalesced_mmio(io_address(zone.space, zone.addr), zone.size)
+            .map_err(std::io::Error::from)
     }
 }

@@ -14,8 +14,10 @@ use crate::seccomp::SeccompAction;
 /// default; doorbell round trips on the development host need a little more).
 pub const DEFAULT_EVENT_POLL: Duration = Duration::from_micros(100);
 
-/// The bounded drain's period: a posted write (a console byte, a reset to 0xcf9) takes
-/// effect within it even when the guest makes no exit.
+/// The bounded drain's period: a posted write to a bounded zone (a console byte) takes
+/// effect within it even when the guest makes no exit. The drain runs only while the
+/// guest writes such a zone (`coalesced::bounded`); a latch's write (and a reset posted
+/// to 0xcf9) is applied within it only while the drain runs, else at the next exit.
 pub const DEFAULT_POSTED_DRAIN: Duration = Duration::from_millis(1);
 
 /// A kernel image and the name the guest's command line gives it.
@@ -74,7 +76,8 @@ pub struct Cures {
     pub doorbell: Doorbell,
     /// How long the event loop keeps polling after an event before it sleeps.
     pub event_poll: Duration,
-    /// At most how long a posted write waits in the ring (`None`: until the next exit).
+    /// At most how long a posted write to a bounded zone waits in the ring (`None`: such
+    /// zones are never posted).
     pub posted_drain: Option<Duration>,
 }
 

@@ -78,8 +78,8 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
     rtc.set_memory_size(spec.memory.ram_bytes());
     rtc.connect_interrupt(rtc_line.clone());
     let rtc = Arc::new(Mutex::new(rtc));
-    // THR is declared posted with a bounded flush; the machine registers it only when
-    // it runs the bounded drain.
+    // THR is declared posted with a bounded flush; the machine registers it only while
+    // the guest writes it, and never without the bounded drain (`machine/posted.rs`).
     let com1 = Arc::new(Mutex::new(Uart::with_options(
         backends.serial,
         com1_line.clone(),

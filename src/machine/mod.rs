@@ -9,6 +9,7 @@ mod config;
 mod devices;
 mod pci;
 mod platform;
+mod posted;
 mod report;
 mod signals;
 mod vcpus;
@@ -26,13 +27,13 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::access::DeviceAccess;
 use crate::acpi;
-use crate::bus::{AddressSpace, BusError, Flush, IoBuses};
-use crate::coalesced::PostedWrites;
+use crate::bus::BusError;
 use crate::config::{SerialMode, VirtioTransport};
 use crate::devices::acpi_pm::MonotonicClock;
 use crate::devices::rtc::{Clock, SystemClock};
 use crate::event_loop::{
-    DoorbellEvent, HostInput, IntxResample, PostedDrain, RtcTimer, StopWake, Subscriber,
+    DoorbellEvent, DrainTimerFd, HostInput, IntxResample, PostedDrain, RtcTimer, StopWake,
+    Subscriber,
 };
 use crate::kvm::{Hypervisor, KvmError, Vcpu, VcpuOptions, Vm};
 use crate::layout::{self, LayoutError, MemoryLayout};
@@ -130,59 +131,6 @@ pub fn guest_memory(layout: &MemoryLayout) -> Result<GuestMemoryMmap, MachineErr
         bytes: layout.ram_bytes(),
         source,
     })
-}
-
-/// Registers every declared posted register with KVM, or says why not; a register with
-/// an outside effect only when `bounded` (the drain that bounds its delay runs).
-fn enable_posted_writes(
-    vm: &Vm,
-    vcpu: &Vcpu,
-    buses: &IoBuses,
-    bounded: bool,
-) -> Result<(PostedWrites, Coalescing), KvmError> {
-    let zones: Vec<_> = buses
-        .posted_zones()
-        .into_iter()
-        .filter(|zone| bounded || zone.flush == Flush::BeforeNextAccess)
-        .collect();
-    if zones
-        .iter()
-        .any(|zone| !vm.supports_posted_writes(zone.space))
-    {
-        return Ok((PostedWrites::disabled(), Coalescing::Unsupported));
-    }
-    let Some(ring) = vcpu.map_posted_write_ring()? else {
-        return Ok((PostedWrites::disabled(), Coalescing::Unsupported));
-    };
-    for zone in &zones {
-        vm.register_posted_zone(zone)?;
-    }
-    let registered = zones
-        .iter()
-        .filter(|zone| zone.space == AddressSpace::Pio)
-        .map(|zone| (zone.addr, zone.size))
-        .collect();
-    Ok((
-        PostedWrites::new(Arc::new(ring)),
-        Coalescing::On(registered),
-    ))
-}
-
-fn posted_writes(
-    config: &MachineConfig,
-    vm: &Vm,
-    boot_vcpu: &Vcpu,
-    buses: &IoBuses,
-) -> Result<(PostedWrites, Coalescing), KvmError> {
-    if !config.cures.coalesce {
-        return Ok((PostedWrites::disabled(), Coalescing::Off));
-    }
-    let bounded = config.cures.posted_drain.is_some();
-    let (posted, coalescing) = enable_posted_writes(vm, boot_vcpu, buses, bounded)?;
-    if coalescing == Coalescing::Unsupported {
-        eprintln!("hushvm: warning: KVM cannot post port writes (no KVM_CAP_COALESCED_PIO); running without coalescing");
-    }
-    Ok((posted, coalescing))
 }
 
 /// Checks `--cpus` against what this KVM allows, before anything is built for them.
@@ -316,6 +264,7 @@ fn event_loop<C: Clock + 'static>(
     devices: &mut Devices<C>,
     access: &DeviceAccess,
     (wake, state): (StopWake, &Arc<vcpus::StopState>),
+    drain_timer: Option<Arc<DrainTimerFd>>,
 ) -> Result<EventManager<Subscriber>, MachineError> {
     let mut events = EventManager::<Subscriber>::new().map_err(MachineError::EventManager)?;
     let subscribe = |events: &mut EventManager<Subscriber>, subscriber: Subscriber| {
@@ -345,8 +294,8 @@ fn event_loop<C: Clock + 'static>(
             subscribe(&mut events, Arc::new(Mutex::new(resample)));
         }
     }
-    if let (Some(period), true) = (config.cures.posted_drain, access.posted.is_enabled()) {
-        let drain = PostedDrain::new(period, access.clone()).map_err(MachineError::EventLoop)?;
+    if let Some(timer) = drain_timer {
+        let drain = PostedDrain::new(timer, access.clone());
         subscribe(&mut events, Arc::new(Mutex::new(drain)));
     }
     subscribe(&mut events, Arc::new(Mutex::new(wake)));
@@ -384,16 +333,17 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     let entry = load_kernel(config, &memory, &devices, rsdp)?;
     let vcpus = create_vcpus(&vm, config, &entry)?;
     let buses = std::mem::take(&mut devices.buses);
-    let (posted, coalescing) = posted_writes(config, &vm, &vcpus[0], &buses)?;
+    let posted = posted::posted_writes(config, &vm, &vcpus[0], &buses)?;
     let (wake_subscriber, wake) = StopWake::new().map_err(MachineError::EventLoop)?;
     let state = Arc::new(vcpus::StopState::new(wake));
     let access = DeviceAccess {
         buses: Arc::new(buses),
-        posted: Arc::new(posted),
+        posted: Arc::new(posted.writes),
         recorder: recorder.clone(),
         stops: Some(state.clone()),
     };
-    let events = event_loop(config, &mut devices, &access, (wake_subscriber, &state))?;
+    let wake = (wake_subscriber, &state);
+    let events = event_loop(config, &mut devices, &access, wake, posted.drain_timer)?;
     vcpu::install_kick_handler().map_err(MachineError::KickSignal)?;
     let shared = vcpus::Shared {
         access: access.clone(),
@@ -413,7 +363,13 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         })?;
     }
     Ok(report(
-        config, run, &devices, &access, &captures, coalescing, wall,
+        config,
+        run,
+        &devices,
+        &access,
+        &captures,
+        posted.coalescing,
+        wall,
     ))
 }
 

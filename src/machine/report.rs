@@ -12,7 +12,8 @@ use crate::vcpu::VmStop;
 pub enum Coalescing {
     /// `--no-coalesce`.
     Off,
-    /// Zones registered: `(port or address, size)` each.
+    /// Zones whose writes may be posted: `(port or address, size)` each. The latches are
+    /// registered for the whole run; a bounded zone only while the guest writes it.
     On(Vec<(u64, u32)>),
     /// Asked for, but the kernel cannot.
     Unsupported,

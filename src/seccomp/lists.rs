@@ -34,8 +34,14 @@ const COMMON: &[libc::c_long] = &[
 
 /// A vCPU thread's own calls beyond [`COMMON`]: a device served inline reads and writes
 /// its backing file (`pread64`, `pwrite64`, `fdatasync`), and KVM's statistics are read
-/// with `pread64`.
-const VCPU: &[libc::c_long] = &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync];
+/// with `pread64`; the first exited write to a bounded posted zone arms the bounded
+/// drain's timer (`timerfd_settime`).
+const VCPU: &[libc::c_long] = &[
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_fdatasync,
+    libc::SYS_timerfd_settime,
+];
 
 /// The event loop's calls beyond [`COMMON`]: epoll, its timers, the same device files as
 /// a vCPU (doorbells are served here), and the stop path (kicking a vCPU is
@@ -96,19 +102,25 @@ fn common() -> Rules {
 pub fn vcpu() -> Rules {
     let mut rules = common();
     allow_any(&mut rules, VCPU);
-    let ioctls = requests::vcpu_thread()
-        .iter()
-        .map(|(_, request)| rule(vec![condition(1, SeccompCmpOp::Eq, u64::from(*request))]))
-        .collect();
-    rules.insert(libc::SYS_ioctl, ioctls);
+    rules.insert(libc::SYS_ioctl, ioctls(&requests::vcpu_thread()));
     rules
 }
 
-/// The event-loop thread: [`COMMON`] and [`EVENT_LOOP`]; no `ioctl` at all.
+/// The event-loop thread: [`COMMON`], [`EVENT_LOOP`], and `ioctl` for
+/// [`requests::event_loop_thread`] only (unregistering an idle bounded zone).
 pub fn event_loop() -> Rules {
     let mut rules = common();
     allow_any(&mut rules, EVENT_LOOP);
+    rules.insert(libc::SYS_ioctl, ioctls(&requests::event_loop_thread()));
     rules
+}
+
+/// One rule per request: argument 1, compared as 32 bits.
+fn ioctls(requests: &[requests::Request]) -> Vec<SeccompRule> {
+    requests
+        .iter()
+        .map(|(_, request)| rule(vec![condition(1, SeccompCmpOp::Eq, u64::from(*request))]))
+        .collect()
 }
 
 #[cfg(test)]
@@ -116,8 +128,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_event_loop_has_no_ioctl_and_the_vcpu_only_kvms() {
-        assert!(!event_loop().contains_key(&libc::SYS_ioctl));
+    fn each_thread_may_issue_only_its_own_kvm_ioctls() {
+        assert_eq!(
+            event_loop()[&libc::SYS_ioctl].len(),
+            requests::event_loop_thread().len()
+        );
         assert_eq!(
             vcpu()[&libc::SYS_ioctl].len(),
             requests::vcpu_thread().len()

@@ -18,11 +18,13 @@
 //! `rt_sigprocmask` and `sigaltstack` (thread exit), `close`, `read`, `write`, `exit`,
 //! `exit_group`. These take any arguments: their fds and addresses are the thread's own
 //! and a filter cannot tell them apart. vCPU threads add `pread64`, `pwrite64`,
-//! `fdatasync` (a device served inline; KVM's statistics) and `ioctl` for five KVM
-//! requests only ([`crate::kvm::requests::vcpu_thread`]: `KVM_RUN`, `KVM_GET_REGS`,
-//! `KVM_GET_SREGS`, `KVM_IOEVENTFD`, `KVM_SET_GSI_ROUTING`). The event loop adds
-//! `epoll_wait`/`epoll_pwait`/`epoll_ctl`, `timerfd_settime`, the same file calls, and
-//! the stop path's `getpid`, `tgkill`, `nanosleep`/`clock_nanosleep`; no `ioctl`.
+//! `fdatasync` (a device served inline; KVM's statistics), `timerfd_settime` (arming the
+//! bounded drain) and `ioctl` for six KVM requests only
+//! ([`crate::kvm::requests::vcpu_thread`]: `KVM_RUN`, `KVM_GET_REGS`, `KVM_GET_SREGS`,
+//! `KVM_IOEVENTFD`, `KVM_SET_GSI_ROUTING`, `KVM_REGISTER_COALESCED_MMIO`). The event
+//! loop adds `epoll_wait`/`epoll_pwait`/`epoll_ctl`, `timerfd_settime`, the same file
+//! calls, the stop path's `getpid`, `tgkill`, `nanosleep`/`clock_nanosleep`, and `ioctl`
+//! for `KVM_UNREGISTER_COALESCED_MMIO` only.
 //!
 //! A denied syscall ([`SeccompAction`]): with `kill` (the default) a SIGSYS whose handler
 //! reports the thread and syscall number and exits with [`VIOLATION_STATUS`]

@@ -40,11 +40,22 @@ impl ExitContext<'_> {
     /// access that caused this exit came after every write already in the ring.
     pub fn handle(&mut self, exit: VmExit<'_>) -> ExitOutcome {
         let access = self.access;
-        access.operation(|| match access.settle() {
+        let written = written_address(&exit);
+        let outcome = access.operation(|| match access.settle() {
             // A posted write stopped the VM (a reset to 0xcf9): the exit is moot.
             Some(request) => ExitOutcome::Stop(VmStop::Guest(request)),
             None => self.handle_exit(exit),
-        })
+        });
+        // After the write was served, and outside the traced operation (so no lock is
+        // held): a write to a bounded zone that exited activates the zone. One atomic
+        // load when it needs nothing.
+        if let Some((space, addr)) = written {
+            if let Err(error) = access.posted.exited_write(space, addr) {
+                self.warnings
+                    .warn(|| format!("{error}; its writes keep exiting"));
+            }
+        }
+        outcome
     }
 
     fn handle_exit(&mut self, exit: VmExit<'_>) -> ExitOutcome {
@@ -138,6 +149,22 @@ impl ExitContext<'_> {
                 None
             }
         }
+    }
+}
+
+/// The space and address an exit writes, if it is a write.
+fn written_address(exit: &VmExit<'_>) -> Option<(AddressSpace, u64)> {
+    match exit {
+        VmExit::Io {
+            port,
+            access: Access::Write(_),
+            ..
+        } => Some((AddressSpace::Pio, u64::from(*port))),
+        VmExit::Mmio {
+            addr,
+            access: Access::Write(_),
+        } => Some((AddressSpace::Mmio, *addr)),
+        _ => None,
     }
 }
 

@@ -5,12 +5,18 @@
 //! access that follows it is dispatched. The exit path calls [`PostedWrites::apply_pending`]
 //! first thing after `KVM_RUN` returns, for every exit; anything else that touches a
 //! device with posted registers (the event loop, later) must call it first as well.
+//!
+//! Zones whose register has an outside effect ([`crate::bus::Flush::Bounded`]) are
+//! registered only while the guest uses them: [`bounded`].
+
+pub mod bounded;
 
 use crate::sync::LockExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::bus::{Access, AddressSpace, Dispatch, IoBuses, StopRequest};
+pub use bounded::{BoundedDrain, BoundedDrainPolicy, DrainError, DrainTimer, Tick, ZoneSwitch};
 
 /// One write taken from the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,12 +62,16 @@ pub struct PostedWrites {
     draining: AtomicBool,
     /// Entries applied so far, by every drainer.
     applied: AtomicU64,
+    /// The zones with a bounded flush, registered only while in use (`None`: there are
+    /// none, or they are never posted: `--posted-drain-us 0`, replay).
+    bounded: Option<BoundedDrain>,
 }
 
 impl std::fmt::Debug for PostedWrites {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostedWrites")
             .field("ring", &self.ring.is_some())
+            .field("bounded", &self.bounded)
             .finish()
     }
 }
@@ -74,6 +84,27 @@ impl PostedWrites {
             drain: Mutex::new(()),
             draining: AtomicBool::new(false),
             applied: AtomicU64::new(0),
+            bounded: None,
+        }
+    }
+
+    /// The same, with bounded zones that activate on their first exited write.
+    pub fn with_bounded(mut self, bounded: BoundedDrain) -> Self {
+        self.bounded = Some(bounded);
+        self
+    }
+
+    /// The bounded zones, if any.
+    pub fn bounded(&self) -> Option<&BoundedDrain> {
+        self.bounded.as_ref()
+    }
+
+    /// The exit path, after serving a write that exited: a write to an inactive bounded
+    /// zone activates it (one atomic load otherwise).
+    pub fn exited_write(&self, space: AddressSpace, addr: u64) -> Result<(), DrainError> {
+        match &self.bounded {
+            Some(bounded) => bounded.exited_write(space, addr),
+            None => Ok(()),
         }
     }
 
@@ -113,7 +144,7 @@ impl PostedWrites {
         }
         let _order = self.drain.locked();
         self.draining.store(true, Ordering::SeqCst);
-        let mut applied = 0;
+        let (mut applied, mut bounded) = (0, 0);
         while let Some(write) = ring.pop() {
             let stop = match buses.dispatch(write.space, write.addr, Access::Write(write.bytes())) {
                 Dispatch::Handled(stop) => stop,
@@ -121,9 +152,15 @@ impl PostedWrites {
             };
             observe(&write, stop);
             applied += 1;
+            if let Some(zones) = &self.bounded {
+                bounded += u64::from(zones.covers(write.space, write.addr));
+            }
         }
         self.draining.store(false, Ordering::SeqCst);
         self.applied.fetch_add(applied, Ordering::Relaxed);
+        if let Some(zones) = &self.bounded {
+            zones.saw(bounded);
+        }
         applied
     }
 }
