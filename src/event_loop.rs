@@ -230,9 +230,11 @@ impl DrainTimerFd {
         Ok(Self(Mutex::new(TimerFd::new()?)))
     }
 
-    /// Reads the expiry count. Called only when epoll says the timer expired: only the
-    /// event loop disarms it, and a vCPU arms it only after that disarm, so the count
-    /// cannot be reset between epoll's report and this read (which would block).
+    /// Reads the expiry count. Called only when epoll says the timer expired. Only the
+    /// event loop disarms it (`BoundedDrain::tick`), and a vCPU arms it only while the
+    /// zones are inactive, which follows that disarm (or never again, after a failed
+    /// activation), so nothing resets the count between epoll's report and this read,
+    /// which would then block the loop.
     fn expirations(&self) -> u64 {
         self.0.locked().wait().unwrap_or(1)
     }
