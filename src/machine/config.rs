@@ -74,6 +74,8 @@ pub struct Cures {
     pub doorbell: Doorbell,
     /// How long the event loop keeps polling after an event before it sleeps.
     pub event_poll: Duration,
+    /// While it polls, the event loop also looks at the virtqueues' available indices.
+    pub queue_poll: bool,
     /// At most how long a posted write waits in the ring (`None`: until the next exit).
     pub posted_drain: Option<Duration>,
 }
@@ -85,6 +87,7 @@ impl Default for Cures {
             pv_eoi: true,
             doorbell: Doorbell::default(),
             event_poll: DEFAULT_EVENT_POLL,
+            queue_poll: true,
             posted_drain: Some(DEFAULT_POSTED_DRAIN),
         }
     }
