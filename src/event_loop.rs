@@ -184,6 +184,35 @@ impl MutEventSubscriber for DoorbellEvent {
     }
 }
 
+/// The virtqueues the event loop polls while it is busy (`--no-queue-poll` turns it off):
+/// a driver's request is served as soon as it publishes it, without waiting for its
+/// doorbell's ioeventfd to reach epoll. Only devices whose doorbells are ioeventfds are
+/// polled; a doorbell that exits is served on the vCPU, at once.
+#[derive(Default)]
+pub struct QueuePoller {
+    services: Vec<DoorbellService>,
+    access: Option<DeviceAccess>,
+}
+
+impl QueuePoller {
+    pub fn new(services: Vec<DoorbellService>, access: DeviceAccess) -> Self {
+        Self {
+            services,
+            access: Some(access),
+        }
+    }
+
+    /// Serves the queues that have new buffers; true if any had.
+    pub fn poll(&self) -> bool {
+        let Some(access) = &self.access else {
+            return false;
+        };
+        self.services
+            .iter()
+            .fold(false, |found, service| service.poll(access) | found)
+    }
+}
+
 /// A level-triggered line's resample eventfd: the guest ended the interrupt; the device
 /// raises the line again if it still asserts it. (Not traced: it changes no register a
 /// guest reads, only when an interrupt arrives.)

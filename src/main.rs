@@ -120,6 +120,10 @@ struct RunArgs {
     /// (0: never poll).
     #[arg(long, value_name = "USECS", default_value_t = 100)]
     event_poll_us: u64,
+    /// While the event loop polls, do not look at the virtqueues' available indices
+    /// (serve a request only when its doorbell's ioeventfd fires)
+    #[arg(long)]
+    no_queue_poll: bool,
     /// At most how long a posted COM1 byte waits in KVM's ring before the event loop
     /// applies it, in microseconds; the drain runs only while the guest writes COM1 (0: no
     /// drain, and COM1's writes are never posted).
@@ -237,6 +241,7 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
                 (false, None) => hushvm::config::Doorbell::default(),
             },
             event_poll: std::time::Duration::from_micros(args.event_poll_us),
+            queue_poll: !args.no_queue_poll,
             posted_drain: (args.posted_drain_us > 0)
                 .then(|| std::time::Duration::from_micros(args.posted_drain_us)),
         },

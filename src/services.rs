@@ -143,6 +143,16 @@ impl DoorbellService {
             },
         );
     }
+
+    /// Serves every queue if the driver published buffers since the last look, with no
+    /// doorbell (recorded as a doorbell that names no queue); true if it had.
+    pub fn poll(&self, access: &DeviceAccess) -> bool {
+        let moved = self.device.locked().avail_moved();
+        if moved {
+            self.ring(access, None);
+        }
+        moved
+    }
 }
 
 /// Host input for one device.

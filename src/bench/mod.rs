@@ -35,6 +35,11 @@ pub struct Variant {
     pub cmdline: &'static str,
     /// How virtqueue doorbells arrive.
     pub doorbell: Doorbell,
+    /// The event loop polls the virtqueues while it is busy.
+    pub queue_poll: bool,
+    /// Where the virtio devices sit, if this variant fixes it (a reference measured on
+    /// the other transport); `None`: `--transport`.
+    pub transport: Option<VirtioTransport>,
 }
 
 /// A guest and how to drive it.
@@ -56,8 +61,9 @@ pub struct Workload {
     pub rng: bool,
     /// A virtio-blk disk of this many bytes (0: none), a fresh sparse scratch file.
     pub disk_bytes: u64,
-    /// The guest drives virtio-pci too (`transport=pci` on its command line).
-    pub pci_transport: bool,
+    /// The variants with `--transport pci`, if the guest drives virtio-pci too
+    /// (`transport=pci` on its command line).
+    pub pci_variants: Option<&'static [Variant]>,
 }
 
 /// Options of `hushvm bench`.
@@ -139,14 +145,16 @@ fn run_once(
         image: image.to_vec(),
     });
     config.boot.cmdline = format!("{}={iterations} {}", workload.count_key, variant.cmdline);
-    config.devices.transport = options.transport;
-    if options.transport == VirtioTransport::Pci {
+    let transport = variant.transport.unwrap_or(options.transport);
+    config.devices.transport = transport;
+    if transport == VirtioTransport::Pci {
         config.boot.cmdline.push_str(" transport=pci");
     }
     config.devices.serial = SerialMode::Capture;
     config.cures.coalesce = variant.coalesce;
     config.cures.pv_eoi = variant.pv_eoi;
     config.cures.doorbell = variant.doorbell;
+    config.cures.queue_poll = variant.queue_poll;
     config.devices.rng = workload.rng;
     config.devices.disk = disk.map(|disk| DiskConfig {
         path: disk.0.clone(),
@@ -158,20 +166,18 @@ fn run_once(
 }
 
 fn select<'a>(
-    workload: &'a Workload,
+    variants: &'a [Variant],
     name: &Option<String>,
 ) -> Result<Vec<&'a Variant>, BenchError> {
     match name {
-        None => Ok(workload.variants.iter().collect()),
-        Some(name) => workload
-            .variants
+        None => Ok(variants.iter().collect()),
+        Some(name) => variants
             .iter()
             .find(|v| v.name == name)
             .map(|v| vec![v])
             .ok_or_else(|| BenchError::UnknownVariant {
                 name: name.clone(),
-                known: workload
-                    .variants
+                known: variants
                     .iter()
                     .map(|v| v.name)
                     .collect::<Vec<_>>()
@@ -182,10 +188,12 @@ fn select<'a>(
 
 /// Runs `workload` under its variants.
 pub fn run(workload: &Workload, options: &BenchOptions) -> Result<BenchReport, BenchError> {
-    if options.transport == VirtioTransport::Pci && !workload.pci_transport {
-        return Err(BenchError::NoPciTransport(workload.name));
-    }
-    let selected = select(workload, &options.variant)?;
+    let variants = match (options.transport, workload.pci_variants) {
+        (VirtioTransport::Mmio, _) => workload.variants,
+        (VirtioTransport::Pci, Some(variants)) => variants,
+        (VirtioTransport::Pci, None) => return Err(BenchError::NoPciTransport(workload.name)),
+    };
+    let selected = select(variants, &options.variant)?;
     let iterations = options
         .iterations
         .unwrap_or(workload.default_iterations)
@@ -244,7 +252,7 @@ mod tests {
             assert_eq!(names.len(), workload.variants.len(), "{}", workload.name);
         }
         assert!(matches!(
-            select(workload("eoi").unwrap(), &Some("turbo".into())),
+            select(workload("eoi").unwrap().variants, &Some("turbo".into())),
             Err(BenchError::UnknownVariant { .. })
         ));
     }
@@ -266,7 +274,7 @@ mod tests {
         ));
         let takes_pci: Vec<_> = WORKLOADS
             .iter()
-            .filter(|w| w.pci_transport)
+            .filter(|w| w.pci_variants.is_some())
             .map(|w| w.name)
             .collect();
         assert_eq!(takes_pci, ["doorbell"]);

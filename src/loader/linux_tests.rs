@@ -3,7 +3,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::*;
 use crate::layout::{BOOT_GDT, MIB, PAGE_TABLES};
 use crate::loader::entry::DescriptorTable;
-use crate::loader::pvh::tests::pvh_elf;
+use crate::loader::pvh::tests::{boot, memory, pvh_elf};
 use crate::loader::tests::image as multiboot_elf;
 
 /// Payload bytes of the fake bzImage (a multiple of 16, as the build tool pads it).
@@ -33,20 +33,6 @@ fn bzimage() -> Vec<u8> {
     put(&mut image, 0x260, &0x8000u32.to_le_bytes()); // init_size
     image.extend((0..PAYLOAD).map(|i| (i % 251) as u8));
     image
-}
-
-fn memory(bytes: u64) -> (GuestMemoryMmap, MemoryLayout) {
-    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes as usize)]).unwrap();
-    (memory, MemoryLayout::new(bytes).unwrap())
-}
-
-fn boot<'a>(image: &'a [u8], initrd: Option<&'a [u8]>) -> LinuxBoot<'a> {
-    LinuxBoot {
-        image,
-        cmdline: "console=ttyS0 quiet",
-        initrd,
-        rsdp: Some(0xe_0000),
-    }
 }
 
 fn zero_page(memory: &GuestMemoryMmap) -> boot_params {
@@ -138,11 +124,11 @@ fn load_bzimage_fills_in_boot_params() {
     assert_eq!({ hdr.heap_end_ptr }, 0xfe00);
     assert_eq!({ hdr.code32_start } as u64, HIGH_RAM_START);
     assert_eq!({ hdr.cmd_line_ptr } as u64, CMDLINE);
-    let mut cmdline = [0u8; 20];
+    let mut cmdline = [0u8; 28];
     memory
         .read_slice(&mut cmdline, GuestAddress(CMDLINE))
         .unwrap();
-    assert_eq!(&cmdline, b"console=ttyS0 quiet\0");
+    assert_eq!(&cmdline, b"console=ttyS0 root=/dev/vda\0");
     assert_eq!({ params.acpi_rsdp_addr }, 0xe_0000);
 
     let map = layout.memory_map();

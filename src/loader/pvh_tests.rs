@@ -64,12 +64,14 @@ pub(in crate::loader) fn pvh_elf(xen_note_type: u32) -> Vec<u8> {
     elf
 }
 
-fn memory(bytes: u64) -> (GuestMemoryMmap, MemoryLayout) {
+/// `bytes` of guest RAM at 0 and its layout.
+pub(in crate::loader) fn memory(bytes: u64) -> (GuestMemoryMmap, MemoryLayout) {
     let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes as usize)]).unwrap();
     (memory, MemoryLayout::new(bytes).unwrap())
 }
 
-fn boot<'a>(image: &'a [u8], initrd: Option<&'a [u8]>) -> LinuxBoot<'a> {
+/// A Linux boot of `image` with a fixed command line and the ACPI tables at 0xe0000.
+pub(in crate::loader) fn boot<'a>(image: &'a [u8], initrd: Option<&'a [u8]>) -> LinuxBoot<'a> {
     LinuxBoot {
         image,
         cmdline: "console=ttyS0 root=/dev/vda",

@@ -76,6 +76,8 @@ pub struct Cures {
     pub doorbell: Doorbell,
     /// How long the event loop keeps polling after an event before it sleeps.
     pub event_poll: Duration,
+    /// While it polls, the event loop also looks at the virtqueues' available indices.
+    pub queue_poll: bool,
     /// At most how long a posted write to a bounded zone waits in the ring (`None`: such
     /// zones are never posted).
     pub posted_drain: Option<Duration>,
@@ -88,6 +90,7 @@ impl Default for Cures {
             pv_eoi: true,
             doorbell: Doorbell::default(),
             event_poll: DEFAULT_EVENT_POLL,
+            queue_poll: true,
             posted_drain: Some(DEFAULT_POSTED_DRAIN),
         }
     }

@@ -32,8 +32,8 @@ use crate::config::{SerialMode, VirtioTransport};
 use crate::devices::acpi_pm::MonotonicClock;
 use crate::devices::rtc::{Clock, SystemClock};
 use crate::event_loop::{
-    DoorbellEvent, DrainTimerFd, HostInput, IntxResample, PostedDrain, RtcTimer, StopWake,
-    Subscriber,
+    DoorbellEvent, DrainTimerFd, HostInput, IntxResample, PostedDrain, QueuePoller, RtcTimer,
+    StopWake, Subscriber,
 };
 use crate::kvm::{Hypervisor, KvmError, Vcpu, VcpuOptions, Vm};
 use crate::layout::{self, LayoutError, MemoryLayout};
@@ -258,14 +258,14 @@ fn load_kernel<C: Clock>(
 }
 
 /// The event loop's subscribers: the RTC timer, host input, the doorbells, the stop
-/// wake-up, the stop signals.
+/// wake-up, the stop signals; and the queues it polls.
 fn event_loop<C: Clock + 'static>(
     config: &MachineConfig,
     devices: &mut Devices<C>,
     access: &DeviceAccess,
     (wake, state): (StopWake, &Arc<vcpus::StopState>),
     drain_timer: Option<Arc<DrainTimerFd>>,
-) -> Result<EventManager<Subscriber>, MachineError> {
+) -> Result<(EventManager<Subscriber>, QueuePoller), MachineError> {
     let mut events = EventManager::<Subscriber>::new().map_err(MachineError::EventManager)?;
     let subscribe = |events: &mut EventManager<Subscriber>, subscriber: Subscriber| {
         events.add_subscriber(subscriber);
@@ -284,7 +284,11 @@ fn event_loop<C: Clock + 'static>(
             .map_err(MachineError::EventLoop)?;
         subscribe(&mut events, Arc::new(Mutex::new(input)));
     }
+    let mut polled = Vec::new();
     for slot in &mut devices.virtio {
+        if config.cures.queue_poll && !slot.doorbells.is_empty() {
+            polled.push(slot.service.clone());
+        }
         for (event, queue) in slot.doorbells.drain(..) {
             let doorbell = DoorbellEvent::new(event, queue, slot.service.clone(), access.clone());
             subscribe(&mut events, Arc::new(Mutex::new(doorbell)));
@@ -301,7 +305,7 @@ fn event_loop<C: Clock + 'static>(
     subscribe(&mut events, Arc::new(Mutex::new(wake)));
     let signals = signals::SignalStop::new(state.clone()).map_err(MachineError::EventLoop)?;
     subscribe(&mut events, Arc::new(Mutex::new(signals)));
-    Ok(events)
+    Ok((events, QueuePoller::new(polled, access.clone())))
 }
 
 /// Boots the machine and runs it until it stops.

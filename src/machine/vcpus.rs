@@ -13,7 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::access::{DeviceAccess, StopSink};
 use crate::bus::StopRequest;
-use crate::event_loop::Subscriber;
+use crate::event_loop::{QueuePoller, Subscriber};
 use crate::kvm::{StatsReader, Vcpu};
 use crate::seccomp::{Filters, SeccompError, ThreadKind};
 use crate::sync::LockExt;
@@ -120,7 +120,7 @@ fn spawn(mut vcpu: Vcpu, shared: Shared) -> Result<VcpuThread, MachineError> {
 /// Runs the event loop until a vCPU stops the VM or `deadline` passes, polling for `poll`
 /// after each event before it blocks; then stops every vCPU and collects them. Returns the outcomes and whether the deadline ended the run.
 fn run_until_stopped(
-    events: &mut EventManager<Subscriber>,
+    (events, queues): (&mut EventManager<Subscriber>, &QueuePoller),
     threads: Vec<VcpuThread>,
     stop: &AtomicBool,
     deadline: Option<Instant>,
@@ -139,7 +139,11 @@ fn run_until_stopped(
         // doorbell usually rings the next one soon, and a wake-up from epoll_wait costs
         // more than an exit on hosts where the vCPU runs nested (QEMU's IOThreads poll
         // adaptively for the same reason).
-        let wait_ms = if now.duration_since(last_event) < poll {
+        let polling = now.duration_since(last_event) < poll;
+        if polling && queues.poll() {
+            last_event = Instant::now();
+        }
+        let wait_ms = if polling {
             0
         } else {
             left.map_or(-1, |left| {
@@ -188,6 +192,7 @@ pub struct RunOutcome {
 /// What the event-loop thread takes with it.
 struct EventLoop {
     events: EventManager<Subscriber>,
+    queues: QueuePoller,
     shared: Shared,
     deadline: Option<Instant>,
     poll: Duration,
@@ -214,7 +219,7 @@ fn spawn_event_loop(
             let _ = ready.send(());
             let threads = vcpus.recv().unwrap_or_default();
             let result = run_until_stopped(
-                &mut looped.events,
+                (&mut looped.events, &looped.queues),
                 threads,
                 &shared.state.stop,
                 looped.deadline,
@@ -234,11 +239,12 @@ const EVENT_LOOP_THREAD: &str = "event-loop";
 pub fn run(
     vcpus: Vec<Vcpu>,
     shared: &Shared,
-    events: EventManager<Subscriber>,
+    (events, queues): (EventManager<Subscriber>, QueuePoller),
     config: &MachineConfig,
 ) -> Result<RunOutcome, MachineError> {
     let looped = EventLoop {
         events,
+        queues,
         shared: shared.clone(),
         deadline: config.run.timeout.map(|limit| Instant::now() + limit),
         poll: config.cures.event_poll,

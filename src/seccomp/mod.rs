@@ -30,7 +30,16 @@
 //! reports the thread and syscall number and exits with [`VIOLATION_STATUS`]
 //! ([`report`]); with `log` the kernel logs it (SECCOMP_RET_LOG) and lets it run; `off`
 //! installs nothing.
+//!
+//! The vCPU filter answers `ioctl(vcpu_fd, KVM_RUN, 0)`, the one syscall on the exit
+//! path, before any other rule ([`fast_path`]): 9 classic-BPF instructions instead of the
+//! 26 that seccompiler's syscall-number order costs (counted by `bpf_tests.rs`). The other
+//! calls a thread makes often (`read`, `write`, `futex`, `epoll_wait`) take any arguments,
+//! so the kernel's per-syscall cache allows them without running the filter at all.
 
+#[cfg(test)]
+mod bpf_tests;
+mod fast_path;
 mod lists;
 mod report;
 
@@ -114,15 +123,32 @@ pub enum SeccompError {
         #[source]
         source: seccompiler::Error,
     },
+    #[error("cannot build the vCPU filter's KVM_RUN fast path: {0}")]
+    FastPath(#[source] seccompiler::Error),
+    #[error("seccompiler's vCPU program does not start with the architecture check and a load of the syscall number, so the KVM_RUN fast path cannot follow it")]
+    UnexpectedShape,
     #[error("cannot install the SIGSYS handler that reports seccomp violations: {0}")]
     Handler(#[source] vmm_sys_util::errno::Error),
 }
 
-/// The compiled program for `kind` under `action` (`None` for `off`).
+/// The program for `kind` under `action` (`None` for `off`): seccompiler's, with the
+/// `KVM_RUN` fast path in front of a vCPU's rules.
 pub fn program(
     kind: ThreadKind,
     action: SeccompAction,
 ) -> Result<Option<BpfProgram>, SeccompError> {
+    let compiled = compiled(kind, action)?;
+    match (kind, compiled) {
+        (ThreadKind::Vcpu, Some(program)) => Ok(Some(fast_path::with_hot_call(
+            program,
+            fast_path::HotCall::kvm_run(),
+        )?)),
+        (_, compiled) => Ok(compiled),
+    }
+}
+
+/// seccompiler's program for `kind`'s rules under `action`, as it compiles them.
+fn compiled(kind: ThreadKind, action: SeccompAction) -> Result<Option<BpfProgram>, SeccompError> {
     let mismatch = match action {
         SeccompAction::Kill => seccompiler::SeccompAction::Trap,
         SeccompAction::Log => seccompiler::SeccompAction::Log,

@@ -11,7 +11,7 @@ use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{serve_queue, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{avail_moved, serve_queue, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::bus::{le_value, Access, BusDevice, StopRequest};
 use crate::irq::InterruptLine;
 
@@ -38,6 +38,11 @@ pub trait QueueNotify: Send {
     /// Queue `index` has new buffers; `None`: any queue may have (a length-0 doorbell
     /// does not say which).
     fn notify(&mut self, index: Option<u32>);
+    /// True if the driver published buffers in a ready queue since the last call (no
+    /// doorbell needed); a transport that cannot tell says false.
+    fn avail_moved(&mut self) -> bool {
+        false
+    }
 }
 
 /// A virtio device on the MMIO bus.
@@ -57,6 +62,8 @@ pub struct MmioTransport<D: VirtioDevice> {
     notifications: u64,
     /// Every doorbell, work or none: the advisor counts a write that rang one.
     doorbells: u64,
+    /// Each queue's available index at the last [`QueueNotify::avail_moved`].
+    polled_avail: Vec<u16>,
 }
 
 impl<D: VirtioDevice> std::fmt::Debug for MmioTransport<D> {
@@ -90,6 +97,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             config_generation: 0,
             notifications: 0,
             doorbells: 0,
+            polled_avail: Vec::new(),
         }
     }
 
@@ -251,6 +259,11 @@ impl<D: VirtioDevice> QueueNotify for MmioTransport<D> {
             self.interrupt_status |= INTERRUPT_VRING;
             self.interrupt.pulse();
         }
+    }
+
+    fn avail_moved(&mut self) -> bool {
+        self.status & STATUS_DRIVER_OK != 0
+            && avail_moved(&self.queues, &mut self.polled_avail, &self.memory)
     }
 }
 

@@ -12,6 +12,8 @@ pub mod mmio;
 pub mod pci;
 pub mod rng;
 
+use std::sync::atomic::Ordering;
+
 use thiserror::Error;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -82,6 +84,26 @@ pub fn serve_queue<D: VirtioDevice + ?Sized>(
         }
         _ => Ok(false),
     }
+}
+
+/// Whether the driver published buffers since the last look, without a doorbell: the
+/// available index of each ready queue is compared with `seen` (one entry per queue,
+/// updated). The event loop polls this while it is busy (QEMU's IOThread polls a
+/// virtqueue's available index the same way), so a request is served as soon as the
+/// driver publishes it, before its doorbell has travelled through an ioeventfd and epoll.
+pub fn avail_moved(queues: &[Queue], seen: &mut Vec<u16>, memory: &GuestMemoryMmap) -> bool {
+    seen.resize(queues.len(), 0);
+    let mut moved = false;
+    for (queue, seen) in queues.iter().zip(seen.iter_mut()) {
+        if !queue.ready() {
+            continue;
+        }
+        if let Ok(index) = queue.avail_idx(memory, Ordering::Acquire) {
+            moved |= index.0 != *seen;
+            *seen = index.0;
+        }
+    }
+    moved
 }
 
 /// Copies `source` into `data` from `offset`, zero past its end: configuration space.

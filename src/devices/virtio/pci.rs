@@ -37,7 +37,7 @@ use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_CONSOLE};
 use vm_memory::GuestMemoryMmap;
 
 use super::mmio::QueueNotify;
-use super::{serve_queue, VirtioDevice};
+use super::{avail_moved, serve_queue, VirtioDevice};
 use crate::bus::{Access, BusDevice, StopRequest};
 use crate::devices::pci::config::{
     BarChange, BarKind, ConfigSpace, PciError, PciIds, COMMAND, COMMAND_BUS_MASTER,
@@ -112,6 +112,8 @@ pub struct VirtioPciTransport<D: VirtioDevice> {
     notifications: u64,
     /// Doorbells rung, work or none (what the advisor counts as an effect).
     doorbells: u64,
+    /// Each queue's available index at the last [`QueueNotify::avail_moved`].
+    polled_avail: Vec<u16>,
 }
 
 impl<D: VirtioDevice> std::fmt::Debug for VirtioPciTransport<D> {
@@ -186,6 +188,7 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
             isr: 0,
             notifications: 0,
             doorbells: 0,
+            polled_avail: Vec::new(),
         })
     }
 
@@ -434,6 +437,11 @@ impl<D: VirtioDevice> QueueNotify for VirtioPciTransport<D> {
         if used {
             self.notifications += 1;
         }
+    }
+
+    fn avail_moved(&mut self) -> bool {
+        self.common.driver_ok()
+            && avail_moved(&self.common.queues, &mut self.polled_avail, &self.memory)
     }
 }
 

@@ -357,6 +357,38 @@ fn the_transport_negotiates_runs_queues_and_interrupts() {
 }
 
 #[test]
+fn a_polled_transport_sees_published_buffers_once_and_only_when_ready() {
+    let memory = memory();
+    let line = Arc::new(CountingLine::default());
+    let mut transport =
+        MmioTransport::new(Rng::new(std::io::repeat(1)), memory.clone(), line.clone());
+    let mut queue = DriverQueue::new(QUEUE_BASE, 8);
+    assert!(!transport.avail_moved(), "no driver yet");
+    queue.add_chain(&memory, &[(DATA, 8, true)]);
+    assert!(!transport.avail_moved(), "the queue is not ready");
+    bring_up(&mut transport, &queue, 1);
+    assert!(
+        transport.avail_moved(),
+        "published before DRIVER_OK, seen now"
+    );
+    assert!(!transport.avail_moved(), "seen once");
+    transport.notify(None);
+    assert_eq!(queue.used_idx(&memory), 1);
+    assert!(
+        !transport.avail_moved(),
+        "serving does not move the available index"
+    );
+    queue.add_chain(&memory, &[(DATA, 8, true)]);
+    assert!(
+        transport.avail_moved(),
+        "a new buffer is seen without a doorbell"
+    );
+    transport.notify(None);
+    assert_eq!(queue.used_idx(&memory), 2);
+    assert_eq!(line.pulses(), 2);
+}
+
+#[test]
 fn the_transport_refuses_features_without_version_1_and_breaks_on_bad_rings() {
     let memory = memory();
     let line = Arc::new(CountingLine::default());

@@ -291,6 +291,23 @@ fn a_queue_is_served_through_its_notify_address_and_raises_intx() {
 }
 
 #[test]
+fn a_polled_queue_is_seen_without_its_doorbell_once_the_driver_is_ready() {
+    let mut h = rng();
+    assert_ne!(h.negotiate(VIRTIO_F_VERSION_1) & STATUS_FEATURES_OK, 0);
+    let mut driver = DriverQueue::new(QUEUE_BASE, 8);
+    h.setup_queue(0, &driver, VIRTIO_MSI_NO_VECTOR);
+    driver.add_chain(&h.memory, &[(DATA, 16, true)]);
+    assert!(!h.transport.avail_moved(), "not before DRIVER_OK");
+    h.driver_ok();
+    assert!(h.transport.avail_moved());
+    assert!(!h.transport.avail_moved(), "seen once");
+    h.transport.notify(None);
+    assert_eq!(driver.used_idx(&h.memory), 1);
+    driver.add_chain(&h.memory, &[(DATA, 16, true)]);
+    assert!(h.transport.avail_moved());
+}
+
+#[test]
 fn intx_is_level_triggered_through_resample() {
     let mut h = rng();
     let mut driver = h.one_request(VIRTIO_MSI_NO_VECTOR);
