@@ -66,17 +66,6 @@ static void send_irq(void)
     while (sent < wanted) wait_for_interrupt();
 }
 
-/* Nothing printed for `ms` milliseconds: the ACPI PM timer (24 bits, 3.579545 MHz). */
-static void idle_ms(uint32_t ms)
-{
-    uint32_t ticks = ms * 3580, waited = 0, last = inl(0x608) & 0xffffff;
-    while (waited < ticks) {
-        uint32_t now = inl(0x608) & 0xffffff;
-        waited += (now - last) & 0xffffff;
-        last = now;
-    }
-}
-
 static void send(int irq, int fifo)
 {
     if (irq)

@@ -105,3 +105,15 @@ void cmos_write(uint8_t index, uint8_t value) { outb(0x70, index); outb(0x71, va
 /* What an application processor runs after smp.S's start-up; guests that start APs
  * define their own. */
 __attribute__((weak)) void ap_main(void) { }
+
+/* Waits `ms` milliseconds by the ACPI PM timer (24 bits, 3.579545 MHz): every read exits,
+ * nothing else happens meanwhile. */
+void idle_ms(uint32_t ms)
+{
+    uint32_t ticks = ms * 3580, waited = 0, last = inl(0x608) & 0xffffff;
+    while (waited < ticks) {
+        uint32_t now = inl(0x608) & 0xffffff;
+        waited += (now - last) & 0xffffff;
+        last = now;
+    }
+}

@@ -35,6 +35,7 @@ void put_hex(uint32_t v);
 /* The value of "key=" in the Multiboot command line, or 0. */
 const char *cmdline_value(const struct mb_info *mbi, const char *key);
 uint32_t cmdline_u32(const struct mb_info *mbi, const char *key, uint32_t fallback);
+void idle_ms(uint32_t ms);
 int value_is(const char *value, const char *word);
 uint8_t cmos_read(uint8_t index);
 void cmos_write(uint8_t index, uint8_t value);

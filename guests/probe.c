@@ -347,6 +347,7 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
     if (value_is(action, "reset")) outb(0x64, 0xfe);
     if (value_is(action, "cf9reset")) outb(0xcf9, 0x06);
     if (value_is(action, "cf9spin")) { /* reset, then no exit at all: only the drain sees it */
+        idle_ms(cmdline_u32(mbi, "quiet_ms", 0)); /* long enough: the posted zones go idle */
         outb(0xcf9, 0x06);
         for (;;) __asm__ volatile("");
     }

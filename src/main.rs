@@ -124,9 +124,9 @@ struct RunArgs {
     /// (serve a request only when its doorbell's ioeventfd fires)
     #[arg(long)]
     no_queue_poll: bool,
-    /// At most how long a posted COM1 byte waits in KVM's ring before the event loop
-    /// applies it, in microseconds; the drain runs only while the guest writes COM1 (0: no
-    /// drain, and COM1's writes are never posted).
+    /// At most how long a posted COM1 byte (or 0xcf8 write, whose zone also takes 0xcf9's
+    /// resets) waits in KVM's ring before the event loop applies it, in microseconds; the
+    /// drain runs only while the guest writes them (0: no drain, and neither is posted).
     #[arg(long, value_name = "USECS", default_value_t = 1000)]
     posted_drain_us: u64,
     /// Do not advertise KVM_FEATURE_PV_EOI in CPUID (the guest then writes every EOI).

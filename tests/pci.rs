@@ -317,7 +317,15 @@ fn the_pcicfg_workload_reads_the_host_bridge() {
         let address_writes = report
             .profile
             .count(|k| k.kind == ExitKind::PioOut && k.addr == 0xcf8);
-        assert_eq!(address_writes, if coalesce { 0 } else { 200 });
+        // Posted, all but the first if nothing activated the bounded zones before it.
+        if coalesce {
+            assert!(
+                address_writes <= 1,
+                "{address_writes} address writes exited"
+            );
+        } else {
+            assert_eq!(address_writes, 200);
+        }
     }
 }
 

@@ -22,7 +22,11 @@
 //! zone, so the zone 0xcf8+4 also posts byte writes to 0xcf9. A reset written there
 //! then reaches [`ResetControl`] only when the ring is next settled, and the
 //! [`StopRequest::Reset`] it returns must be honoured by whoever settles (the exit path
-//! and the services), or the reset is lost.
+//! and the services), or the reset is lost. That is why the address register's flush
+//! rule is [`crate::bus::Flush::Bounded`] although the address itself only latches: a
+//! reset must take effect at once, not at an exit that may never come. So the zone is
+//! live only while the guest is making configuration accesses, with the drain's timer
+//! running; outside those bursts a reset written to 0xcf9 exits and acts at once.
 //!
 //! # Locks
 //!
@@ -61,7 +65,8 @@ pub const HOST_BRIDGE_IDS: PciIds = PciIds {
 const ENABLE: u32 = 1 << 31;
 /// Its meaningful bits: enable, bus, device, function, dword register.
 const ADDRESS_BITS: u32 = ENABLE | 0x00ff_fffc;
-const POSTED: [PostedRegister; 1] = [PostedRegister::latch(0, 4)];
+/// Bounded, not a plain latch: its zone also takes 0xcf9's resets (above).
+const POSTED: [PostedRegister; 1] = [PostedRegister::bounded(0, 4)];
 /// Bytes ECAM gives each bus.
 const ECAM_BUS_BYTES: u64 = 1 << 20;
 

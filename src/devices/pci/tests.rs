@@ -302,7 +302,7 @@ fn cf8_takes_only_dword_accesses_and_keeps_its_meaningful_bits() {
     assert_eq!(port_read(&mut io, 3, 1), 0xff);
     assert_eq!(
         io.posted_registers(),
-        &[crate::bus::PostedRegister::latch(0, 4)]
+        &[crate::bus::PostedRegister::bounded(0, 4)]
     );
 }
 
