@@ -11,6 +11,58 @@
 static struct vq queue __attribute__((aligned(4096)));
 static struct virtio_pci device;
 static uint8_t buffer[4];
+static uint32_t completed, errors;
+
+/* Makes the prepared chain available again (x86 keeps stores in order; the compiler
+ * barriers keep the index write where it is). */
+static inline void publish(struct vq *q)
+{
+    __asm__ volatile("" ::: "memory");
+    q->avail.idx++;
+    __asm__ volatile("" ::: "memory");
+}
+
+/* Waits for the device to use the chain and counts the result. */
+static inline void complete(struct vq *q)
+{
+    uint16_t seen = q->last_used;
+    while (*(volatile uint16_t *)&q->used.idx == seen) { }
+    q->last_used = (uint16_t)(seen + 1);
+    if (q->used.ring[seen % VQ_SIZE].len == sizeof buffer)
+        completed++;
+    else
+        errors++;
+}
+
+/* The request loop, one copy per doorbell kind: the kind is fixed before the loop, as a
+ * driver fixes its notify routine at probe time, so every kind runs the same
+ * instructions but the doorbell write itself (every guest instruction is emulated on
+ * the hosts this is measured on, so a branch per request would show in the result). */
+static void run_requests(struct vq *q, uint32_t wanted)
+{
+    if (q->doorbell_port) {
+        uint16_t port = q->doorbell_port;
+        for (uint32_t i = 0; i < wanted; i++) {
+            publish(q);
+            outw(port, 0);
+            complete(q);
+        }
+    } else if (q->notify_width == 2) { /* virtio-pci: the queue index, 16 bits */
+        volatile uint16_t *notify = (volatile uint16_t *)q->notify;
+        for (uint32_t i = 0; i < wanted; i++) {
+            publish(q);
+            *notify = 0;
+            complete(q);
+        }
+    } else {
+        volatile uint32_t *notify = (volatile uint32_t *)q->notify;
+        for (uint32_t i = 0; i < wanted; i++) {
+            publish(q);
+            *notify = 0;
+            complete(q);
+        }
+    }
+}
 
 int guest_main(uint32_t magic, const struct mb_info *mbi)
 {
@@ -25,15 +77,9 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
         return 4;
     }
     struct vbuf request = {buffer, sizeof buffer, 1};
-    uint32_t completed = 0, errors = 0;
     virtio_prepare(&queue, &request, 1);
     uint64_t start = rdtsc();
-    for (uint32_t i = 0; i < wanted; i++) {
-        if (virtio_submit(&queue, 0) == sizeof buffer)
-            completed++;
-        else
-            errors++;
-    }
+    run_requests(&queue, wanted);
     uint64_t end = rdtsc();
     put_str("doorbell:");
     put_field("requests", wanted);
