@@ -11,7 +11,8 @@ use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{avail_moved, serve_queue, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::features::Negotiation;
+use super::{avail_moved, serve_queue, VirtioDevice};
 use crate::bus::{le_value, Access, BusDevice, StopRequest};
 use crate::irq::InterruptLine;
 
@@ -52,9 +53,7 @@ pub struct MmioTransport<D: VirtioDevice> {
     interrupt: Arc<dyn InterruptLine>,
     queues: Vec<Queue>,
     queue_select: u32,
-    device_features_select: u32,
-    driver_features_select: u32,
-    driver_features: u64,
+    features: Negotiation,
     status: u32,
     interrupt_status: u32,
     config_generation: u32,
@@ -89,9 +88,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             interrupt,
             queues,
             queue_select: 0,
-            device_features_select: 0,
-            driver_features_select: 0,
-            driver_features: 0,
+            features: Negotiation::default(),
             status: 0,
             interrupt_status: 0,
             config_generation: 0,
@@ -123,9 +120,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
     fn reset(&mut self) {
         self.queues.iter_mut().for_each(QueueT::reset);
         self.queue_select = 0;
-        self.device_features_select = 0;
-        self.driver_features_select = 0;
-        self.driver_features = 0;
+        self.features = Negotiation::default();
         self.status = 0;
         self.interrupt_status = 0;
     }
@@ -138,11 +133,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             VIRTIO_MMIO_VERSION => VERSION,
             VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
             VIRTIO_MMIO_VENDOR_ID => VENDOR,
-            VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_select {
-                0 => self.device.features() as u32,
-                1 => (self.device.features() >> 32) as u32,
-                _ => 0,
-            },
+            VIRTIO_MMIO_DEVICE_FEATURES => self.features.offered_word(self.device.features()),
             VIRTIO_MMIO_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
             VIRTIO_MMIO_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
             VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt_status,
@@ -154,18 +145,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     fn write_register(&mut self, offset: u64, value: u32) {
         match offset as u32 {
-            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_select = value,
-            VIRTIO_MMIO_DRIVER_FEATURES => match self.driver_features_select {
-                0 => {
-                    self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(value)
-                }
-                1 => {
-                    self.driver_features =
-                        (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
-                }
-                _ => {}
-            },
-            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.features.set_device_select(value),
+            VIRTIO_MMIO_DRIVER_FEATURES => self.features.accept_word(value),
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.features.set_driver_select(value),
             VIRTIO_MMIO_QUEUE_SEL => self.queue_select = value,
             VIRTIO_MMIO_QUEUE_NUM => {
                 if let Some(queue) = self.selected_queue() {
@@ -211,16 +193,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
             self.reset();
             return;
         }
-        let mut value = value;
-        if value & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {
-            let offered = self.device.features();
-            let acceptable = self.driver_features & !offered == 0
-                && self.driver_features & VIRTIO_F_VERSION_1 != 0;
-            if !acceptable {
-                value &= !STATUS_FEATURES_OK;
-            }
-        }
-        self.status = value;
+        self.status = self
+            .features
+            .status_after_write(self.status, value, self.device.features());
     }
 
     /// Marks the device broken, as the virtio spec lets a device do when its driver

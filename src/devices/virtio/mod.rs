@@ -8,6 +8,7 @@
 pub mod block;
 pub mod console;
 pub mod driver;
+pub mod features;
 pub mod mmio;
 pub mod pci;
 pub mod rng;

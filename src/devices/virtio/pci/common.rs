@@ -13,7 +13,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 
 use super::VIRTIO_MSI_NO_VECTOR;
-use crate::devices::virtio::VIRTIO_F_VERSION_1;
+use crate::devices::virtio::features::Negotiation;
 
 // Field offsets of `struct virtio_pci_common_cfg` (virtio-bindings 0.2 has no
 // virtio_pci module, so they are declared here, with the spec's names).
@@ -73,9 +73,7 @@ pub struct CommonConfig {
     /// MSI-X vector of configuration changes, or [`VIRTIO_MSI_NO_VECTOR`].
     pub config_vector: u16,
     pub status: u8,
-    device_feature_select: u32,
-    driver_feature_select: u32,
-    driver_features: u64,
+    features: Negotiation,
     queue_select: u16,
 }
 
@@ -91,9 +89,7 @@ impl CommonConfig {
             queues,
             config_vector: VIRTIO_MSI_NO_VECTOR,
             status: 0,
-            device_feature_select: 0,
-            driver_feature_select: 0,
-            driver_features: 0,
+            features: Negotiation::default(),
             queue_select: 0,
         }
     }
@@ -104,9 +100,7 @@ impl CommonConfig {
         self.queue_vectors.fill(VIRTIO_MSI_NO_VECTOR);
         self.config_vector = VIRTIO_MSI_NO_VECTOR;
         self.status = 0;
-        self.device_feature_select = 0;
-        self.driver_feature_select = 0;
-        self.driver_features = 0;
+        self.features = Negotiation::default();
         self.queue_select = 0;
     }
 
@@ -119,7 +113,7 @@ impl CommonConfig {
 
     /// Features the driver accepted.
     pub fn driver_features(&self) -> u64 {
-        self.driver_features
+        self.features.accepted()
     }
 
     /// Reads at `offset`; the device offers `features`.
@@ -151,18 +145,10 @@ impl CommonConfig {
         let queue = self.selected();
         let vector = self.queue_vectors.get(usize::from(self.queue_select));
         match start {
-            DEVICE_FEATURE_SELECT => u64::from(self.device_feature_select),
-            DEVICE_FEATURE => match self.device_feature_select {
-                0 => features & 0xffff_ffff,
-                1 => features >> 32,
-                _ => 0,
-            },
-            DRIVER_FEATURE_SELECT => u64::from(self.driver_feature_select),
-            DRIVER_FEATURE => match self.driver_feature_select {
-                0 => self.driver_features & 0xffff_ffff,
-                1 => self.driver_features >> 32,
-                _ => 0,
-            },
+            DEVICE_FEATURE_SELECT => u64::from(self.features.device_select()),
+            DEVICE_FEATURE => u64::from(self.features.offered_word(features)),
+            DRIVER_FEATURE_SELECT => u64::from(self.features.driver_select()),
+            DRIVER_FEATURE => u64::from(self.features.accepted_word()),
             CONFIG_MSIX_VECTOR => u64::from(self.config_vector),
             NUM_QUEUES => self.queues.len() as u64,
             DEVICE_STATUS => u64::from(self.status),
@@ -189,9 +175,9 @@ impl CommonConfig {
         };
         let select = usize::from(self.queue_select);
         match start {
-            DEVICE_FEATURE_SELECT => self.device_feature_select = value as u32,
-            DRIVER_FEATURE_SELECT => self.driver_feature_select = value as u32,
-            DRIVER_FEATURE => self.write_driver_features(value as u32),
+            DEVICE_FEATURE_SELECT => self.features.set_device_select(value as u32),
+            DRIVER_FEATURE_SELECT => self.features.set_driver_select(value as u32),
+            DRIVER_FEATURE => self.features.accept_word(value as u32),
             CONFIG_MSIX_VECTOR => self.config_vector = vector(value),
             DEVICE_STATUS => self.write_status(value as u8, features),
             QUEUE_SELECT => self.queue_select = value as u16,
@@ -230,33 +216,17 @@ impl CommonConfig {
         };
     }
 
-    fn write_driver_features(&mut self, value: u32) {
-        let value = u64::from(value);
-        match self.driver_feature_select {
-            0 => self.driver_features = (self.driver_features & !0xffff_ffff) | value,
-            1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (value << 32),
-            _ => {}
-        }
-    }
-
-    /// A status write: 0 resets; FEATURES_OK stays clear unless the driver's features
-    /// are a subset of the device's and include VERSION_1 (this transport has no legacy
-    /// interface).
+    /// A status write: 0 resets; otherwise [`Negotiation::status_after_write`]'s rules.
     fn write_status(&mut self, value: u8, features: u64) {
         if value == 0 {
             self.reset();
             return;
         }
-        let mut value = value;
-        if value & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {
-            let acceptable = self.driver_features & !features == 0
-                && self.driver_features & VIRTIO_F_VERSION_1 != 0;
-            if !acceptable {
-                value &= !STATUS_FEATURES_OK;
-            }
-        }
-        // NEEDS_RESET is the device's to set; a driver cannot clear it but by a reset.
-        self.status = value & !STATUS_NEEDS_RESET | self.status & STATUS_NEEDS_RESET;
+        let status =
+            self.features
+                .status_after_write(u32::from(self.status), u32::from(value), features);
+        // Every status bit is in the low byte.
+        self.status = status as u8;
     }
 }
 
