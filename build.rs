@@ -6,19 +6,29 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Each guest: its name and its main source file.
-const GUESTS: &[(&str, &str)] = &[
-    ("rtc", "rtc.c"),
-    ("probe", "probe.c"),
-    ("eoi", "eoi.c"),
-    ("tick", "tick.c"),
-    ("doorbell", "doorbell.c"),
-    ("blk", "blk.c"),
-    ("strio", "strio.c"),
-    ("console", "console.c"),
-    ("pcitest", "pcitest.c"),
-    ("pcicfg", "pcicfg.c"),
-    ("hostile", "hostile.c"),
+/// Each guest: its name and its own source files (the first holds `guest_main`), linked
+/// after the shared sources; a header of its own is listed too, so that a change to it
+/// rebuilds the guest (headers are not compiled).
+const GUESTS: &[(&str, &[&str])] = &[
+    ("rtc", &["rtc.c"]),
+    ("probe", &["probe.c"]),
+    ("eoi", &["eoi.c"]),
+    ("tick", &["tick.c"]),
+    ("doorbell", &["doorbell.c"]),
+    ("blk", &["blk.c"]),
+    ("strio", &["strio.c"]),
+    ("console", &["console.c"]),
+    ("pcitest", &["pcitest.c"]),
+    ("pcicfg", &["pcicfg.c"]),
+    (
+        "hostile",
+        &[
+            "hostile.c",
+            "hostile_pci.c",
+            "hostile_virtio.c",
+            "hostile.h",
+        ],
+    ),
 ];
 /// Guests that stand alone: one assembly file, none of the shared sources (each tests
 /// something the shared start-up code would hide).
@@ -64,23 +74,31 @@ fn main() {
     let mut table =
         String::from("/// The test guests built from `guests/`: (name, Multiboot ELF32 image).\n");
     table.push_str("pub const GUESTS: &[(&str, &[u8])] = &[\n");
-    for (name, main) in GUESTS {
-        println!("cargo:rerun-if-changed=guests/{main}");
+    for (name, files) in GUESTS {
+        for file in *files {
+            println!("cargo:rerun-if-changed=guests/{file}");
+        }
         let elf = out.join(format!("{name}.elf"));
-        build_guest(&compiler, src, SHARED_SOURCES, main, &elf);
+        build_guest(&compiler, src, SHARED_SOURCES, files, &elf);
         table.push_str(&format!("    (\"{name}\", include_bytes!({:?})),\n", elf));
     }
     for (name, main) in STANDALONE {
         println!("cargo:rerun-if-changed=guests/{main}");
         let elf = out.join(format!("{name}.elf"));
-        build_guest(&compiler, src, &[], main, &elf);
+        build_guest(&compiler, src, &[], &[*main], &elf);
         table.push_str(&format!("    (\"{name}\", include_bytes!({:?})),\n", elf));
     }
     table.push_str("];\n");
     fs::write(out.join("guests.rs"), table).expect("write guests.rs");
 }
 
-fn build_guest(compiler: &str, src: &Path, shared: &[&str], main: &str, elf: &Path) {
+/// Compiles and links `shared` then `own` (headers in `own` are left out) into `elf`.
+fn build_guest(compiler: &str, src: &Path, shared: &[&str], own: &[&str], elf: &Path) {
+    let sources = shared
+        .iter()
+        .chain(own)
+        .filter(|file| !file.ends_with(".h"))
+        .map(|file| src.join(file));
     let status = Command::new(compiler)
         .args([
             "-m32",
@@ -104,9 +122,8 @@ fn build_guest(compiler: &str, src: &Path, shared: &[&str], main: &str, elf: &Pa
         .arg(format!("-Wl,-T,{}", src.join("link.ld").display()))
         .arg("-o")
         .arg(elf)
-        .args(shared.iter().map(|file| src.join(file)))
-        .arg(src.join(main))
+        .args(sources)
         .status()
         .unwrap_or_else(|e| panic!("cannot run the guest compiler `{compiler}`: {e}"));
-    assert!(status.success(), "building guest {main} failed");
+    assert!(status.success(), "building guest {} failed", own[0]);
 }
