@@ -283,51 +283,9 @@ pub fn virtio_pci_common(data: &[u8]) {
     }
 }
 
-/// The kernel loaders and boot-parameter building: `data` is a kernel image, or the
-/// tail of one behind a plausible bzImage, ELF or Multiboot start (the first byte picks
-/// which), with an initrd and a command line cut from it; loaded into 16 MiB.
-pub fn kernel_image(data: &[u8]) {
-    let Some((&kind, rest)) = data.split_first() else {
-        return;
-    };
-    let mut image = match kind % 4 {
-        0 => {
-            // A bzImage's boot sector and setup-header magic, the rest as given.
-            let mut image = vec![0u8; 0x260];
-            image[0x1f1] = 1;
-            image[0x1fe] = 0x55;
-            image[0x1ff] = 0xaa;
-            image[0x202..0x206].copy_from_slice(b"HdrS");
-            image
-        }
-        1 => b"\x7fELF\x02\x01\x01".to_vec(),
-        2 => b"\x7fELF\x01\x01\x01".to_vec(),
-        _ => Vec::new(),
-    };
-    let cut = rest.len() / 4;
-    let (initrd, rest) = rest.split_at(cut.min(rest.len()));
-    for (at, byte) in rest.iter().enumerate() {
-        match image.get_mut(at + 7) {
-            Some(slot) if kind % 4 == 0 && at + 7 >= 0x1f1 && at + 7 < 0x206 => *slot |= byte,
-            Some(slot) => *slot = *byte,
-            None => image.push(*byte),
-        }
-    }
-    let cmdline = String::from_utf8_lossy(&initrd[..initrd.len().min(64)]).into_owned();
-    let layout = crate::layout::MemoryLayout::new(16 << 20).expect("16 MiB");
-    let Ok(memory) = crate::machine::guest_memory(&layout) else {
-        return;
-    };
-    let request = crate::loader::BootRequest {
-        kernel_name: "fuzz",
-        image: &image,
-        cmdline: &cmdline,
-        modules: &[],
-        initrd: (kind & 4 != 0).then_some(initrd),
-        rsdp: Some(crate::layout::ACPI_TABLES),
-    };
-    let _ = crate::loader::load(&memory, &layout, &request);
-}
+mod kernel;
+
+pub use kernel::{kernel_image, kernel_image_input};
 
 /// The trace reader on arbitrary bytes, then a replay of what it accepts when the
 /// machine is small (so a fuzzer does not spend its time allocating guest memory). The
