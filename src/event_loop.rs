@@ -188,28 +188,21 @@ impl MutEventSubscriber for DoorbellEvent {
 /// a driver's request is served as soon as it publishes it, without waiting for its
 /// doorbell's ioeventfd to reach epoll. Only devices whose doorbells are ioeventfds are
 /// polled; a doorbell that exits is served on the vCPU, at once.
-#[derive(Default)]
 pub struct QueuePoller {
     services: Vec<DoorbellService>,
-    access: Option<DeviceAccess>,
+    access: DeviceAccess,
 }
 
 impl QueuePoller {
     pub fn new(services: Vec<DoorbellService>, access: DeviceAccess) -> Self {
-        Self {
-            services,
-            access: Some(access),
-        }
+        Self { services, access }
     }
 
     /// Serves the queues that have new buffers; true if any had.
     pub fn poll(&self) -> bool {
-        let Some(access) = &self.access else {
-            return false;
-        };
         self.services
             .iter()
-            .fold(false, |found, service| service.poll(access) | found)
+            .fold(false, |found, service| service.poll(&self.access) | found)
     }
 }
 

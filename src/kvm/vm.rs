@@ -129,10 +129,7 @@ impl Vm {
 
     /// Asks KVM to post writes to `zone` to the coalesced ring instead of exiting.
     pub fn register_posted_zone(&self, zone: &PostedZone) -> Result<(), KvmError> {
-        let addr = io_address(zone.space, zone.addr);
-        self.fd
-            .register_coalesced_mmio(addr, zone.size)
-            .map_err(ioctl_error("KVM_REGISTER_COALESCED_MMIO"))
+        register_zone(&self.fd, zone).map_err(ioctl_error("KVM_REGISTER_COALESCED_MMIO"))
     }
 
     /// A handle that registers and unregisters coalesced zones while the VM runs (the
@@ -281,11 +278,15 @@ impl IoEvents {
 #[derive(Debug, Clone)]
 pub struct CoalescedZones(Arc<VmFd>);
 
+/// Posts the writes to `zone` from now on: the one registration path, for the zones
+/// registered at start and the bounded ones registered on first use.
+fn register_zone(fd: &VmFd, zone: &PostedZone) -> Result<(), kvm_ioctls::Error> {
+    fd.register_coalesced_mmio(io_address(zone.space, zone.addr), zone.size)
+}
+
 impl ZoneSwitch for CoalescedZones {
     fn register(&self, zone: &PostedZone) -> std::io::Result<()> {
-        self.0
-            .register_coalesced_mmio(io_address(zone.space, zone.addr), zone.size)
-            .map_err(std::io::Error::from)
+        register_zone(&self.0, zone).map_err(std::io::Error::from)
     }
 
     fn unregister(&self, zone: &PostedZone) -> std::io::Result<()> {
