@@ -60,11 +60,8 @@ const char *base_name(const char *s)
 
 void buf_mem(struct buf *b, const char *s, u64 n)
 {
-    for (u64 i = 0; i < n && b->len + 1 < b->cap; i++) {
-        char c = s[i];
-        /* One check is one line: what a file held never breaks it. */
-        b->text[b->len++] = (c == '\n' || c == '\r') ? ' ' : c;
-    }
+    for (u64 i = 0; i < n && b->len + 1 < b->cap; i++)
+        b->text[b->len++] = s[i];
     b->text[b->len] = 0;
 }
 
@@ -106,6 +103,10 @@ void say(const char *line)
 {
     BUF(out, 1024);
     buf_str(&out, line);
+    /* One line is one line: what a file held never breaks it. */
+    for (u32 i = 0; i < out.len; i++)
+        if (out.text[i] == '\n' || out.text[i] == '\r')
+            out.text[i] = ' ';
     out.text[out.len++] = '\n';
     sys_write(1, out.text, out.len);
 }
