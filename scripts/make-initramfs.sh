@@ -31,8 +31,9 @@
 #            O_DIRECT), its last 4 KiB overwritten with a block that starts
 #            `HUSHVM-WRITE vdX <stamp>\n` (wrote=OFFSET stamp=HEX), fsync'd, the buffer
 #            cache dropped (BLKFLSBUF) and read back with O_DIRECT, and the interrupts
-#            its virtio device took (irqs=N, must be >0); also prints HUSHVM-DISK-OK
-#            (or -BAD) for vda
+#            its virtio device took (irqs=N, must be >0; on PCI msix_irqs=N, those
+#            through MSI/MSI-X vectors in /proc/interrupts, must be >0 too); also prints
+#            HUSHVM-DISK-OK (or -BAD) for vda
 #   blk      the disks found match hushvm.blk
 #   rng      hw_random's rng_current is virtio_rng.N and /dev/hwrng gives 32 bytes
 #   console  a line `HUSHVM-VIRTIO-CONSOLE <stamp>\n` written to /dev/hvc0 (or the first

@@ -10,7 +10,8 @@
 #            empty QEMU hub (no network), two CPUs; every check must pass and the
 #            machine power off. tsc_early_khz: microvm has no HPET or PM timer, and
 #            without KVM's clock TCG's TSC cannot be calibrated otherwise.
-#   failures `-M pc`: a disk with a wrong marker on PCI where MMIO is expected, no rng,
+#   failures `-M pc`: a disk with a wrong marker on PCI where MMIO is expected, a second
+#            PCI disk without MSI-X (vectors=0: Linux falls back to INTx), no rng,
 #            console, net or vsock, one CPU expected of two, an unknown check name,
 #            `hushvm.wait=2`: every one of these must fail (no hang) and the machine
 #            reboot through 0xcf9 (`reboot=pci`).
@@ -42,6 +43,7 @@ make_disk() {
 make_disk "$OUT/pci.img" HUSHVM-DISK-MAGIC
 make_disk "$OUT/mmio.img" HUSHVM-DISK-MAGIC
 make_disk "$OUT/bad.img" XUSHVM-DISK-MAGIC
+make_disk "$OUT/intx.img" HUSHVM-DISK-MAGIC
 rm -f "$OUT/all.vc"
 
 QEMU=(timeout 120 qemu-system-x86_64 -accel tcg -cpu max -m 256M -smp 2 -nographic
@@ -65,9 +67,10 @@ echo "qemu-linux-checks: boot 'failures' (pc)"
 "${QEMU[@]}" -M pc \
     -append "console=ttyS0 reboot=pci hushvm.checks=blk,rng,console,serial,cpus,net,vsock,bogus hushvm.blk=mmio hushvm.cpus=1 hushvm.wait=2 hushvm.end=reboot" \
     -drive file="$OUT/bad.img",if=none,id=bad,format=raw -device virtio-blk-pci,drive=bad,disable-legacy=on \
+    -drive file="$OUT/intx.img",if=none,id=intx,format=raw -device virtio-blk-pci,drive=intx,disable-legacy=on,vectors=0 \
     >"$OUT/failures.log" 2>&1 || die "boot 'failures' failed (exit $?): see $OUT/failures.log"
 grep -a '^HUSHVM' "$OUT/failures.log"
-grep -aq '^HUSHVM-DONE checks=11 failed=8 end=reboot' "$OUT/failures.log" ||
-    die "boot 'failures': not the 8 failures expected"
+grep -aq '^HUSHVM-DONE checks=12 failed=9 end=reboot' "$OUT/failures.log" ||
+    die "boot 'failures': not the 9 failures expected"
 grep -aq 'reboot: Restarting system' "$OUT/failures.log" || die "boot 'failures' did not reboot"
 echo "qemu-linux-checks: both boots ended as expected ($OUT)"

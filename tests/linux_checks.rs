@@ -2,7 +2,8 @@
 //! initramfs (scripts/make-initramfs.sh, guests/linux-init) under QEMU's TCG on the
 //! development host, both boots of scripts/qemu-linux-checks.sh. `qemu-all`: microvm with
 //! a PCI (MSI-X) and an MMIO disk, rng, console, net, two CPUs, every check passing;
-//! `qemu-failures`: pc with a wrong disk marker and most devices missing. The blocks the
+//! `qemu-failures`: pc with a wrong disk marker, a PCI disk without MSI-X and most
+//! devices missing. The blocks the
 //! disks held afterwards and the virtio-console's output are kept beside them. No KVM.
 
 mod common;
@@ -76,6 +77,8 @@ fn the_qemu_boot_found_a_disk_on_each_transport() {
     let pci = check(&report, "blk.vdb");
     assert_eq!(pci.field("transport"), Some("pci"));
     assert!(pci.number("msix").is_some_and(|n| n > 0), "{pci}");
+    assert!(pci.number("msix_irqs").is_some_and(|n| n > 0), "{pci}");
+    assert_eq!(mmio.field("msix_irqs"), None);
     for disk in [mmio, pci] {
         assert_eq!(disk.field("magic"), Some("ok"));
         assert_eq!(disk.field("readback"), Some("ok"));
@@ -154,7 +157,7 @@ fn the_failures_boot_reports_each_failure() {
     let failed: Vec<&str> = report.failures().iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
         failed,
-        ["blk.vda", "blk", "rng", "console", "cpus", "net", "vsock", "bogus"]
+        ["blk.vda", "blk.vdb", "blk", "rng", "console", "cpus", "net", "vsock", "bogus"]
     );
     let vda = check(&report, "blk.vda");
     assert_eq!(vda.field("magic"), Some("bad:XUSHVM-DISK-MAGIC"));
@@ -163,7 +166,18 @@ fn the_failures_boot_reports_each_failure() {
         Some("ok"),
         "only the marker is wrong"
     );
-    assert_eq!(check(&report, "blk").field("found"), Some("vda:pci"));
+    let intx = check(&report, "blk.vdb");
+    assert_eq!(
+        (intx.number("msix"), intx.number("msix_irqs")),
+        (Some(0), Some(0)),
+        "vectors=0: INTx, and the disk works otherwise: {intx}"
+    );
+    assert!(intx.number("irqs").is_some_and(|n| n > 0), "{intx}");
+    assert_eq!(intx.field("magic"), Some("ok"));
+    assert_eq!(
+        check(&report, "blk").field("found"),
+        Some("vda:pci,vdb:pci")
+    );
     assert_eq!(check(&report, "rng").field("first"), Some(""));
     assert_eq!(check(&report, "cpus").field("expected"), Some("0"));
     assert!(check(&report, "bogus").has_word("unknown-check"));
@@ -171,7 +185,7 @@ fn the_failures_boot_reports_each_failure() {
     let done = report.done.as_ref().unwrap();
     assert_eq!(
         (done.checks, done.failed, done.end.as_str()),
-        (11, 8, "reboot")
+        (12, 9, "reboot")
     );
     assert!(FAILURES.contains("HUSHVM-DISK-BAD"));
     assert!(FAILURES.contains("reboot: Restarting system"));

@@ -234,7 +234,8 @@ static int check_disk(const char *disk, char *transport, u64 cap)
     buf_key(&detail, "device");
     buf_str(&detail, device);
     int ok = 1;
-    if (str_eq(transport, "pci")) {
+    int pci = str_eq(transport, "pci");
+    if (pci) {
         u32 vectors = msix_vectors(disk);
         buf_key(&detail, "msix");
         buf_dec(&detail, vectors);
@@ -244,11 +245,17 @@ static int check_disk(const char *disk, char *transport, u64 cap)
     if (str_eq(disk, "vda"))
         say(magic ? "HUSHVM-DISK-OK" : "HUSHVM-DISK-BAD");
     ok = check_write(disk, buf_cstr(&dev), &detail) && magic && ok;
-    /* After the I/O, so a working disk has taken at least one interrupt. */
-    u64 irqs = interrupts_of(device);
+    /* After the I/O, so a working disk has taken at least one interrupt, and on PCI
+     * as an MSI-X message. */
+    u64 msi_irqs;
+    u64 irqs = interrupts_of(device, &msi_irqs);
     buf_key(&detail, "irqs");
     buf_dec(&detail, irqs);
-    ok = ok && irqs > 0;
+    if (pci) {
+        buf_key(&detail, "msix_irqs");
+        buf_dec(&detail, msi_irqs);
+    }
+    ok = ok && irqs > 0 && (!pci || msi_irqs > 0);
     BUF(name, 32);
     buf_str(&name, "blk.");
     buf_str(&name, disk);

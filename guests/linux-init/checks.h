@@ -21,7 +21,8 @@ int virtio_transport(const char *driver, char *transport, u64 cap, char *device,
 /* "pci" for virtio-pci, "mmio" for virtio-mmio, else the driver's own name. */
 const char *transport_of_driver(const char *driver);
 /* Interrupts delivered so far to every /proc/interrupts line that names `device`
- * (virtioN, virtioN-config, virtioN-req.0, ...). */
-u64 interrupts_of(const char *device);
+ * (virtioN, virtioN-config, virtioN-req.0, ...); in *through_msi, those of its lines
+ * that are MSI or MSI-X vectors. */
+u64 interrupts_of(const char *device, u64 *through_msi);
 
 #endif

@@ -79,11 +79,12 @@ static int names_device(const char *text, u64 n, const char *name)
     return 0;
 }
 
-u64 interrupts_of(const char *device)
+u64 interrupts_of(const char *device, u64 *through_msi)
 {
     static char table[32768];
     s64 n = read_text("/proc/interrupts", table, sizeof table);
     u64 total = 0;
+    *through_msi = 0;
     for (s64 at = 0; at < n;) {
         s64 end = at;
         while (end < n && table[end] != '\n')
@@ -102,8 +103,15 @@ u64 interrupts_of(const char *device)
                 v = v * 10 + (u64)(table[p++] - '0');
             sum += v;
         }
-        if (p < end && names_device(table + p, (u64)(end - p), device))
+        if (p < end && names_device(table + p, (u64)(end - p), device)) {
             total += sum;
+            /* The chip column: PCI-MSI-..., PCI-MSIX-... (or IR-PCI-MSI...). */
+            for (s64 q = p; q + 8 <= end; q++)
+                if (mem_eq(table + q, "PCI-MSI", 7)) {
+                    *through_msi += sum;
+                    break;
+                }
+        }
         at = end + 1;
     }
     return total;
