@@ -192,6 +192,12 @@ static void end(void)
     buf_str(&line, " boottime_ms=");
     buf_dec(&line, clock_ns(CLOCK_BOOTTIME) / 1000000);
     say(buf_cstr(&line));
+    /* The tty sends in the background and reboot does not wait for it: wait (bounded)
+     * until the console's queue is empty, so the last line is not cut. */
+    int queued = 0;
+    u64 deadline = now_ms() + 5000;
+    while (sys_ioctl(1, TIOCOUTQ, &queued) == 0 && queued > 0 && now_ms() < deadline)
+        sleep_ms(10);
     sys_sync();
     s64 err = sys_reboot(cmd);
     line.len = 0;
