@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Usage: scripts/make-initramfs.sh [--strip-signatures] [--no-compress] [--busybox] OUT
+# Usage: scripts/make-initramfs.sh [--strip-signatures] [--no-compress] [--busybox]
+#                                  [--skip-modules NAME,...] OUT
 #
 # Builds the test initramfs (newc cpio, gzip unless --no-compress) from
 # guests/linux-init/ and target/linux/modules (scripts/fetch-kernel.sh makes them; this
@@ -48,6 +49,9 @@
 #                       their SHA-256/RSA check (it taints itself once: "module
 #                       verification failed"); saves emulated work on this host
 #   --no-compress       a plain cpio: the kernel copies instead of inflating
+#   --skip-modules NAME,...  leaves these modules (file names without .ko) out, e.g.
+#                       failover,net_failover,virtio_net,vsock,vmw_vsock_virtio_transport_common,vmw_vsock_virtio_transport
+#                       when no boot checks net or vsock: less for the kernel to unpack
 #   --busybox           adds target/linux/busybox and its applets under /bin, for
 #                       debugging with rdinit=/bin/sh (no test needs it)
 # The same inputs give the same bytes: sorted entries, fixed mtimes, owner 0:0, no gzip
@@ -62,17 +66,23 @@ die() {
 STRIP=0
 COMPRESS=1
 BUSYBOX=0
+SKIP=,
 while [ $# -gt 1 ]; do
     case $1 in
     --strip-signatures) STRIP=1 ;;
     --no-compress) COMPRESS=0 ;;
     --busybox) BUSYBOX=1 ;;
+    --skip-modules)
+        [ $# -gt 2 ] || die "--skip-modules needs a list"
+        SKIP=,$2,
+        shift
+        ;;
     *) die "unknown option $1" ;;
     esac
     shift
 done
 [ $# -eq 1 ] && [ "${1#--}" = "$1" ] ||
-    die "usage: $0 [--strip-signatures] [--no-compress] [--busybox] OUT"
+    die "usage: $0 [--strip-signatures] [--no-compress] [--busybox] [--skip-modules NAME,...] OUT"
 case $1 in
 /*) OUTPUT=$1 ;;
 *) OUTPUT=$PWD/$1 ;;
@@ -126,7 +136,15 @@ strip_signature() {
 }
 
 # The modules in load order; modules.order lists file names, '#' lines are comments.
-grep -v '^#' "$LINUX/modules/modules.order" >"$STAGE/lib/modules/modules.order" || true
+while read -r module; do
+    case $module in
+    '#'* | '') ;;
+    *) [ "${SKIP#*,"${module%.ko}",}" != "$SKIP" ] || echo "$module" ;;
+    esac
+done <"$LINUX/modules/modules.order" >"$STAGE/lib/modules/modules.order"
+for skipped in ${SKIP//,/ }; do
+    grep -qxF "$skipped.ko" "$LINUX/modules/modules.order" || die "--skip-modules: no module $skipped"
+done
 while read -r module; do
     cp "$LINUX/modules/$module" "$STAGE/lib/modules/$module"
     [ "$STRIP" = 0 ] || strip_signature "$STAGE/lib/modules/$module"
