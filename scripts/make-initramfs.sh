@@ -24,6 +24,9 @@
 #   hushvm.wait=SECONDS   the longest wait for a device (default 30): a missing device
 #                         is a fail line, never a hang
 #   hushvm.end=poweroff|reboot|halt   (default poweroff; add reboot=pci for 0xcf9)
+#   MODULE.PARAM=VALUE    given to MODULE when /init loads it, as modprobe would (e.g.
+#                         virtio_pci.force_legacy=1); the kernel reads such words only
+#                         for built-in code. HUSHVM-MODULE shows them as args=...
 # The checks:
 #   mounts   proc, sysfs, devtmpfs mounted (always)
 #   modules  every module loaded or already present (always)

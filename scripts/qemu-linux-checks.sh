@@ -7,9 +7,12 @@
 #   all      `-M microvm,acpi=on,pcie=on`: one virtio-blk disk on PCI (MSI-X) and one on
 #            virtio-mmio (described in ACPI as LNRO0005, as hushvm does), virtio-rng and
 #            a virtio-console on virtio-mmio, a virtio-net on PCI whose only peer is an
-#            empty QEMU hub (no network), two CPUs; every check must pass and the
+#            empty QEMU hub (no network), two CPUs, and a module parameter from the
+#            command line (virtio_blk.num_request_queues=1); every check must pass and the
 #            machine power off. tsc_early_khz: microvm has no HPET or PM timer, and
 #            without KVM's clock TCG's TSC cannot be calibrated otherwise.
+#            no_timer_check (both boots): on a loaded host TCG can miss the kernel's
+#            IO-APIC timer test ("IO-APIC + timer doesn't work!", a panic).
 #   failures `-M pc`: a disk with a wrong marker on PCI where MMIO is expected, a second
 #            PCI disk without MSI-X (vectors=0: Linux falls back to INTx), no rng,
 #            console, net or vsock, one CPU expected of two, an unknown check name,
@@ -51,7 +54,7 @@ QEMU=(timeout 120 qemu-system-x86_64 -accel tcg -cpu max -m 256M -smp 2 -nograph
 
 echo "qemu-linux-checks: boot 'all' (microvm, PCI and MMIO)"
 "${QEMU[@]}" -M microvm,acpi=on,pcie=on \
-    -append "console=ttyS0 tsc_early_khz=2000000 hushvm.checks=blk,rng,console,serial,cpus,net hushvm.blk=pci,mmio hushvm.cpus=2" \
+    -append "console=ttyS0 no_timer_check tsc_early_khz=2000000 hushvm.checks=blk,rng,console,serial,cpus,net hushvm.blk=pci,mmio hushvm.cpus=2 virtio_blk.num_request_queues=1" \
     -drive file="$OUT/pci.img",if=none,id=pci,format=raw -device virtio-blk-pci,drive=pci,disable-legacy=on \
     -drive file="$OUT/mmio.img",if=none,id=mmio,format=raw -device virtio-blk-device,drive=mmio \
     -device virtio-rng-device \
@@ -65,7 +68,7 @@ grep -aq 'reboot: Power down' "$OUT/all.log" || die "boot 'all' did not power of
 
 echo "qemu-linux-checks: boot 'failures' (pc)"
 "${QEMU[@]}" -M pc \
-    -append "console=ttyS0 reboot=pci hushvm.checks=blk,rng,console,serial,cpus,net,vsock,bogus hushvm.blk=mmio hushvm.cpus=1 hushvm.wait=2 hushvm.end=reboot" \
+    -append "console=ttyS0 no_timer_check reboot=pci hushvm.checks=blk,rng,console,serial,cpus,net,vsock,bogus hushvm.blk=mmio hushvm.cpus=1 hushvm.wait=2 hushvm.end=reboot" \
     -drive file="$OUT/bad.img",if=none,id=bad,format=raw -device virtio-blk-pci,drive=bad,disable-legacy=on \
     -drive file="$OUT/intx.img",if=none,id=intx,format=raw -device virtio-blk-pci,drive=intx,disable-legacy=on,vectors=0 \
     >"$OUT/failures.log" 2>&1 || die "boot 'failures' failed (exit $?): see $OUT/failures.log"

@@ -66,6 +66,17 @@ fn the_qemu_boot_loaded_the_modules_in_dependency_order() {
         .iter()
         .all(|m| m.result == "loaded" && m.ms.is_some()));
     assert_eq!(check(&report, "modules").number("skipped"), Some(3));
+    let with_args: Vec<(&str, &str)> = report
+        .modules
+        .iter()
+        .filter_map(|m| Some((m.file.as_str(), m.args.as_deref()?)))
+        .collect();
+    assert_eq!(
+        with_args,
+        [("virtio_blk.ko", "num_request_queues=1")],
+        "the command line's virtio_blk.num_request_queues=1, passed as modprobe would"
+    );
+    assert!(ALL.contains("virtio_blk virtio3: 1/0/0 default/read/poll queues"));
 }
 
 #[test]
@@ -205,7 +216,7 @@ fn lines_are_found_behind_kernel_text_and_before_carriage_returns() {
                    junk HUSHVM-CHECK rng ok current=virtio_rng.0 bytes=32\r\n\
                    HUSHVM-CHECK serial maybe uart:16550A\n\
                    HUSHVM-CHECK lonely\n\
-                   HUSHVM-MODULE virtio.ko errno=22 ms=1\n\
+                   HUSHVM-MODULE virtio.ko errno=22 ms=1 args=a=1 b=x y\r\n\
                    HUSHVM-DONE checks=1 failed=0 end=poweroff\n";
     let report = parse(console);
     assert!(report.init_ran);
@@ -222,6 +233,7 @@ fn lines_are_found_behind_kernel_text_and_before_carriage_returns() {
         "{err}"
     );
     assert_eq!(report.done.as_ref().unwrap().boottime_ms, None);
+    assert_eq!(report.modules[0].args.as_deref(), Some("a=1 b=x y"));
 }
 
 #[test]

@@ -10,6 +10,7 @@
  *   hushvm.cpus=N           the CPUs expected online (for the cpus check)
  *   hushvm.modules=all      load every module, not only those the checks need
  *   hushvm.wait=SECONDS     the longest any wait for a device lasts (default 30)
+ *   MODULE.PARAM=VALUE      passed to that module when it loads, as modprobe does
  *   hushvm.end=poweroff|reboot|halt   (default poweroff; reboot=pci makes Linux use
  *                           0xcf9)
  * Every wait is bounded, so a missing device is a `fail` line, never a hang. */
@@ -54,16 +55,24 @@ static int wanted_module(const char *file)
     return 1;
 }
 
-/* Loads one module; prints `HUSHVM-MODULE <file> <result> ms=N`; 0 on success. */
+/* Loads one module with the parameters the command line gives it (`virtio_pci.x=y`,
+ * as modprobe passes them: the kernel itself reads such words only for built-in
+ * code); prints `HUSHVM-MODULE <file> <result> ms=N [args=...]`; 0 on success. */
 static int load_module(const char *file)
 {
     BUF(path, 128);
-    BUF(line, 160);
+    BUF(line, 512);
+    BUF(name, 64);
+    BUF(args, 256);
     buf_str(&path, "/lib/modules/");
     buf_str(&path, file);
+    buf_str(&name, file);
+    if (name.len > 3 && str_eq(name.text + name.len - 3, ".ko"))
+        name.text[name.len -= 3] = 0;
+    cmdline_module_args(buf_cstr(&name), &args);
     u64 started = now_ms();
     s64 fd = sys_open(buf_cstr(&path), O_RDONLY | O_CLOEXEC);
-    s64 err = fd < 0 ? fd : sys_finit_module((int)fd, "");
+    s64 err = fd < 0 ? fd : sys_finit_module((int)fd, buf_cstr(&args));
     if (fd >= 0)
         sys_close((int)fd);
     buf_str(&line, "HUSHVM-MODULE ");
@@ -74,6 +83,10 @@ static int load_module(const char *file)
         buf_dec(&line, (u64)-err);
     buf_key(&line, "ms");
     buf_dec(&line, now_ms() - started);
+    if (args.len) {
+        buf_key(&line, "args");
+        buf_str(&line, buf_cstr(&args));
+    }
     say(buf_cstr(&line));
     return err == 0 || err == -EEXIST ? 0 : -1;
 }

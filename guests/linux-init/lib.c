@@ -263,6 +263,29 @@ u32 list_count_of(const char *list, u32 len, const char *word)
     return count;
 }
 
+/* Module names compare as the kernel's do: '-' and '_' are the same character. */
+static char dash_is_underscore(char c) { return c == '-' ? '_' : c; }
+
+void cmdline_module_args(const char *module, struct buf *out)
+{
+    u64 name_len = slen(module);
+    for (const char *p = cmdline; *p;) {
+        while (*p == ' ')
+            p++;
+        const char *word = p;
+        while (*p && *p != ' ')
+            p++;
+        u64 i = 0;
+        while (i < name_len && word + i < p &&
+               dash_is_underscore(word[i]) == dash_is_underscore(module[i]))
+            i++;
+        if (i == name_len && word + i + 1 < p && word[i] == '.') {
+            buf_str(out, out->len ? " " : "");
+            buf_mem(out, word + i + 1, (u64)(p - word) - i - 1);
+        }
+    }
+}
+
 int list_has(const char *list, u32 len, const char *word) { return list_count_of(list, len, word) > 0; }
 
 u32 list_count(const char *list, u32 len)

@@ -55,6 +55,9 @@ u64 wait_limit_ms(void);
 /* Reads /proc/cmdline once; then the value of `key=` (its length in *len), or 0. */
 void cmdline_load(void);
 const char *cmdline_value(const char *key, u32 *len);
+/* What modprobe would pass module `module` from the command line: each `module.x=y`
+ * word (module names compared with '-' and '_' alike) as `x=y`, space-separated. */
+void cmdline_module_args(const char *module, struct buf *out);
 /* True if word is one of the comma-separated items of list[0..len). */
 int list_has(const char *list, u32 len, const char *word);
 /* How many of the comma-separated items of list[0..len) are word. */

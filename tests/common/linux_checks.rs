@@ -3,7 +3,7 @@
 //! host: the block it wrote to each disk, the line it sent through the virtio-console.
 //!
 //! Its lines: `HUSHVM-INIT-OK boottime_ms=N`, `HUSHVM-MODULE <file> loaded|present|
-//! errno=N ms=N`, one `HUSHVM-CHECK <name> ok|fail <key=value ...>` per check, then
+//! errno=N ms=N [args=...]`, one `HUSHVM-CHECK <name> ok|fail <key=value ...>` per check, then
 //! `HUSHVM-DONE checks=N failed=M end=poweroff|reboot|halt boottime_ms=N`. Each is
 //! found anywhere in a console line, so a kernel message that lands in front of it (or a
 //! `\r`) does not hide it.
@@ -53,6 +53,9 @@ pub struct Module {
     /// `loaded`, `present` (built in or loaded before) or `errno=N`.
     pub result: String,
     pub ms: Option<u64>,
+    /// The parameters /init passed it from the kernel command line (`MODULE.x=y`
+    /// words), as `x=y ...`.
+    pub args: Option<String>,
 }
 
 /// The closing `HUSHVM-DONE` line.
@@ -108,6 +111,10 @@ pub fn parse(console: &str) -> InitReport {
                     file: file.to_string(),
                     result: result.to_string(),
                     ms: word_value(&words, "ms").and_then(|ms| ms.parse().ok()),
+                    // Last on the line, and the only field that may hold spaces.
+                    args: line[at..]
+                        .split_once(" args=")
+                        .map(|(_, args)| args.trim().to_string()),
                 });
             }
         } else if let Some(at) = line.find("HUSHVM-DONE ") {
