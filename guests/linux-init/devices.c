@@ -121,6 +121,7 @@ void check_rng(void)
 {
     BUF(detail, 256);
     char current[64], device[32];
+    current[0] = 0;
     u64 deadline = now_ms() + wait_limit_ms();
     while ((read_text("/sys/class/misc/hw_random/rng_current", current, sizeof current) <= 0 ||
             str_eq(current, "none")) &&

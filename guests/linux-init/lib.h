@@ -43,7 +43,8 @@ s64 read_text(const char *path, char *out, u64 cap);
 /* The base name of a symlink's target, NUL-terminated; negative errno on failure. */
 s64 link_base(const char *path, char *out, u64 cap);
 /* Calls fn on each entry of a directory other than . and ..; returns the number of
- * entries or a negative errno. fn returns nonzero to stop. */
+ * entries or a negative errno. fn returns nonzero to stop. Not reentrant: fn may not
+ * call each_entry (one static buffer). */
 s64 each_entry(const char *dir, int (*fn)(const char *name, void *ctx), void *ctx);
 
 u64 clock_ns(int clock);
