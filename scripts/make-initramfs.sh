@@ -37,7 +37,7 @@
 #            cache dropped (BLKFLSBUF) and read back with O_DIRECT, and the interrupts
 #            its virtio device took (irqs=N, must be >0; on PCI msix_irqs=N, those
 #            through MSI/MSI-X vectors in /proc/interrupts, must be >0 too); also prints
-#            HUSHVM-DISK-OK (or -BAD) for vda
+#            HUSHVM-DISK-OK (or HUSHVM-DISK-BAD and the bytes read) for vda
 #   blk      the disks found match hushvm.blk
 #   rng      hw_random's rng_current is virtio_rng.N and /dev/hwrng gives 32 bytes
 #   console  a line `HUSHVM-VIRTIO-CONSOLE <stamp>\n` written to /dev/hvc0 (or the first

@@ -198,7 +198,7 @@ fn the_failures_boot_reports_each_failure() {
         (done.checks, done.failed, done.end.as_str()),
         (12, 9, "reboot")
     );
-    assert!(FAILURES.contains("HUSHVM-DISK-BAD"));
+    assert!(FAILURES.contains("HUSHVM-DISK-BAD XUSHVM-DISK-MAGIC\r\n"));
     assert!(FAILURES.contains("reboot: Restarting system"));
     let err = report.verify(&["blk"], "reboot").unwrap_err();
     assert!(err.contains("blk.vda fail transport=pci"), "{err}");
