@@ -136,8 +136,8 @@ impl VmControl {
     /// and the coalesced ring is settled. Waits for the machine to start if it has not.
     pub fn pause(&self) -> Result<Paused, ControlError> {
         let control = &self.control;
-        let asked = Instant::now();
         let mut state = control.wait(control.state.locked(), |s| s.phase == Phase::Waiting);
+        let asked = Instant::now();
         if state.phase == Phase::Ended || state.stopping {
             return Err(ControlError::NotRunning);
         }
