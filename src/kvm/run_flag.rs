@@ -13,7 +13,7 @@
 //! guest ... with the immediate_exit field set to complete pending operations without
 //! allowing any further instructions to be executed"), so a vCPU that leaves `KVM_RUN`
 //! this way has finished its last instruction: its registers are consistent
-//! (`kvm::pause_tests` checks it on this host).
+//! (`kvm/run_flag_tests.rs` checks both on this host).
 
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
@@ -110,3 +110,7 @@ impl Drop for RunFlag {
         unsafe { libc::munmap(self.page.as_ptr().cast(), self.page_size) };
     }
 }
+
+#[cfg(test)]
+#[path = "run_flag_tests.rs"]
+mod tests;
