@@ -12,6 +12,7 @@
 //! missed periods as one interrupt, as it does for a late timer). `--timeout` and stop
 //! signals still end a paused VM.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,8 @@ struct State {
 pub(super) struct Control {
     state: Mutex<State>,
     changed: Condvar,
+    /// `paused`, readable without the lock: the event loop looks at it every iteration.
+    paused: AtomicBool,
 }
 
 /// Pauses, resumes and stops one machine; clone it freely. Hand it to
@@ -124,6 +127,7 @@ impl VmControl {
             control: Arc::new(Control {
                 state: Mutex::new(state),
                 changed: Condvar::new(),
+                paused: AtomicBool::new(false),
             }),
         }
     }
@@ -145,6 +149,7 @@ impl VmControl {
             return Err(ControlError::AlreadyPaused);
         }
         state.paused = true;
+        control.paused.store(true, Ordering::SeqCst);
         state.all_parked_at = None;
         state.kick_all();
         state.wake_event_loop();
@@ -178,6 +183,7 @@ impl VmControl {
             return Err(ControlError::NotPaused);
         }
         state.paused = false;
+        self.control.paused.store(false, Ordering::SeqCst);
         state.wake_event_loop();
         self.control.changed.notify_all();
         Ok(())
@@ -312,7 +318,7 @@ impl Control {
 
     /// Whether the event loop should park now.
     pub(super) fn paused(&self) -> bool {
-        self.state.locked().paused
+        self.paused.load(Ordering::SeqCst)
     }
 
     /// The event loop parks (`parked`) or goes on.
