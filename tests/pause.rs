@@ -78,10 +78,8 @@ fn the_tick_guest_gets_every_injected_tick_once_across_pauses() {
         // the host injected reached the guest exactly once, and none came as a storm.
         assert_eq!(guest["interrupts"], report.interrupts_on("rtc"), "{text}");
         assert!(guest["interrupts"] >= 256);
-        assert!(
-            guest["interrupts"] <= 256 + 2,
-            "missed periods give one interrupt: {text}"
-        );
+        // The guest stops counting at 256 (and lets in one late edge).
+        assert!(guest["interrupts"] <= 256 + 2, "{text}");
         assert_eq!(guest["skipped"] + guest["written"], guest["interrupts"]);
         assert!(paused.pauses.len() >= 3, "{} pauses", paused.pauses.len());
     }
