@@ -157,8 +157,9 @@ struct RunArgs {
 #[derive(Args)]
 struct BenchArgs {
     /// The workload: rtc (seed 000), eoi (seed 002), tick (RTC tick, seeds 000 + 002),
-    /// doorbell (seed 003), blk (virtio-blk), strio, console or pci (configuration
-    /// reads through 0xcf8/0xcfc).
+    /// doorbell (seed 003), blk (virtio-blk), strio, console, pci (configuration
+    /// reads through 0xcf8/0xcfc) or pause (time from a pause request to every vCPU
+    /// out of KVM_RUN, 1 and 2 vCPUs; --iterations: pauses per VM).
     workload: String,
     /// Iterations per measured run (rtc: loop passes; eoi, tick: interrupts; doorbell:
     /// requests; blk: 4 KiB blocks written and read back; pci: configuration reads).
@@ -309,6 +310,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
 }
 
 fn bench(args: BenchArgs) -> Result<ExitCode> {
+    if args.workload == "pause" {
+        return bench_pause(&args);
+    }
     let workload = bench::workload(&args.workload)
         .ok_or_else(|| bench::BenchError::UnknownWorkload(args.workload.clone()))?;
     let options = BenchOptions {
@@ -327,6 +331,18 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     }
     if !report.all_passed() {
         bail!("a guest reported a failure (exit status other than 1)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hushvm bench pause`: `--iterations` pauses per VM, `--repeat` VMs per vCPU count.
+fn bench_pause(args: &BenchArgs) -> Result<ExitCode> {
+    let pauses = args.iterations.unwrap_or(bench::pause::DEFAULT_PAUSES);
+    let report = bench::pause::run(pauses, args.repeat, args.seccomp)?;
+    if args.json {
+        print_out(format_args!("{}\n", serde_json::to_string(&report)?))?;
+    } else {
+        print_out(report.render())?;
     }
     Ok(ExitCode::SUCCESS)
 }

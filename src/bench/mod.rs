@@ -7,6 +7,7 @@
 //! for `eoi` and `tick`, one request for `doorbell`, one 4 KiB block written and read
 //! back (two requests) for `blk`, and one round of 4096 bytes out and back for `strio`.
 
+pub mod pause;
 mod report;
 mod workloads;
 
@@ -19,6 +20,7 @@ use crate::guests;
 use crate::machine::{self, Kernel, MachineConfig, MachineError, RunReport};
 use crate::seccomp::SeccompAction;
 
+pub use pause::{run_pausing, Pacing, PauseReport, PausedRun};
 pub use report::{BenchReport, VariantResult};
 pub use workloads::{workload, WORKLOADS};
 
@@ -87,7 +89,7 @@ pub struct BenchOptions {
 #[derive(Debug, Error)]
 pub enum BenchError {
     #[error(
-        "unknown workload {0:?}; workloads: rtc, eoi, tick, doorbell, blk, strio, console, pci"
+        "unknown workload {0:?}; workloads: rtc, eoi, tick, doorbell, blk, strio, console, pci, pause"
     )]
     UnknownWorkload(String),
     #[error("the {0} workload's guest drives virtio-mmio only; --transport pci is for doorbell")]

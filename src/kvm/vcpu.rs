@@ -1,6 +1,7 @@
 //! A vCPU: its registers, `KVM_RUN`, and the decoding of `kvm_run` into a [`VmExit`].
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_run, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HLT, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_INTR,
@@ -8,7 +9,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VcpuFd;
 
-use super::{KvmError, KvmRing, StatsReader};
+use super::{KvmError, KvmRing, RunFlag, StatsReader};
 use crate::bus::Access;
 use crate::exit::VmExit;
 use crate::loader::EntryState;
@@ -20,6 +21,8 @@ pub struct Vcpu {
     id: u8,
     run_size: usize,
     coalesced_ring_page: Option<u32>,
+    /// `immediate_exit`, which other threads set to get this vCPU out of `KVM_RUN`.
+    run_flag: Arc<RunFlag>,
 }
 
 impl Vcpu {
@@ -28,13 +31,20 @@ impl Vcpu {
         id: u8,
         run_size: usize,
         coalesced_ring_page: Option<u32>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, KvmError> {
+        let run_flag = Arc::new(RunFlag::map(&fd)?);
+        Ok(Self {
             fd,
             id,
             run_size,
             coalesced_ring_page,
-        }
+            run_flag,
+        })
+    }
+
+    /// The handle another thread uses to get this vCPU out of `KVM_RUN`.
+    pub fn run_flag(&self) -> Arc<RunFlag> {
+        self.run_flag.clone()
     }
 
     /// This vCPU's index.
@@ -55,11 +65,16 @@ impl Vcpu {
         super::boot::set_lint(&self.fd)
     }
 
-    /// Runs the vCPU until its next exit to userspace.
+    /// Runs the vCPU until its next exit to userspace. An interrupted run (a signal, or
+    /// [`RunFlag::set`]) clears `immediate_exit` before it returns, so the caller's next
+    /// look at its requests comes after the clear (see `kvm/run_flag.rs`).
     pub fn run(&mut self) -> Result<VmExit<'_>, KvmError> {
         if let Err(error) = self.fd.run() {
             return match error.errno() {
-                libc::EINTR | libc::EAGAIN => Ok(VmExit::Interrupted),
+                libc::EINTR | libc::EAGAIN => {
+                    self.run_flag.clear();
+                    Ok(VmExit::Interrupted)
+                }
                 _ => Err(KvmError::Ioctl {
                     what: "KVM_RUN",
                     source: error,
@@ -67,7 +82,11 @@ impl Vcpu {
             };
         }
         let run_size = self.run_size;
-        Ok(decode(self.fd.get_kvm_run(), run_size))
+        let exit = decode(self.fd.get_kvm_run(), run_size);
+        if matches!(exit, VmExit::Interrupted) {
+            self.run_flag.clear();
+        }
+        Ok(exit)
     }
 
     /// Maps the VM's coalesced ring through this vCPU.

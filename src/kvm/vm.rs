@@ -205,7 +205,7 @@ impl Vm {
             .map_err(|_| KvmError::MissingCapability("room for the CPUID entries"))?;
         fd.set_cpuid2(&cpuid)
             .map_err(ioctl_error("KVM_SET_CPUID2"))?;
-        let vcpu = Vcpu::new(fd, id, self.run_size, self.coalesced_ring_page);
+        let vcpu = Vcpu::new(fd, id, self.run_size, self.coalesced_ring_page)?;
         vcpu.set_power_on_state()?;
         Ok(vcpu)
     }

@@ -6,6 +6,7 @@
 
 mod backends;
 mod config;
+mod control;
 mod devices;
 mod pci;
 mod platform;
@@ -50,6 +51,7 @@ pub use config::{
     BootConfig, Cures, DeviceConfig, Kernel, MachineConfig, RunOptions, VcpuConfig,
     DEFAULT_EVENT_POLL, DEFAULT_POSTED_DRAIN,
 };
+pub use control::{ControlError, Paused, VmControl};
 pub use devices::{build as build_devices, Clocks, DeviceSpec, Devices};
 pub use platform::{Platform, Unplugged};
 pub use report::{Coalescing, RunReport};
@@ -310,6 +312,22 @@ fn event_loop<C: Clock + 'static>(
 
 /// Boots the machine and runs it until it stops.
 pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
+    run_controlled(config, &VmControl::new())
+}
+
+/// [`run`], with `control` pausing, resuming and stopping the machine from another
+/// thread.
+pub fn run_controlled(
+    config: &MachineConfig,
+    control: &VmControl,
+) -> Result<RunReport, MachineError> {
+    let result = build_and_run(config, control);
+    // Also when the build failed: a pause waiting for the start gets its answer.
+    let _ = control.shared().end();
+    result
+}
+
+fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunReport, MachineError> {
     // Calibrate the profiler's clock before the run's wall time starts.
     let _ = crate::profile::ExitClock::get();
     let started = Instant::now();
@@ -339,7 +357,7 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     let buses = std::mem::take(&mut devices.buses);
     let posted = posted::posted_writes(config, &vm, &vcpus[0], &buses)?;
     let (wake_subscriber, wake) = StopWake::new().map_err(MachineError::EventLoop)?;
-    let state = Arc::new(vcpus::StopState::new(wake));
+    let state = Arc::new(vcpus::StopState::new(wake, control.shared()));
     let access = DeviceAccess {
         buses: Arc::new(buses),
         posted: Arc::new(posted.writes),
@@ -352,6 +370,7 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     let shared = vcpus::Shared {
         access: access.clone(),
         state,
+        control: control.shared(),
         time_exits: config.run.time_exits,
         filters: Arc::new(Filters::new(config.run.seccomp)?),
     };

@@ -3,17 +3,20 @@
 //! ```text
 //! loop: stop asked? -> KVM_RUN -> start timer -> ExitContext::handle -> record time
 //!         ^                                          |
-//!         +-------- Continue / Interrupted ----------+--> Stop(VmStop)
+//!         +---------------- Continue ----------------+--> Stop(VmStop)
+//!         +--- Interrupted: park while paused -------+
 //! ```
+//!
+//! A pause or a stop gets the vCPU out of `KVM_RUN` through `immediate_exit` and the kick
+//! signal (`kvm::RunFlag`); the loop parks only after such an interrupted run, so the
+//! exit before it has been completed by KVM (an IN's data is in the guest's register).
 
 mod exit;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
-use std::thread::JoinHandle;
 
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::access::DeviceAccess;
 use crate::bus::StopRequest;
@@ -122,14 +125,29 @@ pub struct VcpuReport {
     pub profile: ExitProfile,
 }
 
-/// Runs `vcpu` until the VM stops or `stop` is set.
-pub fn run(vcpu: &mut Vcpu, access: &DeviceAccess, stop: &AtomicBool, timed: bool) -> VcpuReport {
+/// What the run loop asks its machine between exits (the machine's stop and pause
+/// state; a test's stand-in).
+pub trait VcpuRequests {
+    /// True once the VM is stopping: the loop ends before its next `KVM_RUN`.
+    fn stopping(&self) -> bool;
+    /// `KVM_RUN` was interrupted: blocks while the VM is paused, counted as parked, and
+    /// returns at resume or stop.
+    fn park_while_paused(&self);
+}
+
+/// Runs `vcpu` until the VM stops or `requests` says it is stopping.
+pub fn run(
+    vcpu: &mut Vcpu,
+    access: &DeviceAccess,
+    requests: &dyn VcpuRequests,
+    timed: bool,
+) -> VcpuReport {
     let mut profile = ExitProfile::default();
     let mut warnings = RateLimiter::default();
     let clock = ExitClock::get();
     let id = vcpu.id();
     let outcome = loop {
-        if stop.load(Ordering::Acquire) {
+        if requests.stopping() {
             break VmStop::Requested;
         }
         let exit = match vcpu.run() {
@@ -147,8 +165,10 @@ pub fn run(vcpu: &mut Vcpu, access: &DeviceAccess, stop: &AtomicBool, timed: boo
         let outcome = context.handle(exit);
         let elapsed = started.map(|s| clock.since(s)).unwrap_or_default();
         profile.record(key, elapsed);
-        if let ExitOutcome::Stop(stop) = outcome {
-            break stop;
+        match outcome {
+            ExitOutcome::Stop(stop) => break stop,
+            ExitOutcome::Interrupted => requests.park_while_paused(),
+            ExitOutcome::Continue => {}
         }
     };
     let registers = matches!(outcome, VmStop::Fault(_)).then(|| vcpu.dump_registers());
@@ -162,7 +182,7 @@ pub fn run(vcpu: &mut Vcpu, access: &DeviceAccess, stop: &AtomicBool, timed: boo
 extern "C" fn ignore_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 /// The signal that knocks a vCPU thread out of `KVM_RUN`.
-fn kick_signal() -> libc::c_int {
+pub fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
@@ -175,9 +195,4 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
         result = register_signal_handler(kick_signal(), ignore_signal);
     });
     result
-}
-
-/// Knocks the vCPU thread out of `KVM_RUN`, so that it sees its stop flag.
-pub fn kick<T>(thread: &JoinHandle<T>) {
-    let _ = thread.kill(kick_signal());
 }
