@@ -115,7 +115,32 @@ pub fn restore<D: Persist>(device: &mut D, saved: &SavedState) -> Result<(), Sta
     device.restore(&open::<D>(saved)?)
 }
 
-/// Checks that `bytes` holds at most `max` entries.
+/// A [`Persist`] device through its envelope, for devices held as trait objects (an
+/// inventory's, a PCI slot's): every [`Persist`] device is one.
+pub trait DynPersist {
+    /// [`Persist::KIND`].
+    fn persist_kind(&self) -> &'static str;
+    /// [`save`].
+    fn save_saved(&self) -> Result<SavedState, StateError>;
+    /// [`restore`].
+    fn restore_saved(&mut self, saved: &SavedState) -> Result<(), StateError>;
+}
+
+impl<D: Persist> DynPersist for D {
+    fn persist_kind(&self) -> &'static str {
+        D::KIND
+    }
+
+    fn save_saved(&self) -> Result<SavedState, StateError> {
+        save(self)
+    }
+
+    fn restore_saved(&mut self, saved: &SavedState) -> Result<(), StateError> {
+        restore(self, saved)
+    }
+}
+
+/// Checks that a `field` of `len` entries has at most `max`.
 pub(crate) fn check_len(
     kind: &'static str,
     field: &str,
@@ -261,7 +286,10 @@ mod tests {
             serde_json::json!({ "version": 3, "kind": "counter", "state": 7 })
         );
         let mut fresh = Counter::default();
-        restore(&mut fresh, &saved).unwrap();
+        let object: &mut dyn DynPersist = &mut fresh;
+        assert_eq!(object.persist_kind(), "counter");
+        object.restore_saved(&saved).unwrap();
+        assert_eq!(object.save_saved().unwrap(), saved);
         assert_eq!(fresh.0, 7);
     }
 

@@ -44,6 +44,9 @@ use crate::bus::{le_value, Access, BusDevice, PostedRegister, StopRequest};
 use crate::devices::acpi_pm::ResetControl;
 use crate::sync::LockExt;
 
+mod state;
+pub use state::SavedPciConfigIo;
+
 /// A function shared between the root and the bus slots of its BARs.
 pub type SharedFunction = Arc<Mutex<dyn PciFunction>>;
 
