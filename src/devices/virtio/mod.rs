@@ -12,6 +12,7 @@ pub mod features;
 pub mod mmio;
 pub mod pci;
 pub mod rng;
+pub mod state;
 
 use std::sync::atomic::Ordering;
 
