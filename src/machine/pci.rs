@@ -24,7 +24,7 @@ use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::pci::{VirtioPciTransport, BAR, BAR_SIZE};
 use crate::devices::virtio::rng::Rng;
-use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::{OnBus, VirtioDevice};
 use crate::irq::InterruptLine;
 use crate::kvm::{IoEvents, MsiRoutes};
 use crate::layout::{self, ports};
@@ -150,7 +150,7 @@ impl BarObserver for BarMover {
 }
 
 /// A transport as its bus slot, its PCI function and its services share it.
-type SharedTransport<D> = Arc<Mutex<VirtioPciTransport<D>>>;
+type SharedTransport<D> = Arc<VirtioPciTransport<D>>;
 
 /// Everything placing a virtio-pci device needs.
 struct Placement<'a> {
@@ -172,16 +172,17 @@ impl Placement<'_> {
         let vectors = Arc::new(MsiVectors::new(self.platform, queues as u16 + 1)?);
         let gsi = INTX_FIRST_GSI + u32::from(device_number) % 8;
         let (intx, resample) = self.platform.level_line(gsi)?;
-        let mut transport =
+        let transport =
             VirtioPciTransport::new(device, self.memory.clone(), vectors.clone(), intx.clone())?;
-        transport.config_space_mut().set_interrupt_line(gsi as u8);
-        let transport = Arc::new(Mutex::new(transport));
-        root.add(device_number, transport.clone() as SharedFunction)?;
+        transport.set_interrupt_line(gsi as u8);
+        let transport = Arc::new(transport);
+        let slot_device = Arc::new(Mutex::new(OnBus(transport.clone())));
+        root.add(device_number, slot_device.clone() as SharedFunction)?;
         let doorbells = self.doorbells(queues)?;
         self.mover.bars.locked().push(PlacedBar {
             device: device_number,
             name,
-            bar: transport.clone(),
+            bar: slot_device.clone(),
             base: None,
             doorbells: doorbells
                 .iter()
@@ -197,16 +198,16 @@ impl Placement<'_> {
             index: slot,
             service: DoorbellService::new(slot, transport.clone()),
             doorbells: doorbells.into_iter().map(|(e, q)| (e, Some(q))).collect(),
-            notifications: Arc::new(move || counter.locked().notifications()),
+            notifications: Arc::new(move || counter.notifications()),
             doorbells_rung: {
                 let counter = transport.clone();
-                Arc::new(move || counter.locked().doorbells())
+                Arc::new(move || counter.doorbells())
             },
             interrupts: Arc::new(move || signals.signals() + intx.pulses()),
             input: None,
             on_mmio: false,
             resample: resample
-                .map(|event| (event, transport.clone() as Arc<Mutex<dyn LevelTriggered>>)),
+                .map(|event| (event, slot_device.clone() as Arc<Mutex<dyn LevelTriggered>>)),
         };
         Ok((virtio_slot, transport))
     }
@@ -296,7 +297,8 @@ fn place_virtio(
         let device = Console::new(output);
         let (mut slot, transport) =
             placement.place(root, next, (CONSOLE_SLOT, "virtio-console"), device)?;
-        slot.input = Some(InputService::new(InputTarget::VirtioConsole, transport));
+        let input = Arc::new(Mutex::new(OnBus(transport)));
+        slot.input = Some(InputService::new(InputTarget::VirtioConsole, input));
         slots.push(slot);
     }
     Ok(slots)

@@ -20,12 +20,11 @@ use crate::bus::{Access, AddressSpace, BusDevice, IoBuses, StopRequest};
 use crate::config::Doorbell;
 use crate::devices::virtio::block::{Block, DiskBackend};
 use crate::devices::virtio::console::Console;
-use crate::devices::virtio::mmio::{MmioTransport, QueueNotify, MMIO_SIZE, QUEUE_NOTIFY};
+use crate::devices::virtio::mmio::{MmioTransport, MMIO_SIZE, QUEUE_NOTIFY};
 use crate::devices::virtio::rng::Rng;
-use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::{OnBus, QueueNotify, VirtioDevice};
 use crate::layout::{self, ports::VIRTIO_PIO_DOORBELL_COUNT};
 use crate::services::{DoorbellService, InputService, InputTarget, LevelTriggered};
-use crate::sync::LockExt;
 
 use super::backends::Output;
 use super::platform::Platform;
@@ -73,7 +72,7 @@ pub struct VirtioBackends {
 }
 
 /// A transport as the bus, the doorbells and the input service share it.
-type SharedTransport<D> = Arc<Mutex<MmioTransport<D>>>;
+type SharedTransport<D> = Arc<MmioTransport<D>>;
 
 impl VirtioBackends {
     /// No devices.
@@ -88,13 +87,13 @@ impl VirtioBackends {
 
 /// A PIO doorbell: a write of a queue index notifies the device (when no ioeventfd took
 /// the write first).
-struct PioDoorbell(Arc<Mutex<dyn QueueNotify>>);
+struct PioDoorbell(Arc<dyn QueueNotify>);
 
 impl BusDevice for PioDoorbell {
     fn access(&mut self, _offset: u64, access: Access<'_>) -> Option<StopRequest> {
         match access {
             Access::Read(data) => data.fill(0),
-            Access::Write(_) => self.0.locked().notify(Some(access.write_value() as u32)),
+            Access::Write(_) => self.0.notify(Some(access.write_value() as u32)),
         }
         None
     }
@@ -118,16 +117,19 @@ impl Placement<'_> {
         let base = layout::virtio_mmio_slot(slot);
         let queues = device.queue_max_sizes().len() as u32;
         let interrupt = self.platform.irq_line(layout::virtio_mmio_gsi(slot))?;
-        let transport = Arc::new(Mutex::new(MmioTransport::new(
+        let transport = Arc::new(MmioTransport::new(
             device,
             self.memory.clone(),
             interrupt.clone(),
-        )));
-        buses
-            .mmio
-            .insert(name, base, MMIO_SIZE, transport.clone())?;
+        ));
+        buses.mmio.insert(
+            name,
+            base,
+            MMIO_SIZE,
+            Arc::new(Mutex::new(OnBus(transport.clone()))),
+        )?;
         let port = layout::virtio_pio_doorbell(slot);
-        let notify: Arc<Mutex<dyn QueueNotify>> = transport.clone();
+        let notify: Arc<dyn QueueNotify> = transport.clone();
         buses.pio.insert(
             name,
             port,
@@ -141,8 +143,8 @@ impl Placement<'_> {
             index: slot,
             service: DoorbellService::new(slot, notify),
             doorbells,
-            notifications: Arc::new(move || counter.locked().notifications()),
-            doorbells_rung: Arc::new(move || rung.locked().doorbells()),
+            notifications: Arc::new(move || counter.notifications()),
+            doorbells_rung: Arc::new(move || rung.doorbells()),
             interrupts: Arc::new(move || interrupt.pulses()),
             input: None,
             on_mmio: true,
@@ -204,7 +206,8 @@ pub fn build(
         let device = Console::new(output);
         let (mut slot, transport) =
             placement.place(CONSOLE_SLOT, "virtio-console", device, buses)?;
-        slot.input = Some(InputService::new(InputTarget::VirtioConsole, transport));
+        let input = Arc::new(Mutex::new(OnBus(transport)));
+        slot.input = Some(InputService::new(InputTarget::VirtioConsole, input));
         slots.push(slot);
     }
     Ok(slots)
