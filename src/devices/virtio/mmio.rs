@@ -12,6 +12,9 @@ use super::{QueueNotify, SharedBusDevice, VirtioDevice};
 use crate::bus::{le_value, Access, BusDevice, StopRequest};
 use crate::irq::InterruptLine;
 
+mod state;
+pub use state::SavedMmioInterrupt;
+
 /// Bytes of MMIO space one device takes.
 pub const MMIO_SIZE: u64 = 0x1000;
 /// Offset of QueueNotify, the doorbell.
