@@ -140,11 +140,7 @@ fn a_disk_with_requests_done_and_one_in_flight_goes_on_identically() {
         [1, 0, 0, 0],
         "the request in flight was served"
     );
-    assert_eq!(
-        replies[6].0,
-        (DISK_SECTORS as u64).to_le_bytes(),
-        "capacity"
-    );
+    assert_eq!(replies[6].0, DISK_SECTORS.to_le_bytes(), "capacity");
     assert_eq!(queue_b.used_idx(&memory_b), 3);
     assert_eq!(fresh_line.pulses(), 1, "the restored one's own interrupt");
     assert_eq!(fresh.notifications(), original.notifications());
