@@ -78,36 +78,50 @@ pub struct SavedState {
 
 /// `device`'s state in its envelope.
 pub fn save<D: Persist>(device: &D) -> Result<SavedState, StateError> {
-    let state = serde_json::to_value(device.save()).map_err(|source| StateError::Format {
-        kind: D::KIND,
-        source,
-    })?;
-    Ok(SavedState {
-        version: D::VERSION,
-        kind: D::KIND.to_owned(),
-        state,
-    })
+    envelope(D::KIND, D::VERSION, &device.save())
 }
 
 /// The state in `saved`, once its kind and version are `D`'s.
 pub fn open<D: Persist>(saved: &SavedState) -> Result<D::State, StateError> {
-    if saved.kind != D::KIND {
+    open_as(D::KIND, D::VERSION, saved)
+}
+
+/// `state` in an envelope of `kind` and `version`: for a device whose restore is not a
+/// [`Persist`] one (a PCI function's gives back BAR moves).
+pub fn envelope<S: Serialize>(
+    kind: &'static str,
+    version: u32,
+    state: &S,
+) -> Result<SavedState, StateError> {
+    let state =
+        serde_json::to_value(state).map_err(|source| StateError::Format { kind, source })?;
+    Ok(SavedState {
+        version,
+        kind: kind.to_owned(),
+        state,
+    })
+}
+
+/// The state in `saved`, once its kind and version are `kind` and `version`.
+pub fn open_as<S: DeserializeOwned>(
+    kind: &'static str,
+    version: u32,
+    saved: &SavedState,
+) -> Result<S, StateError> {
+    if saved.kind != kind {
         return Err(StateError::Kind {
-            expected: D::KIND,
+            expected: kind,
             found: saved.kind.clone(),
         });
     }
-    if saved.version != D::VERSION {
+    if saved.version != version {
         return Err(StateError::Version {
-            kind: D::KIND,
+            kind,
             found: saved.version,
-            expected: D::VERSION,
+            expected: version,
         });
     }
-    D::State::deserialize(&saved.state).map_err(|source| StateError::Format {
-        kind: D::KIND,
-        source,
-    })
+    S::deserialize(&saved.state).map_err(|source| StateError::Format { kind, source })
 }
 
 /// Restores `device` from `saved` (kind, version, then every field checked).

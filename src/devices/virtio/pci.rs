@@ -31,6 +31,8 @@
 //! still set.
 
 pub mod common;
+mod state;
+pub use state::SavedPciFunction;
 
 use std::sync::Arc;
 

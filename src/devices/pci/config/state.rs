@@ -40,12 +40,12 @@ impl ConfigSpace {
         &mut self,
         state: &SavedConfigSpace,
     ) -> Result<Vec<BarChange>, StateError> {
-        self.check_header(&state.header)?;
-        let placed = self.check_placements(&state.placed)?;
+        self.check_state(state)?;
+        let placed = &state.placed;
         self.bytes[..HEADER_SIZE].copy_from_slice(&state.header);
         let mut moves = Vec::new();
         for (index, (bar, new)) in self.bars.iter_mut().zip(placed).enumerate() {
-            let (Some(bar), Some(new)) = (bar.as_mut(), new) else {
+            let (Some(bar), Some(new)) = (bar.as_mut(), *new) else {
                 continue;
             };
             let old = std::mem::replace(&mut bar.placed, new);
@@ -61,6 +61,13 @@ impl ConfigSpace {
             }
         }
         Ok(moves)
+    }
+
+    /// Whether [`ConfigSpace::restore_state`] would take `state`: a function restoring
+    /// several parts checks them all before it changes any.
+    pub fn check_state(&self, state: &SavedConfigSpace) -> Result<(), StateError> {
+        self.check_header(&state.header)?;
+        self.check_placements(&state.placed)
     }
 
     /// A saved header must be this function's: every read-only bit as built, but the
@@ -91,7 +98,7 @@ impl ConfigSpace {
 
     /// Placements for exactly this space's BARs, each aligned to its size and within
     /// its kind's reach.
-    fn check_placements(&self, placed: &[Option<u64>]) -> Result<Vec<Option<u64>>, StateError> {
+    fn check_placements(&self, placed: &[Option<u64>]) -> Result<(), StateError> {
         if placed.len() != usize::from(BAR_COUNT) {
             let reason = format!("{} BAR placements, not {BAR_COUNT}", placed.len());
             return Err(StateError::invalid(KIND, reason));
@@ -115,7 +122,7 @@ impl ConfigSpace {
                 ));
             }
         }
-        Ok(placed.to_vec())
+        Ok(())
     }
 }
 

@@ -15,6 +15,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{QueueNotify, VIRTIO_F_VERSION_1};
 use crate::irq::CountingLine;
 
+mod state;
 mod wiring;
 
 const QUEUE_BASE: u64 = 0x10_0000;
