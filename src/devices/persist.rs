@@ -269,6 +269,9 @@ pub(crate) mod testing {
 }
 
 #[cfg(test)]
+mod hostile;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -106,7 +106,7 @@ impl<C: Clock> Persist for Rtc<C> {
             u64::from(state.flags),
             u64::from(C_PF | C_AF | C_UF),
         )?;
-        if state.offset_seconds.abs() > MAX_OFFSET_SECONDS {
+        if state.offset_seconds.unsigned_abs() > MAX_OFFSET_SECONDS.unsigned_abs() {
             return Err(StateError::invalid(
                 KIND,
                 format!("offset of {} s is out of range", state.offset_seconds),
