@@ -115,6 +115,27 @@ mod tests {
     }
 
     #[test]
+    fn the_roots_host_bridge_is_the_one_configuration_accesses_reach() {
+        let (mut original, root) = ports();
+        run(
+            &mut original,
+            &[select(0x04), Step::Write(4, vec![0x02, 0x00])],
+        );
+        let saved = root.host_bridge().lock().unwrap().save();
+        let (mut fresh_ports, fresh_root) = ports();
+        fresh_root
+            .host_bridge()
+            .lock()
+            .unwrap()
+            .restore(&saved)
+            .unwrap();
+        let steps = [select(0x04), Step::Read(4, 2)];
+        let replies = run(&mut fresh_ports, &steps);
+        assert_eq!(replies, run(&mut original, &steps));
+        assert_eq!(replies[1].0, [0x02, 0x00]);
+    }
+
+    #[test]
     fn the_host_bridges_registers_survive() {
         let mut bridge = HostBridge::default();
         bridge.config.write(0x04, &[0x06, 0x00]);
