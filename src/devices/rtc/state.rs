@@ -135,7 +135,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::bus::BusDevice;
+    use crate::bus::{Access, BusDevice};
     use crate::devices::persist::testing::{
         restores_identically, run, through_json, HandClock, Step,
     };
@@ -162,16 +162,16 @@ mod tests {
         let (mut rtc, line) = counted(&clock);
         // 2 Hz periodic interrupt, a guest-set time, an NVRAM byte.
         for (index, value) in [(reg::A, 0x2f), (reg::B, B_24_HOUR | B_PIE), (0x40, 0x5a)] {
-            rtc.access(0, crate::bus::Access::Write(&[index]));
-            rtc.access(1, crate::bus::Access::Write(&[value]));
+            rtc.access(0, Access::Write(&[index]));
+            rtc.access(1, Access::Write(&[value]));
         }
-        rtc.access(0, crate::bus::Access::Write(&[reg::HOURS]));
-        rtc.access(1, crate::bus::Access::Write(&[0x07]));
+        rtc.access(0, Access::Write(&[reg::HOURS]));
+        rtc.access(1, Access::Write(&[0x07]));
         clock.advance(Duration::from_millis(600));
         rtc.tick();
         assert_eq!(line.pulses(), 1, "the periodic interrupt is pending");
         // Latch register C's index, as a guest's handler does before reading it.
-        rtc.access(0, crate::bus::Access::Write(&[reg::C]));
+        rtc.access(0, Access::Write(&[reg::C]));
 
         let rearmed = Arc::new(AtomicU32::new(0));
         let (mut fresh, fresh_line) = counted(&clock);
@@ -223,8 +223,8 @@ mod tests {
         let clock = HandClock::at(EVENING);
         let mut rtc = Rtc::new(clock.clone());
         for (index, value) in [(reg::B, B_24_HOUR | B_SET), (reg::MINUTES, 0x99)] {
-            rtc.access(0, crate::bus::Access::Write(&[index]));
-            rtc.access(1, crate::bus::Access::Write(&[value]));
+            rtc.access(0, Access::Write(&[index]));
+            rtc.access(1, Access::Write(&[value]));
         }
         let mut fresh = Rtc::new(clock.clone());
         clock.advance(Duration::from_secs(3));
@@ -286,7 +286,7 @@ mod tests {
                 ..good.clone()
             },
         ];
-        rtc.access(0, crate::bus::Access::Write(&[0x41]));
+        rtc.access(0, Access::Write(&[0x41]));
         for bad in bad_states {
             assert!(
                 matches!(rtc.restore(&bad), Err(StateError::Invalid { .. })),
