@@ -116,10 +116,7 @@ fn block_data_read_back_equals_data_written() {
     ] {
         let path = scratch_disk(&format!("{pattern_name}-{doorbell:?}.img"), 4 << 20);
         let mut config = guest_config("blk", &format!("requests=64 pattern={pattern_name}"));
-        config.devices.disk = Some(DiskConfig {
-            path: path.clone(),
-            readonly: false,
-        });
+        config.devices.disks = vec![DiskConfig::new(&path)];
         config.cures.doorbell = doorbell;
         let report = run(&config);
         let text = serial_text(&report);
@@ -243,10 +240,10 @@ fn a_readonly_disk_refuses_writes_and_keeps_its_data() {
     }
     let path = scratch_disk("readonly.img", 1 << 20);
     let mut config = guest_config("blk", "requests=4");
-    config.devices.disk = Some(DiskConfig {
-        path: path.clone(),
+    config.devices.disks = vec![DiskConfig {
         readonly: true,
-    });
+        ..DiskConfig::new(&path)
+    }];
     let report = run(&config);
     let fields = guest_fields(&report.serial, "blk:");
     assert!(fields["errors"] > 0, "writes and their read-back fail");
