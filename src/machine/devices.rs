@@ -276,3 +276,137 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
         inventory,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::VirtioTransport;
+    use crate::devices::rtc::Clock;
+    use crate::machine::backends::CountingSink;
+    use crate::machine::inventory::{plan_virtio, VirtioRequest};
+    use crate::machine::platform::Unplugged;
+
+    struct Epoch;
+
+    impl Clock for Epoch {
+        fn now(&self) -> std::time::Duration {
+            std::time::Duration::ZERO
+        }
+    }
+
+    /// A machine with two disks (PCI, then virtio-mmio), entropy on PCI, a console on
+    /// virtio-mmio.
+    fn mixed() -> Devices<Epoch> {
+        let memory = MemoryLayout::new(16 << 20).unwrap();
+        let request = VirtioRequest {
+            disks: vec![
+                (None, None),
+                (Some("data".into()), Some(VirtioTransport::Mmio)),
+            ],
+            rng: Some(VirtioTransport::Pci),
+            console: Some(VirtioTransport::Mmio),
+            default: VirtioTransport::Pci,
+        };
+        let spec = DeviceSpec {
+            memory,
+            cpus: 1,
+            doorbell: Doorbell::Exit,
+            virtio: plan_virtio(&request).unwrap(),
+        };
+        let backends = Backends::for_replay(&[4096, 8192], true, true, &CountingSink::default());
+        let guest = crate::machine::guest_memory(&memory).unwrap();
+        let clocks = Clocks {
+            rtc: Epoch,
+            pm_timer: Epoch,
+        };
+        build(&spec, &Unplugged, backends, clocks, &guest).unwrap()
+    }
+
+    #[test]
+    fn the_inventory_names_every_device_with_its_placement() {
+        let devices = mixed();
+        let ids: Vec<&str> = devices
+            .inventory
+            .entries()
+            .iter()
+            .map(|entry| entry.id.as_str())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "rtc",
+                "com1",
+                "isa-debug-exit",
+                "i8042",
+                "post-code",
+                "fw_cfg",
+                "data-port",
+                "acpi-pm",
+                "pci-host",
+                "blk0",
+                "data",
+                "rng0",
+                "console0"
+            ]
+        );
+        let entry = |id| devices.inventory.get(id).unwrap();
+        assert_eq!(entry("com1").interrupt, Interrupt::Line { gsi: gsi::COM1 });
+        assert_eq!(
+            entry("blk0").placements,
+            [BusPlacement::Pci {
+                device: 1,
+                bar_size: 0x8000
+            }]
+        );
+        assert_eq!(
+            entry("blk0").interrupt,
+            Interrupt::Pci {
+                intx_gsi: 17,
+                msix_vectors: 2
+            }
+        );
+        assert_eq!(
+            entry("rng0").placements[0],
+            BusPlacement::Pci {
+                device: 2,
+                bar_size: 0x8000
+            }
+        );
+        // The second disk takes the first free window: 0 (the console keeps 2).
+        assert_eq!(
+            entry("data").placements[0],
+            BusPlacement::Mmio {
+                base: layout::virtio_mmio_slot(0),
+                size: 0x1000
+            }
+        );
+        assert_eq!(entry("data").interrupt, Interrupt::Line { gsi: 5 });
+        assert_eq!(entry("console0").interrupt, Interrupt::Line { gsi: 7 });
+        assert_eq!(entry("data").kind, DeviceKind::VirtioBlock);
+        assert_eq!(entry("data").backend, "memory");
+        assert_eq!(entry("data").counter("doorbells"), 0);
+        let windows: Vec<_> = devices.virtio.iter().map(|w| w.mmio_window).collect();
+        assert_eq!(windows, [None, Some(0), None, Some(2)]);
+    }
+
+    #[test]
+    fn counters_come_from_the_devices() {
+        let devices = mixed();
+        let data = devices
+            .services
+            .doorbell(3)
+            .expect("the second disk is slot 3");
+        data.ring(
+            &crate::access::DeviceAccess::plain(Arc::new(IoBuses::default())),
+            None,
+        );
+        let entry = devices.inventory.get("data").unwrap();
+        assert_eq!(entry.counter("doorbells"), 1);
+        assert_eq!(entry.counter("notifications"), 0, "no driver: no work");
+        assert_eq!(devices.inventory.total("doorbells"), 1);
+        assert_eq!(
+            entry.counters(),
+            [("doorbells", 1), ("notifications", 0), ("interrupts", 0)]
+        );
+    }
+}
