@@ -119,82 +119,32 @@ impl Placer<'_> {
         backend: String,
     ) -> Result<(VirtioWiring, DeviceEntry, Placed<D>), MachineError> {
         let kind = spec.kind.device_kind();
-        let (placed, wiring, placements, interrupt, lines, counters): (
-            Placed<D>,
-            _,
-            _,
-            _,
-            _,
-            Arc<dyn DeviceCounters>,
-        ) = match (spec.transport, spec.mmio_window) {
+        let landed = match (spec.transport, spec.mmio_window) {
             (VirtioTransport::Mmio, Some(window)) => {
-                let (transport, doorbells, line) = self.place_mmio(window, kind.name(), device)?;
-                let notify: Arc<dyn QueueNotify> = transport.clone();
-                let placements = vec![
-                    BusPlacement::Mmio {
-                        base: layout::virtio_mmio_slot(window),
-                        size: MMIO_SIZE,
-                    },
-                    BusPlacement::Pio {
-                        port: layout::virtio_pio_doorbell(window),
-                        count: VIRTIO_PIO_DOORBELL_COUNT,
-                    },
-                ];
-                let gsi = layout::virtio_mmio_gsi(window);
-                let wiring = (notify, doorbells, None, Some(window));
-                let counters = transport.clone();
-                let placed = Placed::Mmio(transport);
-                (
-                    placed,
-                    wiring,
-                    placements,
-                    Interrupt::Line { gsi },
-                    vec![line],
-                    counters,
-                )
+                self.place_mmio(window, kind.name(), device)?
             }
-            _ => {
-                let pci = self.pci.place(&self.placing, kind.name(), device)?;
-                let notify: Arc<dyn QueueNotify> = pci.transport.clone();
-                let placements = vec![BusPlacement::Pci {
-                    device: pci.device_number,
-                    bar_size: BAR_SIZE,
-                }];
-                let interrupt = Interrupt::Pci {
-                    intx_gsi: pci.intx_gsi,
-                    msix_vectors: pci.vectors,
-                };
-                let wiring = (notify, pci.doorbells, pci.resample, None);
-                let counters = pci.transport.clone();
-                (
-                    Placed::Pci(pci.transport),
-                    wiring,
-                    placements,
-                    interrupt,
-                    pci.lines,
-                    counters,
-                )
-            }
+            _ => self.place_pci(kind.name(), device)?,
         };
-        let (notify, doorbells, resample, mmio_window) = wiring;
         let wiring = VirtioWiring {
             id: spec.id.clone(),
-            service: DoorbellService::new(spec.slot, notify),
-            doorbells,
+            service: DoorbellService::new(spec.slot, landed.notify),
+            doorbells: landed.doorbells,
             input: None,
-            resample,
-            mmio_window,
+            resample: landed.resample,
+            mmio_window: spec
+                .mmio_window
+                .filter(|_| matches!(landed.placed, Placed::Mmio(_))),
         };
         let entry = DeviceEntry {
             id: spec.id.clone(),
             kind,
-            placements,
-            interrupt,
+            placements: landed.placements,
+            interrupt: landed.interrupt,
             backend,
-            lines,
-            device: counters,
+            lines: landed.lines,
+            device: landed.counters,
         };
-        Ok((wiring, entry, placed))
+        Ok((wiring, entry, landed.placed))
     }
 
     /// virtio-mmio window `window`: the registers, the PIO doorbell, the ioeventfds.
@@ -203,13 +153,11 @@ impl Placer<'_> {
         window: u8,
         name: &'static str,
         device: D,
-    ) -> Result<MmioPlaced<D>, MachineError> {
+    ) -> Result<Landed<D>, MachineError> {
         let base = layout::virtio_mmio_slot(window);
         let queues = device.queue_max_sizes().len() as u32;
-        let line = self
-            .placing
-            .platform
-            .irq_line(layout::virtio_mmio_gsi(window))?;
+        let gsi = layout::virtio_mmio_gsi(window);
+        let line = self.placing.platform.irq_line(gsi)?;
         let transport = Arc::new(MmioTransport::new(
             device,
             self.placing.memory.clone(),
@@ -223,10 +171,52 @@ impl Placer<'_> {
             name,
             port,
             VIRTIO_PIO_DOORBELL_COUNT,
-            Arc::new(Mutex::new(PioDoorbell(notify))),
+            Arc::new(Mutex::new(PioDoorbell(notify.clone()))),
         )?;
-        let doorbells = self.mmio_doorbells(base + QUEUE_NOTIFY, port, queues)?;
-        Ok((transport, doorbells, line))
+        Ok(Landed {
+            notify,
+            counters: transport.clone(),
+            placed: Placed::Mmio(transport),
+            doorbells: self.mmio_doorbells(base + QUEUE_NOTIFY, port, queues)?,
+            resample: None,
+            placements: vec![
+                BusPlacement::Mmio {
+                    base,
+                    size: MMIO_SIZE,
+                },
+                BusPlacement::Pio {
+                    port,
+                    count: VIRTIO_PIO_DOORBELL_COUNT,
+                },
+            ],
+            interrupt: Interrupt::Line { gsi },
+            lines: vec![line],
+        })
+    }
+
+    /// The next function on PCI bus 0.
+    fn place_pci<D: VirtioDevice + 'static>(
+        &mut self,
+        name: &'static str,
+        device: D,
+    ) -> Result<Landed<D>, MachineError> {
+        let pci = self.pci.place(&self.placing, name, device)?;
+        Ok(Landed {
+            notify: pci.transport.clone(),
+            counters: pci.transport.clone(),
+            placed: Placed::Pci(pci.transport),
+            doorbells: pci.doorbells,
+            resample: pci.resample,
+            placements: vec![BusPlacement::Pci {
+                device: pci.device_number,
+                bar_size: BAR_SIZE,
+            }],
+            interrupt: Interrupt::Pci {
+                intx_gsi: pci.intx_gsi,
+                msix_vectors: pci.vectors,
+            },
+            lines: pci.lines,
+        })
     }
 
     /// The ioeventfds for a device whose QueueNotify is at `notify` and whose PIO
@@ -256,12 +246,17 @@ impl Placer<'_> {
     }
 }
 
-/// A virtio-mmio device: its transport, doorbells and line.
-type MmioPlaced<D> = (
-    Arc<MmioTransport<D>>,
-    Vec<(EventFd, Option<u32>)>,
-    Arc<dyn InterruptLine>,
-);
+/// A device on its transport, before it becomes wiring and an inventory entry.
+struct Landed<D: VirtioDevice> {
+    placed: Placed<D>,
+    notify: Arc<dyn QueueNotify>,
+    counters: Arc<dyn DeviceCounters>,
+    doorbells: Vec<(EventFd, Option<u32>)>,
+    resample: Option<(EventFd, Arc<Mutex<dyn LevelTriggered>>)>,
+    placements: Vec<BusPlacement>,
+    interrupt: Interrupt,
+    lines: Vec<Arc<dyn InterruptLine>>,
+}
 
 /// Host input for a placed console.
 fn console_input(placed: Placed<Console<Output>>) -> InputService {
