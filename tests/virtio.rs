@@ -152,11 +152,26 @@ fn two_disks_on_two_transports_are_two_devices_by_id() {
             ..DiskConfig::new(&second)
         },
     ];
+    let trace = scratch_disk("two.trace", 0);
+    config.run.record = Some(trace.clone());
     let report = run(&config);
     let text = serial_text(&report);
     assert_eq!(report.stop, VmStop::Guest(StopRequest::Exit(0)), "{text}");
     assert_eq!(guest_fields(&report.serial, "blk:")["errors"], 0, "{text}");
     assert_blocks_on_disk(&first, 16);
+    // The trace's header lists both disks with their ids and transports: the replay
+    // rebuilds the same machine, and every read gives what was recorded.
+    let bytes = std::fs::read(&trace).unwrap();
+    let (description, _) = hushvm::replay::decode(&bytes).unwrap();
+    let listed: Vec<(&str, bool)> = description
+        .virtio
+        .iter()
+        .map(|device| (device.id.as_str(), device.pci))
+        .collect();
+    assert_eq!(listed, [("root", false), ("blk1", true)]);
+    let replayed = hushvm::replay::replay(&bytes).unwrap();
+    assert!(replayed.exits > 20, "{replayed:?}");
+    assert_eq!(replayed.divergences, 0, "{replayed:?}");
     let root = report.device("root").expect("the first disk, by its id");
     assert_eq!(root.counter("notifications"), 2 * 16 + 2);
     let blk1 = report
