@@ -15,7 +15,7 @@ pub struct SavedFwCfg {
 }
 
 impl Persist for FwCfg {
-    const KIND: &'static str = "fw-cfg";
+    const KIND: &'static str = "fw_cfg";
     const VERSION: u32 = 1;
     type State = SavedFwCfg;
 
