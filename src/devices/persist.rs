@@ -1,6 +1,6 @@
 //! Device state that can be saved and restored, for snapshots.
 //!
-//! Each device with guest-visible state implements [`Persist`]: `save` copies its state
+//! Every device implements [`Persist`]: `save` copies its state
 //! into a plain serde struct (no fds, clocks or interrupt lines: those are the machine's
 //! wiring, rebuilt when the machine is), and `restore` puts a saved state into a freshly
 //! built device of the same kind and configuration. A saved state comes from a file, and
@@ -12,6 +12,10 @@
 //! `{ "version": 1, "kind": "rtc", "state": { ... } }`. The version is per kind and goes
 //! up whenever a kind's state struct changes shape or meaning; a state of another
 //! version is refused with both versions named, never read as if it were this one.
+//!
+//! A PCI function's restore has an effect for the machine (its BAR moves), so it is no
+//! [`Persist`] one: its `save_state`/`restore_state` return them, and [`envelope`] and
+//! [`open_as`] give it the same envelope.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -31,7 +35,7 @@ pub enum StateError {
         expected: &'static str,
         found: String,
     },
-    #[error("saved {kind} state does not have the expected fields")]
+    #[error("saved {kind} state is not the JSON this hushvm reads or writes")]
     Format {
         kind: &'static str,
         #[source]
