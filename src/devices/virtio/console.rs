@@ -13,6 +13,9 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 use super::{serve_chains, QueueError, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::sync::LockExt;
 
+mod state;
+pub use state::SavedConsole;
+
 /// Input waiting for receive buffers is capped; beyond it, input is refused.
 const MAX_PENDING_INPUT: usize = 64 * 1024;
 

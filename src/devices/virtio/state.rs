@@ -4,16 +4,65 @@
 //! device (a snapshot of a 1 GiB disk must not come back over a 2 GiB one, nor a
 //! read-only one over a writable one).
 //!
-//! A device with state of its own beyond its queues would save it here too; none has
-//! yet: block and entropy keep nothing between requests, and the console's pending host
-//! input is host-side data, not the guest's (it is dropped, as input typed while a VM
-//! is paused would be).
+//! A device's own state beyond its queues is its [`DeviceState`]: block and entropy keep
+//! nothing between requests; the console keeps the host input not yet delivered.
 
+use std::io::Read;
+
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState};
 
+use super::block::{Block, DiskBackend};
+use super::rng::Rng;
 use super::VirtioDevice;
 use crate::devices::persist::StateError;
+
+/// A virtio device's own state, beyond its queues and configuration (the transport
+/// saves those). Devices take `&self` and lock their own parts, so restoring does too.
+pub trait DeviceState {
+    type Saved: Serialize + DeserializeOwned;
+    /// Its state now.
+    fn save_device(&self) -> Self::Saved;
+    /// Whether [`DeviceState::restore_device`] may take `saved`.
+    fn check_device(&self, kind: &'static str, saved: &Self::Saved) -> Result<(), StateError>;
+    /// Takes `saved`, which [`DeviceState::check_device`] accepted.
+    fn restore_device(&self, saved: &Self::Saved);
+}
+
+/// The state of a device that keeps none of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoDeviceState {}
+
+/// Block keeps nothing between requests (its disk's contents are the snapshot's).
+impl<B: DiskBackend> DeviceState for Block<B> {
+    type Saved = NoDeviceState;
+
+    fn save_device(&self) -> NoDeviceState {
+        NoDeviceState {}
+    }
+
+    fn check_device(&self, _: &'static str, _: &NoDeviceState) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    fn restore_device(&self, _: &NoDeviceState) {}
+}
+
+/// Entropy keeps nothing between requests.
+impl<R: Read + Send> DeviceState for Rng<R> {
+    type Saved = NoDeviceState;
+
+    fn save_device(&self) -> NoDeviceState {
+        NoDeviceState {}
+    }
+
+    fn check_device(&self, _: &'static str, _: &NoDeviceState) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    fn restore_device(&self, _: &NoDeviceState) {}
+}
 
 /// Bytes of configuration space compared: more than any device here has (blk's is 60).
 const CONFIG_BYTES: u64 = 256;

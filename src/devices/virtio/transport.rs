@@ -37,7 +37,7 @@ use super::{avail_moved, serve_queue, VirtioDevice};
 use crate::sync::LockExt;
 
 mod state;
-pub use state::{PersistDelivery, SavedCommon, SavedTransport};
+pub use state::{PersistDelivery, SavedCommon, SavedCore, SavedTransport};
 
 /// Status bits (virtio 1.2 section 2.1); every one is in the low byte.
 pub const STATUS_ACKNOWLEDGE: u8 = VIRTIO_CONFIG_S_ACKNOWLEDGE as u8;

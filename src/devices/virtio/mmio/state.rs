@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{MmioInterrupt, MmioTransport};
 use crate::devices::persist::{Persist, StateError};
-use crate::devices::virtio::transport::{PersistDelivery, SavedTransport};
+use crate::devices::virtio::state::DeviceState;
+use crate::devices::virtio::transport::{PersistDelivery, SavedCore};
 use crate::devices::virtio::VirtioDevice;
 
 /// What virtio-mmio keeps beside the common registers: nothing (its configuration
@@ -34,10 +35,10 @@ impl PersistDelivery for MmioInterrupt {
     }
 }
 
-impl<D: VirtioDevice> Persist for MmioTransport<D> {
+impl<D: VirtioDevice + DeviceState> Persist for MmioTransport<D> {
     const KIND: &'static str = "virtio-mmio";
     const VERSION: u32 = 1;
-    type State = SavedTransport<SavedMmioInterrupt>;
+    type State = SavedCore<D, MmioInterrupt>;
 
     fn save(&self) -> Self::State {
         self.core.save_state()

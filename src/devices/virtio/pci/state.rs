@@ -13,7 +13,8 @@ use super::{PciState, VirtioPciTransport};
 use crate::devices::pci::config::{BarChange, SavedConfigSpace};
 use crate::devices::pci::msix::SavedMsix;
 use crate::devices::persist::{envelope, open_as, SavedState, StateError};
-use crate::devices::virtio::transport::{PersistDelivery, SavedTransport};
+use crate::devices::virtio::state::DeviceState;
+use crate::devices::virtio::transport::{PersistDelivery, SavedCore};
 use crate::devices::virtio::VirtioDevice;
 
 /// The envelope's kind and version for a virtio-pci function.
@@ -76,9 +77,9 @@ impl PersistDelivery for PciState {
     }
 }
 
-impl<D: VirtioDevice> VirtioPciTransport<D> {
+impl<D: VirtioDevice + DeviceState> VirtioPciTransport<D> {
     /// The function's state now.
-    pub fn save_state(&self) -> SavedTransport<SavedPciFunction> {
+    pub fn save_state(&self) -> SavedCore<D, PciState> {
         self.core.save_state()
     }
 
@@ -86,7 +87,7 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
     /// moves for the machine to make.
     pub fn restore_state(
         &self,
-        state: &SavedTransport<SavedPciFunction>,
+        state: &SavedCore<D, PciState>,
     ) -> Result<Vec<BarChange>, StateError> {
         self.core.restore_state(KIND, state)
     }

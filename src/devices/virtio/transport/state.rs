@@ -1,6 +1,7 @@
 //! The transport core's saved state: the common registers (status, features, queue
 //! select, interrupt status), each queue with the device's ring indices, the device's
-//! identity, the counters, and the transport's own part ([`PersistDelivery`]).
+//! identity and own state ([`DeviceState`]), the counters, and the transport's own part
+//! ([`PersistDelivery`]).
 //!
 //! The ring indices live in the served queues while the driver is running (the queue
 //! lock's copies), and in the configuration otherwise: saving takes the queue lock,
@@ -20,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use super::{Delivery, VirtioCore};
 use crate::devices::persist::StateError;
 use crate::devices::virtio::features::{Negotiation, SavedFeatures};
-use crate::devices::virtio::state::{restore_queues, save_queues, SavedDevice, SavedQueue};
+use crate::devices::virtio::state::{
+    restore_queues, save_queues, DeviceState, SavedDevice, SavedQueue,
+};
 use crate::devices::virtio::VirtioDevice;
 use crate::sync::LockExt;
 
@@ -52,21 +55,28 @@ pub struct SavedCommon {
     pub interrupt_status: u8,
 }
 
-/// What a transport saves: the device's identity, the common registers, the
-/// transport's own part `S`, and the counters.
+/// What a transport saves: the device's identity and own state `DS`, the common
+/// registers, the transport's own part `S`, and the counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedTransport<S> {
+pub struct SavedTransport<S, DS> {
     pub device: SavedDevice,
+    pub device_state: DS,
     pub common: SavedCommon,
     pub transport: S,
     pub doorbells: u64,
     pub notifications: u64,
 }
 
-impl<D: VirtioDevice, T: PersistDelivery> VirtioCore<D, T> {
-    /// The transport's state now (queue lock, then register lock).
-    pub fn save_state(&self) -> SavedTransport<T::Saved> {
+/// The saved state of a core over `D` with delivery `T`.
+pub type SavedCore<D, T> = SavedTransport<<T as PersistDelivery>::Saved, <D as DeviceState>::Saved>;
+
+impl<D: VirtioDevice + DeviceState, T: PersistDelivery> VirtioCore<D, T> {
+    /// The transport's state now (queue lock, then register lock; the device's own
+    /// locks under the queue lock alone, as when a queue is served).
+    pub fn save_state(&self) -> SavedCore<D, T> {
         let work = self.work.locked();
+        // Under the queue lock only, as when a queue is served.
+        let device_state = self.device.save_device();
         let registers = self.registers.locked();
         let common = &registers.common;
         let served = work.layout == Some(common.layout);
@@ -76,6 +86,7 @@ impl<D: VirtioDevice, T: PersistDelivery> VirtioCore<D, T> {
         };
         SavedTransport {
             device: SavedDevice::of(&self.device),
+            device_state,
             common: SavedCommon {
                 status: common.status,
                 features: common.features.save_state(),
@@ -94,9 +105,10 @@ impl<D: VirtioDevice, T: PersistDelivery> VirtioCore<D, T> {
     pub fn restore_state(
         &self,
         kind: &'static str,
-        saved: &SavedTransport<T::Saved>,
+        saved: &SavedCore<D, T>,
     ) -> Result<T::Restored, StateError> {
         saved.device.check(kind, &self.device)?;
+        self.device.check_device(kind, &saved.device_state)?;
         let max_sizes = self.device.queue_max_sizes();
         let queues = restore_queues(kind, &saved.common.queues, max_sizes)?;
         let mut work = self.work.locked();
@@ -112,6 +124,9 @@ impl<D: VirtioDevice, T: PersistDelivery> VirtioCore<D, T> {
         common.queues = queues;
         common.interrupt_status = saved.common.interrupt_status;
         common.layout = common.layout.wrapping_add(1);
+        drop(registers);
+        // Under the queue lock only, as when a queue is served.
+        self.device.restore_device(&saved.device_state);
         work.queues.clear();
         work.layout = None;
         work.polled_avail.clear();

@@ -198,3 +198,36 @@ fn a_restore_over_another_disk_or_an_impossible_queue_is_refused() {
         "a queue the device does not have"
     );
 }
+
+#[test]
+fn console_input_waiting_for_receive_buffers_survives() {
+    use crate::devices::virtio::console::Console;
+    type Terminal = MmioTransport<Console<Vec<u8>>>;
+    let over = |memory: &GuestMemoryMmap| -> Terminal {
+        let line = Arc::new(CountingLine::default());
+        MmioTransport::new(Console::new(Vec::new()), memory.clone(), line)
+    };
+    let memory_a = memory();
+    let mut original = over(&memory_a);
+    let mut queue_a = DriverQueue::new(QUEUE_BASE, 8);
+    run(&mut original, &bring_up(&queue_a));
+    // Typed before the driver posted any receive buffer.
+    assert_eq!(original.device().receive(b"typed ahead"), 11);
+
+    let memory_b = copy_of(&memory_a);
+    let mut fresh = over(&memory_b);
+    let mut queue_b = DriverQueue::new(QUEUE_BASE, 8);
+    restores_identically(&mut original, &mut fresh, &[]);
+    for (queue, memory, device) in [
+        (&mut queue_a, &memory_a, &mut original),
+        (&mut queue_b, &memory_b, &mut fresh),
+    ] {
+        queue.add_chain(memory, &[(DATA, 64, true)]);
+        run(device, &[write32(QUEUE_NOTIFY, 0)]);
+    }
+    assert_eq!(queue_b.used(&memory_b, 0), (0, 11));
+    assert_eq!(queue_b.used(&memory_b, 0), queue_a.used(&memory_a, 0));
+    let mut typed = [0u8; 11];
+    memory_b.read_slice(&mut typed, GuestAddress(DATA)).unwrap();
+    assert_eq!(&typed, b"typed ahead");
+}
