@@ -244,6 +244,30 @@ fn the_console_carries_output_and_its_completion_interrupt_reaches_the_guest() {
 }
 
 #[test]
+fn each_device_may_sit_on_its_own_transport() {
+    if !kvm_available() {
+        return;
+    }
+    // The probe drives the console in its virtio-mmio window; the entropy device is a
+    // PCI function beside it.
+    let mut config = guest_config("probe", "action=vconsole");
+    config.devices.transport = hushvm::config::VirtioTransport::Pci;
+    config.devices.virtio_console = Some(hushvm::config::SerialMode::Capture);
+    config.devices.console_transport = Some(hushvm::config::VirtioTransport::Mmio);
+    config.devices.rng = true;
+    let report = run(&config);
+    let text = serial_text(&report);
+    assert_eq!(
+        report.stop,
+        VmStop::Guest(StopRequest::Exit(0x18)),
+        "{text}"
+    );
+    assert_eq!(report.virtio_console, b"hello from virtio-console\n");
+    assert_eq!(report.interrupts_on("console0"), 1);
+    assert_eq!(report.device("rng0").unwrap().counter("doorbells"), 0);
+}
+
+#[test]
 fn host_input_reaches_the_guest_through_virtio_console() {
     if !kvm_available() {
         return;

@@ -144,8 +144,13 @@ pub fn virtio_plan(config: &DeviceConfig) -> Result<Vec<VirtioSpec>, MachineErro
             .iter()
             .map(|disk| (disk.id.clone(), disk.transport))
             .collect(),
-        rng: config.rng.then_some(default),
-        console: config.virtio_console.is_some().then_some(default),
+        rng: config
+            .rng
+            .then_some(config.rng_transport.unwrap_or(default)),
+        console: config
+            .virtio_console
+            .is_some()
+            .then_some(config.console_transport.unwrap_or(default)),
         default,
     };
     Ok(plan_virtio(&request)?)
