@@ -9,7 +9,7 @@
 //! | 0             | host bridge     | -        |
 //! | 1, 2, 3       | virtio devices in the order block, entropy, console (those present) | 16 + n |
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -106,7 +106,10 @@ struct PlacedBar {
 /// ioeventfd is re-registered at its new address. A move onto another device's range is
 /// refused: the device stays where it was, with a rate-limited warning.
 struct BarMover {
-    mmio: Arc<SwappableMmio>,
+    /// Weak: the bus holds this mover (through PCI's root in the ECAM and 0xcf8 slots), so
+    /// a strong reference would be a cycle that keeps the bus, its devices, their disk
+    /// image's lock and the VM alive after the machine is dropped.
+    mmio: Weak<SwappableMmio>,
     ioevents: Option<IoEvents>,
     bars: Mutex<Vec<PlacedBar>>,
     warnings: Mutex<RateLimiter>,
@@ -114,9 +117,13 @@ struct BarMover {
 
 impl BarMover {
     fn place(&self, bar: &mut PlacedBar, new: u64) -> Result<(), MachineError> {
+        // Gone only while the machine is dropped, when nothing dispatches any more.
+        let Some(mmio) = self.mmio.upgrade() else {
+            return Ok(());
+        };
         match bar.base {
-            None => self.mmio.insert(bar.name, new, BAR_SIZE, bar.bar.clone())?,
-            Some(old) => self.mmio.relocate(old, new)?,
+            None => mmio.insert(bar.name, new, BAR_SIZE, bar.bar.clone())?,
+            Some(old) => mmio.relocate(old, new)?,
         }
         if let Some(ioevents) = &self.ioevents {
             for (event, offset) in &bar.doorbells {
@@ -237,7 +244,7 @@ pub fn build(
     reset: ResetControl,
 ) -> Result<Vec<VirtioSlot>, MachineError> {
     let mover = Arc::new(BarMover {
-        mmio: buses.mmio.clone(),
+        mmio: Arc::downgrade(&buses.mmio),
         ioevents: platform.ioevents(),
         bars: Mutex::default(),
         warnings: Mutex::default(),
