@@ -7,6 +7,7 @@
 pub mod elf32;
 pub mod entry;
 pub mod linux;
+pub mod linux_boot;
 pub mod multiboot;
 pub mod pvh;
 pub mod x86_64;
@@ -19,7 +20,8 @@ use vm_memory::GuestMemoryMmap;
 use crate::layout::MemoryLayout;
 
 pub use entry::{DescriptorTable, EntryMode, EntryState};
-pub use linux::{detect, load_bzimage, KernelFormat, LinuxBoot};
+pub use linux::{detect, load_bzimage, KernelFormat};
+pub use linux_boot::LinuxBoot;
 pub use multiboot::{kernel_cmdline, Module};
 pub use pvh::load_pvh;
 
