@@ -12,6 +12,7 @@ pub mod cpuid;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod irq;
 pub mod kvm;
