@@ -29,7 +29,7 @@ pub const KVM_DEVICE_VARIABLE: &str = "HUSHVM_KVM_DEVICE";
 #[derive(Debug, Error)]
 pub enum KvmError {
     /// `/dev/kvm` could not be opened.
-    #[error("cannot open {path}: {source} ({hint})")]
+    #[error("cannot open {path} ({hint})")]
     Open {
         path: String,
         hint: &'static str,
@@ -43,20 +43,20 @@ pub enum KvmError {
     #[error("KVM lacks a capability hushvm needs: {0}")]
     MissingCapability(&'static str),
     /// An ioctl failed.
-    #[error("{what} failed: {source}")]
+    #[error("{what} failed")]
     Ioctl {
         what: &'static str,
         #[source]
         source: kvm_ioctls::Error,
     },
     /// An eventfd could not be created.
-    #[error("cannot create an eventfd: {0}")]
+    #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
     /// The benchmark floor met an exit the rtc guest never causes.
     #[error("the benchmark floor met an exit it does not serve")]
     UnexpectedFloorExit,
     /// Reading KVM's binary statistics failed.
-    #[error("reading KVM statistics failed: {0}")]
+    #[error("reading KVM statistics failed")]
     Stats(#[source] std::io::Error),
 }
 

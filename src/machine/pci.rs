@@ -25,6 +25,7 @@ use crate::devices::virtio::console::Console;
 use crate::devices::virtio::pci::{VirtioPciTransport, BAR, BAR_SIZE};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
+use crate::errors::chain;
 use crate::irq::InterruptLine;
 use crate::kvm::{IoEvents, MsiRoutes};
 use crate::layout::{self, ports};
@@ -79,7 +80,7 @@ impl MsiSink for MsiVectors {
         if let Err(error) = routes.set(*gsi, message.map(|m| (m.address, m.data))) {
             self.warnings
                 .locked()
-                .warn(|| format!("cannot route MSI-X vector {vector}: {error}"));
+                .warn(|| format!("cannot route MSI-X vector {vector}: {}", chain(&error)));
         }
     }
 
@@ -149,9 +150,13 @@ impl BarObserver for BarMover {
         }
         if let Err(error) = self.place(bar, change.new) {
             let name = bar.name;
-            self.warnings
-                .locked()
-                .warn(|| format!("{name}: BAR moved to {:#x} refused: {error}", change.new));
+            self.warnings.locked().warn(|| {
+                format!(
+                    "{name}: BAR moved to {:#x} refused: {}",
+                    change.new,
+                    chain(&error)
+                )
+            });
         }
     }
 }
