@@ -112,3 +112,21 @@ impl Hypervisor {
         self.kvm.get_nr_vcpus()
     }
 }
+
+/// For the library's unit tests that need `/dev/kvm` (each named `kvm_*`): true if KVM
+/// opens here. Without it they fail, unless HUSHVM_SKIP_KVM_TESTS=1 asks to skip them
+/// (false), and always when HUSHVM_REQUIRE_KVM=1 (as CI sets it): the rule of the
+/// integration tests' `tests/common::kvm_available`.
+#[cfg(test)]
+pub(crate) fn kvm_available() -> bool {
+    if Hypervisor::is_available() {
+        return true;
+    }
+    let required = std::env::var("HUSHVM_REQUIRE_KVM").as_deref() == Ok("1");
+    let skip = std::env::var("HUSHVM_SKIP_KVM_TESTS").as_deref() == Ok("1");
+    if skip && !required {
+        eprintln!("SKIPPED: /dev/kvm is not available and HUSHVM_SKIP_KVM_TESTS=1");
+        return false;
+    }
+    panic!("this test needs /dev/kvm, which cannot be opened (set HUSHVM_SKIP_KVM_TESTS=1 to skip KVM tests)");
+}
