@@ -12,7 +12,7 @@ use crate::layout::{LayoutError, MemoryLayout};
 pub enum ConfigError {
     #[error("invalid size {0:?}: expected a number with an optional K, M or G suffix (default M), e.g. 64M")]
     BadSize(String),
-    #[error("--mem {value}: {source}")]
+    #[error("--mem {value}")]
     Memory {
         value: String,
         #[source]

@@ -307,7 +307,7 @@ impl MutEventSubscriber for PostedDrain {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let periods = self.timer.expirations();
         if let Err(error) = self.access.drain_tick(periods) {
-            self.warnings.warn(|| error.to_string());
+            self.warnings.warn(|| crate::errors::chain(&error));
         }
     }
 

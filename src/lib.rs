@@ -10,8 +10,10 @@ pub mod coalesced;
 pub mod config;
 pub mod cpuid;
 pub mod devices;
+pub mod errors;
 pub mod event_loop;
 pub mod exit;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod irq;
 pub mod kvm;

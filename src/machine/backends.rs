@@ -253,13 +253,13 @@ fn lock(file: &File, readonly: bool) -> io::Result<()> {
 pub enum DiskProblem {
     #[error("no such file")]
     Missing,
-    #[error("not writable ({0}; add ,readonly to use it read-only)")]
+    #[error("not writable (add ,readonly to use it read-only)")]
     NotWritable(#[source] io::Error),
-    #[error("{0}")]
-    Open(#[source] io::Error),
+    #[error(transparent)]
+    Open(io::Error),
     #[error("locked by another process (is another VM using it?)")]
     Locked,
-    #[error("cannot lock it: {0}")]
+    #[error("cannot lock it")]
     Lock(#[source] io::Error),
     #[error("not a regular file")]
     NotAFile,

@@ -280,9 +280,11 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::VirtioTransport;
-    use crate::devices::rtc::Clock;
-    use crate::machine::backends::CountingSink;
+    use crate::config::{DiskConfig, SerialMode, VirtioTransport};
+    use crate::devices::acpi_pm::MonotonicClock;
+    use crate::devices::rtc::{Clock, SystemClock};
+    use crate::machine::backends::{Captures, CountingSink};
+    use crate::machine::config::DeviceConfig;
     use crate::machine::inventory::{plan_virtio, VirtioRequest};
     use crate::machine::platform::Unplugged;
 
@@ -408,5 +410,48 @@ mod tests {
             entry.counters(),
             [("doorbells", 1), ("notifications", 0), ("interrupts", 0)]
         );
+    }
+
+    /// Dropping a machine's devices closes its disk image, whichever transport holds it:
+    /// nothing among them (PCI's BAR mover holds the MMIO bus) may keep the bus alive,
+    /// or a second VM of the same process finds the image locked (`hushvm bench blk`).
+    #[test]
+    fn dropped_devices_release_the_disk_lock() {
+        let path = std::env::temp_dir().join(format!("hushvm-drop-{}.img", std::process::id()));
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        let memory =
+            GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        for transport in [VirtioTransport::Mmio, VirtioTransport::Pci] {
+            let config = DeviceConfig {
+                serial: SerialMode::None,
+                disks: vec![DiskConfig::new(path.clone())],
+                rng: false,
+                rng_transport: None,
+                console_transport: None,
+                virtio_console: None,
+                transport,
+            };
+            let spec = DeviceSpec {
+                memory: MemoryLayout::new(64 << 20).unwrap(),
+                cpus: 1,
+                doorbell: Doorbell::Exit,
+                virtio: crate::machine::virtio_plan(&config).unwrap(),
+            };
+            let backends = Backends::open(&config, &Captures::default()).unwrap();
+            let clocks = Clocks {
+                rtc: SystemClock,
+                pm_timer: MonotonicClock::default(),
+            };
+            let devices = build(&spec, &Unplugged, backends, clocks, &memory).unwrap();
+            let mmio = Arc::downgrade(&devices.buses.mmio);
+            drop(devices);
+            assert!(
+                mmio.upgrade().is_none(),
+                "{transport:?}: the MMIO bus outlived its devices"
+            );
+            Backends::open(&config, &Captures::default())
+                .unwrap_or_else(|e| panic!("{transport:?}: the image is still locked: {e}"));
+        }
+        let _ = std::fs::remove_file(path);
     }
 }

@@ -67,65 +67,65 @@ pub use signals::{install as install_signal_handlers, signal_name, STOP_SIGNALS}
 /// Setting the machine up failed.
 #[derive(Debug, Error)]
 pub enum MachineError {
-    #[error("cannot allocate {bytes:#x} bytes of guest RAM: {source}")]
+    #[error("cannot allocate {bytes:#x} bytes of guest RAM")]
     Memory {
         bytes: u64,
         #[source]
         source: vm_memory::mmap::FromRangesError,
     },
-    #[error("--mem: {0}")]
+    #[error("--mem")]
     Layout(#[from] LayoutError),
-    #[error("cannot build the ACPI tables: {0}")]
+    #[error("cannot build the ACPI tables")]
     Acpi(#[from] acpi::AcpiError),
-    #[error("cannot write guest memory at {at:#x}: {source}")]
+    #[error("cannot write guest memory at {at:#x}")]
     GuestMemory {
         at: u64,
         #[source]
         source: vm_memory::GuestMemoryError,
     },
-    #[error("cannot load the kernel: {0}")]
+    #[error("cannot load the kernel")]
     Loader(#[from] LoaderError),
     #[error(transparent)]
     Kvm(#[from] KvmError),
-    #[error("cannot place a device: {0}")]
+    #[error("cannot place a device")]
     Bus(#[from] BusError),
-    #[error("cannot build the PCI bus: {0}")]
+    #[error("cannot build the PCI bus")]
     Pci(#[from] crate::devices::pci::PciError),
-    #[error("--cpu: {0}")]
+    #[error("--cpu")]
     Cpuid(#[from] crate::cpuid::CpuidError),
     #[error("--cpus {asked}: this KVM allows 1 to {max}")]
     TooManyCpus { asked: u8, max: usize },
-    #[error("cannot open the serial output file {}: {source}", path.display())]
+    #[error("cannot open the serial output file {}", path.display())]
     SerialFile {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("--disk {}: {problem}", path.display())]
+    #[error("--disk {}", path.display())]
     Disk {
         path: PathBuf,
         #[source]
         problem: DiskProblem,
     },
-    #[error("cannot write the trace {}: {source}", path.display())]
+    #[error("cannot write the trace {}", path.display())]
     Trace {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot open /dev/urandom for virtio-rng: {0}")]
+    #[error("cannot open /dev/urandom for virtio-rng")]
     Entropy(#[source] io::Error),
-    #[error("cannot set up the event loop: {0}")]
+    #[error("cannot set up the event loop")]
     EventLoop(#[source] io::Error),
-    #[error("the event loop failed: {0:?}")]
-    EventManager(event_manager::Error),
-    #[error("cannot install the vCPU kick signal handler: {0}")]
+    #[error("the event loop failed")]
+    EventManager(#[source] event_manager::Error),
+    #[error("cannot install the vCPU kick signal handler")]
     KickSignal(#[source] vmm_sys_util::errno::Error),
-    #[error("cannot start a vCPU thread: {0}")]
+    #[error("cannot start a vCPU thread")]
     SpawnThread(#[source] io::Error),
     #[error("a vCPU or event-loop thread panicked")]
     ThreadPanicked,
-    #[error("seccomp: {0}")]
+    #[error("seccomp")]
     Seccomp(#[from] SeccompError),
     #[error("cannot plan the devices")]
     Devices(#[from] crate::config::ConfigError),

@@ -9,7 +9,7 @@
 //! | 0             | host bridge     | -        |
 //! | 1, 2, ...     | virtio devices on PCI in the inventory's order (disks, entropy, console) | 16 + n % 8 |
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -22,6 +22,7 @@ use crate::devices::pci::msix::{MsiMessage, MsiSink};
 use crate::devices::pci::BarChange;
 use crate::devices::virtio::pci::{VirtioPciTransport, BAR, BAR_SIZE};
 use crate::devices::virtio::{OnBus, VirtioDevice};
+use crate::errors::chain;
 use crate::irq::InterruptLine;
 use crate::kvm::{IoEvents, MsiRoutes};
 use crate::layout::{self, ports};
@@ -70,7 +71,7 @@ impl MsiSink for MsiVectors {
         if let Err(error) = routes.set(*gsi, message.map(|m| (m.address, m.data))) {
             self.warnings
                 .locked()
-                .warn(|| format!("cannot route MSI-X vector {vector}: {error}"));
+                .warn(|| format!("cannot route MSI-X vector {vector}: {}", chain(&error)));
         }
     }
 
@@ -97,7 +98,10 @@ struct PlacedBar {
 /// ioeventfd is re-registered at its new address. A move onto another device's range is
 /// refused: the device stays where it was, with a rate-limited warning.
 struct BarMover {
-    mmio: Arc<SwappableMmio>,
+    /// Weak: the bus holds this mover (through PCI's root in the ECAM and 0xcf8 slots), so
+    /// a strong reference would be a cycle that keeps the bus, its devices, their disk
+    /// image's lock and the VM alive after the machine is dropped.
+    mmio: Weak<SwappableMmio>,
     ioevents: Option<IoEvents>,
     bars: Mutex<Vec<PlacedBar>>,
     warnings: Mutex<RateLimiter>,
@@ -105,9 +109,13 @@ struct BarMover {
 
 impl BarMover {
     fn place(&self, bar: &mut PlacedBar, new: u64) -> Result<(), MachineError> {
+        // Gone only while the machine is dropped, when nothing dispatches any more.
+        let Some(mmio) = self.mmio.upgrade() else {
+            return Ok(());
+        };
         match bar.base {
-            None => self.mmio.insert(bar.name, new, BAR_SIZE, bar.bar.clone())?,
-            Some(old) => self.mmio.relocate(old, new)?,
+            None => mmio.insert(bar.name, new, BAR_SIZE, bar.bar.clone())?,
+            Some(old) => mmio.relocate(old, new)?,
         }
         if let Some(ioevents) = &self.ioevents {
             for (event, offset) in &bar.doorbells {
@@ -133,9 +141,13 @@ impl BarObserver for BarMover {
         }
         if let Err(error) = self.place(bar, change.new) {
             let name = bar.name;
-            self.warnings
-                .locked()
-                .warn(|| format!("{name}: BAR moved to {:#x} refused: {error}", change.new));
+            self.warnings.locked().warn(|| {
+                format!(
+                    "{name}: BAR moved to {:#x} refused: {}",
+                    change.new,
+                    chain(&error)
+                )
+            });
         }
     }
 }
@@ -174,7 +186,7 @@ impl PciBus {
     /// An empty bus 0 whose BARs move on `buses`' MMIO table.
     pub fn new(buses: &IoBuses, platform: &dyn Platform) -> Self {
         let mover = Arc::new(BarMover {
-            mmio: buses.mmio.clone(),
+            mmio: Arc::downgrade(&buses.mmio),
             ioevents: platform.ioevents(),
             bars: Mutex::default(),
             warnings: Mutex::default(),

@@ -52,7 +52,7 @@ impl ExitContext<'_> {
         if let Some((space, addr)) = written {
             if let Err(error) = access.posted.exited_write(space, addr) {
                 self.warnings
-                    .warn(|| format!("{error}; its writes keep exiting"));
+                    .warn(|| format!("{}; its writes keep exiting", crate::errors::chain(&error)));
             }
         }
         outcome

@@ -34,7 +34,7 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_
 /// A guest-visible fault in a queue: the driver broke the protocol.
 #[derive(Debug, Error)]
 pub enum QueueError {
-    #[error("virtqueue: {0}")]
+    #[error("virtqueue")]
     Queue(#[from] virtio_queue::Error),
 }
 
