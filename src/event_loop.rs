@@ -207,8 +207,9 @@ impl QueuePoller {
 }
 
 /// A level-triggered line's resample eventfd: the guest ended the interrupt; the device
-/// raises the line again if it still asserts it. (Not traced: it changes no register a
-/// guest reads, only when an interrupt arrives.)
+/// raises the line again if it still asserts it. Not recorded itself (it changes no
+/// register a guest reads, only when an interrupt arrives), but an operation like every
+/// other service: the ring settled, the posted writes recorded, the lock order kept.
 pub struct IntxResample {
     event: EventFd,
     device: Arc<Mutex<dyn LevelTriggered>>,
@@ -229,11 +230,17 @@ impl IntxResample {
     }
 }
 
+impl IntxResample {
+    /// The guest ended the interrupt: the device re-raises its line if it must.
+    fn serve(&self) {
+        self.access.operation(|_| self.device.locked().resample());
+    }
+}
+
 impl MutEventSubscriber for IntxResample {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.event.read();
-        let _ = self.access.settle();
-        self.device.locked().resample();
+        self.serve();
     }
 
     fn init(&mut self, ops: &mut EventOps) {
@@ -316,3 +323,6 @@ impl MutEventSubscriber for PostedDrain {
         let _ = ops.add(Events::new(&*self.timer, EventSet::IN));
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -398,7 +398,10 @@ mod tests {
             len: 1,
             data,
         });
-        assert_eq!(access.settle(), Some(crate::bus::StopRequest::Reset));
+        assert_eq!(
+            access.operation(|stop| stop),
+            Some(crate::bus::StopRequest::Reset)
+        );
         let host = access
             .buses
             .dispatch(AddressSpace::Mmio, layout::PCI_ECAM_START, {
