@@ -14,19 +14,18 @@ use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::bus::{AddressSpace, IoBuses, SharedDevice, SwappableMmio};
+use crate::bus::IoBuses;
 use crate::config::Doorbell;
 use crate::devices::acpi_pm::ResetControl;
-use crate::devices::pci::host::{BarObserver, PciConfigIo, PciEcam, PciRoot, SharedFunction};
+use crate::devices::pci::host::{PciConfigIo, PciEcam, PciRoot, SharedFunction};
 use crate::devices::pci::msix::{MsiMessage, MsiSink};
-use crate::devices::pci::BarChange;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
-use crate::devices::virtio::pci::{VirtioPciTransport, BAR, BAR_SIZE};
+use crate::devices::virtio::pci::VirtioPciTransport;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
 use crate::irq::InterruptLine;
-use crate::kvm::{IoEvents, MsiRoutes};
+use crate::kvm::MsiRoutes;
 use crate::layout::{self, ports};
 use crate::ratelimit::RateLimiter;
 use crate::services::{DoorbellService, InputService, InputTarget, LevelTriggered};
@@ -35,9 +34,12 @@ use crate::sync::LockExt;
 use super::platform::Platform;
 use super::virtio::{VirtioBackends, VirtioSlot, BLOCK_SLOT, CONSOLE_SLOT, DISK_ID, RNG_SLOT};
 use super::MachineError;
+use bars::{BarMover, PlacedBar};
 
 /// The first GSI of the IOAPIC's PCI pins (16-23); device n's INTA# is on 16 + n % 8.
 const INTX_FIRST_GSI: u32 = 16;
+
+mod bars;
 
 /// A device's MSI-X vectors: each a GSI with an irqfd, routed to the message the guest
 /// programmed (no route while masked).
@@ -86,65 +88,6 @@ impl MsiSink for MsiVectors {
     fn signal(&self, vector: u16) {
         if let Some(line) = self.lines.get(usize::from(vector)) {
             line.pulse();
-        }
-    }
-}
-
-/// A BAR placed on the MMIO bus, with the doorbells that live inside it.
-struct PlacedBar {
-    device: u8,
-    name: &'static str,
-    bar: SharedDevice,
-    /// Where it answers now (None until the first placement).
-    base: Option<u64>,
-    /// Per queue: the eventfd (a duplicate of the event loop's), its offset in the BAR.
-    doorbells: Vec<(EventFd, u64)>,
-}
-
-/// Moves a virtio-pci device on the MMIO bus when the guest reprograms its BAR, with its
-/// doorbells: a new bus table is published (no lock on the exit path), and each queue's
-/// ioeventfd is re-registered at its new address. A move onto another device's range is
-/// refused: the device stays where it was, with a rate-limited warning.
-struct BarMover {
-    mmio: Arc<SwappableMmio>,
-    ioevents: Option<IoEvents>,
-    bars: Mutex<Vec<PlacedBar>>,
-    warnings: Mutex<RateLimiter>,
-}
-
-impl BarMover {
-    fn place(&self, bar: &mut PlacedBar, new: u64) -> Result<(), MachineError> {
-        match bar.base {
-            None => self.mmio.insert(bar.name, new, BAR_SIZE, bar.bar.clone())?,
-            Some(old) => self.mmio.relocate(old, new)?,
-        }
-        if let Some(ioevents) = &self.ioevents {
-            for (event, offset) in &bar.doorbells {
-                if let Some(old) = bar.base {
-                    ioevents.deassign(event, AddressSpace::Mmio, old + offset, None)?;
-                }
-                ioevents.assign(event, AddressSpace::Mmio, new + offset, None)?;
-            }
-        }
-        bar.base = Some(new);
-        Ok(())
-    }
-}
-
-impl BarObserver for BarMover {
-    fn bar_changed(&self, function: u8, change: BarChange) {
-        let mut bars = self.bars.locked();
-        let Some(bar) = bars.iter_mut().find(|bar| bar.device == function) else {
-            return;
-        };
-        if change.bar != BAR || change.new == 0 || bar.base == Some(change.new) {
-            return;
-        }
-        if let Err(error) = self.place(bar, change.new) {
-            let name = bar.name;
-            self.warnings
-                .locked()
-                .warn(|| format!("{name}: BAR moved to {:#x} refused: {error}", change.new));
         }
     }
 }
@@ -214,7 +157,7 @@ impl Placement<'_> {
     /// One eventfd per queue, registered with KVM when the BAR is placed; none when
     /// doorbells exit (or on a platform without ioeventfds).
     fn doorbells(&self, queues: usize) -> Result<Vec<(EventFd, u32)>, MachineError> {
-        if self.doorbell == Doorbell::Exit || self.mover.ioevents.is_none() {
+        if self.doorbell == Doorbell::Exit || !self.mover.has_ioevents() {
             return Ok(Vec::new());
         }
         (0..queues as u32)
@@ -236,12 +179,7 @@ pub fn build(
     buses: &mut IoBuses,
     reset: ResetControl,
 ) -> Result<Vec<VirtioSlot>, MachineError> {
-    let mover = Arc::new(BarMover {
-        mmio: buses.mmio.clone(),
-        ioevents: platform.ioevents(),
-        bars: Mutex::default(),
-        warnings: Mutex::default(),
-    });
+    let mover = Arc::new(BarMover::new(buses.mmio.clone(), platform.ioevents()));
     let mut root = PciRoot::new(mover.clone());
     let placement = Placement {
         memory,
@@ -313,7 +251,7 @@ pub fn intx_routes(devices: usize) -> Vec<(u8, u32)> {
 mod tests {
     use super::*;
     use crate::access::DeviceAccess;
-    use crate::bus::{Access, Dispatch};
+    use crate::bus::{Access, AddressSpace, Dispatch};
     use crate::coalesced::{PostedWrite, PostedWrites, QueueRing};
     use crate::exit::VmExit;
     use crate::machine::platform::Unplugged;
