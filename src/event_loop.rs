@@ -5,7 +5,8 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -321,6 +322,165 @@ impl MutEventSubscriber for PostedDrain {
     fn init(&mut self, ops: &mut EventOps) {
         // Not armed here: the first write to a bounded zone arms it.
         let _ = ops.add(Events::new(&*self.timer, EventSet::IN));
+    }
+}
+
+/// What a device's host output tells the event loop: the destination refused bytes
+/// (`WouldBlock`: a full pipe or terminal), so watch it for room; and how many bytes went
+/// nowhere because its reader is gone.
+#[derive(Debug)]
+pub struct OutputWait {
+    /// The destination's fd, which the event loop watches for `EPOLLOUT`.
+    destination: RawFd,
+    /// Written once per refusal episode; the event loop then watches `destination`.
+    refused: EventFd,
+    /// A refusal was signalled and the bytes have not been offered again since.
+    waiting: AtomicBool,
+    /// Bytes dropped because the destination's reader is gone (EPIPE and the like).
+    dropped: AtomicU64,
+}
+
+impl OutputWait {
+    /// Watches `destination`, an fd its owner keeps open for the run.
+    pub fn new(destination: RawFd) -> io::Result<Self> {
+        Ok(Self {
+            destination,
+            refused: EventFd::new(EFD_NONBLOCK)?,
+            waiting: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// The fd to watch for room.
+    pub fn destination(&self) -> RawFd {
+        self.destination
+    }
+
+    /// The eventfd a refusal writes.
+    pub fn refusals(&self) -> &EventFd {
+        &self.refused
+    }
+
+    /// The destination has room (or the caller gives up waiting): the device's next
+    /// refused write signals again. Returns whether a refusal was outstanding.
+    pub fn take_waiting(&self) -> bool {
+        let _ = self.refused.read();
+        self.waiting.swap(false, Ordering::SeqCst)
+    }
+
+    /// True while bytes wait for the destination (a refused write, not yet retried).
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Bytes dropped because the destination's reader is gone.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The destination refused bytes (`WouldBlock`): the device keeps them.
+    pub fn refuse(&self) {
+        if !self.waiting.swap(true, Ordering::SeqCst) {
+            let _ = self.refused.write(1);
+        }
+    }
+
+    /// `bytes` went nowhere: the destination's reader is gone.
+    pub fn drop_bytes(&self, bytes: usize) {
+        self.dropped.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// What a device does when its destination has room again: offer the bytes it holds
+/// (COM1: its FIFO, then THR-empty; virtio-console: its pending bytes, then the transmit
+/// chains it left in the ring). Runs as one [`DeviceAccess::operation`].
+pub type Resume = Arc<dyn Fn(&DeviceAccess) + Send + Sync>;
+
+/// A device's output whose destination may refuse bytes.
+#[derive(Clone)]
+pub struct HeldOutput {
+    /// The device, for messages.
+    pub name: &'static str,
+    pub wait: Arc<OutputWait>,
+    pub resume: Resume,
+}
+
+impl HeldOutput {
+    /// At the stop, on main: offers the held bytes until the destination took them all
+    /// or `deadline` passed (a reader that stopped reading must not keep hushvm from
+    /// exiting). True if nothing is left.
+    pub fn drain_until(&self, access: &DeviceAccess, deadline: std::time::Instant) -> bool {
+        loop {
+            self.wait.take_waiting();
+            (self.resume)(access);
+            if !self.wait.is_waiting() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            wait_writable(self.wait.destination(), left);
+        }
+    }
+}
+
+/// Waits until `fd` can be written (or has failed), at most `timeout`.
+fn wait_writable(fd: RawFd, timeout: Duration) {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let millis = libc::c_int::try_from(timeout.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `poll` is one valid pollfd that the call reads and writes for its duration;
+    // a closed or bad fd is reported in `revents`, not undefined behaviour.
+    unsafe { libc::poll(&mut poll, 1, millis) };
+}
+
+/// A destination that refused a device's bytes (a full pipe): watched for room
+/// (`EPOLLOUT`) only from the refusal until it has some, since a writable pipe would
+/// wake a level-triggered epoll on every turn; then the device resumes its output.
+/// An error or hang-up (the reader is gone) resumes it too: the bytes are then dropped,
+/// counted.
+pub struct OutputRoom {
+    output: HeldOutput,
+    access: DeviceAccess,
+    watching: bool,
+}
+
+impl OutputRoom {
+    pub fn new(output: HeldOutput, access: DeviceAccess) -> Self {
+        Self {
+            output,
+            access,
+            watching: false,
+        }
+    }
+
+    fn destination(&self) -> Events {
+        Events::new_raw(self.output.wait.destination(), EventSet::OUT)
+    }
+}
+
+impl MutEventSubscriber for OutputRoom {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let wait = &self.output.wait;
+        if events.fd() == wait.refusals().as_raw_fd() {
+            let _ = wait.refusals().read();
+            if !self.watching {
+                self.watching = ops.add(self.destination()).is_ok();
+            }
+            return;
+        }
+        let _ = ops.remove(self.destination());
+        self.watching = false;
+        wait.take_waiting();
+        (self.output.resume)(&self.access);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(self.output.wait.refusals(), EventSet::IN));
     }
 }
 

@@ -4,12 +4,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{DiskConfig, SerialMode};
 use crate::devices::virtio::block::{DiskBackend, FileDisk, SECTOR};
+use crate::event_loop::OutputWait;
 use crate::sync::LockExt;
 
 use super::config::DeviceConfig;
@@ -63,6 +65,91 @@ impl Write for CountingSink {
 /// A device's output stream.
 pub type Output = Box<dyn Write + Send>;
 
+/// A destination on the host that never blocks its writer (a vCPU or the event loop,
+/// under the device's lock): opened non-blocking, it refuses what it cannot take now
+/// with `WouldBlock`, which the device keeps (COM1's FIFO, the console's pending bytes)
+/// until the event loop sees room. A destination whose reader is gone takes every byte
+/// and drops it, counted: the guest is not held up by a host that stopped listening.
+pub struct HostOutput {
+    file: File,
+    wait: Arc<OutputWait>,
+}
+
+impl HostOutput {
+    /// `file`, made non-blocking by the caller; and what the event loop watches.
+    fn new(file: File) -> io::Result<(Self, Arc<OutputWait>)> {
+        let wait = Arc::new(OutputWait::new(file.as_raw_fd())?);
+        Ok((
+            Self {
+                file,
+                wait: wait.clone(),
+            },
+            wait,
+        ))
+    }
+}
+
+impl Write for HostOutput {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        loop {
+            return match self.file.write(data) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait.refuse();
+                    Err(e)
+                }
+                Err(_) => {
+                    self.wait.drop_bytes(data.len());
+                    Ok(data.len())
+                }
+                Ok(n) => Ok(n),
+            };
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The destination behind `fd` as a file of its own with `O_NONBLOCK` set, so that no
+/// writer ever waits in `write()`. A pipe, FIFO or terminal is reopened through
+/// `/proc/self/fd` (a description of our own: the flag never reaches the shell that
+/// shares the original); a regular file never refuses and is duplicated as it is; a
+/// socket cannot be reopened, so its duplicate gets the flag on the shared description.
+fn non_blocking(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<File> {
+    let duplicate = File::from(fd.try_clone_to_owned()?);
+    if duplicate.metadata()?.file_type().is_file() {
+        return Ok(duplicate);
+    }
+    let reopened = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    match reopened {
+        Ok(file) => Ok(file),
+        Err(_) => {
+            set_non_blocking(&duplicate)?;
+            Ok(duplicate)
+        }
+    }
+}
+
+fn set_non_blocking(file: &File) -> io::Result<()> {
+    // SAFETY: fcntl on an fd we own for the call's duration; F_GETFL/F_SETFL touch no
+    // memory of ours.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let result = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    match result {
+        -1 => Err(io::Error::last_os_error()),
+        _ => Ok(()),
+    }
+}
+
 /// The host side of every device.
 pub struct Backends {
     pub serial: Output,
@@ -73,6 +160,10 @@ pub struct Backends {
     /// A second handle on the disk image, for the `fdatasync` every stop ends with
     /// (a guest that never flushes, a signal): the device owns the first.
     pub disk_sync: Option<File>,
+    /// COM1's destination, when it is one that can refuse (stdio, a file that is a pipe).
+    pub serial_wait: Option<Arc<OutputWait>>,
+    /// The virtio console's, likewise.
+    pub console_wait: Option<Arc<OutputWait>>,
 }
 
 /// What [`SerialMode::Capture`] outputs collected.
@@ -93,16 +184,24 @@ impl Backends {
             true => Some(Box::new(File::open("/dev/urandom").map_err(MachineError::Entropy)?) as _),
             false => None,
         };
+        let (serial, serial_wait) = output(&devices.serial, &captures.serial)?;
+        let console = devices
+            .virtio_console
+            .as_ref()
+            .map(|mode| output(mode, &captures.console))
+            .transpose()?;
+        let (console, console_wait) = match console {
+            Some((console, wait)) => (Some(console), wait),
+            None => (None, None),
+        };
         Ok(Self {
-            serial: output(&devices.serial, &captures.serial)?,
+            serial,
             disk,
             entropy,
-            console: devices
-                .virtio_console
-                .as_ref()
-                .map(|mode| output(mode, &captures.console))
-                .transpose()?,
+            console,
             disk_sync,
+            serial_wait,
+            console_wait,
         })
     }
 
@@ -116,24 +215,34 @@ impl Backends {
             entropy: rng.then(|| Box::new(io::repeat(0)) as _),
             console: console.then(|| Box::new(output.clone()) as _),
             disk_sync: None,
+            serial_wait: None,
+            console_wait: None,
         }
     }
 }
 
-fn output(mode: &SerialMode, capture: &SharedBuffer) -> Result<Output, MachineError> {
-    Ok(match mode {
-        SerialMode::Stdio => Box::new(io::stdout()),
-        SerialMode::None => Box::new(io::sink()),
+/// An output and, for a destination that can refuse bytes, what the event loop watches.
+fn output(
+    mode: &SerialMode,
+    capture: &SharedBuffer,
+) -> Result<(Output, Option<Arc<OutputWait>>), MachineError> {
+    let file = match mode {
+        SerialMode::None => return Ok((Box::new(io::sink()), None)),
+        SerialMode::Capture => return Ok((Box::new(capture.clone()), None)),
+        SerialMode::Stdio => non_blocking(io::stdout().as_fd()).map_err(MachineError::Output)?,
         SerialMode::File(path) => {
-            Box::new(
-                File::create(path).map_err(|source| MachineError::SerialFile {
-                    path: path.clone(),
-                    source,
-                })?,
-            )
+            let file_error = |source| MachineError::SerialFile {
+                path: path.clone(),
+                source,
+            };
+            // Opening a FIFO waits for its reader, as before; writes never wait.
+            let file = File::create(path).map_err(file_error)?;
+            set_non_blocking(&file).map_err(file_error)?;
+            file
         }
-        SerialMode::Capture => Box::new(capture.clone()),
-    })
+    };
+    let (output, wait) = HostOutput::new(file).map_err(MachineError::Output)?;
+    Ok((Box::new(output), Some(wait)))
 }
 
 /// Opens a disk image, with the errors a user can act on.

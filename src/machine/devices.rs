@@ -57,6 +57,8 @@ pub struct Devices<C: Clock> {
     pub services: Services<C>,
     /// The RTC, to report its state at the end.
     pub rtc: Arc<Mutex<Rtc<C>>>,
+    /// COM1, whose held output the event loop resumes when its destination has room.
+    pub com1: Arc<Mutex<Com1>>,
     /// The virtio devices, with their doorbells for the event loop.
     pub virtio: Vec<VirtioSlot>,
     /// Every line a device drives.
@@ -88,6 +90,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
         },
     )));
     place_pc_devices(&mut buses, spec, rtc.clone(), com1.clone())?;
+    let com1_device = com1.clone();
     place_acpi_devices(&mut buses, clocks.pm_timer)?;
     let virtio_backends = virtio::VirtioBackends {
         disk: backends.disk,
@@ -142,6 +145,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
             inputs,
         },
         rtc,
+        com1: com1_device,
         virtio: slots,
         lines,
     })

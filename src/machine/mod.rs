@@ -32,8 +32,8 @@ use crate::config::{SerialMode, VirtioTransport};
 use crate::devices::acpi_pm::MonotonicClock;
 use crate::devices::rtc::{Clock, SystemClock};
 use crate::event_loop::{
-    DoorbellEvent, DrainTimerFd, HostInput, IntxResample, PostedDrain, QueuePoller, RtcTimer,
-    StopWake, Subscriber,
+    DoorbellEvent, DrainTimerFd, HeldOutput, HostInput, IntxResample, OutputRoom, OutputWait,
+    PostedDrain, QueuePoller, Resume, RtcTimer, StopWake, Subscriber,
 };
 use crate::kvm::{Hypervisor, KvmError, Vcpu, VcpuOptions, Vm};
 use crate::layout::{self, LayoutError, MemoryLayout};
@@ -108,6 +108,9 @@ pub enum MachineError {
     Entropy(#[source] io::Error),
     #[error("cannot set up the event loop: {0}")]
     EventLoop(#[source] io::Error),
+    /// Standard output could not be made a non-blocking destination.
+    #[error("cannot set up standard output as a device's destination")]
+    Output(#[source] io::Error),
     #[error("the event loop failed: {0:?}")]
     EventManager(event_manager::Error),
     #[error("cannot install the vCPU kick signal handler: {0}")]
@@ -264,7 +267,7 @@ fn event_loop<C: Clock + 'static>(
     devices: &mut Devices<C>,
     access: &DeviceAccess,
     (wake, state): (StopWake, &Arc<vcpus::StopState>),
-    drain_timer: Option<Arc<DrainTimerFd>>,
+    (drain_timer, held): (Option<Arc<DrainTimerFd>>, &[HeldOutput]),
 ) -> Result<(EventManager<Subscriber>, QueuePoller), MachineError> {
     let mut events = EventManager::<Subscriber>::new().map_err(MachineError::EventManager)?;
     let subscribe = |events: &mut EventManager<Subscriber>, subscriber: Subscriber| {
@@ -302,6 +305,10 @@ fn event_loop<C: Clock + 'static>(
         let drain = PostedDrain::new(timer, access.clone());
         subscribe(&mut events, Arc::new(Mutex::new(drain)));
     }
+    for output in held {
+        let room = OutputRoom::new(output.clone(), access.clone());
+        subscribe(&mut events, Arc::new(Mutex::new(room)));
+    }
     subscribe(&mut events, Arc::new(Mutex::new(wake)));
     let signals = signals::SignalStop::new(state.clone()).map_err(MachineError::EventLoop)?;
     subscribe(&mut events, Arc::new(Mutex::new(signals)));
@@ -328,11 +335,13 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     };
     let mut backends = Backends::open(&config.devices, &captures)?;
     let disk_sync = backends.disk_sync.take();
+    let waits = (backends.serial_wait.take(), backends.console_wait.take());
     let clocks = Clocks {
         rtc: MachineClock::new(clock_start, recorder.clone()),
         pm_timer: RecordedClock::new(MonotonicClock::default(), recorder.clone()),
     };
     let mut devices = devices::build(&spec, &vm, backends, clocks, &memory)?;
+    let held = held_outputs(waits, &devices);
     let rsdp = write_acpi_tables(config, &memory, &devices)?;
     let entry = load_kernel(config, &memory, &devices, rsdp)?;
     let vcpus = create_vcpus(&vm, config, &entry)?;
@@ -347,7 +356,8 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         stops: Some(state.clone()),
     };
     let wake = (wake_subscriber, &state);
-    let events = event_loop(config, &mut devices, &access, wake, posted.drain_timer)?;
+    let timer = posted.drain_timer;
+    let events = event_loop(config, &mut devices, &access, wake, (timer, &held))?;
     vcpu::install_kick_handler().map_err(MachineError::KickSignal)?;
     let shared = vcpus::Shared {
         access: access.clone(),
@@ -358,7 +368,7 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     // The event-loop thread settles the ring once more after joining the vCPUs: what a
     // guest posted after its last exit still reaches its device, on every stop path.
     let run = vcpus::run(vcpus, &shared, events, config)?;
-    finish_outputs(config, disk_sync);
+    finish_outputs(config, disk_sync, &held, &access);
     let wall = started.elapsed();
     if let (Some(recorder), Some(path)) = (&recorder, &config.run.record) {
         recorder.finish().map_err(|source| MachineError::Trace {
@@ -377,11 +387,72 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     ))
 }
 
+/// The devices whose destination may refuse bytes, and how each resumes: COM1 offers its
+/// FIFO again; the console's doorbell service runs its queues (its pending bytes first).
+fn held_outputs<C: Clock>(
+    (serial, console): (Option<Arc<OutputWait>>, Option<Arc<OutputWait>>),
+    devices: &Devices<C>,
+) -> Vec<HeldOutput> {
+    let mut held = Vec::new();
+    if let Some(wait) = serial {
+        let com1 = devices.com1.clone();
+        let resume: Resume = Arc::new(move |access: &DeviceAccess| {
+            access.operation(|_| com1.locked().flush_transmit());
+        });
+        held.push(HeldOutput {
+            name: "COM1",
+            wait,
+            resume,
+        });
+    }
+    let console_slot = devices
+        .virtio
+        .iter()
+        .find(|slot| slot.index == virtio::CONSOLE_SLOT);
+    if let (Some(wait), Some(slot)) = (console, console_slot) {
+        let service = slot.service.clone();
+        let resume: Resume = Arc::new(move |access: &DeviceAccess| service.ring(access, None));
+        held.push(HeldOutput {
+            name: "virtio-console",
+            wait,
+            resume,
+        });
+    }
+    held
+}
+
+/// How long the stop waits for a destination to take the bytes devices still hold.
+const HELD_OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
 /// What every stop ends with, whatever stopped the VM (a power-off, a crash, a signal):
 /// the disk's data reaches the image's storage (as a guest's flush would have made it)
-/// and COM1's and the console's output leaves hushvm's buffers. A failure is only
-/// reported: the run's outcome stands.
-fn finish_outputs(config: &MachineConfig, disk_sync: Option<std::fs::File>) {
+/// and COM1's and the console's output leaves hushvm's buffers, the bytes the devices
+/// hold for a slow destination included (for up to [`HELD_OUTPUT_GRACE`]). A failure is
+/// only reported: the run's outcome stands.
+fn finish_outputs(
+    config: &MachineConfig,
+    disk_sync: Option<std::fs::File>,
+    held: &[HeldOutput],
+    access: &DeviceAccess,
+) {
+    let deadline = Instant::now() + HELD_OUTPUT_GRACE;
+    for output in held {
+        if !output.drain_until(access, deadline) {
+            eprintln!(
+                "hushvm: warning: {}'s destination took no more output for {:?}; the bytes \
+                 still held were dropped",
+                output.name, HELD_OUTPUT_GRACE
+            );
+        }
+        let dropped = output.wait.dropped();
+        if dropped > 0 {
+            eprintln!(
+                "hushvm: warning: {dropped} bytes of {} output were dropped: its reader \
+                 had gone",
+                output.name
+            );
+        }
+    }
     if let (Some(file), Some(disk)) = (disk_sync, &config.devices.disk) {
         if let Err(error) = file.sync_data() {
             eprintln!(
