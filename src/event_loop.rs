@@ -410,32 +410,30 @@ impl HeldOutput {
     /// or `deadline` passed (a reader that stopped reading must not keep hushvm from
     /// exiting). True if nothing is left.
     pub fn drain_until(&self, access: &DeviceAccess, deadline: std::time::Instant) -> bool {
-        loop {
-            self.wait.take_waiting();
+        // A device holds bytes only after a refusal, and whoever takes the refusal then
+        // offers them again: with the event loop gone, no refusal means nothing held.
+        while self.wait.take_waiting() {
             (self.resume)(access);
             if !self.wait.is_waiting() {
-                return true;
+                break;
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
+            if left.is_zero() || wait_writable(self.wait.destination(), left).is_err() {
                 return false;
             }
-            wait_writable(self.wait.destination(), left);
         }
+        true
     }
 }
 
 /// Waits until `fd` can be written (or has failed), at most `timeout`.
-fn wait_writable(fd: RawFd, timeout: Duration) {
-    let mut poll = libc::pollfd {
-        fd,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    let millis = libc::c_int::try_from(timeout.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `poll` is one valid pollfd that the call reads and writes for its duration;
-    // a closed or bad fd is reported in `revents`, not undefined behaviour.
-    unsafe { libc::poll(&mut poll, 1, millis) };
+fn wait_writable(fd: RawFd, timeout: Duration) -> io::Result<()> {
+    use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent};
+    let epoll = Epoll::new()?;
+    epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::OUT, 0))?;
+    let millis = i32::try_from(timeout.as_millis().max(1)).unwrap_or(i32::MAX);
+    epoll.wait(millis, &mut [EpollEvent::default()])?;
+    Ok(())
 }
 
 /// A destination that refused a device's bytes (a full pipe): watched for room
