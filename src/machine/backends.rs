@@ -115,8 +115,9 @@ impl Write for HostOutput {
 /// The destination behind `fd` as a file of its own with `O_NONBLOCK` set, so that no
 /// writer ever waits in `write()`. A pipe, FIFO or terminal is reopened through
 /// `/proc/self/fd` (a description of our own: the flag never reaches the shell that
-/// shares the original); a regular file never refuses and is duplicated as it is; a
-/// socket cannot be reopened, so its duplicate gets the flag on the shared description.
+/// shares the original; `O_NOCTTY`: a terminal never becomes hushvm's controlling one);
+/// a regular file never refuses and is duplicated as it is; what cannot be reopened (a
+/// socket, a pipe whose reader is gone) gets the flag on the shared description.
 fn non_blocking(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<File> {
     let duplicate = File::from(fd.try_clone_to_owned()?);
     if duplicate.metadata()?.file_type().is_file() {
@@ -124,7 +125,7 @@ fn non_blocking(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<File> {
     }
     let reopened = OpenOptions::new()
         .write(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     match reopened {
         Ok(file) => Ok(file),
@@ -373,6 +374,46 @@ mod tests {
         drop((first, _second));
         open(&path, false).expect("the lock goes with the file");
         let _ = std::fs::remove_file(path);
+    }
+
+    /// A pipe nobody reads (`sleep`'s standard input): the destination refuses once full,
+    /// signalling once per episode, without touching the original description's flags;
+    /// once the reader is gone it takes and counts every byte.
+    #[test]
+    fn a_full_pipe_refuses_and_a_gone_reader_drops() {
+        use std::process::{Command, Stdio};
+        let mut reader = Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pipe = reader.stdin.take().unwrap();
+        let (mut output, wait) = HostOutput::new(non_blocking(pipe.as_fd()).unwrap()).unwrap();
+        // SAFETY: F_GETFL on an fd we own; it touches no memory.
+        let flags = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0, "the original stays blocking");
+        let chunk = [b'x'; 4096];
+        let mut taken = 0;
+        let refusal = loop {
+            match output.write(&chunk) {
+                Ok(n) => taken += n,
+                Err(error) => break error,
+            }
+            assert!(taken < 64 << 20, "a pipe holds less");
+        };
+        assert_eq!(refusal.kind(), io::ErrorKind::WouldBlock);
+        assert!(taken >= chunk.len() && wait.is_waiting());
+        assert!(output.write(&chunk).is_err(), "still full");
+        assert!(wait.take_waiting(), "one refusal outstanding");
+        assert!(
+            wait.refusals().read().is_err(),
+            "signalled once, and read by the take"
+        );
+        reader.kill().unwrap();
+        reader.wait().unwrap();
+        assert_eq!(output.write(&chunk).unwrap(), chunk.len());
+        assert_eq!(wait.dropped(), chunk.len() as u64);
+        assert!(!wait.is_waiting());
     }
 
     /// The final sync's duplicate handle shares the lock: closing it keeps the image
