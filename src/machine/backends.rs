@@ -8,11 +8,16 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use crate::access::DeviceAccess;
 use crate::config::{DiskConfig, SerialMode};
+use crate::devices::rtc::Clock;
 use crate::devices::virtio::block::{DiskBackend, FileDisk, SECTOR};
-use crate::event_loop::OutputWait;
+use crate::event_loop::{HeldOutput, OutputWait, Resume};
 use crate::sync::LockExt;
+
+use super::devices::Devices;
 
 use super::config::DeviceConfig;
 use super::MachineError;
@@ -244,6 +249,66 @@ fn output(
     };
     let (output, wait) = HostOutput::new(file).map_err(MachineError::Output)?;
     Ok((Box::new(output), Some(wait)))
+}
+
+/// The devices whose destination may refuse bytes, and how each resumes: COM1 offers its
+/// FIFO again; the console's doorbell service runs its queues (its pending bytes first).
+pub fn held_outputs<C: Clock>(
+    (serial, console): (Option<Arc<OutputWait>>, Option<Arc<OutputWait>>),
+    devices: &Devices<C>,
+) -> Vec<HeldOutput> {
+    let mut held = Vec::new();
+    if let Some(wait) = serial {
+        let com1 = devices.com1.clone();
+        let resume: Resume = Arc::new(move |access: &DeviceAccess| {
+            access.operation(|_| com1.locked().flush_transmit());
+        });
+        held.push(HeldOutput {
+            name: "COM1",
+            wait,
+            resume,
+        });
+    }
+    let console_slot = devices
+        .virtio
+        .iter()
+        .find(|slot| slot.index == super::virtio::CONSOLE_SLOT);
+    if let (Some(wait), Some(slot)) = (console, console_slot) {
+        let service = slot.service.clone();
+        let resume: Resume = Arc::new(move |access: &DeviceAccess| service.ring(access, None));
+        held.push(HeldOutput {
+            name: "virtio-console",
+            wait,
+            resume,
+        });
+    }
+    held
+}
+
+/// How long the stop waits for a destination to take the bytes devices still hold.
+const HELD_OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// At the stop, on main: what devices still hold for a slow destination is offered
+/// until it is taken or the grace period ends; what was dropped is said.
+pub fn release_held(held: &[HeldOutput], access: &DeviceAccess) {
+    let deadline = Instant::now() + HELD_OUTPUT_GRACE;
+    for output in held {
+        if !output.drain_until(access, deadline) {
+            eprintln!(
+                "hushvm: warning: {}'s destination took no more output for {:?}; the bytes \
+                 still held were dropped",
+                output.name, HELD_OUTPUT_GRACE
+            );
+        }
+        let dropped = output.wait.dropped();
+        if dropped > 0 {
+            eprintln!(
+                "hushvm: warning: {dropped} bytes of {} output were dropped: its reader \
+                 had gone",
+                output.name
+            );
+        }
+    }
 }
 
 /// Opens a disk image, with the errors a user can act on.

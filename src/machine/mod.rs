@@ -32,8 +32,8 @@ use crate::config::{SerialMode, VirtioTransport};
 use crate::devices::acpi_pm::MonotonicClock;
 use crate::devices::rtc::{Clock, SystemClock};
 use crate::event_loop::{
-    DoorbellEvent, DrainTimerFd, HeldOutput, HostInput, IntxResample, OutputRoom, OutputWait,
-    PostedDrain, QueuePoller, Resume, RtcTimer, StopWake, Subscriber,
+    DoorbellEvent, DrainTimerFd, HeldOutput, HostInput, IntxResample, OutputRoom, PostedDrain,
+    QueuePoller, RtcTimer, StopWake, Subscriber,
 };
 use crate::kvm::{Hypervisor, KvmError, Vcpu, VcpuOptions, Vm};
 use crate::layout::{self, LayoutError, MemoryLayout};
@@ -341,7 +341,7 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         pm_timer: RecordedClock::new(MonotonicClock::default(), recorder.clone()),
     };
     let mut devices = devices::build(&spec, &vm, backends, clocks, &memory)?;
-    let held = held_outputs(waits, &devices);
+    let held = backends::held_outputs(waits, &devices);
     let rsdp = write_acpi_tables(config, &memory, &devices)?;
     let entry = load_kernel(config, &memory, &devices, rsdp)?;
     let vcpus = create_vcpus(&vm, config, &entry)?;
@@ -387,72 +387,18 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     ))
 }
 
-/// The devices whose destination may refuse bytes, and how each resumes: COM1 offers its
-/// FIFO again; the console's doorbell service runs its queues (its pending bytes first).
-fn held_outputs<C: Clock>(
-    (serial, console): (Option<Arc<OutputWait>>, Option<Arc<OutputWait>>),
-    devices: &Devices<C>,
-) -> Vec<HeldOutput> {
-    let mut held = Vec::new();
-    if let Some(wait) = serial {
-        let com1 = devices.com1.clone();
-        let resume: Resume = Arc::new(move |access: &DeviceAccess| {
-            access.operation(|_| com1.locked().flush_transmit());
-        });
-        held.push(HeldOutput {
-            name: "COM1",
-            wait,
-            resume,
-        });
-    }
-    let console_slot = devices
-        .virtio
-        .iter()
-        .find(|slot| slot.index == virtio::CONSOLE_SLOT);
-    if let (Some(wait), Some(slot)) = (console, console_slot) {
-        let service = slot.service.clone();
-        let resume: Resume = Arc::new(move |access: &DeviceAccess| service.ring(access, None));
-        held.push(HeldOutput {
-            name: "virtio-console",
-            wait,
-            resume,
-        });
-    }
-    held
-}
-
-/// How long the stop waits for a destination to take the bytes devices still hold.
-const HELD_OUTPUT_GRACE: Duration = Duration::from_secs(2);
-
 /// What every stop ends with, whatever stopped the VM (a power-off, a crash, a signal):
 /// the disk's data reaches the image's storage (as a guest's flush would have made it)
 /// and COM1's and the console's output leaves hushvm's buffers, the bytes the devices
-/// hold for a slow destination included (for up to [`HELD_OUTPUT_GRACE`]). A failure is
-/// only reported: the run's outcome stands.
+/// hold for a slow destination included (for a grace period). A failure is only
+/// reported: the run's outcome stands.
 fn finish_outputs(
     config: &MachineConfig,
     disk_sync: Option<std::fs::File>,
     held: &[HeldOutput],
     access: &DeviceAccess,
 ) {
-    let deadline = Instant::now() + HELD_OUTPUT_GRACE;
-    for output in held {
-        if !output.drain_until(access, deadline) {
-            eprintln!(
-                "hushvm: warning: {}'s destination took no more output for {:?}; the bytes \
-                 still held were dropped",
-                output.name, HELD_OUTPUT_GRACE
-            );
-        }
-        let dropped = output.wait.dropped();
-        if dropped > 0 {
-            eprintln!(
-                "hushvm: warning: {dropped} bytes of {} output were dropped: its reader \
-                 had gone",
-                output.name
-            );
-        }
-    }
+    backends::release_held(held, access);
     if let (Some(file), Some(disk)) = (disk_sync, &config.devices.disk) {
         if let Err(error) = file.sync_data() {
             eprintln!(
