@@ -20,7 +20,7 @@ use crate::irq::InterruptLine;
 use crate::layout::{self, gsi, ports, MemoryLayout};
 use crate::services::{InputService, InputTarget, RtcService, Services};
 
-use super::backends::Backends;
+use super::backends::{Backends, Output};
 use super::inventory::{
     BusPlacement, DeviceEntry, DeviceKind, Interrupt, Inventory, NoCounters, VirtioSpec,
 };
@@ -52,11 +52,16 @@ pub struct Devices<C: Clock> {
     pub services: Services<C>,
     /// The RTC, to report its state at the end.
     pub rtc: Arc<Mutex<Rtc<C>>>,
+    /// COM1, whose held output the event loop resumes when its destination has room.
+    pub com1: Arc<Mutex<Com1>>,
     /// The virtio devices' doorbells, input and resample fds, for the event loop.
     pub virtio: Vec<VirtioWiring>,
     /// Every device, by id.
     pub inventory: Inventory,
 }
+
+/// COM1 as the machine builds it: a 16550A writing to the serial destination.
+pub type Com1 = Uart<Output>;
 
 /// A device on the port bus: its id, kind, lines and ranges (bus name, port, count).
 struct PortDevice {
@@ -259,7 +264,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
         device: Arc::new(NoCounters),
     });
     entries.into_iter().for_each(|entry| inventory.add(entry));
-    let mut inputs = vec![InputService::new(InputTarget::Com1, com1)];
+    let mut inputs = vec![InputService::new(InputTarget::Com1, com1.clone())];
     inputs.extend(wirings.iter().filter_map(|wiring| wiring.input.clone()));
     Ok(Devices {
         buses,
@@ -272,6 +277,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
             inputs,
         },
         rtc,
+        com1,
         virtio: wirings,
         inventory,
     })

@@ -184,6 +184,9 @@ pub const FIXED_IDS: &[&str] = &[
     "console0",
 ];
 
+/// The virtio-console's id.
+pub const CONSOLE_ID: &str = "console0";
+
 /// A virtio device to build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtioSpec {
@@ -257,7 +260,7 @@ pub fn plan_virtio(request: &VirtioRequest) -> Result<Vec<VirtioSpec>, ConfigErr
         specs.push(("rng0".into(), VirtioKind::Rng, transport, 1));
     }
     if let Some(transport) = request.console {
-        specs.push(("console0".into(), VirtioKind::Console, transport, 2));
+        specs.push((CONSOLE_ID.into(), VirtioKind::Console, transport, 2));
     }
     let on_mmio = |(_, _, transport, _): &&(String, VirtioKind, VirtioTransport, u8)| {
         *transport == VirtioTransport::Mmio

@@ -34,8 +34,8 @@ use crate::config::{SerialMode, VirtioTransport};
 use crate::devices::acpi_pm::MonotonicClock;
 use crate::devices::rtc::{Clock, SystemClock};
 use crate::event_loop::{
-    DoorbellEvent, DrainTimerFd, HostInput, IntxResample, PostedDrain, QueuePoller, RtcTimer,
-    StopWake, Subscriber,
+    DoorbellEvent, DrainTimerFd, HeldOutput, HostInput, IntxResample, OutputRoom, PostedDrain,
+    QueuePoller, RtcTimer, StopWake, Subscriber,
 };
 use crate::kvm::{Hypervisor, KvmError, Vcpu, VcpuOptions, Vm};
 use crate::layout::{self, LayoutError, MemoryLayout};
@@ -117,6 +117,9 @@ pub enum MachineError {
     Entropy(#[source] io::Error),
     #[error("cannot set up the event loop")]
     EventLoop(#[source] io::Error),
+    /// Standard output could not be made a non-blocking destination.
+    #[error("cannot set up standard output as a device's destination")]
+    Output(#[source] io::Error),
     #[error("the event loop failed")]
     EventManager(#[source] event_manager::Error),
     #[error("cannot install the vCPU kick signal handler")]
@@ -334,7 +337,7 @@ fn event_loop<C: Clock + 'static>(
     devices: &mut Devices<C>,
     access: &DeviceAccess,
     (wake, state): (StopWake, &Arc<vcpus::StopState>),
-    drain_timer: Option<Arc<DrainTimerFd>>,
+    (drain_timer, held): (Option<Arc<DrainTimerFd>>, &[HeldOutput]),
 ) -> Result<(EventManager<Subscriber>, QueuePoller), MachineError> {
     let mut events = EventManager::<Subscriber>::new().map_err(MachineError::EventManager)?;
     let subscribe = |events: &mut EventManager<Subscriber>, subscriber: Subscriber| {
@@ -371,6 +374,10 @@ fn event_loop<C: Clock + 'static>(
     if let Some(timer) = drain_timer {
         let drain = PostedDrain::new(timer, access.clone());
         subscribe(&mut events, Arc::new(Mutex::new(drain)));
+    }
+    for output in held {
+        let room = OutputRoom::new(output.clone(), access.clone());
+        subscribe(&mut events, Arc::new(Mutex::new(room)));
     }
     subscribe(&mut events, Arc::new(Mutex::new(wake)));
     let signals = signals::SignalStop::new(state.clone()).map_err(MachineError::EventLoop)?;
@@ -414,11 +421,13 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
     let captures = backends::Captures::default();
     let mut backends = Backends::open(&config.devices, &captures)?;
     let disk_syncs = std::mem::take(&mut backends.disk_syncs);
+    let waits = (backends.serial_wait.take(), backends.console_wait.take());
     let clocks = Clocks {
         rtc: MachineClock::new(clock_start, recorder.clone()),
         pm_timer: RecordedClock::new(MonotonicClock::default(), recorder.clone()),
     };
     let mut devices = devices::build(&spec, &vm, backends, clocks, &memory)?;
+    let held = backends::held_outputs(waits, &devices);
     let rsdp = write_acpi_tables(config, &memory, &devices)?;
     let entry = load_kernel(config, &memory, &devices, rsdp)?;
     let vcpus = create_vcpus(&vm, config, &entry)?;
@@ -433,7 +442,8 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
         stops: Some(state.clone()),
     };
     let wake = (wake_subscriber, &state);
-    let events = event_loop(config, &mut devices, &access, wake, posted.drain_timer)?;
+    let timer = posted.drain_timer;
+    let events = event_loop(config, &mut devices, &access, wake, (timer, &held))?;
     vcpu::install_kick_handler().map_err(MachineError::KickSignal)?;
     let shared = vcpus::Shared {
         access: access.clone(),
@@ -445,7 +455,7 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
     // The event-loop thread settles the ring once more after joining the vCPUs: what a
     // guest posted after its last exit still reaches its device, on every stop path.
     let run = vcpus::run(vcpus, &shared, events, config)?;
-    finish_outputs(disk_syncs);
+    finish_outputs(disk_syncs, &held, &access);
     let wall = started.elapsed();
     if let (Some(recorder), Some(path)) = (&recorder, &config.run.record) {
         recorder.finish().map_err(|source| MachineError::Trace {
@@ -466,9 +476,15 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
 
 /// What every stop ends with, whatever stopped the VM (a power-off, a crash, a signal):
 /// the disk's data reaches the image's storage (as a guest's flush would have made it)
-/// and COM1's and the console's output leaves hushvm's buffers. A failure is only
+/// and COM1's and the console's output leaves hushvm's buffers, the bytes the devices
+/// hold for a slow destination included (for a grace period). A failure is only
 /// reported: the run's outcome stands.
-fn finish_outputs(disk_syncs: Vec<(PathBuf, std::fs::File)>) {
+fn finish_outputs(
+    disk_syncs: Vec<(PathBuf, std::fs::File)>,
+    held: &[HeldOutput],
+    access: &DeviceAccess,
+) {
+    backends::release_held(held, access);
     for (path, file) in disk_syncs {
         if let Err(error) = file.sync_data() {
             eprintln!(

@@ -9,22 +9,21 @@
 //! | 0             | host bridge     | -        |
 //! | 1, 2, ...     | virtio devices on PCI in the inventory's order (disks, entropy, console) | 16 + n % 8 |
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::bus::{AddressSpace, IoBuses, SharedDevice, SwappableMmio};
+use crate::bus::IoBuses;
 use crate::config::Doorbell;
 use crate::devices::acpi_pm::ResetControl;
-use crate::devices::pci::host::{BarObserver, PciConfigIo, PciEcam, PciRoot, SharedFunction};
+use crate::devices::pci::host::{PciConfigIo, PciEcam, PciRoot, SharedFunction};
 use crate::devices::pci::msix::{MsiMessage, MsiSink};
-use crate::devices::pci::BarChange;
-use crate::devices::virtio::pci::{VirtioPciTransport, BAR, BAR_SIZE};
+use crate::devices::virtio::pci::VirtioPciTransport;
 use crate::devices::virtio::{OnBus, VirtioDevice};
 use crate::errors::chain;
 use crate::irq::InterruptLine;
-use crate::kvm::{IoEvents, MsiRoutes};
+use crate::kvm::MsiRoutes;
 use crate::layout::{self, ports};
 use crate::ratelimit::RateLimiter;
 use crate::services::LevelTriggered;
@@ -32,6 +31,9 @@ use crate::sync::LockExt;
 
 use super::platform::Platform;
 use super::MachineError;
+use bars::{BarMover, PlacedBar};
+
+mod bars;
 
 /// The first GSI of the IOAPIC's PCI pins (16-23); device n's INTA# is on 16 + n % 8.
 const INTX_FIRST_GSI: u32 = 16;
@@ -82,76 +84,6 @@ impl MsiSink for MsiVectors {
     }
 }
 
-/// A BAR placed on the MMIO bus, with the doorbells that live inside it.
-struct PlacedBar {
-    device: u8,
-    name: &'static str,
-    bar: SharedDevice,
-    /// Where it answers now (None until the first placement).
-    base: Option<u64>,
-    /// Per queue: the eventfd (a duplicate of the event loop's), its offset in the BAR.
-    doorbells: Vec<(EventFd, u64)>,
-}
-
-/// Moves a virtio-pci device on the MMIO bus when the guest reprograms its BAR, with its
-/// doorbells: a new bus table is published (no lock on the exit path), and each queue's
-/// ioeventfd is re-registered at its new address. A move onto another device's range is
-/// refused: the device stays where it was, with a rate-limited warning.
-struct BarMover {
-    /// Weak: the bus holds this mover (through PCI's root in the ECAM and 0xcf8 slots), so
-    /// a strong reference would be a cycle that keeps the bus, its devices, their disk
-    /// image's lock and the VM alive after the machine is dropped.
-    mmio: Weak<SwappableMmio>,
-    ioevents: Option<IoEvents>,
-    bars: Mutex<Vec<PlacedBar>>,
-    warnings: Mutex<RateLimiter>,
-}
-
-impl BarMover {
-    fn place(&self, bar: &mut PlacedBar, new: u64) -> Result<(), MachineError> {
-        // Gone only while the machine is dropped, when nothing dispatches any more.
-        let Some(mmio) = self.mmio.upgrade() else {
-            return Ok(());
-        };
-        match bar.base {
-            None => mmio.insert(bar.name, new, BAR_SIZE, bar.bar.clone())?,
-            Some(old) => mmio.relocate(old, new)?,
-        }
-        if let Some(ioevents) = &self.ioevents {
-            for (event, offset) in &bar.doorbells {
-                if let Some(old) = bar.base {
-                    ioevents.deassign(event, AddressSpace::Mmio, old + offset, None)?;
-                }
-                ioevents.assign(event, AddressSpace::Mmio, new + offset, None)?;
-            }
-        }
-        bar.base = Some(new);
-        Ok(())
-    }
-}
-
-impl BarObserver for BarMover {
-    fn bar_changed(&self, function: u8, change: BarChange) {
-        let mut bars = self.bars.locked();
-        let Some(bar) = bars.iter_mut().find(|bar| bar.device == function) else {
-            return;
-        };
-        if change.bar != BAR || change.new == 0 || bar.base == Some(change.new) {
-            return;
-        }
-        if let Err(error) = self.place(bar, change.new) {
-            let name = bar.name;
-            self.warnings.locked().warn(|| {
-                format!(
-                    "{name}: BAR moved to {:#x} refused: {}",
-                    change.new,
-                    chain(&error)
-                )
-            });
-        }
-    }
-}
-
 /// What placing a device needs from the machine.
 pub struct Placing<'a> {
     pub memory: &'a GuestMemoryMmap,
@@ -185,12 +117,7 @@ pub struct PciBus {
 impl PciBus {
     /// An empty bus 0 whose BARs move on `buses`' MMIO table.
     pub fn new(buses: &IoBuses, platform: &dyn Platform) -> Self {
-        let mover = Arc::new(BarMover {
-            mmio: Arc::downgrade(&buses.mmio),
-            ioevents: platform.ioevents(),
-            bars: Mutex::default(),
-            warnings: Mutex::default(),
-        });
+        let mover = Arc::new(BarMover::new(&buses.mmio, platform.ioevents()));
         Self {
             root: PciRoot::new(mover.clone()),
             mover,
@@ -254,7 +181,7 @@ impl PciBus {
         placing: &Placing<'_>,
         queues: usize,
     ) -> Result<Vec<(EventFd, u32)>, MachineError> {
-        if placing.doorbell == Doorbell::Exit || self.mover.ioevents.is_none() {
+        if placing.doorbell == Doorbell::Exit || !self.mover.has_ioevents() {
             return Ok(Vec::new());
         }
         (0..queues as u32)
@@ -297,7 +224,7 @@ pub fn intx_routes(devices: usize) -> Vec<(u8, u32)> {
 mod tests {
     use super::*;
     use crate::access::DeviceAccess;
-    use crate::bus::{Access, Dispatch};
+    use crate::bus::{Access, AddressSpace, Dispatch};
     use crate::coalesced::{PostedWrite, PostedWrites, QueueRing};
     use crate::exit::VmExit;
     use crate::machine::platform::Unplugged;
@@ -377,7 +304,10 @@ mod tests {
             len: 1,
             data,
         });
-        assert_eq!(access.settle(), Some(crate::bus::StopRequest::Reset));
+        assert_eq!(
+            access.operation(|stop| stop),
+            Some(crate::bus::StopRequest::Reset)
+        );
         let host = access
             .buses
             .dispatch(AddressSpace::Mmio, layout::PCI_ECAM_START, {

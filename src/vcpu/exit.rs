@@ -41,7 +41,7 @@ impl ExitContext<'_> {
     pub fn handle(&mut self, exit: VmExit<'_>) -> ExitOutcome {
         let access = self.access;
         let written = written_address(&exit);
-        let outcome = access.operation(|| match access.settle() {
+        let outcome = access.operation(|stop| match stop {
             // A posted write stopped the VM (a reset to 0xcf9): the exit is moot.
             Some(request) => ExitOutcome::Stop(VmStop::Guest(request)),
             None => self.handle_exit(exit),
