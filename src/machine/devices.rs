@@ -22,7 +22,8 @@ use crate::services::{InputService, InputTarget, RtcService, Services};
 
 use super::backends::Backends;
 use super::inventory::{
-    BusPlacement, DeviceEntry, DeviceKind, Interrupt, Inventory, NoCounters, VirtioSpec,
+    BusPlacement, DeviceCounters, DeviceEntry, DeviceKind, Interrupt, Inventory, NoCounters,
+    VirtioSpec,
 };
 use super::pci::{PciBus, Placing};
 use super::platform::Platform;
@@ -202,8 +203,8 @@ fn port_devices<P: Clock + 'static>(
     ]
 }
 
-/// Bus 0's root, as the inventory lists it.
-fn pci_host() -> DeviceEntry {
+/// Bus 0's root, as the inventory lists it; the entry owns the BAR mover.
+fn pci_host(mover: Arc<dyn DeviceCounters>) -> DeviceEntry {
     DeviceEntry {
         id: "pci-host".into(),
         kind: DeviceKind::PciHost,
@@ -220,7 +221,7 @@ fn pci_host() -> DeviceEntry {
         interrupt: Interrupt::None,
         backend: String::new(),
         lines: Vec::new(),
-        device: Arc::new(NoCounters),
+        device: mover,
     }
 }
 
@@ -280,8 +281,8 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
             .map(|output| (output, backends.console_name)),
     };
     let (wirings, entries) = virtio::build(&spec.virtio, virtio_backends, &mut placer)?;
-    pci.finish(&mut buses, ResetControl::default())?;
-    inventory.add(pci_host());
+    let mover = pci.finish(&mut buses, ResetControl::default())?;
+    inventory.add(pci_host(mover));
     entries.into_iter().for_each(|entry| inventory.add(entry));
     let mut inputs = vec![InputService::new(InputTarget::Com1, com1)];
     inputs.extend(wirings.iter().filter_map(|wiring| wiring.input.clone()));
@@ -432,5 +433,86 @@ mod tests {
             entry.counters(),
             [("doorbells", 1), ("notifications", 0), ("interrupts", 0)]
         );
+    }
+}
+
+/// A machine's devices go with it: nothing keeps them (or a disk image's lock) alive
+/// after the machine is dropped (`hushvm bench blk` reopens its image for each variant).
+#[cfg(test)]
+mod lifetime_tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::config::VirtioTransport;
+    use crate::devices::virtio::block::DiskBackend;
+    use crate::machine::backends::{CountingSink, DiskBackendSpec};
+    use crate::machine::inventory::{plan_virtio, VirtioRequest};
+    use crate::machine::platform::Unplugged;
+
+    struct Epoch;
+
+    impl Clock for Epoch {
+        fn now(&self) -> std::time::Duration {
+            std::time::Duration::ZERO
+        }
+    }
+
+    /// A disk that says when it is dropped.
+    struct Watched(Arc<AtomicBool>);
+
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl DiskBackend for Watched {
+        fn size(&self) -> u64 {
+            4096
+        }
+
+        fn read_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+
+        fn write_at(&mut self, _: &[u8], _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_dropped_machine_drops_its_disk_on_either_transport() {
+        for transport in [VirtioTransport::Mmio, VirtioTransport::Pci] {
+            let dropped = Arc::new(AtomicBool::new(false));
+            let memory = MemoryLayout::new(16 << 20).unwrap();
+            let request = VirtioRequest {
+                disks: vec![(None, None)],
+                default: transport,
+                ..VirtioRequest::default()
+            };
+            let spec = DeviceSpec {
+                memory,
+                cpus: 1,
+                doorbell: Doorbell::Exit,
+                virtio: plan_virtio(&request).unwrap(),
+            };
+            let mut backends = Backends::for_replay(&[], false, false, &CountingSink::default());
+            backends.disks.push(DiskBackendSpec {
+                disk: Box::new(Watched(dropped.clone())),
+                readonly: false,
+                describe: String::new(),
+            });
+            let guest = crate::machine::guest_memory(&memory).unwrap();
+            let clocks = Clocks {
+                rtc: Epoch,
+                pm_timer: Epoch,
+            };
+            drop(build(&spec, &Unplugged, backends, clocks, &guest).unwrap());
+            assert!(dropped.load(Ordering::SeqCst), "{transport:?}");
+        }
     }
 }
