@@ -9,7 +9,7 @@
 //! | 0             | host bridge     | -        |
 //! | 1, 2, ...     | virtio devices on PCI in the inventory's order (disks, entropy, console) | 16 + n % 8 |
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -17,8 +17,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::bus::IoBuses;
 use crate::config::Doorbell;
 use crate::devices::acpi_pm::ResetControl;
-use crate::devices::pci::host::{PciConfigIo, PciEcam, PciRoot, SharedFunction};
+use crate::devices::pci::host::{BarObserver, PciConfigIo, PciEcam, PciRoot, SharedFunction};
 use crate::devices::pci::msix::{MsiMessage, MsiSink};
+use crate::devices::pci::BarChange;
 use crate::devices::virtio::pci::VirtioPciTransport;
 use crate::devices::virtio::{OnBus, VirtioDevice};
 use crate::errors::chain;
@@ -29,6 +30,7 @@ use crate::ratelimit::RateLimiter;
 use crate::services::LevelTriggered;
 use crate::sync::LockExt;
 
+use super::inventory::DeviceCounters;
 use super::platform::Platform;
 use super::MachineError;
 use bars::{BarMover, PlacedBar};
@@ -84,6 +86,27 @@ impl MsiSink for MsiVectors {
     }
 }
 
+/// The root's view of the [`BarMover`]: weak, because the mover holds the MMIO table
+/// that holds ECAM, which holds the root. A strong reference here made a cycle that kept
+/// every device (and a disk image's lock) alive after its machine was dropped; the
+/// inventory's `pci-host` entry owns the mover instead, for as long as the machine.
+struct RootObserver(Weak<BarMover>);
+
+impl BarObserver for RootObserver {
+    fn bar_changed(&self, function: u8, change: BarChange) {
+        if let Some(mover) = self.0.upgrade() {
+            mover.bar_changed(function, change);
+        }
+    }
+}
+
+/// The `pci-host` entry's counters: it keeps none, but owns the mover.
+impl DeviceCounters for BarMover {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+}
+
 /// What placing a device needs from the machine.
 pub struct Placing<'a> {
     pub memory: &'a GuestMemoryMmap,
@@ -119,7 +142,7 @@ impl PciBus {
     pub fn new(buses: &IoBuses, platform: &dyn Platform) -> Self {
         let mover = Arc::new(BarMover::new(&buses.mmio, platform.ioevents()));
         Self {
-            root: PciRoot::new(mover.clone()),
+            root: PciRoot::new(Arc::new(RootObserver(Arc::downgrade(&mover)))),
             mover,
             next: 1,
         }
@@ -193,8 +216,13 @@ impl PciBus {
     }
 
     /// Assigns the BARs, as firmware would, and places bus 0's root (with `reset` at
-    /// 0xcf9 through it) at CF8/CFC and ECAM.
-    pub fn finish(self, buses: &mut IoBuses, reset: ResetControl) -> Result<(), MachineError> {
+    /// 0xcf9 through it) at CF8/CFC and ECAM; returns what must live as long as the
+    /// machine (the BAR mover), for the inventory to keep.
+    pub fn finish(
+        self,
+        buses: &mut IoBuses,
+        reset: ResetControl,
+    ) -> Result<Arc<dyn DeviceCounters>, MachineError> {
         let root = Arc::new(self.root);
         root.assign_memory_bars(layout::PCI_MMIO32_START..layout::PCI_MMIO32_END)?;
         buses.pio.insert(
@@ -209,7 +237,7 @@ impl PciBus {
             layout::PCI_ECAM_SIZE,
             Arc::new(Mutex::new(PciEcam::new(root))),
         )?;
-        Ok(())
+        Ok(self.mover)
     }
 }
 

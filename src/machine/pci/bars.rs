@@ -1,7 +1,7 @@
 //! The BARs of the virtio-pci devices: placed on the MMIO bus where the guest puts them,
 //! and moved with their doorbells, all or nothing.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -102,10 +102,7 @@ fn move_steps(bar: &PlacedBar, new: u64) -> Vec<MoveStep> {
 /// Locks: `bars` is taken under the PCI configuration device's lock (the guest's BAR
 /// write); under it only the MMIO table's publisher lock and `KVM_IOEVENTFD` ioctls.
 pub(super) struct BarMover {
-    /// Weak: the bus holds this mover (through PCI's root in the ECAM and 0xcf8 slots), so
-    /// a strong reference would be a cycle that keeps the bus, its devices, their disk
-    /// image's lock and the VM alive after the machine is dropped.
-    mmio: Weak<SwappableMmio>,
+    mmio: Arc<SwappableMmio>,
     ioevents: Option<Arc<dyn DoorbellSwitch>>,
     pub(super) bars: Mutex<Vec<PlacedBar>>,
     warnings: Mutex<RateLimiter>,
@@ -121,7 +118,7 @@ impl BarMover {
 
     fn with_switch(mmio: &Arc<SwappableMmio>, ioevents: Option<Arc<dyn DoorbellSwitch>>) -> Self {
         Self {
-            mmio: Arc::downgrade(mmio),
+            mmio: mmio.clone(),
             ioevents,
             bars: Mutex::default(),
             warnings: Mutex::default(),
@@ -134,15 +131,12 @@ impl BarMover {
     }
 
     fn place(&self, bar: &mut PlacedBar, new: u64) -> Result<(), MachineError> {
-        // Gone only while the machine is dropped, when nothing dispatches any more.
-        let Some(mmio) = self.mmio.upgrade() else {
-            return Ok(());
-        };
+        let mmio = &self.mmio;
         let mut done = Vec::new();
         for step in move_steps(bar, new) {
-            if let Err(error) = self.apply(&mmio, bar, step, false) {
+            if let Err(error) = self.apply(mmio, bar, step, false) {
                 for step in done.into_iter().rev() {
-                    if let Err(undo) = self.apply(&mmio, bar, step, true) {
+                    if let Err(undo) = self.apply(mmio, bar, step, true) {
                         let name = bar.name;
                         self.warnings.locked().warn(|| {
                             format!("{name}: undoing a failed BAR move: {}", chain(&undo))
