@@ -1,0 +1,345 @@
+//! Networking's host side, before the virtio-net device: the netns harness
+//! (tests/common/netns.rs) and hushvm's tap backend (src/net/tap.rs), checked against a
+//! responder written here that plays the guest on the tap, and the test guest
+//! (guests/net.c) under QEMU's TCG, whose virtio-net is real.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::netns::{netns_available, parse_ping_summary, NetNs, TapKind};
+use hushvm::net::tap::{Tap, TapError, VNET_HDR_LEN};
+use vm_memory::VolatileSlice;
+
+const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+#[test]
+fn ping_summaries_are_parsed() {
+    let output =
+        "PING 10.77.0.2 (10.77.0.2) 56(84) bytes of data.\n\n--- 10.77.0.2 ping statistics ---\n\
+                  3 packets transmitted, 2 received, 33.3333% packet loss, time 404ms\n";
+    assert_eq!(parse_ping_summary(output), Some((3, 2)));
+    assert_eq!(parse_ping_summary("ping: unknown host"), None);
+}
+
+#[test]
+fn the_namespace_goes_away_on_drop_and_on_panic() {
+    if !netns_available() {
+        return;
+    }
+    let exists = |name: &str| std::path::Path::new(&format!("/var/run/netns/{name}")).exists();
+    let ns = NetNs::new(TapKind::SingleQueue);
+    let name = ns.name().to_string();
+    assert!(exists(&name));
+    // The tap is in the namespace, not outside it.
+    assert!(!std::path::Path::new(&format!("/sys/class/net/{}", NetNs::TAP)).exists());
+    drop(ns);
+    assert!(!exists(&name));
+    let panicked = std::panic::catch_unwind(|| {
+        let ns = NetNs::new(TapKind::SingleQueue);
+        std::fs::write(std::env::temp_dir().join("hushvm-netns-name"), ns.name()).unwrap();
+        panic!("on purpose");
+    });
+    assert!(panicked.is_err());
+    let name = std::fs::read_to_string(std::env::temp_dir().join("hushvm-netns-name")).unwrap();
+    assert!(!exists(&name), "{name} left behind");
+}
+
+#[test]
+fn taps_are_opened_with_clear_errors() {
+    if !netns_available() {
+        return;
+    }
+    let single = NetNs::new(TapKind::SingleQueue);
+    single.in_namespace(|| {
+        assert!(matches!(
+            Tap::open("hvnone0", 1),
+            Err(TapError::NoSuchInterface(_))
+        ));
+        let error = Tap::open(NetNs::TAP, 2).unwrap_err();
+        assert!(error.to_string().contains("multi_queue"), "{error}");
+        let taps = Tap::open(NetNs::TAP, 1).expect("open the tap");
+        assert_eq!(taps[0].name(), NetNs::TAP);
+        taps[0].set_offload(0).expect("no offloads");
+    });
+    let multi = NetNs::new(TapKind::MultiQueue);
+    multi.in_namespace(|| {
+        let taps = Tap::open(NetNs::TAP, 4).expect("four queues");
+        let fds: std::collections::HashSet<_> = taps.iter().map(|t| t.as_raw_fd()).collect();
+        assert_eq!(fds.len(), 4);
+        taps[3]
+            .set_offload(libc::TUN_F_CSUM | libc::TUN_F_TSO4)
+            .expect("offloads");
+    });
+}
+
+#[test]
+fn ping_and_udp_reach_a_responder_behind_the_tap() {
+    if !netns_available() {
+        return;
+    }
+    let ns = NetNs::new(TapKind::SingleQueue);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let responder = scope.spawn(|| ns.in_namespace(|| respond_until(&stop)));
+        let ping = ns.ping(NetNs::GUEST_IP, 3, 56, 2);
+        let big = ns.ping(NetNs::GUEST_IP, 1, 1400, 2);
+        let payloads: Vec<Vec<u8>> = (0..4)
+            .map(|i| vec![b'a' + i; 1 + 300 * i as usize])
+            .collect();
+        let echoes = ns.udp_exchange(
+            SocketAddr::from((NetNs::GUEST_IP, 7)),
+            &payloads,
+            Duration::from_secs(2),
+        );
+        stop.store(true, Ordering::Relaxed);
+        let answered = responder.join().unwrap();
+        assert_eq!((ping.transmitted, ping.received), (3, 3), "{}", ping.output);
+        assert_eq!(big.received, 1, "{}", big.output);
+        for (sent, echoed) in payloads.iter().zip(&echoes) {
+            assert_eq!(echoed.as_ref(), Some(sent));
+        }
+        assert!(answered >= 1 + 4 + 4, "{answered} frames answered");
+    });
+    let (from_guest, to_guest) = ns.tap_packets();
+    assert!(from_guest >= 9 && to_guest >= 9, "{from_guest} {to_guest}");
+}
+
+/// Plays the guest on the tap with hushvm's backend: answers ARP, ICMP echo and UDP
+/// echo for GUEST_IP until `stop`; returns how many frames it answered.
+fn respond_until(stop: &AtomicBool) -> u32 {
+    let taps = Tap::open(NetNs::TAP, 1).expect("open the tap");
+    let tap = &taps[0];
+    let mut answered = 0;
+    let mut header = [0u8; VNET_HDR_LEN];
+    let mut frame = vec![0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        if !readable(tap, Duration::from_millis(50)) {
+            continue;
+        }
+        // Two buffers, as a guest's chain has: the header, then the frame.
+        let len = {
+            let buffers = [
+                VolatileSlice::from(&mut header[..]),
+                VolatileSlice::from(&mut frame[..]),
+            ];
+            match tap.readv(&buffers) {
+                Ok(len) => len,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("readv: {e}"),
+            }
+        };
+        assert!(len >= VNET_HDR_LEN, "a frame without its vnet header");
+        if let Some(mut reply) = answer(&frame[..len - VNET_HDR_LEN]) {
+            let mut reply_header = [0u8; VNET_HDR_LEN];
+            let buffers = [
+                VolatileSlice::from(&mut reply_header[..]),
+                VolatileSlice::from(&mut reply[..]),
+            ];
+            let written = tap.writev(&buffers).expect("writev");
+            assert_eq!(written, VNET_HDR_LEN + reply.len());
+            answered += 1;
+        }
+    }
+    answered
+}
+
+fn readable(tap: &Tap, timeout: Duration) -> bool {
+    let mut poll = libc::pollfd {
+        fd: tap.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes the one pollfd passed, which outlives the call.
+    unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as i32) == 1 }
+}
+
+fn answer(frame: &[u8]) -> Option<Vec<u8>> {
+    if frame.len() < 14 {
+        return None;
+    }
+    let mut reply = frame.to_vec();
+    reply.copy_within(6..12, 0);
+    reply[6..12].copy_from_slice(&GUEST_MAC);
+    let guest_ip = NetNs::GUEST_IP.octets();
+    match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0806 if frame.len() >= 42 && frame[20..22] == [0, 1] && frame[38..42] == guest_ip => {
+            reply[21] = 2;
+            reply[32..42].copy_from_slice(&frame[22..32]);
+            reply[22..28].copy_from_slice(&GUEST_MAC);
+            reply[28..32].copy_from_slice(&guest_ip);
+            reply.truncate(42);
+            Some(reply)
+        }
+        0x0800 if frame.len() >= 42 && frame[30..34] == guest_ip => {
+            let header_len = usize::from(frame[14] & 0xf) * 4;
+            let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+            reply.truncate(14 + total);
+            reply[26..30].copy_from_slice(&guest_ip);
+            reply[30..34].copy_from_slice(&frame[26..30]);
+            let payload = 14 + header_len;
+            match frame[23] {
+                1 if frame[payload] == 8 => {
+                    reply[payload] = 0;
+                    reply[payload + 2..payload + 4].fill(0);
+                    let sum = checksum(&reply[payload..]);
+                    reply[payload + 2..payload + 4].copy_from_slice(&sum.to_be_bytes());
+                }
+                17 if frame[payload + 2..payload + 4] == [0, 7] => {
+                    reply[payload..payload + 2].copy_from_slice(&frame[payload + 2..payload + 4]);
+                    reply[payload + 2..payload + 4].copy_from_slice(&frame[payload..payload + 2]);
+                    reply[payload + 6..payload + 8].fill(0);
+                }
+                _ => return None,
+            }
+            reply[24..26].fill(0);
+            let sum = checksum(&reply[14..14 + header_len]);
+            reply[24..26].copy_from_slice(&sum.to_be_bytes());
+            Some(reply)
+        }
+        _ => None,
+    }
+}
+
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|pair| u32::from(pair[0]) << 8 | u32::from(*pair.get(1).unwrap_or(&0)))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The test guest under QEMU's TCG, on a tap in a namespace: ping (small and merged
+/// into several buffers), UDP echo, and the guest's own counts when told to quit.
+#[test]
+fn the_test_guest_answers_under_qemu_tcg() {
+    if !netns_available() || !qemu_available() {
+        return;
+    }
+    let image = hushvm::guests::image("net").expect("the net guest is built");
+    let guest = common::scratch_dir().join(format!("net-{}.elf", std::process::id()));
+    std::fs::write(&guest, image).unwrap();
+    for cmdline in [
+        "irq=1 event_idx=1 mrg_rxbuf=1",
+        "irq=0 event_idx=0 mrg_rxbuf=0",
+    ] {
+        let ns = NetNs::new(TapKind::SingleQueue);
+        let console = common::scratch_dir().join(format!("net-{}.out", ns.name()));
+        let mut qemu = ns
+            .command("timeout")
+            .arg("60")
+            .args(qemu_args(&guest, cmdline, NetNs::TAP))
+            .stdout(std::fs::File::create(&console).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start QEMU");
+        wait_for(&console, "net: ready", Duration::from_secs(30));
+        let ping = ns.ping(NetNs::GUEST_IP, 3, 56, 2);
+        let big = ns.ping(NetNs::GUEST_IP, 2, 1400, 2);
+        let payloads: Vec<Vec<u8>> = (0..3)
+            .map(|i| vec![b'x' + i; 10 + 600 * i as usize])
+            .collect();
+        let echoes = ns.udp_exchange(
+            SocketAddr::from((NetNs::GUEST_IP, 7)),
+            &payloads,
+            Duration::from_secs(2),
+        );
+        ns.udp_send(SocketAddr::from((NetNs::GUEST_IP, 9)), b"quit");
+        let status = qemu.wait().expect("QEMU ends");
+        let output = std::fs::read_to_string(&console).unwrap();
+        assert_eq!(ping.received, 3, "{cmdline}: {}\n{output}", ping.output);
+        assert_eq!(big.received, 2, "{cmdline}: {}\n{output}", big.output);
+        for (sent, echoed) in payloads.iter().zip(&echoes) {
+            assert_eq!(echoed.as_ref(), Some(sent), "{cmdline}\n{output}");
+        }
+        // isa-debug-exit: (0 << 1) | 1, the guest returned 0.
+        assert_eq!(status.code(), Some(1), "{cmdline}\n{output}");
+        let report = output
+            .lines()
+            .find(|line| line.starts_with("net: rx="))
+            .unwrap_or_else(|| panic!("no report:\n{output}"));
+        let field = |key: &str| -> u64 {
+            report
+                .split_whitespace()
+                .find_map(|item| item.strip_prefix(&format!("{key}=")))
+                .and_then(|value| value.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in {report}"))
+        };
+        assert_eq!(field("icmp"), 5, "{report}");
+        assert_eq!(field("udp"), 3, "{report}");
+        assert_eq!(field("errors"), 0, "{report}");
+        if cmdline.contains("mrg_rxbuf=1") {
+            assert!(field("merged") >= 2, "{report}");
+        }
+    }
+}
+
+fn qemu_args(guest: &std::path::Path, cmdline: &str, tap: &str) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-M",
+        "pc",
+        "-m",
+        "64M",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=4",
+        "-device",
+        "virtio-net-pci,netdev=n0,disable-legacy=on,romfile=",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push("-netdev".into());
+    args.push(format!(
+        "tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off"
+    ));
+    args.push("-kernel".into());
+    args.push(guest.display().to_string());
+    args.push("-append".into());
+    args.push(format!("ip={} {cmdline}", NetNs::GUEST_IP));
+    args
+}
+
+fn qemu_available() -> bool {
+    let found = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if found {
+        return true;
+    }
+    let skip = std::env::var("HUSHVM_SKIP_KVM_TESTS").as_deref() == Ok("1");
+    let required = std::env::var("HUSHVM_REQUIRE_KVM").as_deref() == Ok("1");
+    if skip && !required {
+        eprintln!("SKIPPED: qemu-system-x86_64 is not installed and HUSHVM_SKIP_KVM_TESTS=1");
+        return false;
+    }
+    panic!("this test needs qemu-system-x86_64 (scripts/install-net-tools.sh installs it)");
+}
+
+fn wait_for(path: &std::path::Path, text: &str, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let output = std::fs::read_to_string(path).unwrap_or_default();
+        if output.contains(text) {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no {text:?} within {timeout:?}:\n{output}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
