@@ -95,10 +95,11 @@ struct RunArgs {
     /// Let every write exit to userspace: no coalesced PIO.
     #[arg(long)]
     no_coalesce: bool,
-    /// A virtio-blk disk backed by PATH (a multiple of 512 bytes); ",readonly" refuses
-    /// the guest's writes.
-    #[arg(long, value_name = "PATH[,readonly]")]
-    disk: Option<hushvm::config::DiskConfig>,
+    /// A virtio-blk disk backed by PATH (a multiple of 512 bytes), repeatable:
+    /// ",readonly" refuses the guest's writes, ",id=ID" names it (default blkN),
+    /// ",transport=pci|mmio" places it (default --virtio-transport).
+    #[arg(long, value_name = "PATH[,readonly][,id=ID][,transport=pci|mmio]")]
+    disk: Vec<hushvm::config::DiskConfig>,
     /// A virtio-rng device fed from the host's /dev/urandom.
     #[arg(long)]
     rng: bool,
@@ -227,7 +228,7 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
         },
         devices: DeviceConfig {
             serial: args.serial,
-            disk: args.disk,
+            disks: args.disk,
             rng: args.rng,
             virtio_console: args.virtio_console,
             transport,

@@ -16,7 +16,10 @@ use crate::bus::{Access, Dispatch, IoBuses, StopRequest};
 use crate::config::{Doorbell, VirtioTransport};
 use crate::exit::VmExit;
 use crate::layout::MemoryLayout;
-use crate::machine::{self, Backends, Clocks, CountingSink, DeviceSpec, MachineError, Unplugged};
+use crate::machine::{
+    self, plan_virtio, Backends, Clocks, CountingSink, DeviceSpec, Inventory, MachineError,
+    Unplugged, VirtioRequest,
+};
 use crate::profile::{ExitKey, ExitProfile};
 use crate::ratelimit::RateLimiter;
 use crate::services::{InputTarget, Services};
@@ -114,11 +117,11 @@ pub struct Outside {
     pub timer_rearms: u64,
 }
 
-/// Where the [`Outside`] counters come from.
+/// Where the [`Outside`] counters come from: the inventory's devices, the outputs'
+/// sink, the RTC's re-arm notices.
 struct OutsideCounters {
-    lines: Vec<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    inventory: Inventory,
     output: CountingSink,
-    doorbells: Vec<Arc<dyn Fn() -> u64 + Send + Sync>>,
     rearms: Arc<AtomicU64>,
 }
 
@@ -136,23 +139,30 @@ impl ReplayMachine {
     pub fn build(description: &MachineDescription) -> Result<Self, MachineError> {
         let memory = MemoryLayout::new(description.memory).map_err(MachineError::Layout)?;
         let guest_memory = machine::guest_memory(&memory)?;
+        let transport = match description.pci {
+            true => VirtioTransport::Pci,
+            false => VirtioTransport::Mmio,
+        };
+        let disks: &[u64] = match description.disk_bytes {
+            0 => &[],
+            bytes => &[bytes],
+        };
+        // The devices a version-1 description names, planned as a live run plans them.
+        let request = VirtioRequest {
+            disks: disks.iter().map(|_| (None, None)).collect(),
+            rng: description.rng.then_some(transport),
+            console: description.console.then_some(transport),
+            default: transport,
+        };
         let spec = DeviceSpec {
             memory,
             cpus: description.cpus.max(1),
             // Replayed doorbells come from the trace's records, not from fds.
             doorbell: Doorbell::Exit,
-            transport: match description.pci {
-                true => VirtioTransport::Pci,
-                false => VirtioTransport::Mmio,
-            },
+            virtio: plan_virtio(&request)?,
         };
         let output = CountingSink::default();
-        let backends = Backends::for_replay(
-            description.disk_bytes,
-            description.rng,
-            description.console,
-            &output,
-        );
+        let backends = Backends::for_replay(disks, description.rng, description.console, &output);
         let clock = ReplayClock::new(description.clock_start);
         let clocks = Clocks {
             rtc: clock.clone(),
@@ -167,17 +177,8 @@ impl ReplayMachine {
             counter.fetch_add(1, Ordering::Relaxed);
         }));
         let outside = OutsideCounters {
-            lines: devices
-                .lines
-                .iter()
-                .map(|named| named.count.clone())
-                .collect(),
+            inventory: devices.inventory,
             output,
-            doorbells: devices
-                .virtio
-                .iter()
-                .map(|slot| slot.doorbells_rung.clone())
-                .collect(),
             rearms,
         };
         Ok(Self {
@@ -192,9 +193,9 @@ impl ReplayMachine {
     pub fn outside(&self) -> Outside {
         let counters = &self.outside;
         Outside {
-            interrupts: counters.lines.iter().map(|count| count()).sum(),
+            interrupts: counters.inventory.total("interrupts"),
             output_bytes: counters.output.bytes(),
-            doorbells: counters.doorbells.iter().map(|rung| rung()).sum(),
+            doorbells: counters.inventory.total("doorbells"),
             timer_rearms: counters.rearms.load(Ordering::Relaxed),
         }
     }

@@ -55,13 +55,13 @@ pub struct BootConfig {
 pub struct DeviceConfig {
     /// Where COM1 goes (and, for stdio, where its input comes from).
     pub serial: SerialMode,
-    /// A virtio-blk disk.
-    pub disk: Option<DiskConfig>,
+    /// virtio-blk disks, in `--disk` order.
+    pub disks: Vec<DiskConfig>,
     /// A virtio-rng device.
     pub rng: bool,
     /// A virtio-console device, and where its output goes.
     pub virtio_console: Option<SerialMode>,
-    /// virtio-mmio or virtio-pci.
+    /// virtio-mmio or virtio-pci, for each virtio device that does not say.
     pub transport: VirtioTransport,
 }
 
@@ -138,7 +138,7 @@ impl MachineConfig {
             },
             devices: DeviceConfig {
                 serial: SerialMode::Stdio,
-                disk: None,
+                disks: Vec::new(),
                 rng: false,
                 virtio_console: None,
                 transport: VirtioTransport::Mmio,

@@ -7,6 +7,7 @@
 mod backends;
 mod config;
 mod devices;
+mod inventory;
 mod pci;
 mod platform;
 mod posted;
@@ -51,6 +52,10 @@ pub use config::{
     DEFAULT_EVENT_POLL, DEFAULT_POSTED_DRAIN,
 };
 pub use devices::{build as build_devices, Clocks, DeviceSpec, Devices};
+pub use inventory::{
+    plan_virtio, BusPlacement, DeviceCounters, DeviceEntry, DeviceKind, Interrupt, Inventory,
+    VirtioKind, VirtioRequest, VirtioSpec,
+};
 pub use platform::{Platform, Unplugged};
 pub use report::{Coalescing, RunReport};
 pub use signals::{install as install_signal_handlers, signal_name, STOP_SIGNALS};
@@ -118,6 +123,30 @@ pub enum MachineError {
     ThreadPanicked,
     #[error("seccomp: {0}")]
     Seccomp(#[from] SeccompError),
+    #[error("cannot plan the devices")]
+    Devices(#[from] crate::config::ConfigError),
+    #[error("device {0} has no backend")]
+    MissingBackend(String),
+    #[error(
+        "--record: a trace describes at most one disk, with every virtio device on one transport"
+    )]
+    TraceCannotDescribe,
+}
+
+/// The virtio devices `config` asks for, planned.
+pub fn virtio_plan(config: &DeviceConfig) -> Result<Vec<VirtioSpec>, MachineError> {
+    let default = config.transport;
+    let request = VirtioRequest {
+        disks: config
+            .disks
+            .iter()
+            .map(|disk| (disk.id.clone(), disk.transport))
+            .collect(),
+        rng: config.rng.then_some(default),
+        console: config.virtio_console.is_some().then_some(default),
+        default,
+    };
+    Ok(plan_virtio(&request)?)
 }
 
 /// Guest RAM as the layout places it.
@@ -171,9 +200,17 @@ fn start_trace(
         return Ok(None);
     };
     let devices = &config.devices;
+    // Version 1's description names one disk and one transport for every device.
+    let one_transport = devices
+        .disks
+        .iter()
+        .all(|disk| disk.transport.is_none_or(|t| t == devices.transport));
+    if devices.disks.len() > 1 || !one_transport {
+        return Err(MachineError::TraceCannotDescribe);
+    }
     let disk_bytes = devices
-        .disk
-        .as_ref()
+        .disks
+        .first()
         .and_then(|disk| std::fs::metadata(&disk.path).ok())
         .map_or(0, |metadata| metadata.len());
     let description = MachineDescription {
@@ -202,11 +239,11 @@ fn write_acpi_tables<C: Clock>(
     let windows = devices
         .virtio
         .iter()
-        .filter(|slot| slot.on_mmio)
-        .map(|slot| acpi::VirtioMmioWindow {
-            base: layout::virtio_mmio_slot(slot.index),
+        .filter_map(|wiring| wiring.mmio_window)
+        .map(|window| acpi::VirtioMmioWindow {
+            base: layout::virtio_mmio_slot(window),
             size: layout::VIRTIO_MMIO_SLOT_SIZE,
-            gsi: layout::virtio_mmio_gsi(slot.index),
+            gsi: layout::virtio_mmio_gsi(window),
         })
         .collect();
     let tables = acpi::build(&acpi::AcpiConfig {
@@ -226,7 +263,11 @@ fn write_acpi_tables<C: Clock>(
 /// The PCI host bridge the tables describe: bus 0 only, the layout's windows, QEMU's
 /// I/O window, and the INTx line of each virtio-pci device.
 fn pci_description<C: Clock>(devices: &Devices<C>) -> acpi::AcpiPci {
-    let on_pci = devices.virtio.iter().filter(|slot| !slot.on_mmio).count();
+    let on_pci = devices
+        .virtio
+        .iter()
+        .filter(|wiring| wiring.mmio_window.is_none())
+        .count();
     acpi::AcpiPci {
         ecam_base: layout::PCI_ECAM_START,
         bus_end: 0,
@@ -324,10 +365,10 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         memory: config.memory,
         cpus: config.vcpus.count,
         doorbell: config.cures.doorbell,
-        transport: config.devices.transport,
+        virtio: virtio_plan(&config.devices)?,
     };
     let mut backends = Backends::open(&config.devices, &captures)?;
-    let disk_sync = backends.disk_sync.take();
+    let disk_syncs = std::mem::take(&mut backends.disk_syncs);
     let clocks = Clocks {
         rtc: MachineClock::new(clock_start, recorder.clone()),
         pm_timer: RecordedClock::new(MonotonicClock::default(), recorder.clone()),
@@ -358,7 +399,7 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     // The event-loop thread settles the ring once more after joining the vCPUs: what a
     // guest posted after its last exit still reaches its device, on every stop path.
     let run = vcpus::run(vcpus, &shared, events, config)?;
-    finish_outputs(config, disk_sync);
+    finish_outputs(disk_syncs);
     let wall = started.elapsed();
     if let (Some(recorder), Some(path)) = (&recorder, &config.run.record) {
         recorder.finish().map_err(|source| MachineError::Trace {
@@ -381,12 +422,12 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
 /// the disk's data reaches the image's storage (as a guest's flush would have made it)
 /// and COM1's and the console's output leaves hushvm's buffers. A failure is only
 /// reported: the run's outcome stands.
-fn finish_outputs(config: &MachineConfig, disk_sync: Option<std::fs::File>) {
-    if let (Some(file), Some(disk)) = (disk_sync, &config.devices.disk) {
+fn finish_outputs(disk_syncs: Vec<(PathBuf, std::fs::File)>) {
+    for (path, file) in disk_syncs {
         if let Err(error) = file.sync_data() {
             eprintln!(
                 "hushvm: warning: --disk {}: cannot sync the image: {error}",
-                disk.path.display()
+                path.display()
             );
         }
     }
@@ -423,16 +464,8 @@ fn report<C: Clock>(
         cpus: config.vcpus.count,
         serial: captures.serial.take(),
         virtio_console: captures.console.take(),
-        interrupts: devices
-            .lines
-            .iter()
-            .map(|named| (named.name, (named.count)()))
-            .collect(),
-        virtio_notifications: devices
-            .virtio
-            .iter()
-            .map(|slot| (slot.notifications)())
-            .sum(),
+        devices: report::DeviceReport::all(&devices.inventory),
+        virtio_notifications: devices.inventory.total("notifications"),
         rtc: devices.rtc.locked().state(),
     }
 }
