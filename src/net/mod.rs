@@ -2,5 +2,6 @@
 //! (config.rs). The virtio-net device itself belongs in `devices/virtio/` and reaches
 //! the tap through the machine, as the other devices reach their backends.
 
+pub mod backend;
 pub mod config;
 pub mod tap;
