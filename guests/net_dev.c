@@ -105,7 +105,11 @@ static void kick(struct netq *q)
                                        : !(q->used.flags & USED_NO_NOTIFY);
     q->notified_idx = now;
     if (!wanted) return;
-    w16(q->notify, q->index);
+    /* virtio-pci's notify is 16 bits; virtio-mmio takes 32-bit accesses only. */
+    if (opts.pci)
+        w16(q->notify, q->index);
+    else
+        w32(q->notify, q->index);
     netdev_stats.doorbells++;
 }
 
