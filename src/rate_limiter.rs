@@ -176,6 +176,16 @@ impl RateLimiter {
         Admission::Go
     }
 
+    /// Charges `bytes` to the bandwidth bucket whatever its budget (a debt the refill
+    /// pays first): for a receive whose size is known only once it has arrived, after
+    /// `admit(0, ..)` let it start.
+    pub fn charge_bytes(&mut self, bytes: u64, now_ns: u64) {
+        if let Some(bucket) = self.bandwidth.as_mut() {
+            bucket.refill(now_ns);
+            bucket.take(bytes);
+        }
+    }
+
     pub fn bandwidth(&self) -> Option<&TokenBucket> {
         self.bandwidth.as_ref()
     }

@@ -194,3 +194,15 @@ fn extreme_configurations_do_not_overflow() {
     assert_eq!(tiny.admit(u64::MAX, 0), Admission::Go);
     assert!(matches!(tiny.admit(1, u64::MAX / 2), Admission::Wait(_)));
 }
+
+#[test]
+fn a_charge_after_the_fact_leaves_a_debt_that_holds_the_next_admission() {
+    let mut limiter = bandwidth(1000, None, 100);
+    // A receive is let start with nothing known, then charged what arrived.
+    assert_eq!(limiter.admit(0, 0), Admission::Go);
+    limiter.charge_bytes(1500, 0);
+    assert_eq!(limiter.bandwidth().unwrap().budget(), -500);
+    // The debt (500) is paid at 10 bytes/ms before even an empty admission goes.
+    assert_eq!(wait_ns(limiter.admit(0, 0)), 50 * MS);
+    assert_eq!(limiter.admit(0, 50 * MS), Admission::Go);
+}

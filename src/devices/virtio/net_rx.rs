@@ -113,7 +113,7 @@ impl<B: NetBackend> Net<B> {
         bump(&self.counters.rx_bytes, (len - HEADER_LEN) as u64);
         // The limiter is charged for what arrived (it could not know the size before).
         if let Some(limiter) = self.rx_limit.locked().limiter.as_mut() {
-            let _ = limiter.admit((len - HEADER_LEN) as u64, (self.clock)());
+            limiter.charge_bytes((len - HEADER_LEN) as u64, (self.clock)());
         }
         Ok(())
     }

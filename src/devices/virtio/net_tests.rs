@@ -68,12 +68,14 @@ fn no_clock() -> u64 {
 }
 
 fn rig(features: u64) -> Rig {
-    rig_with(features, None, no_clock)
+    rig_with(features, [None, None], no_clock)
 }
 
-fn rig_with(features: u64, tx_limiter: Option<RateLimiter>, clock: fn() -> u64) -> Rig {
+/// With limiters `[rx, tx]`.
+fn rig_with(features: u64, limiters: [Option<RateLimiter>; 2], clock: fn() -> u64) -> Rig {
     let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
-    let net = Net::new(Fake::default(), MAC, None, tx_limiter, clock);
+    let [rx_limiter, tx_limiter] = limiters;
+    let net = Net::new(Fake::default(), MAC, rx_limiter, tx_limiter, clock);
     net.activate(VIRTIO_F_VERSION_1 | features);
     let (rx, tx) = (
         DriverQueue::new(RX_QUEUE, 16),
@@ -336,16 +338,20 @@ fn activation_tells_the_backend_and_the_configuration_space_has_the_mac() {
     }
 }
 
-static CLOCK_NS: AtomicU64 = AtomicU64::new(0);
+static TX_CLOCK_NS: AtomicU64 = AtomicU64::new(0);
+static RX_CLOCK_NS: AtomicU64 = AtomicU64::new(0);
 
-fn test_clock() -> u64 {
-    CLOCK_NS.load(Ordering::Relaxed)
+fn tx_clock() -> u64 {
+    TX_CLOCK_NS.load(Ordering::Relaxed)
 }
 
-#[test]
-fn a_limited_transmit_queue_waits_and_drops_nothing() {
-    // One frame per 100 ms.
-    let limiter = RateLimiterConfig {
+fn rx_clock() -> u64 {
+    RX_CLOCK_NS.load(Ordering::Relaxed)
+}
+
+/// One operation per 100 ms.
+fn one_per_100ms() -> Option<RateLimiter> {
+    RateLimiterConfig {
         bandwidth: None,
         ops: Some(TokenBucketConfig {
             size: 1,
@@ -353,8 +359,12 @@ fn a_limited_transmit_queue_waits_and_drops_nothing() {
             refill_time: 100,
         }),
     }
-    .build(0);
-    let mut rig = rig_with(0, limiter, test_clock);
+    .build(0)
+}
+
+#[test]
+fn a_limited_transmit_queue_waits_and_drops_nothing() {
+    let mut rig = rig_with(0, [None, one_per_100ms()], tx_clock);
     for n in 0..3 {
         rig.send(DATA + n * 0x1000, [0; HEADER_LEN], &frame(60, n as u8));
     }
@@ -366,10 +376,35 @@ fn a_limited_transmit_queue_waits_and_drops_nothing() {
         1,
         "the others stay in the ring"
     );
-    CLOCK_NS.store(100_000_000, Ordering::Relaxed);
+    TX_CLOCK_NS.store(100_000_000, Ordering::Relaxed);
     assert!(rig.run_tx());
-    CLOCK_NS.store(200_000_000, Ordering::Relaxed);
+    TX_CLOCK_NS.store(200_000_000, Ordering::Relaxed);
     assert!(rig.run_tx());
     assert_eq!(rig.sent().len(), 3);
     assert_eq!(rig.net.counters.tx_dropped.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_limited_receive_queue_leaves_frames_in_the_backend() {
+    let mut rig = rig_with(0, [one_per_100ms(), None], rx_clock);
+    for n in 0..3u64 {
+        rig.rx
+            .add_chain(&rig.memory, &[(DATA + n * 0x1000, 2048, true)]);
+    }
+    for n in 0..2 {
+        rig.arrive(from_tap(&frame(60, n)));
+    }
+    assert!(rig.run_rx());
+    assert_eq!(rig.rx.used_idx(&rig.memory), 1);
+    assert_eq!(
+        rig.net.backend().incoming.lock().unwrap().len(),
+        1,
+        "not read, not dropped"
+    );
+    assert_eq!(rig.net.retry_after_ns(), Some(100_000_000));
+    RX_CLOCK_NS.store(100_000_000, Ordering::Relaxed);
+    assert!(rig.run_rx());
+    assert_eq!(rig.rx.used_idx(&rig.memory), 2);
+    assert_eq!(rig.net.counters.rx_dropped.load(Ordering::Relaxed), 0);
+    assert!(!rig.net.rx_starved(), "a buffer is still posted");
 }
