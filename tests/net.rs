@@ -88,6 +88,8 @@ fn ping_and_udp_reach_a_responder_behind_the_tap() {
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let responder = scope.spawn(|| ns.in_namespace(|| respond_until(&stop)));
+        // The responder has the tap open once its link comes up.
+        ns.wait_for_carrier(Duration::from_secs(5));
         let ping = ns.ping(NetNs::GUEST_IP, 3, 56, 2);
         let big = ns.ping(NetNs::GUEST_IP, 1, 1400, 2);
         let payloads: Vec<Vec<u8>> = (0..4)
@@ -138,6 +140,7 @@ fn the_device_moves_frames_between_guest_memory_and_a_tap() {
     assert!(added.success());
     ns.in_namespace(|| {
         let tap = Tap::open(NetNs::TAP, 1).unwrap().remove(0);
+        ns.wait_for_carrier(Duration::from_secs(5));
         let net = Net::new(tap, GUEST_MAC, None, None, || 0);
         let mrg_rxbuf = 1u64 << virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
         net.activate(VIRTIO_F_VERSION_1 | mrg_rxbuf);
@@ -182,12 +185,14 @@ fn the_device_moves_frames_between_guest_memory_and_a_tap() {
             .send_to(&big, SocketAddr::from((NetNs::GUEST_IP, 7)))
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(2);
-        // Frames the kernel sends on its own (IPv6 neighbour discovery) may come first.
+        // Should the kernel send frames of its own, they may come first.
         let mut used = 0;
         let found = loop {
             assert!(
                 Instant::now() < deadline,
-                "the datagram never reached the queue"
+                "the datagram never reached the queue: used {} (seen {used}), {:?}",
+                rx.used_idx(&memory),
+                net.counters
             );
             net.process_queue(0, &mut rx_queue, &memory).unwrap();
             let mut hit = None;
@@ -398,6 +403,7 @@ fn run_guest_under_qemu(guest: &std::path::Path, pci: bool, cmdline: &str) {
         .spawn()
         .expect("start QEMU");
     wait_for(&console, "net: ready", Duration::from_secs(30));
+    ns.wait_for_carrier(Duration::from_secs(5));
     let ping = ns.ping(NetNs::GUEST_IP, 3, 56, 2);
     let big = ns.ping(NetNs::GUEST_IP, 2, 1400, 2);
     let payloads: Vec<Vec<u8>> = (0..3)

@@ -94,6 +94,13 @@ impl NetNs {
         run_checked(Command::new("ip").args(["netns", "add", &name]));
         // From here on, Drop removes the namespace even if a step below panics.
         let ns = NetNs { name };
+        // No IPv6: the kernel's own neighbour discovery and MLD frames would mix with
+        // what a test sends and counts.
+        run_checked(ns.command("sh").args([
+            "-c",
+            "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && \
+             echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6",
+        ]));
         let mut add_tap = vec!["tuntap", "add", "dev", Self::TAP, "mode", "tap"];
         if kind == TapKind::MultiQueue {
             add_tap.push("multi_queue");
@@ -197,6 +204,29 @@ impl NetNs {
             let socket = UdpSocket::bind((Self::HOST_IP, 0)).expect("bind in the namespace");
             socket.send_to(payload, target).expect("send");
         })
+    }
+
+    /// Waits until the tap's link is up: once a queue is attached (a tap opened), the
+    /// kernel turns the carrier on at once but starts the transmit queue only when its
+    /// link watcher runs, up to a second later; frames sent before are dropped.
+    pub fn wait_for_carrier(&self, timeout: Duration) {
+        let start = std::time::Instant::now();
+        loop {
+            let output = self
+                .command("cat")
+                .arg(format!("/sys/class/net/{}/operstate", Self::TAP))
+                .output()
+                .expect("read the tap's state");
+            let state = text(&output);
+            if state.trim() == "up" {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "the tap's link is not up after {timeout:?}: {state}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The tap's (received, transmitted) packet counters, as the host side sees them:
