@@ -103,6 +103,9 @@ struct RunArgs {
     /// A virtio-rng device fed from the host's /dev/urandom.
     #[arg(long)]
     rng: bool,
+    /// Where the virtio-rng device sits, if not where --virtio-transport says.
+    #[arg(long, value_name = "pci|mmio", requires = "rng")]
+    rng_transport: Option<VirtioTransport>,
     /// Where the virtio devices sit: pci (virtio-pci with MSI-X; the default for Linux
     /// kernels) or mmio (virtio-mmio; the default for Multiboot kernels).
     #[arg(long, value_name = "pci|mmio")]
@@ -110,6 +113,9 @@ struct RunArgs {
     /// A virtio-console device whose output goes to stdio, none or file:PATH.
     #[arg(long, value_name = "DEST")]
     virtio_console: Option<SerialMode>,
+    /// Where the virtio-console device sits, if not where --virtio-transport says.
+    #[arg(long, value_name = "pci|mmio", requires = "virtio_console")]
+    virtio_console_transport: Option<VirtioTransport>,
     /// Take virtqueue doorbells as ordinary MMIO exits instead of ioeventfds.
     #[arg(long)]
     no_ioeventfd: bool,
@@ -230,6 +236,8 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
             serial: args.serial,
             disks: args.disk,
             rng: args.rng,
+            rng_transport: args.rng_transport,
+            console_transport: args.virtio_console_transport,
             virtio_console: args.virtio_console,
             transport,
         },
@@ -288,6 +296,22 @@ fn write_profile(report: &RunReport, table: bool, json: Option<&Path>) -> Result
             eprintln!("coalesced PIO zones: {}", zones.join(" "));
         }
         eprintln!("wall time: {:.3} ms", report.wall.as_secs_f64() * 1e3);
+        for device in &report.devices {
+            let counters: Vec<String> = device
+                .counters
+                .iter()
+                .filter(|(_, value)| *value > 0)
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            if !counters.is_empty() {
+                eprintln!(
+                    "device {} ({}): {}",
+                    device.id,
+                    device.kind.name(),
+                    counters.join(" ")
+                );
+            }
+        }
     }
     if let Some(path) = json {
         let json = serde_json::to_string_pretty(&profile)?;

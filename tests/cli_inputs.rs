@@ -229,10 +229,6 @@ fn bad_disks_and_outputs_are_clear_errors() {
             .collect(),
             "more virtio-mmio devices than the 3 windows",
         ),
-        (
-            vec!["--record", no_dir, "--disk", &odd, "--disk", &odd],
-            "a trace describes at most one disk",
-        ),
         (vec!["--serial", &format!("file:{no_dir}")], "cannot open"),
         (
             vec!["--virtio-console", &format!("file:{no_dir}")],

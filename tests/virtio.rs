@@ -152,11 +152,26 @@ fn two_disks_on_two_transports_are_two_devices_by_id() {
             ..DiskConfig::new(&second)
         },
     ];
+    let trace = scratch_disk("two.trace", 0);
+    config.run.record = Some(trace.clone());
     let report = run(&config);
     let text = serial_text(&report);
     assert_eq!(report.stop, VmStop::Guest(StopRequest::Exit(0)), "{text}");
     assert_eq!(guest_fields(&report.serial, "blk:")["errors"], 0, "{text}");
     assert_blocks_on_disk(&first, 16);
+    // The trace's header lists both disks with their ids and transports: the replay
+    // rebuilds the same machine, and every read gives what was recorded.
+    let bytes = std::fs::read(&trace).unwrap();
+    let (description, _) = hushvm::replay::decode(&bytes).unwrap();
+    let listed: Vec<(&str, bool)> = description
+        .virtio
+        .iter()
+        .map(|device| (device.id.as_str(), device.pci))
+        .collect();
+    assert_eq!(listed, [("root", false), ("blk1", true)]);
+    let replayed = hushvm::replay::replay(&bytes).unwrap();
+    assert!(replayed.exits > 20, "{replayed:?}");
+    assert_eq!(replayed.divergences, 0, "{replayed:?}");
     let root = report.device("root").expect("the first disk, by its id");
     assert_eq!(root.counter("notifications"), 2 * 16 + 2);
     let blk1 = report
@@ -226,6 +241,30 @@ fn the_console_carries_output_and_its_completion_interrupt_reaches_the_guest() {
     );
     assert_eq!(common::field(&text, "vconsole_status_after_ack"), "0");
     assert_eq!(report.virtio_interrupts(), 1);
+}
+
+#[test]
+fn each_device_may_sit_on_its_own_transport() {
+    if !kvm_available() {
+        return;
+    }
+    // The probe drives the console in its virtio-mmio window; the entropy device is a
+    // PCI function beside it.
+    let mut config = guest_config("probe", "action=vconsole");
+    config.devices.transport = hushvm::config::VirtioTransport::Pci;
+    config.devices.virtio_console = Some(hushvm::config::SerialMode::Capture);
+    config.devices.console_transport = Some(hushvm::config::VirtioTransport::Mmio);
+    config.devices.rng = true;
+    let report = run(&config);
+    let text = serial_text(&report);
+    assert_eq!(
+        report.stop,
+        VmStop::Guest(StopRequest::Exit(0x18)),
+        "{text}"
+    );
+    assert_eq!(report.virtio_console, b"hello from virtio-console\n");
+    assert_eq!(report.interrupts_on("console0"), 1);
+    assert_eq!(report.device("rng0").unwrap().counter("doorbells"), 0);
 }
 
 #[test]

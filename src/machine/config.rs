@@ -59,6 +59,10 @@ pub struct DeviceConfig {
     pub disks: Vec<DiskConfig>,
     /// A virtio-rng device.
     pub rng: bool,
+    /// Where it sits (None: `transport`).
+    pub rng_transport: Option<VirtioTransport>,
+    /// Where the virtio-console sits (None: `transport`).
+    pub console_transport: Option<VirtioTransport>,
     /// A virtio-console device, and where its output goes.
     pub virtio_console: Option<SerialMode>,
     /// virtio-mmio or virtio-pci, for each virtio device that does not say.
@@ -140,6 +144,8 @@ impl MachineConfig {
                 serial: SerialMode::Stdio,
                 disks: Vec::new(),
                 rng: false,
+                rng_transport: None,
+                console_transport: None,
                 virtio_console: None,
                 transport: VirtioTransport::Mmio,
             },

@@ -111,46 +111,30 @@ fn shared(device: impl crate::bus::BusDevice + 'static) -> SharedDevice {
     Arc::new(Mutex::new(device))
 }
 
-/// Builds every device of `spec` and places it.
-pub fn build<C: Clock + 'static, P: Clock + 'static>(
+/// The devices on the port bus: the RTC and COM1 (`devices` and their `lines`, in that
+/// order), the other PC devices, and the ACPI power-management registers.
+fn port_devices<P: Clock + 'static>(
     spec: &DeviceSpec,
-    platform: &dyn Platform,
-    backends: Backends,
-    clocks: Clocks<C, P>,
-    memory: &GuestMemoryMmap,
-) -> Result<Devices<C>, MachineError> {
-    let mut buses = IoBuses::default();
-    let mut inventory = Inventory::default();
-    let com1_line = platform.irq_line(gsi::COM1)?;
-    let rtc_line = platform.irq_line(gsi::RTC)?;
-    let mut rtc = Rtc::new(clocks.rtc);
-    rtc.set_memory_size(spec.memory.ram_bytes());
-    rtc.connect_interrupt(rtc_line.clone());
-    let rtc = Arc::new(Mutex::new(rtc));
-    // THR is declared posted with a bounded flush; the machine registers it only while
-    // the guest writes it, and never without the bounded drain (`machine/posted.rs`).
-    let com1 = Arc::new(Mutex::new(Uart::with_options(
-        backends.serial,
-        com1_line.clone(),
-        UartOptions {
-            post_transmit: true,
-        },
-    )));
+    [rtc, com1]: [SharedDevice; 2],
+    [(rtc_gsi, rtc_line), (com1_gsi, com1_line)]: [(u32, Arc<dyn InterruptLine>); 2],
+    serial_name: String,
+    pm_clock: P,
+) -> Vec<PortDevice> {
     let fw_cfg = FwCfg::new(spec.memory.ram_bytes(), u16::from(spec.cpus));
-    let port_devices = [
+    vec![
         PortDevice {
             id: "rtc",
             kind: DeviceKind::Rtc,
-            ranges: vec![("rtc", ports::RTC, ports::RTC_COUNT, rtc.clone())],
-            lines: vec![(gsi::RTC, rtc_line)],
+            ranges: vec![("rtc", ports::RTC, ports::RTC_COUNT, rtc)],
+            lines: vec![(rtc_gsi, rtc_line)],
             backend: "clock".into(),
         },
         PortDevice {
             id: "com1",
             kind: DeviceKind::Uart,
-            ranges: vec![("com1", ports::COM1, ports::COM1_COUNT, com1.clone())],
-            lines: vec![(gsi::COM1, com1_line)],
-            backend: backends.serial_name,
+            ranges: vec![("com1", ports::COM1, ports::COM1_COUNT, com1)],
+            lines: vec![(com1_gsi, com1_line)],
+            backend: serial_name,
         },
         plain(
             "isa-debug-exit",
@@ -209,13 +193,70 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
                     "acpi-pm-timer",
                     ports::ACPI_PM_TIMER,
                     ports::ACPI_PM_TIMER_COUNT,
-                    shared(PmTimer::new(clocks.pm_timer)),
+                    shared(PmTimer::new(pm_clock)),
                 ),
             ],
             lines: Vec::new(),
             backend: "clock".into(),
         },
-    ];
+    ]
+}
+
+/// Bus 0's root, as the inventory lists it.
+fn pci_host() -> DeviceEntry {
+    DeviceEntry {
+        id: "pci-host".into(),
+        kind: DeviceKind::PciHost,
+        placements: vec![
+            BusPlacement::Pio {
+                port: ports::PCI_CONFIG,
+                count: ports::PCI_CONFIG_COUNT,
+            },
+            BusPlacement::Mmio {
+                base: layout::PCI_ECAM_START,
+                size: layout::PCI_ECAM_SIZE,
+            },
+        ],
+        interrupt: Interrupt::None,
+        backend: String::new(),
+        lines: Vec::new(),
+        device: Arc::new(NoCounters),
+    }
+}
+
+/// Builds every device of `spec` and places it.
+pub fn build<C: Clock + 'static, P: Clock + 'static>(
+    spec: &DeviceSpec,
+    platform: &dyn Platform,
+    backends: Backends,
+    clocks: Clocks<C, P>,
+    memory: &GuestMemoryMmap,
+) -> Result<Devices<C>, MachineError> {
+    let mut buses = IoBuses::default();
+    let mut inventory = Inventory::default();
+    let com1_line = platform.irq_line(gsi::COM1)?;
+    let rtc_line = platform.irq_line(gsi::RTC)?;
+    let mut rtc = Rtc::new(clocks.rtc);
+    rtc.set_memory_size(spec.memory.ram_bytes());
+    rtc.connect_interrupt(rtc_line.clone());
+    let rtc = Arc::new(Mutex::new(rtc));
+    // THR is declared posted with a bounded flush; the machine registers it only while
+    // the guest writes it, and never without the bounded drain (`machine/posted.rs`).
+    let com1 = Arc::new(Mutex::new(Uart::with_options(
+        backends.serial,
+        com1_line.clone(),
+        UartOptions {
+            post_transmit: true,
+        },
+    )));
+    let lines = [(gsi::RTC, rtc_line), (gsi::COM1, com1_line)];
+    let port_devices = port_devices(
+        spec,
+        [rtc.clone(), com1.clone()],
+        lines,
+        backends.serial_name,
+        clocks.pm_timer,
+    );
     for device in port_devices {
         device.place(&mut buses, &mut inventory)?;
     }
@@ -240,24 +281,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
     };
     let (wirings, entries) = virtio::build(&spec.virtio, virtio_backends, &mut placer)?;
     pci.finish(&mut buses, ResetControl::default())?;
-    inventory.add(DeviceEntry {
-        id: "pci-host".into(),
-        kind: DeviceKind::PciHost,
-        placements: vec![
-            BusPlacement::Pio {
-                port: ports::PCI_CONFIG,
-                count: ports::PCI_CONFIG_COUNT,
-            },
-            BusPlacement::Mmio {
-                base: layout::PCI_ECAM_START,
-                size: layout::PCI_ECAM_SIZE,
-            },
-        ],
-        interrupt: Interrupt::None,
-        backend: String::new(),
-        lines: Vec::new(),
-        device: Arc::new(NoCounters),
-    });
+    inventory.add(pci_host());
     entries.into_iter().for_each(|entry| inventory.add(entry));
     let mut inputs = vec![InputService::new(InputTarget::Com1, com1)];
     inputs.extend(wirings.iter().filter_map(|wiring| wiring.input.clone()));

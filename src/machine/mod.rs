@@ -43,7 +43,9 @@ use crate::profile::ExitProfile;
 use crate::seccomp::{Filters, SeccompError};
 use crate::services::InputTarget;
 use crate::sync::LockExt;
-use crate::trace::{MachineClock, MachineDescription, RecordedClock, Recorder};
+use crate::trace::{
+    MachineClock, MachineDescription, RecordedClock, Recorder, TracedKind, TracedVirtio,
+};
 use crate::vcpu;
 
 pub use backends::{open_disk, Backends, CountingSink, DiskProblem};
@@ -142,8 +144,13 @@ pub fn virtio_plan(config: &DeviceConfig) -> Result<Vec<VirtioSpec>, MachineErro
             .iter()
             .map(|disk| (disk.id.clone(), disk.transport))
             .collect(),
-        rng: config.rng.then_some(default),
-        console: config.virtio_console.is_some().then_some(default),
+        rng: config
+            .rng
+            .then_some(config.rng_transport.unwrap_or(default)),
+        console: config
+            .virtio_console
+            .is_some()
+            .then_some(config.console_transport.unwrap_or(default)),
         default,
     };
     Ok(plan_virtio(&request)?)
@@ -191,36 +198,56 @@ fn create_vcpus(
     Ok(vcpus)
 }
 
-/// Starts the trace `--record` asks for.
+/// Starts the trace `--record` asks for, describing the devices of `plan`.
 fn start_trace(
     config: &MachineConfig,
+    plan: &[VirtioSpec],
     clock_start: Duration,
 ) -> Result<Option<Arc<Recorder>>, MachineError> {
     let Some(path) = &config.run.record else {
         return Ok(None);
     };
     let devices = &config.devices;
-    // Version 1's description names one disk and one transport for every device.
-    let one_transport = devices
+    let disk_bytes: Vec<u64> = devices
         .disks
         .iter()
-        .all(|disk| disk.transport.is_none_or(|t| t == devices.transport));
-    if devices.disks.len() > 1 || !one_transport {
-        return Err(MachineError::TraceCannotDescribe);
-    }
-    let disk_bytes = devices
-        .disks
-        .first()
-        .and_then(|disk| std::fs::metadata(&disk.path).ok())
-        .map_or(0, |metadata| metadata.len());
+        .map(|disk| std::fs::metadata(&disk.path).map_or(0, |metadata| metadata.len()))
+        .collect();
+    let default_pci = devices.transport == VirtioTransport::Pci;
+    // The version-1 flags describe one disk and one transport for every device; a
+    // machine beyond them is described by the header's device list too.
+    let flags_suffice = disk_bytes.len() <= 1
+        && plan
+            .iter()
+            .all(|spec| (spec.transport == VirtioTransport::Pci) == default_pci);
+    let virtio = match flags_suffice {
+        true => Vec::new(),
+        false => plan
+            .iter()
+            .map(|spec| TracedVirtio {
+                id: spec.id.clone(),
+                kind: match spec.kind {
+                    VirtioKind::Block { .. } => TracedKind::Block,
+                    VirtioKind::Rng => TracedKind::Rng,
+                    VirtioKind::Console => TracedKind::Console,
+                },
+                pci: spec.transport == VirtioTransport::Pci,
+                disk_bytes: match spec.kind {
+                    VirtioKind::Block { disk } => disk_bytes.get(disk).copied().unwrap_or(0),
+                    _ => 0,
+                },
+            })
+            .collect(),
+    };
     let description = MachineDescription {
         memory: config.memory.ram_bytes(),
         cpus: config.vcpus.count,
         rng: devices.rng,
         console: devices.virtio_console.is_some(),
-        pci: devices.transport == VirtioTransport::Pci,
-        disk_bytes,
+        pci: default_pci,
+        disk_bytes: disk_bytes.first().copied().unwrap_or(0),
         clock_start: clock_start.as_nanos() as u64,
+        virtio,
     };
     Recorder::create(path, &description)
         .map(Some)
@@ -359,14 +386,14 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
     check_vcpu_count(&hypervisor, config)?;
     let vm = Vm::new(&hypervisor, &memory)?;
     let clock_start = SystemClock.now();
-    let recorder = start_trace(config, clock_start)?;
-    let captures = backends::Captures::default();
     let spec = DeviceSpec {
         memory: config.memory,
         cpus: config.vcpus.count,
         doorbell: config.cures.doorbell,
         virtio: virtio_plan(&config.devices)?,
     };
+    let recorder = start_trace(config, &spec.virtio, clock_start)?;
+    let captures = backends::Captures::default();
     let mut backends = Backends::open(&config.devices, &captures)?;
     let disk_syncs = std::mem::take(&mut backends.disk_syncs);
     let clocks = Clocks {
