@@ -153,6 +153,17 @@ impl RateLimiter {
     /// One operation of `bytes` bytes at time `now_ns`: charged to both buckets if both
     /// have room, otherwise nothing is charged and the answer is how long to wait.
     pub fn admit(&mut self, bytes: u64, now_ns: u64) -> Admission {
+        let admission = self.check(bytes, now_ns);
+        if admission == Admission::Go {
+            self.charge(bytes, now_ns);
+        }
+        admission
+    }
+
+    /// Whether one operation of `bytes` bytes may go now, charging nothing: for a
+    /// device that learns only afterwards whether (and how much) it moved, and then
+    /// calls `charge`.
+    pub fn check(&mut self, bytes: u64, now_ns: u64) -> Admission {
         let wait_bytes = self
             .bandwidth
             .as_mut()
@@ -161,28 +172,24 @@ impl RateLimiter {
             .ops
             .as_mut()
             .map_or(0, |bucket| bucket.wait_for(1, now_ns));
-        let wait = wait_bytes.max(wait_ops);
-        if wait > 0 {
-            return Admission::Wait(Duration::from_nanos(
+        match wait_bytes.max(wait_ops) {
+            0 => Admission::Go,
+            wait => Admission::Wait(Duration::from_nanos(
                 u64::try_from(wait).unwrap_or(u64::MAX),
-            ));
+            )),
         }
-        if let Some(bucket) = self.bandwidth.as_mut() {
-            bucket.take(bytes);
-        }
-        if let Some(bucket) = self.ops.as_mut() {
-            bucket.take(1);
-        }
-        Admission::Go
     }
 
-    /// Charges `bytes` to the bandwidth bucket whatever its budget (a debt the refill
-    /// pays first): for a receive whose size is known only once it has arrived, after
-    /// `admit(0, ..)` let it start.
-    pub fn charge_bytes(&mut self, bytes: u64, now_ns: u64) {
+    /// Charges one operation of `bytes` bytes whatever the budgets (a debt the refill
+    /// pays first): a receive's size is known only once it has arrived.
+    pub fn charge(&mut self, bytes: u64, now_ns: u64) {
         if let Some(bucket) = self.bandwidth.as_mut() {
             bucket.refill(now_ns);
             bucket.take(bytes);
+        }
+        if let Some(bucket) = self.ops.as_mut() {
+            bucket.refill(now_ns);
+            bucket.take(1);
         }
     }
 

@@ -199,8 +199,13 @@ fn extreme_configurations_do_not_overflow() {
 fn a_charge_after_the_fact_leaves_a_debt_that_holds_the_next_admission() {
     let mut limiter = bandwidth(1000, None, 100);
     // A receive is let start with nothing known, then charged what arrived.
-    assert_eq!(limiter.admit(0, 0), Admission::Go);
-    limiter.charge_bytes(1500, 0);
+    assert_eq!(limiter.check(0, 0), Admission::Go);
+    assert_eq!(
+        limiter.bandwidth().unwrap().budget(),
+        1000,
+        "check charges nothing"
+    );
+    limiter.charge(1500, 0);
     assert_eq!(limiter.bandwidth().unwrap().budget(), -500);
     // The debt (500) is paid at 10 bytes/ms before even an empty admission goes.
     assert_eq!(wait_ns(limiter.admit(0, 0)), 50 * MS);

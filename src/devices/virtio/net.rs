@@ -182,14 +182,15 @@ impl<B: NetBackend> Net<B> {
             }
     }
 
-    /// True if the limiter lets `bytes` go now; otherwise notes when to retry.
-    fn admit(&self, limit: &Mutex<Limit>, bytes: u64) -> bool {
+    /// True if the limiter lets an operation of `bytes` go now (charging nothing);
+    /// otherwise notes when to retry.
+    fn may_go(&self, limit: &Mutex<Limit>, bytes: u64) -> bool {
         let mut limit = limit.locked();
         let Some(limiter) = limit.limiter.as_mut() else {
             return true;
         };
         let now = (self.clock)();
-        match limiter.admit(bytes, now) {
+        match limiter.check(bytes, now) {
             Admission::Go => {
                 limit.retry_at_ns = 0;
                 true
@@ -199,6 +200,13 @@ impl<B: NetBackend> Net<B> {
                 limit.retry_at_ns = now.saturating_add(wait).max(1);
                 false
             }
+        }
+    }
+
+    /// Charges an operation of `bytes` that happened.
+    fn charge(&self, limit: &Mutex<Limit>, bytes: u64) {
+        if let Some(limiter) = limit.locked().limiter.as_mut() {
+            limiter.charge(bytes, (self.clock)());
         }
     }
 }
@@ -286,17 +294,19 @@ impl<B: NetBackend> Net<B> {
                 continue;
             };
             let len = total_len(&slices);
-            if !self.admit(&self.tx_limit, (len - HEADER_LEN) as u64) {
+            let bytes = (len - HEADER_LEN) as u64;
+            if !self.may_go(&self.tx_limit, bytes) {
                 queue.go_to_previous_position();
                 break;
             }
             match self.backend.write_frame(&slices) {
                 Ok(_) => {
                     bump(&self.counters.tx_frames, 1);
-                    bump(&self.counters.tx_bytes, (len - HEADER_LEN) as u64);
+                    bump(&self.counters.tx_bytes, bytes);
+                    self.charge(&self.tx_limit, bytes);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // The limiter charged it; it goes first when the tap has room.
+                    // Not charged: it goes first when the tap has room.
                     self.tx_blocked.store(true, Ordering::Relaxed);
                     bump(&self.counters.tx_blocked, 1);
                     queue.go_to_previous_position();

@@ -9,7 +9,6 @@ use vm_memory::{GuestMemoryMmap, VolatileSlice};
 
 use super::{bump, chain_slices, total_len, Net, NetBackend, HEADER_LEN, MAX_MERGED};
 use crate::devices::virtio::QueueError;
-use crate::sync::LockExt;
 
 /// Chains taken from the ring for one frame: (head, their buffers' total length).
 struct Taken {
@@ -57,7 +56,9 @@ impl<B: NetBackend> Net<B> {
                 bump(&self.counters.rx_starved, 1);
                 return Ok(used);
             }
-            if total_len(&slices) < HEADER_LEN || !self.admit(&self.rx_limit, 0) {
+            // The frame's size is unknown until it is read: a limited queue goes on
+            // while the buckets are not in debt, and is charged for what arrived.
+            if total_len(&slices) < HEADER_LEN || !self.may_go(&self.rx_limit, 0) {
                 give_back(queue, taken.heads.len());
                 return Ok(used);
             }
@@ -111,10 +112,7 @@ impl<B: NetBackend> Net<B> {
         write_at(slices, 10, &(filled as u16).to_le_bytes());
         bump(&self.counters.rx_frames, 1);
         bump(&self.counters.rx_bytes, (len - HEADER_LEN) as u64);
-        // The limiter is charged for what arrived (it could not know the size before).
-        if let Some(limiter) = self.rx_limit.locked().limiter.as_mut() {
-            limiter.charge_bytes((len - HEADER_LEN) as u64, (self.clock)());
-        }
+        self.charge(&self.rx_limit, (len - HEADER_LEN) as u64);
         Ok(())
     }
 }

@@ -408,3 +408,18 @@ fn a_limited_receive_queue_leaves_frames_in_the_backend() {
     assert_eq!(rig.net.counters.rx_dropped.load(Ordering::Relaxed), 0);
     assert!(!rig.net.rx_starved(), "a buffer is still posted");
 }
+
+#[test]
+fn looking_at_an_empty_backend_costs_a_limited_queue_nothing() {
+    let mut rig = rig_with(0, [one_per_100ms(), None], no_clock);
+    rig.rx.add_chain(&rig.memory, &[(DATA, 2048, true)]);
+    for _ in 0..3 {
+        assert!(!rig.run_rx());
+    }
+    rig.arrive(from_tap(&frame(60, 1)));
+    assert!(
+        rig.run_rx(),
+        "the one operation of the bucket is still there"
+    );
+    assert_eq!(rig.net.counters.rx_frames.load(Ordering::Relaxed), 1);
+}
