@@ -20,6 +20,8 @@ struct Fake {
     incoming: Mutex<VecDeque<Vec<u8>>>,
     sent: Mutex<Vec<Vec<u8>>>,
     full: AtomicBool,
+    /// Report a cut frame's full length, as a backend may.
+    overlong: AtomicBool,
     features: AtomicU64,
 }
 
@@ -33,6 +35,9 @@ impl NetBackend for Fake {
             let n = buffer.len().min(frame.len() - done);
             buffer.copy_from(&frame[done..done + n]);
             done += n;
+        }
+        if self.overlong.load(Ordering::Relaxed) {
+            return Ok(frame.len());
         }
         Ok(done)
     }
@@ -422,4 +427,18 @@ fn looking_at_an_empty_backend_costs_a_limited_queue_nothing() {
         "the one operation of the bucket is still there"
     );
     assert_eq!(rig.net.counters.rx_frames.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_frame_longer_than_the_buffers_is_dropped_not_handed_over_cut() {
+    let mut rig = rig(0);
+    rig.net.backend().overlong.store(true, Ordering::Relaxed);
+    rig.rx.add_chain(&rig.memory, &[(DATA, 256, true)]);
+    rig.arrive(from_tap(&frame(1000, 2)));
+    rig.arrive(from_tap(&frame(100, 3)));
+    assert!(rig.run_rx());
+    assert_eq!(rig.net.counters.rx_dropped.load(Ordering::Relaxed), 1);
+    // The chain went to the next frame, which fits.
+    assert_eq!(rig.rx.used_idx(&rig.memory), 1);
+    assert_eq!(rig.rx.used(&rig.memory, 0).1, (HEADER_LEN + 100) as u32);
 }
