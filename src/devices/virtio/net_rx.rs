@@ -27,30 +27,7 @@ impl<B: NetBackend> Net<B> {
         let wanted = self.max_rx_frame();
         let mut used = false;
         loop {
-            let mut slices = Vec::new();
-            let mut taken = Taken { heads: Vec::new() };
-            // Without MRG_RXBUF a frame goes into one chain, whatever its size.
-            while taken.heads.is_empty() || (merge && total_len(&slices) < wanted) {
-                if taken.heads.len() >= MAX_MERGED {
-                    break;
-                }
-                let Some(chain) = queue.iter(memory)?.next() else {
-                    break;
-                };
-                let head = chain.head_index();
-                match chain_slices(chain, memory, true) {
-                    Some(buffers) if total_len(&buffers) >= HEADER_LEN || merge => {
-                        taken.heads.push((head, total_len(&buffers)));
-                        slices.extend(buffers);
-                    }
-                    // A chain the device may not write, or too small for a header.
-                    _ => {
-                        bump(&self.counters.rx_dropped, 1);
-                        queue.add_used(memory, head, 0)?;
-                        used = true;
-                    }
-                }
-            }
+            let (slices, taken) = self.take_chains(queue, memory, merge, wanted, &mut used)?;
             if taken.heads.is_empty() {
                 self.rx_starved.store(true, Ordering::Relaxed);
                 bump(&self.counters.rx_starved, 1);
@@ -89,6 +66,43 @@ impl<B: NetBackend> Net<B> {
                 }
             }
         }
+    }
+
+    /// Takes chains for one frame: one without MRG_RXBUF, otherwise as many as the
+    /// largest frame needs (or as are posted). Chains the device cannot write into are
+    /// used empty (and `used` set).
+    fn take_chains<'m>(
+        &self,
+        queue: &mut Queue,
+        memory: &'m GuestMemoryMmap,
+        merge: bool,
+        wanted: usize,
+        used: &mut bool,
+    ) -> Result<(Vec<VolatileSlice<'m, ()>>, Taken), QueueError> {
+        let mut slices = Vec::new();
+        let mut taken = Taken { heads: Vec::new() };
+        while taken.heads.is_empty() || (merge && total_len(&slices) < wanted) {
+            if taken.heads.len() >= MAX_MERGED {
+                break;
+            }
+            let Some(chain) = queue.iter(memory)?.next() else {
+                break;
+            };
+            let head = chain.head_index();
+            match chain_slices(chain, memory, true) {
+                Some(buffers) if total_len(&buffers) >= HEADER_LEN || merge => {
+                    taken.heads.push((head, total_len(&buffers)));
+                    slices.extend(buffers);
+                }
+                // A chain the device may not write, or too small for a header.
+                _ => {
+                    bump(&self.counters.rx_dropped, 1);
+                    queue.add_used(memory, head, 0)?;
+                    *used = true;
+                }
+            }
+        }
+        Ok((slices, taken))
     }
 
     /// Uses the chains a frame of `len` bytes filled (num_buffers says how many) and
