@@ -13,6 +13,7 @@ pub mod devices;
 pub mod event_loop;
 pub mod exit;
 pub mod fuzzing;
+pub mod insn;
 pub mod irq;
 pub mod kvm;
 pub mod layout;

@@ -353,6 +353,7 @@ pub fn run(config: &MachineConfig) -> Result<RunReport, MachineError> {
         access: access.clone(),
         state,
         time_exits: config.run.time_exits,
+        fallback_ram: config.run.emulation_fallback.then(|| memory.clone()),
         filters: Arc::new(Filters::new(config.run.seccomp)?),
     };
     // The event-loop thread settles the ring once more after joining the vCPUs: what a

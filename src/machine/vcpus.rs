@@ -9,6 +9,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use event_manager::EventManager;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::access::{DeviceAccess, StopSink};
@@ -63,6 +64,9 @@ pub struct Shared {
     pub access: DeviceAccess,
     pub state: Arc<StopState>,
     pub time_exits: bool,
+    /// Guest RAM, for completing the instructions KVM's emulator fails on; `None` when
+    /// `--no-emulation-fallback` turned that off.
+    pub fallback_ram: Option<GuestMemoryMmap>,
     /// The seccomp filters each thread installs on itself.
     pub filters: Arc<Filters>,
 }
@@ -101,6 +105,7 @@ fn spawn(mut vcpu: Vcpu, shared: Shared) -> Result<VcpuThread, MachineError> {
                 &shared.access,
                 &shared.state.stop,
                 shared.time_exits,
+                shared.fallback_ram.as_ref(),
             );
             let stats = read_stats(&stats)
                 .into_iter()

@@ -16,7 +16,10 @@ use std::thread::JoinHandle;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::access::DeviceAccess;
+use vm_memory::GuestMemoryMmap;
+
 use crate::bus::StopRequest;
+use crate::exit::{VmExit, SUBERROR_EMULATION};
 use crate::kvm::Vcpu;
 use crate::profile::{ExitClock, ExitKey, ExitProfile};
 use crate::ratelimit::RateLimiter;
@@ -40,6 +43,9 @@ pub enum GuestFault {
     UnexpectedExit { reason: u32 },
     /// `KVM_RUN` itself failed.
     RunFailed(String),
+    /// KVM's emulator failed on an instruction hushvm does not complete either (or could
+    /// not complete: its operand was unmapped); the message names its bytes and RIP.
+    Uncompleted(String),
 }
 
 impl fmt::Display for GuestFault {
@@ -60,6 +66,10 @@ impl fmt::Display for GuestFault {
                 write!(f, "unhandled KVM exit reason {reason}")
             }
             GuestFault::RunFailed(error) => write!(f, "{error}"),
+            GuestFault::Uncompleted(why) => write!(
+                f,
+                "KVM internal error (suberror 1: instruction emulation failed); {why}"
+            ),
         }
     }
 }
@@ -122,8 +132,18 @@ pub struct VcpuReport {
     pub profile: ExitProfile,
 }
 
+/// Where the run loop completes the instructions KVM's emulator fails on (`crate::insn`):
+/// the guest's RAM, for their memory operands. `None`: such a failure stops the VM.
+pub type EmulationFallback<'a> = Option<&'a GuestMemoryMmap>;
+
 /// Runs `vcpu` until the VM stops or `stop` is set.
-pub fn run(vcpu: &mut Vcpu, access: &DeviceAccess, stop: &AtomicBool, timed: bool) -> VcpuReport {
+pub fn run(
+    vcpu: &mut Vcpu,
+    access: &DeviceAccess,
+    stop: &AtomicBool,
+    timed: bool,
+    fallback: EmulationFallback<'_>,
+) -> VcpuReport {
     let mut profile = ExitProfile::default();
     let mut warnings = RateLimiter::default();
     let clock = ExitClock::get();
@@ -138,6 +158,26 @@ pub fn run(vcpu: &mut Vcpu, access: &DeviceAccess, stop: &AtomicBool, timed: boo
         };
         let started = timed.then(|| clock.now());
         let key = ExitKey::of(&exit);
+        if let (
+            Some(ram),
+            VmExit::InternalError {
+                suberror: SUBERROR_EMULATION,
+                instruction,
+            },
+        ) = (fallback, &exit)
+        {
+            let instruction = *instruction;
+            match vcpu.complete_instruction(instruction, ram) {
+                Ok(name) => {
+                    profile.count_completed(name);
+                    continue;
+                }
+                Err(error) => {
+                    let why = error_chain(&error);
+                    break VmStop::Fault(GuestFault::Uncompleted(why));
+                }
+            }
+        }
         let mut context = ExitContext {
             access,
             profile: &mut profile,
@@ -157,6 +197,18 @@ pub fn run(vcpu: &mut Vcpu, access: &DeviceAccess, stop: &AtomicBool, timed: boo
         registers,
         profile,
     }
+}
+
+/// An error and its sources, one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 extern "C" fn ignore_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
