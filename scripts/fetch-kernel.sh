@@ -4,7 +4,9 @@
 #   bzImage         /boot/vmlinuz-* of the package linux-image-cloud-amd64 depends on
 #   vmlinux         the ELF64 inside bzImage's LZ4 payload (it carries the PVH note)
 #   modules/        the virtio modules the kernel has as =m, uncompressed, and
-#                   modules/modules.order: their file names in load order
+#                   modules/modules.order: their file names in load order;
+#                   modules/WANTED: the WANTED_MODULES list they were made for (a
+#                   changed list makes them again from the cached .deb)
 #   busybox         busybox-static's /bin/busybox
 #   KERNEL_VERSION  the kernel release (uname -r), written last
 #   PACKAGE         the kernel package and its version
@@ -18,10 +20,24 @@ export LC_ALL=C
 OUT=target/linux
 DEBS=$OUT/debs
 META=linux-image-cloud-amd64
-# The modules the initramfs loads when the kernel has them as =m (CONFIG_ + the name in
-# capitals): the virtio core, the MMIO and PCI transports, the block driver. What they
-# need (virtio_ring, the virtio_pci libraries) comes with them from modules.dep.
-WANTED_MODULES=(virtio virtio_mmio virtio_pci virtio_blk)
+# The modules the initramfs loads when the kernel has them as =m, each as FILE:SYMBOL
+# (the module's file name without .ko, and its CONFIG_ symbol): the virtio core (the
+# ring first, as HOST.md found the order to matter; 6.1's modules.dep links neither to
+# the other), the MMIO and PCI transports, then the drivers of the devices the test /init checks
+# (guests/linux-init): block, entropy, console, network, vsock. What they need
+# (virtio_ring, the virtio_pci libraries, failover, vsock's core) comes with them from
+# modules.dep, in dependency order.
+WANTED_MODULES=(
+    virtio_ring:VIRTIO
+    virtio:VIRTIO
+    virtio_mmio:VIRTIO_MMIO
+    virtio_pci:VIRTIO_PCI
+    virtio_blk:VIRTIO_BLK
+    virtio-rng:HW_RANDOM_VIRTIO
+    virtio_console:VIRTIO_CONSOLE
+    virtio_net:VIRTIO_NET
+    vmw_vsock_virtio_transport:VIRTIO_VSOCKETS
+)
 
 step() { echo "fetch-kernel: $*"; }
 die() {
@@ -34,6 +50,7 @@ outputs_ready() {
     for f in bzImage vmlinux busybox KERNEL_VERSION modules/modules.order; do
         [ -s "$OUT/$f" ] || return 1
     done
+    [ "$(cat "$OUT/modules/WANTED" 2>/dev/null)" = "${WANTED_MODULES[*]}" ]
 }
 
 if outputs_ready; then
@@ -189,8 +206,9 @@ step "modules: dependency order from depmod's modules.dep"
 depmod -b "$WORK/kernel" "$RELEASE" || die "depmod failed on the extracted tree"
 ORDER=$WORK/order
 : >"$ORDER"
-for module in "${WANTED_MODULES[@]}"; do
-    symbol=CONFIG_$(echo "$module" | tr '[:lower:]' '[:upper:]')
+for wanted in "${WANTED_MODULES[@]}"; do
+    module=${wanted%%:*}
+    symbol=CONFIG_${wanted#*:}
     setting=$(grep -E "^$symbol=" "$CONFIG" | cut -d= -f2 || true)
     case $setting in
     y) step "  $module: built in" ;;
@@ -210,6 +228,7 @@ while read -r path; do
     step "  module: $name"
 done <"$ORDER"
 [ -s "$OUT/modules/modules.order" ] || echo "# none: every wanted module is built in" >"$OUT/modules/modules.order"
+echo "${WANTED_MODULES[*]}" >"$OUT/modules/WANTED"
 
 step "busybox"
 [ -x "$WORK/busybox/bin/busybox" ] || die "no /bin/busybox in $BDEB"
