@@ -51,8 +51,10 @@ const NATIVE_BOOT_LIMIT: Duration = Duration::from_secs(30);
 /// hushvm's own timeout: natively a safety net.
 const NATIVE_TIMEOUT_S: u32 = 60;
 /// In KVM's emulator QEMU took 163 s to the bzImage's INT3 self-test with 2 vCPUs and
-/// 512M (docs/linux-qemu-baseline.md).
-const INT3_STOP_TIMEOUT_S: u32 = 400;
+/// 512M (docs/linux-qemu-baseline.md); on 1 December, with the development host shared
+/// (load average 14 on 2 cores), hushvm was still in the kernel's early set-up at 400 s.
+/// Only a bound: a passing run takes what it takes.
+const INT3_STOP_TIMEOUT_S: u32 = 900;
 /// In KVM's emulator, the PVH vmlinux's whole boot to /init and its power-off. Not yet
 /// seen: on 1 December a boot on the shared development host was still in the kernel's
 /// late initcalls after 3000 s (docs/RESULTS.md, fourth round).
