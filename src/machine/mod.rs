@@ -450,6 +450,7 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
         state,
         control: control.shared(),
         time_exits: config.run.time_exits,
+        fallback_ram: config.run.emulation_fallback.then(|| memory.clone()),
         filters: Arc::new(Filters::new(config.run.seccomp)?),
     };
     // The event-loop thread settles the ring once more after joining the vCPUs: what a
