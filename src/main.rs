@@ -1,5 +1,7 @@
 //! The `hushvm` command line.
 
+mod firecracker;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -434,6 +436,19 @@ fn one_line(error: &clap::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    if let Some(args) = firecracker::args_if_firecracker() {
+        return match firecracker::FirecrackerArgs::try_parse_from(args) {
+            Ok(args) => firecracker::run(args).unwrap_or_else(|error| {
+                eprintln!("hushvm: error: {}", error_line(&error));
+                ExitCode::FAILURE
+            }),
+            Err(error) if !error.use_stderr() => error.exit(),
+            Err(error) => {
+                eprintln!("hushvm: error: {}", one_line(&error));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => error.exit(),

@@ -203,6 +203,19 @@ impl VmControl {
         Ok(())
     }
 
+    /// Waits for the machine to start; false if it ended without running (its build
+    /// failed, or it was stopped first).
+    pub fn wait_started(&self) -> bool {
+        let control = &self.control;
+        let state = control.wait(control.state.locked(), |s| s.phase == Phase::Waiting);
+        state.started > 0
+    }
+
+    /// Whether the machine has started and not ended.
+    pub fn is_running(&self) -> bool {
+        self.control.state.locked().phase == Phase::Running
+    }
+
     /// Whether the VM is paused.
     pub fn is_paused(&self) -> bool {
         self.control.state.locked().paused

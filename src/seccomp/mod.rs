@@ -95,6 +95,8 @@ impl fmt::Display for SeccompAction {
 pub enum ThreadKind {
     Vcpu,
     EventLoop,
+    /// The Firecracker API server's thread, and its metrics thread (`crate::api`).
+    Api,
 }
 
 impl fmt::Display for ThreadKind {
@@ -102,6 +104,7 @@ impl fmt::Display for ThreadKind {
         f.write_str(match self {
             Self::Vcpu => "vcpu",
             Self::EventLoop => "event loop",
+            Self::Api => "api",
         })
     }
 }
@@ -157,6 +160,7 @@ fn compiled(kind: ThreadKind, action: SeccompAction) -> Result<Option<BpfProgram
     let rules = match kind {
         ThreadKind::Vcpu => lists::vcpu(),
         ThreadKind::EventLoop => lists::event_loop(),
+        ThreadKind::Api => lists::api(),
     };
     let build = |error: seccompiler::BackendError| SeccompError::Build {
         kind,
@@ -177,6 +181,7 @@ fn compiled(kind: ThreadKind, action: SeccompAction) -> Result<Option<BpfProgram
 pub struct Filters {
     vcpu: Option<BpfProgram>,
     event_loop: Option<BpfProgram>,
+    api: Option<BpfProgram>,
     selftest: bool,
 }
 
@@ -189,6 +194,7 @@ impl Filters {
         Ok(Self {
             vcpu: program(ThreadKind::Vcpu, action)?,
             event_loop: program(ThreadKind::EventLoop, action)?,
+            api: program(ThreadKind::Api, action)?,
             selftest: std::env::var_os(SELFTEST_VARIABLE).is_some_and(|v| v == "1"),
         })
     }
@@ -198,6 +204,7 @@ impl Filters {
         let program = match kind {
             ThreadKind::Vcpu => &self.vcpu,
             ThreadKind::EventLoop => &self.event_loop,
+            ThreadKind::Api => &self.api,
         };
         let Some(program) = program else {
             return Ok(());
@@ -219,7 +226,7 @@ mod tests {
 
     #[test]
     fn every_filter_compiles_under_every_action() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::EventLoop] {
+        for kind in [ThreadKind::Vcpu, ThreadKind::EventLoop, ThreadKind::Api] {
             for action in [SeccompAction::Kill, SeccompAction::Log] {
                 let program = program(kind, action).expect("compiles");
                 assert!(program.is_some_and(|p| !p.is_empty()), "{kind} {action}");
