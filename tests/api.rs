@@ -455,3 +455,20 @@ fn slow_oversized_garbage_and_many_clients_block_no_one() {
         );
     }
 }
+
+#[test]
+fn a_link_named_firecracker_is_firecracker_mode() {
+    let dir = std::env::temp_dir().join(format!("hushvm-api-link-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("firecracker");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_hushvm"), &link).unwrap();
+    let output = Command::new(&link).arg("--version").output().unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(said.contains("Firecracker API"), "{said}");
+    let output = Command::new(&link).arg("--no-api").output().unwrap();
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success());
+    assert!(said.contains("--config-file"), "{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
