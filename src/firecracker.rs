@@ -163,6 +163,7 @@ pub fn run(args: FirecrackerArgs) -> Result<ExitCode> {
             Err(_) => bail!("the API thread ended"),
         },
     };
+    instance.control.filter_builder_thread();
     match machine::run_controlled(&config, &instance.control) {
         Ok(report) => {
             instance.metrics.record_run(&report);

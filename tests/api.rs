@@ -467,3 +467,43 @@ fn a_link_named_firecracker_is_firecracker_mode() {
     assert!(said.contains("--config-file"), "{said}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_api_runs_and_prints_its_json() {
+    if !kvm_available() {
+        return;
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_hushvm"))
+        .args([
+            "bench",
+            "api",
+            "--repeat",
+            "1",
+            "--iterations",
+            "5",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(report["get_root"]["requests"], 5, "{text}");
+    assert_eq!(report["put_machine_config"]["requests"], 5, "{text}");
+    assert!(
+        report["spawn_to_socket_accepting_ms"]["median"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(
+        report["start_request_to_first_output_ms"]["median"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+}

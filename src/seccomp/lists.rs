@@ -87,6 +87,26 @@ const API: &[libc::c_long] = &[
     libc::SYS_clock_nanosleep,
 ];
 
+/// The builder thread's calls once the machine runs, beyond [`COMMON`]: joining and
+/// ending the machine (the stop kick: `getpid`, `tgkill`; `nanosleep`), the end of a run
+/// (syncing the disk and the trace: `fdatasync`, `fsync`), and the reports it writes
+/// (`--profile-json`, metrics: `openat`, `statx`, `lseek`). No `ioctl`, `clone`, `socket`.
+const MAIN: &[libc::c_long] = &[
+    libc::SYS_getpid,
+    libc::SYS_tgkill,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+    libc::SYS_openat,
+    libc::SYS_statx,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_lseek,
+    libc::SYS_writev,
+    libc::SYS_epoll_ctl,
+];
+
 fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
     SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).expect("argument index below 6")
 }
@@ -162,6 +182,13 @@ pub fn api() -> Rules {
     rules
 }
 
+/// The builder thread once the machine runs: [`COMMON`] and [`MAIN`].
+pub fn main_thread() -> Rules {
+    let mut rules = common();
+    allow_any(&mut rules, MAIN);
+    rules
+}
+
 /// One rule per request: argument 1, compared as 32 bits.
 fn ioctls(requests: &[requests::Request]) -> Vec<SeccompRule> {
     requests
@@ -202,6 +229,21 @@ mod tests {
             ] {
                 assert!(!rules.contains_key(&forbidden), "syscall {forbidden}");
             }
+        }
+    }
+
+    #[test]
+    fn the_main_thread_may_not_start_anything_nor_issue_ioctls_once_sealed() {
+        let rules = main_thread();
+        for forbidden in [
+            libc::SYS_execve,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_socket,
+            libc::SYS_ioctl,
+            libc::SYS_ptrace,
+        ] {
+            assert!(!rules.contains_key(&forbidden), "syscall {forbidden}");
         }
     }
 
