@@ -116,6 +116,12 @@ fn the_getting_started_calls_work_with_curl() {
         r#"{{"drive_id": "rootfs", "path_on_host": "{disk}", "is_root_device": true, "is_read_only": false}}"#
     );
     assert_eq!(curl("PUT", "/drives/rootfs", &drive), "204");
+    let scratch = vm.path("scratch.img");
+    std::fs::write(&scratch, vec![0u8; 4096]).unwrap();
+    let second = format!(
+        r#"{{"drive_id": "scratch", "path_on_host": "{scratch}", "is_root_device": false, "is_read_only": true}}"#
+    );
+    assert_eq!(curl("PUT", "/drives/scratch", &second), "204");
     assert_eq!(
         curl("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#),
         "204"
@@ -345,6 +351,20 @@ fn every_endpoint_refuses_bad_requests_with_a_fault_message() {
     let (status, answer) = vm.call("PUT", "/drives/b", &drive("b", false));
     assert_eq!(status, 400);
     assert!(answer.contains("already used"), "{answer}");
+    let (status, answer) = vm.call("PUT", "/drives/com1", &drive("com1", false));
+    assert_eq!(status, 400);
+    assert!(answer.contains("another device"), "{answer}");
+    let other = vm.path("other.img");
+    std::fs::write(&other, vec![0u8; 4096]).unwrap();
+    let second_root =
+        format!(r#"{{"drive_id":"c","path_on_host":"{other}","is_root_device":true}}"#);
+    let (status, answer) = vm.call("PUT", "/drives/c", &second_root);
+    assert_eq!(status, 400);
+    assert!(answer.contains("root block device"), "{answer}");
+    let second = format!(r#"{{"drive_id":"c","path_on_host":"{other}","is_root_device":false}}"#);
+    assert_eq!(vm.call("PUT", "/drives/c", &second).0, 204);
+    let (_, config) = vm.call("GET", "/vm/config", "");
+    assert!(config.contains(r#""drive_id":"c""#), "{config}");
     let iface = |id: &str| format!(r#"{{"iface_id":"{id}","host_dev_name":"tap0"}}"#);
     assert_eq!(
         vm.call("PUT", "/network-interfaces/eth0", &iface("eth0")).0,

@@ -1,6 +1,7 @@
 //! Metrics as Firecracker writes them: one JSON object per line on each flush, to the file
 //! of `--metrics-path` or `PUT /metrics`; its API request counters under its names, and
-//! hushvm's own counters (userspace exits by kind, doorbells, interrupts, KVM's statistics)
+//! hushvm's own counters (userspace exits by kind, doorbells, interrupts and every
+//! device's counters by id, KVM's statistics)
 //! under `hushvm` once the run has them.
 
 use std::collections::BTreeMap;
@@ -118,11 +119,27 @@ impl MetricsSink {
             "exit_mmio_write": count("mmio_write"),
             "failures": count("internal_error") + count("fail_entry") + count("unexpected"),
         });
+        let interrupts: BTreeMap<&str, u64> = report
+            .devices
+            .iter()
+            .map(|device| (device.id.as_str(), device.counter("interrupts")))
+            .collect();
+        let devices: BTreeMap<&str, BTreeMap<&str, u64>> = report
+            .devices
+            .iter()
+            .map(|device| {
+                (
+                    device.id.as_str(),
+                    device.counters.iter().copied().collect(),
+                )
+            })
+            .collect();
         let hushvm = json!({
             "userspace_exits": exits,
             "userspace_exits_total": report.profile.total_exits(),
             "doorbells_served": report.virtio_notifications,
-            "interrupts": report.interrupts,
+            "interrupts": interrupts,
+            "devices": devices,
             "kvm": report.kvm_stats,
             "wall_ms": report.wall.as_millis() as u64,
         });

@@ -114,6 +114,12 @@ impl Resources {
             .as_deref()
             .ok_or_else(|| ApiError::Invalid("path_on_host is required".into()))?;
         must_exist("drive", path)?;
+        if crate::machine::FIXED_IDS.contains(&drive.drive_id.as_str()) {
+            return Err(ApiError::Invalid(format!(
+                "drive_id {}: another device of the machine has that id",
+                drive.drive_id
+            )));
+        }
         let others = self.drives.iter().filter(|d| d.drive_id != drive.drive_id);
         if drive.is_root_device && others.clone().any(|d| d.is_root_device) {
             return Err(ApiError::Invalid(
@@ -124,9 +130,6 @@ impl Resources {
             return Err(ApiError::Invalid(format!(
                 "the drive's path_on_host {path} is already used by another drive"
             )));
-        }
-        if others.count() >= 1 {
-            return Err(unsupported("more than one drive"));
         }
         self.drives.retain(|d| d.drive_id != drive.drive_id);
         self.drives.push(drive);
@@ -241,8 +244,10 @@ impl Resources {
             .boot_args
             .clone()
             .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_string());
-        let drive = self.drives.first();
-        if let Some(root) = drive.filter(|d| d.is_root_device && linux) {
+        // As in Firecracker, the root device comes first (the guest's vda).
+        let mut drives: Vec<&Drive> = self.drives.iter().filter(|d| d.is_root_device).collect();
+        drives.extend(self.drives.iter().filter(|d| !d.is_root_device));
+        if let Some(root) = drives.first().filter(|d| d.is_root_device && linux) {
             let device = match &root.partuuid {
                 Some(uuid) => format!("PARTUUID={uuid}"),
                 None => "/dev/vda".to_string(),
@@ -279,11 +284,18 @@ impl Resources {
                     Some(serial) => SerialMode::File(PathBuf::from(&serial.serial_out_path)),
                     None => SerialMode::Stdio,
                 },
-                disk: drive.map(|d| DiskConfig {
-                    path: PathBuf::from(d.path_on_host.clone().unwrap_or_default()),
-                    readonly: d.is_read_only == Some(true),
-                }),
+                disks: drives
+                    .iter()
+                    .map(|d| DiskConfig {
+                        path: PathBuf::from(d.path_on_host.clone().unwrap_or_default()),
+                        readonly: d.is_read_only == Some(true),
+                        id: Some(d.drive_id.clone()),
+                        transport: None,
+                    })
+                    .collect(),
                 rng: self.entropy.is_some(),
+                rng_transport: None,
+                console_transport: None,
                 virtio_console: None,
                 transport: if linux {
                     VirtioTransport::Pci
