@@ -3,25 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A token bucket of a rate limiter: `size` tokens refilled every `refill_time` ms.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenBucket {
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub one_time_burst: Option<u64>,
-    pub refill_time: u64,
-}
-
-/// Independent bytes/s and ops/s limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimiter {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bandwidth: Option<TokenBucket>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ops: Option<TokenBucket>,
-}
+/// Firecracker's `RateLimiter` and `TokenBucket` objects: the same types the devices'
+/// limiters are built from.
+pub use crate::rate_limiter::{RateLimiterConfig as RateLimiter, TokenBucketConfig as TokenBucket};
 
 /// `PUT|PATCH /machine-config` (PATCH: every field optional).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

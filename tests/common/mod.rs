@@ -4,6 +4,8 @@
 //! HUSHVM_REQUIRE_KVM=1 (as CI sets it) they always fail without KVM.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::time::Duration;
 
 use hushvm::config::SerialMode;

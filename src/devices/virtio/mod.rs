@@ -14,6 +14,7 @@ pub mod console;
 pub mod driver;
 pub mod features;
 pub mod mmio;
+pub mod net;
 pub mod pci;
 pub mod rng;
 pub mod transport;
@@ -50,6 +51,9 @@ pub trait VirtioDevice: Send + Sync {
     fn features(&self) -> u64;
     /// Reads its configuration space at `offset`; bytes past its end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The driver set DRIVER_OK having accepted `acked_features`: called before the
+    /// first queue of that configuration is served.
+    fn activate(&self, _acked_features: u64) {}
     /// Handles the available chains of queue `index`; returns true if any was used.
     /// Called with the transport's queue lock held, never its register lock.
     fn process_queue(
