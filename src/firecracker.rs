@@ -11,8 +11,8 @@ use clap::Parser;
 
 use hushvm::api::server::{self, DEFAULT_MAX_PAYLOAD};
 use hushvm::api::types::{FullVmConfiguration, LogLevel, Logger, Metrics};
-use hushvm::api::{logger, Instance, Resources};
-use hushvm::machine;
+use hushvm::api::{logger, Instance, Resources, Starter};
+use hushvm::machine::{self, MachineConfig};
 use hushvm::seccomp::{Filters, SeccompAction};
 
 /// Firecracker's flags (those a tool that starts `firecracker` passes).
@@ -87,14 +87,12 @@ fn read_config_file(path: &PathBuf) -> Result<FullVmConfiguration> {
     serde_json::from_slice(&text).with_context(|| format!("--config-file {}", path.display()))
 }
 
-/// Runs the microVM the API or the config file describes; the process ends with it.
-pub fn run(args: FirecrackerArgs) -> Result<ExitCode> {
+/// The instance the flags and the config file describe, its logger and metrics set.
+fn instance(
+    args: &FirecrackerArgs,
+    file: Option<&FullVmConfiguration>,
+) -> Result<(Instance, Starter)> {
     logger::set_id(&args.id);
-    let file = args
-        .config_file
-        .as_ref()
-        .map(read_config_file)
-        .transpose()?;
     let flags_logger = Logger {
         log_path: args.log_path.as_ref().map(|p| p.display().to_string()),
         level: args.level,
@@ -102,10 +100,11 @@ pub fn run(args: FirecrackerArgs) -> Result<ExitCode> {
         show_log_origin: Some(args.show_log_origin),
         module: None,
     };
-    let file_logger = file.as_ref().and_then(|f| f.logger.clone());
-    if args.log_path.is_some() || args.level.is_some() || file_logger.is_none() {
-        logger::configure(&flags_logger)?;
-    }
+    // The flags' logger wins over the file's, as the flags come first in Firecracker.
+    let logger_flags = args.log_path.is_some() || args.level.is_some();
+    let file_logger = file
+        .and_then(|f| f.logger.clone())
+        .filter(|_| !logger_flags);
     let seccomp = match args.no_seccomp {
         true => SeccompAction::Off,
         false => SeccompAction::Kill,
@@ -114,24 +113,37 @@ pub fn run(args: FirecrackerArgs) -> Result<ExitCode> {
         seccomp,
         ..Resources::default()
     };
-    let file_metrics = file.as_ref().and_then(|f| f.metrics.clone());
-    if let Some(file) = file.clone() {
-        resources.apply_file(file).context("--config-file")?;
+    if let Some(file) = file {
+        resources
+            .apply_file(file.clone())
+            .context("--config-file")?;
     }
     let (instance, starter) = Instance::new(args.id.clone(), resources);
-    if let Some(config) = file_logger.filter(|_| args.log_path.is_none() && args.level.is_none()) {
-        instance
+    match file_logger {
+        Some(config) => instance
             .set_logger(config)
-            .context("--config-file logger")?;
+            .context("--config-file logger")?,
+        None => logger::configure(&flags_logger)?,
     }
     let metrics = args.metrics_path.as_ref().map(|path| Metrics {
         metrics_path: path.display().to_string(),
         emit_id: None,
         properties: None,
     });
-    if let Some(config) = metrics.or(file_metrics) {
+    if let Some(config) = metrics.or_else(|| file.and_then(|f| f.metrics.clone())) {
         instance.set_metrics(config).context("metrics")?;
     }
+    Ok((instance, starter))
+}
+
+/// Runs the microVM the API or the config file describes; the process ends with it.
+pub fn run(args: FirecrackerArgs) -> Result<ExitCode> {
+    let file = args
+        .config_file
+        .as_ref()
+        .map(read_config_file)
+        .transpose()?;
+    let (instance, starter) = instance(&args, file.as_ref())?;
     logger::info(&format!(
         "Running hushvm {} (Firecracker API)",
         env!("CARGO_PKG_VERSION")
@@ -144,6 +156,7 @@ pub fn run(args: FirecrackerArgs) -> Result<ExitCode> {
         );
     }
     let instance = Arc::new(instance);
+    let seccomp = instance.resources(|r| r.seccomp);
     let filters = Arc::new(Filters::new(seccomp)?);
     machine::install_signal_handlers().context("cannot install the signal handlers")?;
     if !args.no_api {
@@ -163,8 +176,13 @@ pub fn run(args: FirecrackerArgs) -> Result<ExitCode> {
             Err(_) => bail!("the API thread ended"),
         },
     };
+    run_machine(&instance, &config, &starter)
+}
+
+/// Builds and runs the machine on this thread (which then filters itself).
+fn run_machine(instance: &Instance, config: &MachineConfig, starter: &Starter) -> Result<ExitCode> {
     instance.control.filter_builder_thread();
-    match machine::run_controlled(&config, &instance.control) {
+    match machine::run_controlled(config, &instance.control) {
         Ok(report) => {
             instance.metrics.record_run(&report);
             let _ = instance.metrics.flush();

@@ -130,94 +130,123 @@ impl From<ApiError> for Routed {
 }
 
 fn route(instance: &Instance, method: &str, path: &str, body: &[u8]) -> Result<Reply, Routed> {
-    let done = |result: Result<(), ApiError>| result.map(|()| Reply::no_content());
     let (collection, id) = match path.trim_start_matches('/').split_once('/') {
         Some((collection, id)) => (collection, id),
         None => (path.trim_start_matches('/'), ""),
     };
-    let reply = match (method, collection, id) {
-        ("GET", "", "") => Reply::json(&instance.info()),
-        ("GET", "version", "") => Reply::json(&serde_json::json!({
-            "firecracker_version": env!("CARGO_PKG_VERSION"),
-        })),
-        ("GET", "machine-config", "") => Reply::json(&instance.resources(|r| r.machine.clone())),
+    let call = Call {
+        method,
+        collection,
+        id,
+        body,
+    };
+    if let Some(reply) = route_devices(instance, &call)? {
+        return Ok(reply);
+    }
+    if let Some(reply) = route_control(instance, &call)? {
+        return Ok(reply);
+    }
+    Err(Routed::Unknown(Reply::fault(
+        400,
+        &format!("Invalid request method and/or path: {method} {path}."),
+    )))
+}
+
+/// A request, split: `/collection/id`.
+struct Call<'a> {
+    method: &'a str,
+    collection: &'a str,
+    id: &'a str,
+    body: &'a [u8],
+}
+
+fn done(result: Result<(), ApiError>) -> Result<Option<Reply>, Routed> {
+    result
+        .map(|()| Some(Reply::no_content()))
+        .map_err(Routed::from)
+}
+
+/// The machine and its devices, configured before the start (and the post-boot PATCHes).
+fn route_devices(instance: &Instance, call: &Call) -> Result<Option<Reply>, Routed> {
+    let (id, body) = (call.id, call.body);
+    match (call.method, call.collection, id) {
+        ("GET", "machine-config", "") => Ok(Some(Reply::json(
+            &instance.resources(|r| r.machine.clone()),
+        ))),
         ("PUT", "machine-config", "") => {
             let config = parse(body)?;
-            done(instance.configure(|r| r.set_machine(config)))?
+            done(instance.configure(|r| r.set_machine(config)))
         }
         ("PATCH", "machine-config", "") => {
             let update = parse(body)?;
-            done(instance.configure(|r| r.update_machine(update)))?
+            done(instance.configure(|r| r.update_machine(update)))
         }
         ("PUT", "boot-source", "") => {
             let source = parse(body)?;
-            done(instance.configure(|r| r.set_boot_source(source)))?
+            done(instance.configure(|r| r.set_boot_source(source)))
         }
         ("PUT", "drives", id) => {
             let drive: types::Drive = parse(body)?;
             same_id(id, &drive.drive_id)?;
-            done(instance.configure(|r| r.set_drive(drive)))?
+            done(instance.configure(|r| r.set_drive(drive)))
         }
         ("PATCH", "drives", id) => {
             let drive: types::PartialDrive = parse(body)?;
             same_id(id, &drive.drive_id)?;
-            patch_drive(instance, &drive)?;
-            Reply::no_content()
+            done(patch_drive(instance, &drive))
         }
         ("PUT", "network-interfaces", id) => {
             let iface: types::NetworkInterface = parse(body)?;
             same_id(id, &iface.iface_id)?;
-            done(instance.configure(|r| r.set_network_interface(iface)))?
+            done(instance.configure(|r| r.set_network_interface(iface)))
         }
         ("PATCH", "network-interfaces", id) => {
             let iface: types::PartialNetworkInterface = parse(body)?;
             same_id(id, &iface.iface_id)?;
             instance.require_running()?;
             // A running microVM here never has an interface: hushvm cannot start one.
-            return Err(ApiError::Invalid(format!("no network interface {id}")).into());
+            Err(ApiError::Invalid(format!("no network interface {id}")).into())
         }
         ("PUT", "vsock", "") => {
             let vsock = parse(body)?;
-            done(instance.configure(|r| r.set_vsock(vsock)))?
+            done(instance.configure(|r| r.set_vsock(vsock)))
         }
         ("PUT", "entropy", "") => {
             let entropy: types::EntropyDevice = parse(body)?;
             done(instance.configure(|r| {
                 r.entropy = Some(entropy);
                 Ok(())
-            }))?
+            }))
         }
         ("PUT", "serial", "") => {
             let serial = parse(body)?;
-            done(instance.configure(|r| r.set_serial(serial)))?
+            done(instance.configure(|r| r.set_serial(serial)))
         }
-        ("PUT", "logger", "") => done(instance.set_logger(parse(body)?))?,
-        ("PUT", "metrics", "") => done(instance.set_metrics(parse(body)?))?,
+        _ => Ok(None),
+    }
+}
+
+/// The instance itself: information, actions, pause and resume, logger and metrics.
+fn route_control(instance: &Instance, call: &Call) -> Result<Option<Reply>, Routed> {
+    let body = call.body;
+    match (call.method, call.collection, call.id) {
+        ("GET", "", "") => Ok(Some(Reply::json(&instance.info()))),
+        ("GET", "version", "") => Ok(Some(Reply::json(&serde_json::json!({
+            "firecracker_version": env!("CARGO_PKG_VERSION"),
+        })))),
+        ("GET", "vm", "config") => Ok(Some(Reply::json(&instance.full_config()))),
+        ("PUT", "logger", "") => done(instance.set_logger(parse(body)?)),
+        ("PUT", "metrics", "") => done(instance.set_metrics(parse(body)?)),
         ("PUT", "actions", "") => {
             let action: types::InstanceActionInfo = parse(body)?;
-            done(act(instance, action.action_type))?
+            done(act(instance, action.action_type))
         }
         ("PATCH", "vm", "") => {
             let vm: types::Vm = parse(body)?;
-            done(instance.set_state(vm.state))?
+            done(instance.set_state(vm.state))
         }
-        ("GET", "vm", "config") => Reply::json(&instance.full_config()),
-        (_, "" | "version" | "machine-config" | "boot-source" | "drives", _)
-        | (_, "network-interfaces" | "vsock" | "entropy" | "serial" | "logger", _)
-        | (_, "metrics" | "actions" | "vm", _) => {
-            return Err(Routed::Unknown(Reply::fault(
-                400,
-                &format!("Invalid request method and/or path: {method} {path}."),
-            )))
-        }
-        _ => {
-            return Err(Routed::Unknown(Reply::fault(
-                400,
-                &format!("Invalid request method and/or path: {method} {path}."),
-            )))
-        }
-    };
-    Ok(reply)
+        _ => Ok(None),
+    }
 }
 
 /// `PATCH /drives/{id}`: after the start only, as in Firecracker; hushvm cannot swap a

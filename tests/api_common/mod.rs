@@ -129,3 +129,40 @@ pub fn read_response(stream: &mut UnixStream) -> (u16, String) {
     stream.read_exact(&mut body).unwrap();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// The rtc guest's `iterations=` and `errors=`.
+pub fn rtc_fields(out: &str) -> (u64, u64) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("rtc:"))
+        .unwrap_or_else(|| panic!("no rtc line in {out:?}"));
+    let value = |key: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+    };
+    (value("iterations="), value("errors="))
+}
+
+/// One vCPU, 64 MiB and the rtc guest with `iterations`.
+pub fn configure_rtc(vm: &Firecracker, iterations: u32) {
+    let kernel = vm.path("rtc.elf");
+    let calls = [
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 64}"#.to_string(),
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            format!(
+                r#"{{"kernel_image_path": "{kernel}", "boot_args": "iterations={iterations}"}}"#
+            ),
+        ),
+    ];
+    for (method, path, body) in calls {
+        assert_eq!(vm.call(method, path, &body), (204, String::new()), "{path}");
+    }
+}
