@@ -12,6 +12,8 @@ pub mod metrics;
 pub mod resources;
 pub mod routes;
 pub mod server;
+#[cfg(test)]
+mod tests;
 pub mod types;
 
 use thiserror::Error;
