@@ -4,6 +4,7 @@
 pub mod access;
 pub mod acpi;
 pub mod advise;
+pub mod api;
 pub mod bench;
 pub mod bus;
 pub mod coalesced;

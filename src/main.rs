@@ -1,5 +1,7 @@
 //! The `hushvm` command line.
 
+mod firecracker;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -170,8 +172,10 @@ struct RunArgs {
 struct BenchArgs {
     /// The workload: rtc (seed 000), eoi (seed 002), tick (RTC tick, seeds 000 + 002),
     /// doorbell (seed 003), blk (virtio-blk), strio, console, pci (configuration
-    /// reads through 0xcf8/0xcfc) or pause (time from a pause request to every vCPU
-    /// out of KVM_RUN, 1 and 2 vCPUs; --iterations: pauses per VM).
+    /// reads through 0xcf8/0xcfc), pause (time from a pause request to every vCPU
+    /// out of KVM_RUN, 1 and 2 vCPUs; --iterations: pauses per VM) or api (Firecracker
+    /// mode: spawn to socket, InstanceStart to the guest's first output, API latency;
+    /// --iterations: calls of each kind per process).
     workload: String,
     /// Iterations per measured run (rtc: loop passes; eoi, tick: interrupts; doorbell:
     /// requests; blk: 4 KiB blocks written and read back; pci: configuration reads).
@@ -334,7 +338,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     // during the build stops it as soon as it starts). Rust's runtime already ignores
     // SIGPIPE: a closed --serial pipe is a write error that COM1 counts, not a death.
     machine::install_signal_handlers().context("cannot install the signal handlers")?;
-    let report = machine::run(&config)?;
+    let control = machine::VmControl::new();
+    control.filter_builder_thread();
+    let report = machine::run_controlled(&config, &control)?;
     say_why_it_stopped(&report);
     write_profile(&report, table, json.as_deref())?;
     Ok(ExitCode::from((report.stop.exit_status() & 0xff) as u8))
@@ -343,6 +349,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
 fn bench(args: BenchArgs) -> Result<ExitCode> {
     if args.workload == "pause" {
         return bench_pause(&args);
+    }
+    if args.workload == "api" {
+        return bench_api(&args);
     }
     let workload = bench::workload(&args.workload)
         .ok_or_else(|| bench::BenchError::UnknownWorkload(args.workload.clone()))?;
@@ -370,6 +379,20 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
 fn bench_pause(args: &BenchArgs) -> Result<ExitCode> {
     let pauses = args.iterations.unwrap_or(bench::pause::DEFAULT_PAUSES);
     let report = bench::pause::run(pauses, args.repeat, args.seccomp)?;
+    if args.json {
+        print_out(format_args!("{}\n", serde_json::to_string(&report)?))?;
+    } else {
+        print_out(report.render())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hushvm bench api`: `--iterations` API calls of each kind per process, `--repeat`
+/// processes.
+fn bench_api(args: &BenchArgs) -> Result<ExitCode> {
+    let exe = std::env::current_exe().context("cannot find hushvm's own binary")?;
+    let requests = args.iterations.unwrap_or(200);
+    let report = bench::api::run(&exe, args.repeat, requests)?;
     if args.json {
         print_out(format_args!("{}\n", serde_json::to_string(&report)?))?;
     } else {
@@ -470,6 +493,19 @@ fn one_line(error: &clap::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    if let Some(args) = firecracker::args_if_firecracker() {
+        return match firecracker::FirecrackerArgs::try_parse_from(args) {
+            Ok(args) => firecracker::run(args).unwrap_or_else(|error| {
+                eprintln!("hushvm: error: {}", error_line(&error));
+                ExitCode::FAILURE
+            }),
+            Err(error) if !error.use_stderr() => error.exit(),
+            Err(error) => {
+                eprintln!("hushvm: error: {}", one_line(&error));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => error.exit(),

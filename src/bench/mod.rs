@@ -7,6 +7,7 @@
 //! for `eoi` and `tick`, one request for `doorbell`, one 4 KiB block written and read
 //! back (two requests) for `blk`, and one round of 4096 bytes out and back for `strio`.
 
+pub mod api;
 pub mod pause;
 mod report;
 mod workloads;

@@ -92,6 +92,8 @@ pub(super) struct Control {
     changed: Condvar,
     /// `paused`, readable without the lock: the event loop looks at it every iteration.
     paused: AtomicBool,
+    /// The thread that built the machine filters itself once the machine runs.
+    filter_builder: AtomicBool,
 }
 
 /// Pauses, resumes and stops one machine; clone it freely. Hand it to
@@ -128,6 +130,7 @@ impl VmControl {
                 state: Mutex::new(state),
                 changed: Condvar::new(),
                 paused: AtomicBool::new(false),
+                filter_builder: AtomicBool::new(false),
             }),
         }
     }
@@ -201,6 +204,27 @@ impl VmControl {
         drop(state);
         stop.stop(VmStop::Requested, None);
         Ok(())
+    }
+
+    /// Waits for the machine to start; false if it ended without running (its build
+    /// failed, or it was stopped first).
+    pub fn wait_started(&self) -> bool {
+        let control = &self.control;
+        let state = control.wait(control.state.locked(), |s| s.phase == Phase::Waiting);
+        state.started > 0
+    }
+
+    /// Asks the thread that builds and runs the machine (`run_controlled`'s caller) to
+    /// install the `main` seccomp filter once the machine's threads run: for a process that
+    /// builds one machine and then only waits for it (`hushvm run`, Firecracker mode); a
+    /// process that builds more (`hushvm bench`, tests) leaves it unfiltered.
+    pub fn filter_builder_thread(&self) {
+        self.control.filter_builder.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the machine has started and not ended.
+    pub fn is_running(&self) -> bool {
+        self.control.state.locked().phase == Phase::Running
     }
 
     /// Whether the VM is paused.
@@ -314,6 +338,11 @@ impl Control {
         }
         let mut state = self.wait(state, |s| s.paused && !s.stopping);
         state.parked -= 1;
+    }
+
+    /// Whether the builder thread filters itself (`VmControl::filter_builder_thread`).
+    pub(super) fn filters_builder(&self) -> bool {
+        self.filter_builder.load(Ordering::SeqCst)
     }
 
     /// Whether the event loop should park now.

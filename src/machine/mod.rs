@@ -58,7 +58,7 @@ pub use control::{ControlError, Paused, VmControl};
 pub use devices::{build as build_devices, Clocks, DeviceSpec, Devices};
 pub use inventory::{
     plan_virtio, BusPlacement, DeviceCounters, DeviceEntry, DeviceKind, Interrupt, Inventory,
-    VirtioKind, VirtioRequest, VirtioSpec,
+    VirtioKind, VirtioRequest, VirtioSpec, FIXED_IDS,
 };
 pub use platform::{Platform, Unplugged};
 pub use report::{Coalescing, RunReport};

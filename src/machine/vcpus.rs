@@ -366,6 +366,14 @@ pub fn run(
         None
     };
     let _ = started_sender.send(());
+    // The builder's work is done: from here it only waits, reports and exits.
+    let sealed = match shared.control.filters_builder() {
+        true => shared.filters.install(ThreadKind::Main, "main"),
+        false => Ok(()),
+    };
+    if sealed.is_err() {
+        shared.state.stop(VmStop::Requested, None);
+    }
     let joined = event_loop.join();
     // However the event loop ended, the control no longer waits for a start.
     let _ = shared.control.end();
@@ -373,6 +381,7 @@ pub fn run(
     if let Some(error) = failed {
         return Err(error);
     }
+    sealed?;
     let first = shared.state.first.locked().take();
     let (stop, registers) = match first {
         Some(first) => first,

@@ -60,6 +60,53 @@ const EVENT_LOOP: &[libc::c_long] = &[
     libc::SYS_clock_nanosleep,
 ];
 
+/// The API thread's calls beyond [`COMMON`] (and the metrics thread's, which shares its
+/// filter): the socket server's epoll and accepts (mio), the files a configuration names
+/// (checked at PUT, read at InstanceStart: `openat`, `statx`, `lseek`), the log file taking
+/// over standard error (`dup2`), and pausing a running VM (kicking a vCPU, as the event
+/// loop's stop path; the metrics thread's sleep). No `clone`, `execve` or `socket`.
+const API: &[libc::c_long] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_accept4,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+    libc::SYS_writev,
+    libc::SYS_openat,
+    libc::SYS_statx,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_lseek,
+    libc::SYS_dup2,
+    libc::SYS_getpid,
+    libc::SYS_tgkill,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+];
+
+/// The builder thread's calls once the machine runs, beyond [`COMMON`]: joining and
+/// ending the machine (the stop kick: `getpid`, `tgkill`; `nanosleep`), the end of a run
+/// (syncing the disk and the trace: `fdatasync`, `fsync`), and the reports it writes
+/// (`--profile-json`, metrics: `openat`, `statx`, `lseek`). No `ioctl`, `clone`, `socket`.
+const MAIN: &[libc::c_long] = &[
+    libc::SYS_getpid,
+    libc::SYS_tgkill,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+    libc::SYS_openat,
+    libc::SYS_statx,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_lseek,
+    libc::SYS_writev,
+    libc::SYS_epoll_ctl,
+];
+
 fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
     SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).expect("argument index below 6")
 }
@@ -115,6 +162,33 @@ pub fn event_loop() -> Rules {
     rules
 }
 
+/// The API (and metrics) thread: [`COMMON`], [`API`], `ioctl` only as `FIONBIO` (a
+/// socket made non-blocking) and `fcntl` only to read or set a descriptor's flags.
+pub fn api() -> Rules {
+    let mut rules = common();
+    allow_any(&mut rules, API);
+    rules.insert(
+        libc::SYS_ioctl,
+        vec![rule(vec![condition(1, SeccompCmpOp::Eq, libc::FIONBIO)])],
+    );
+    let fcntl = [libc::F_GETFD, libc::F_GETFL, libc::F_SETFL, libc::F_SETFD];
+    rules.insert(
+        libc::SYS_fcntl,
+        fcntl
+            .iter()
+            .map(|cmd| rule(vec![condition(1, SeccompCmpOp::Eq, u64::from(*cmd as u32))]))
+            .collect(),
+    );
+    rules
+}
+
+/// The builder thread once the machine runs: [`COMMON`] and [`MAIN`].
+pub fn main_thread() -> Rules {
+    let mut rules = common();
+    allow_any(&mut rules, MAIN);
+    rules
+}
+
 /// One rule per request: argument 1, compared as 32 bits.
 fn ioctls(requests: &[requests::Request]) -> Vec<SeccompRule> {
     requests
@@ -156,5 +230,38 @@ mod tests {
                 assert!(!rules.contains_key(&forbidden), "syscall {forbidden}");
             }
         }
+    }
+
+    #[test]
+    fn the_main_thread_may_not_start_anything_nor_issue_ioctls_once_sealed() {
+        let rules = main_thread();
+        for forbidden in [
+            libc::SYS_execve,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_socket,
+            libc::SYS_ioctl,
+            libc::SYS_ptrace,
+        ] {
+            assert!(!rules.contains_key(&forbidden), "syscall {forbidden}");
+        }
+    }
+
+    #[test]
+    fn the_api_thread_may_not_start_processes_or_threads_or_make_sockets() {
+        let rules = api();
+        for forbidden in [
+            libc::SYS_execve,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_fork,
+            libc::SYS_socket,
+            libc::SYS_bind,
+            libc::SYS_connect,
+            libc::SYS_ptrace,
+        ] {
+            assert!(!rules.contains_key(&forbidden), "syscall {forbidden}");
+        }
+        assert_eq!(rules[&libc::SYS_ioctl].len(), 1);
     }
 }

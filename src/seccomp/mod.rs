@@ -4,13 +4,16 @@
 //!
 //! - **vcpu**: every vCPU thread, as the first thing its closure does, before `KVM_RUN`;
 //! - **event loop**: the thread that runs the event loop, as its first action, and
-//!   before any vCPU thread is started.
+//!   before any vCPU thread is started;
+//! - **api**: Firecracker mode's API thread and metrics thread (`crate::api`), first thing;
+//! - **main**: the thread that built the machine, right after it started the machine's
+//!   threads, when its caller asked for it (`VmControl::filter_builder_thread`: `hushvm
+//!   run` and Firecracker mode, which build one machine and then only wait, report, exit).
 //!
-//! Filters are per thread (no TSYNC): the thread that builds the machine stays unfiltered,
-//! because it builds (opens `/dev/kvm`, maps memory, spawns threads) and may build again
-//! (`hushvm bench` and the tests run many machines in one process). It only waits for
-//! the event-loop thread and then reads the report; it touches no guest data while the
-//! guest runs.
+//! Filters are per thread (no TSYNC): the thread that builds the machine is unfiltered
+//! while it builds (opens `/dev/kvm`, maps memory, spawns threads), and stays so in a
+//! process that builds again (`hushvm bench` and the tests run many machines in one
+//! process); `hushvm run` and Firecracker mode filter it once the machine runs.
 //!
 //! What each filter allows ([`lists`]): every thread the allocator (`brk`, `mmap` and
 //! `mprotect` without `PROT_EXEC`, `munmap`, `mremap`, `madvise`), `futex`,
@@ -95,6 +98,11 @@ impl fmt::Display for SeccompAction {
 pub enum ThreadKind {
     Vcpu,
     EventLoop,
+    /// The Firecracker API server's thread, and its metrics thread (`crate::api`).
+    Api,
+    /// The thread that built the machine, once it only waits for it, reports and exits
+    /// (`VmControl::filter_builder_thread`).
+    Main,
 }
 
 impl fmt::Display for ThreadKind {
@@ -102,6 +110,8 @@ impl fmt::Display for ThreadKind {
         f.write_str(match self {
             Self::Vcpu => "vcpu",
             Self::EventLoop => "event loop",
+            Self::Api => "api",
+            Self::Main => "main",
         })
     }
 }
@@ -157,6 +167,8 @@ fn compiled(kind: ThreadKind, action: SeccompAction) -> Result<Option<BpfProgram
     let rules = match kind {
         ThreadKind::Vcpu => lists::vcpu(),
         ThreadKind::EventLoop => lists::event_loop(),
+        ThreadKind::Api => lists::api(),
+        ThreadKind::Main => lists::main_thread(),
     };
     let build = |error: seccompiler::BackendError| SeccompError::Build {
         kind,
@@ -177,6 +189,8 @@ fn compiled(kind: ThreadKind, action: SeccompAction) -> Result<Option<BpfProgram
 pub struct Filters {
     vcpu: Option<BpfProgram>,
     event_loop: Option<BpfProgram>,
+    api: Option<BpfProgram>,
+    main: Option<BpfProgram>,
     selftest: bool,
 }
 
@@ -189,6 +203,8 @@ impl Filters {
         Ok(Self {
             vcpu: program(ThreadKind::Vcpu, action)?,
             event_loop: program(ThreadKind::EventLoop, action)?,
+            api: program(ThreadKind::Api, action)?,
+            main: program(ThreadKind::Main, action)?,
             selftest: std::env::var_os(SELFTEST_VARIABLE).is_some_and(|v| v == "1"),
         })
     }
@@ -198,6 +214,8 @@ impl Filters {
         let program = match kind {
             ThreadKind::Vcpu => &self.vcpu,
             ThreadKind::EventLoop => &self.event_loop,
+            ThreadKind::Api => &self.api,
+            ThreadKind::Main => &self.main,
         };
         let Some(program) = program else {
             return Ok(());
@@ -219,7 +237,12 @@ mod tests {
 
     #[test]
     fn every_filter_compiles_under_every_action() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::EventLoop] {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::EventLoop,
+            ThreadKind::Api,
+            ThreadKind::Main,
+        ] {
             for action in [SeccompAction::Kill, SeccompAction::Log] {
                 let program = program(kind, action).expect("compiles");
                 assert!(program.is_some_and(|p| !p.is_empty()), "{kind} {action}");
