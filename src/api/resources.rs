@@ -309,6 +309,7 @@ impl Resources {
                 time_exits: true,
                 record: None,
                 seccomp: self.seccomp,
+                emulation_fallback: true,
             },
         })
     }
