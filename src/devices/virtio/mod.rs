@@ -18,6 +18,7 @@ pub mod pci;
 pub mod rng;
 pub mod state;
 pub mod transport;
+pub mod vsock;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
