@@ -20,6 +20,7 @@ const GUESTS: &[(&str, &[&str])] = &[
     ("console", &["console.c"]),
     ("pcitest", &["pcitest.c"]),
     ("pcicfg", &["pcicfg.c"]),
+    ("vsock", &["vsock.c"]),
     (
         "hostile",
         &[

@@ -116,6 +116,11 @@ struct RunArgs {
     /// Where the virtio-console device sits, if not where --virtio-transport says.
     #[arg(long, value_name = "pci|mmio", requires = "virtio_console")]
     virtio_console_transport: Option<VirtioTransport>,
+    /// A virtio-vsock device for guest CID N whose host side listens on the Unix socket
+    /// PATH (Firecracker's hybrid vsock: host programs connect there and send
+    /// "CONNECT <port>\n"; guest connections to port P go to PATH_P).
+    #[arg(long, value_name = "cid=N,uds=PATH[,id=ID][,transport=pci|mmio]")]
+    vsock: Option<hushvm::config::VsockConfig>,
     /// Take virtqueue doorbells as ordinary MMIO exits instead of ioeventfds.
     #[arg(long)]
     no_ioeventfd: bool,
@@ -240,6 +245,7 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
             rng_transport: args.rng_transport,
             console_transport: args.virtio_console_transport,
             virtio_console: args.virtio_console,
+            vsock: args.vsock,
             transport,
         },
         cures: Cures {

@@ -5,10 +5,12 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::config::{DiskConfig, SerialMode};
+use crate::config::{DiskConfig, SerialMode, VsockConfig};
 use crate::devices::virtio::block::{DiskBackend, FileDisk, SECTOR};
 use crate::sync::LockExt;
 
@@ -85,6 +87,8 @@ pub struct Backends {
     /// A second handle on each disk image, for the `fdatasync` every stop ends with
     /// (a guest that never flushes, a signal): the device owns the first.
     pub disk_syncs: Vec<(std::path::PathBuf, File)>,
+    /// The vsock device's listening socket, bound at its `uds_path`.
+    pub vsock: Option<(UnixListener, VsockConfig)>,
 }
 
 /// What [`SerialMode::Capture`] outputs collected.
@@ -129,6 +133,13 @@ impl Backends {
                 .map(|mode| output(mode, &captures.console))
                 .transpose()?,
             disk_syncs,
+            vsock: devices
+                .vsock
+                .as_ref()
+                .map(|config| {
+                    Ok::<_, MachineError>((listen_vsock(&config.uds_path)?, config.clone()))
+                })
+                .transpose()?,
         })
     }
 
@@ -151,8 +162,36 @@ impl Backends {
             entropy: rng.then(|| Box::new(io::repeat(0)) as _),
             console: console.then(|| Box::new(output.clone()) as _),
             disk_syncs: Vec::new(),
+            vsock: None,
         }
     }
+}
+
+/// Binds the vsock device's host socket. An existing path is refused rather than
+/// removed (it may be another VM's); the user removes a stale one.
+fn listen_vsock(path: &Path) -> Result<UnixListener, MachineError> {
+    let error = |problem| MachineError::VsockSocket {
+        path: path.to_path_buf(),
+        problem,
+    };
+    if path.symlink_metadata().is_ok() {
+        return Err(error(VsockProblem::Exists));
+    }
+    UnixListener::bind(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => error(VsockProblem::NoDirectory),
+        _ => error(VsockProblem::Bind(e)),
+    })
+}
+
+/// Why the vsock device's host socket cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockProblem {
+    #[error("the path exists (remove a stale socket first)")]
+    Exists,
+    #[error("its directory does not exist")]
+    NoDirectory,
+    #[error("cannot listen there")]
+    Bind(#[source] io::Error),
 }
 
 /// An output as the inventory names it.

@@ -237,6 +237,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
         console: backends
             .console
             .map(|output| (output, backends.console_name)),
+        vsock: backends.vsock,
     };
     let (wirings, entries) = virtio::build(&spec.virtio, virtio_backends, &mut placer)?;
     pci.finish(&mut buses, ResetControl::default())?;
@@ -305,6 +306,7 @@ mod tests {
             ],
             rng: Some(VirtioTransport::Pci),
             console: Some(VirtioTransport::Mmio),
+            vsock: None,
             default: VirtioTransport::Pci,
         };
         let spec = DeviceSpec {

@@ -181,7 +181,7 @@ fn probes() -> Vec<Data> {
 }
 
 fn vcpu_programs(action: SeccompAction) -> (Vec<sock_filter>, Vec<sock_filter>) {
-    let before = compiled(ThreadKind::Vcpu, action).unwrap().unwrap();
+    let before = compiled(ThreadKind::Vcpu, action, false).unwrap().unwrap();
     let after = program(ThreadKind::Vcpu, action).unwrap().unwrap();
     (before, after)
 }

@@ -136,24 +136,6 @@ impl Vsock {
         (inner.muxer.counts, inner.muxer.connection_count())
     }
 
-    /// Counters by name, for the inventory.
-    pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        let (counts, open) = self.counts();
-        vec![
-            (
-                "packets_from_guest",
-                self.packets_in.load(Ordering::Relaxed),
-            ),
-            ("packets_to_guest", self.packets_out.load(Ordering::Relaxed)),
-            ("packets_dropped", self.dropped()),
-            ("connections_open", open as u64),
-            ("connections_opened", counts.connections_opened),
-            ("connections_refused", counts.connections_refused),
-            ("resets_sent", counts.resets_sent),
-            ("credit_violations", counts.credit_violations),
-        ]
-    }
-
     /// One transmitted chain: a header and its payload.
     fn transmit(&self, inner: &mut Inner, chain: Chain<'_>, memory: &GuestMemoryMmap) {
         let Inner {
@@ -283,6 +265,24 @@ impl VirtioDevice for Vsock {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         super::read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let (counts, open) = self.counts();
+        vec![
+            (
+                "packets_from_guest",
+                self.packets_in.load(Ordering::Relaxed),
+            ),
+            ("packets_to_guest", self.packets_out.load(Ordering::Relaxed)),
+            ("packets_dropped", self.dropped()),
+            ("connections_open", open as u64),
+            ("connections_opened", counts.connections_opened),
+            ("connections_refused", counts.connections_refused),
+            ("resets_sent", counts.resets_sent),
+            ("credit_violations", counts.credit_violations),
+            ("handshakes_failed", counts.handshakes_failed),
+        ]
     }
 
     fn process_queue(
