@@ -229,7 +229,8 @@ static void packet(const struct hdr *h, const uint8_t *data, uint32_t listen_por
 static int poll_rx(uint32_t listen_port, int echo)
 {
     int served = 0;
-    while (*(volatile uint16_t *)&rxq.used.idx != rxq.last_used) {
+    /* At most a ring's worth: the caller's own sends wait otherwise. */
+    while (served < VQ_SIZE && *(volatile uint16_t *)&rxq.used.idx != rxq.last_used) {
         uint16_t slot = rxq.last_used % VQ_SIZE;
         uint32_t id = rxq.used.ring[slot].id, len = rxq.used.ring[slot].len;
         rxq.last_used++;

@@ -143,11 +143,18 @@ fn host_connections_are_echoed_by_the_guest_many_at_once() {
                 })
             })
             .collect();
-        for host in hosts {
-            host.join().unwrap();
-        }
+        let hosts: Vec<_> = hosts.into_iter().map(|host| host.join()).collect();
         let report = machine.join().unwrap();
         drop(silent);
+        if hosts.iter().any(Result::is_err) {
+            let counters = &report
+                .devices
+                .iter()
+                .find(|d| d.id == "vsock0")
+                .unwrap()
+                .counters;
+            panic!("{transport:?}: {counters:?}\n{}", serial_text(&report));
+        }
         let fields = guest_result(&report);
         assert_eq!(fields["errors"], 0, "{transport:?}");
         assert_eq!(fields["conns"], 6);

@@ -57,6 +57,9 @@ pub struct Connection<S> {
     stream: S,
     /// From the guest, not yet taken by the host stream (at most [`BUF_ALLOC`]).
     to_host: VecDeque<u8>,
+    /// Bytes at the front of `to_host` that are the device's (the handshake's `OK`
+    /// line), not the guest's: they do not count in `fwd_cnt`.
+    uncounted: usize,
     /// Bytes the host stream took (announced to the guest as `fwd_cnt`).
     fwd_cnt: Wrapping<u32>,
     announced_fwd_cnt: Wrapping<u32>,
@@ -105,6 +108,7 @@ impl<S: HostStream> Connection<S> {
             state,
             stream,
             to_host: VecDeque::new(),
+            uncounted: 0,
             fwd_cnt: Wrapping(0),
             announced_fwd_cnt: Wrapping(0),
             sent: Wrapping(0),
@@ -126,10 +130,16 @@ impl<S: HostStream> Connection<S> {
         &self.stream
     }
 
+    /// The guest's word on its buffer. A CREDIT_REQUEST is asked again only once the
+    /// credit moved: a guest answering each one with the same credit would otherwise
+    /// ping-pong with the device forever.
     fn peer_credit(&mut self, header: &Header) {
+        let fwd_cnt = Wrapping(header.fwd_cnt);
+        if header.buf_alloc != self.peer_buf_alloc || fwd_cnt != self.peer_fwd_cnt {
+            self.credit_requested = false;
+        }
         self.peer_buf_alloc = header.buf_alloc;
-        self.peer_fwd_cnt = Wrapping(header.fwd_cnt);
-        self.credit_requested = false;
+        self.peer_fwd_cnt = fwd_cnt;
     }
 
     /// Bytes the guest can take now.
@@ -149,6 +159,7 @@ impl<S: HostStream> Connection<S> {
                 // Firecracker's handshake: the host learns its port once the guest took it.
                 let ok = format!("OK {}\n", self.local_port);
                 self.to_host.extend(ok.as_bytes());
+                self.uncounted = ok.len();
                 self.flush_to_host()
             }
             (State::HostInit, _) | (State::Established, Op::Request | Op::Response) => {
@@ -171,7 +182,7 @@ impl<S: HostStream> Connection<S> {
     /// protocol and the connection is reset.
     fn take_from_guest(&mut self, payload: &[u8]) -> Verdict {
         if self.guest_shutdown & SHUTDOWN_SEND != 0
-            || self.to_host.len() + payload.len() > BUF_ALLOC as usize
+            || self.to_host.len() - self.uncounted + payload.len() > BUF_ALLOC as usize
         {
             return Verdict::Reset;
         }
@@ -189,7 +200,9 @@ impl<S: HostStream> Connection<S> {
                 Ok(0) => return Verdict::Reset,
                 Ok(written) => {
                     self.to_host.drain(..written);
-                    self.fwd_cnt += written as u32;
+                    let handshake = written.min(self.uncounted);
+                    self.uncounted -= handshake;
+                    self.fwd_cnt += (written - handshake) as u32;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}

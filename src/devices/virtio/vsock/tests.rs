@@ -292,6 +292,11 @@ fn the_host_sends_no_more_than_the_guest_allows() {
     assert_eq!(packets[0].1, b"01234567");
     assert_eq!(packets[1].0.op, Op::CreditRequest as u16);
     assert_eq!(packets.len(), 2);
+    // An answer with the same credit asks nothing again (no ping-pong).
+    let mut same = Guest::header(Op::CreditUpdate, 1234, 5001);
+    same.buf_alloc = 8;
+    guest.send(same, &[]);
+    assert!(guest.receive().is_empty());
     // The guest read them: 8 more bytes of credit.
     let mut update = Guest::header(Op::CreditUpdate, 1234, 5001);
     update.buf_alloc = 8;
