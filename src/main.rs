@@ -171,7 +171,8 @@ struct BenchArgs {
     /// The workload: rtc (seed 000), eoi (seed 002), tick (RTC tick, seeds 000 + 002),
     /// doorbell (seed 003), blk (virtio-blk), strio, console, pci (configuration
     /// reads through 0xcf8/0xcfc) or pause (time from a pause request to every vCPU
-    /// out of KVM_RUN, 1 and 2 vCPUs; --iterations: pauses per VM).
+    /// out of KVM_RUN, 1 and 2 vCPUs; --iterations: pauses per VM) or vsock (4 KiB
+    /// messages each way through virtio-vsock; --iterations: messages per VM).
     workload: String,
     /// Iterations per measured run (rtc: loop passes; eoi, tick: interrupts; doorbell:
     /// requests; blk: 4 KiB blocks written and read back; pci: configuration reads).
@@ -344,6 +345,9 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     if args.workload == "pause" {
         return bench_pause(&args);
     }
+    if args.workload == "vsock" {
+        return bench_vsock(&args);
+    }
     let workload = bench::workload(&args.workload)
         .ok_or_else(|| bench::BenchError::UnknownWorkload(args.workload.clone()))?;
     let options = BenchOptions {
@@ -362,6 +366,21 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     }
     if !report.all_passed() {
         bail!("a guest reported a failure (exit status other than 1)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hushvm bench vsock`: `--iterations` 4 KiB messages each way per VM.
+fn bench_vsock(args: &BenchArgs) -> Result<ExitCode> {
+    let messages = args.iterations.unwrap_or(bench::vsock::DEFAULT_MESSAGES);
+    let report = bench::vsock::run(messages, args.repeat, args.transport, args.seccomp)?;
+    if args.json {
+        print_out(format_args!("{}\n", serde_json::to_string(&report)?))?;
+    } else {
+        print_out(report.render())?;
+    }
+    if !report.all_passed() {
+        bail!("a vsock run lost bytes or its guest reported an error");
     }
     Ok(ExitCode::SUCCESS)
 }

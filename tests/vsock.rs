@@ -264,3 +264,25 @@ fn a_guest_that_ignores_credit_is_reset() {
     assert_eq!(counter(&report, "credit_violations"), 1);
     drop(holder.join().unwrap());
 }
+
+#[test]
+fn the_bench_runs_with_few_messages() {
+    if !kvm_available() {
+        return;
+    }
+    let report = hushvm::bench::vsock::run(
+        8,
+        1,
+        VirtioTransport::Mmio,
+        hushvm::seccomp::SeccompAction::Kill,
+    )
+    .unwrap();
+    assert_eq!(report.variants.len(), 2);
+    for variant in &report.variants {
+        assert!(variant.passed, "{}", report.render());
+        assert!(variant.bytes_per_second > 0.0, "{}", report.render());
+    }
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["workload"], "vsock");
+    assert_eq!(json["variants"][0]["name"], "guest-to-host");
+}
