@@ -286,3 +286,36 @@ fn the_bench_runs_with_few_messages() {
     assert_eq!(json["workload"], "vsock");
     assert_eq!(json["variants"][0]["name"], "guest-to-host");
 }
+
+#[test]
+fn bad_vsock_options_are_clear_errors() {
+    let probe = common::guest_file("probe");
+    let probe = probe.to_str().unwrap();
+    let run = |vsock: &str| common::hushvm(&["run", "--multiboot", probe, "--vsock", vsock]);
+    common::assert_clear_error(&run("cid=2,uds=/tmp/x"), "CID 2");
+    common::assert_clear_error(&run("uds=/tmp/x"), "cid= missing");
+    common::assert_clear_error(&run("cid=3,uds=/tmp/x,port=9"), "invalid --vsock option");
+    common::assert_clear_error(
+        &run("cid=3,uds=/no/such/dir/v.sock"),
+        "directory does not exist",
+    );
+    // An existing path is refused, not removed (it may be another VM's socket).
+    let taken = uds("taken");
+    std::fs::write(&taken, b"").unwrap();
+    let output = run(&format!("cid=3,uds={}", taken.display()));
+    common::assert_clear_error(&output, "the path exists");
+    assert!(taken.exists());
+    // A vsock device cannot be recorded: host programs' bytes are not in a trace.
+    let trace = uds("trace");
+    let fresh = uds("fresh");
+    let output = common::hushvm(&[
+        "run",
+        "--multiboot",
+        probe,
+        "--vsock",
+        &format!("cid=3,uds={}", fresh.display()),
+        "--record",
+        trace.to_str().unwrap(),
+    ]);
+    common::assert_clear_error(&output, "vsock");
+}

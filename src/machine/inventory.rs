@@ -373,6 +373,27 @@ mod tests {
     }
 
     #[test]
+    fn vsock_takes_a_free_window_and_an_id_of_its_own() {
+        let mut asked = request(&[None], VirtioTransport::Mmio);
+        asked.vsock = Some(("vsock0".into(), VirtioTransport::Mmio));
+        let specs = plan_virtio(&asked).unwrap();
+        assert_eq!(
+            summary(&specs),
+            [
+                ("blk0", 0, Some(0)),
+                ("rng0", 1, Some(1)),
+                ("vsock0", VSOCK_SLOT, Some(2))
+            ]
+        );
+        assert_eq!(specs[2].kind.device_kind().name(), "virtio-vsock");
+        asked.vsock = Some(("blk0".into(), VirtioTransport::Pci));
+        assert_eq!(
+            plan_virtio(&asked),
+            Err(ConfigError::DuplicateDeviceId("blk0".into()))
+        );
+    }
+
+    #[test]
     fn a_disk_may_not_take_another_devices_id() {
         let mut asked = request(&[None], VirtioTransport::Pci);
         asked.disks[0].0 = Some("rng0".into());
