@@ -29,7 +29,7 @@ use crate::ratelimit::RateLimiter;
 use crate::sync::LockExt;
 
 pub use connection::{HostStream, BUF_ALLOC};
-pub use muxer::{MuxerCounts, MAX_CONNECTIONS};
+pub use muxer::{Connector, MuxerCounts, MAX_CONNECTIONS};
 pub use packet::{Header, Op, PacketError, HEADER_SIZE, HOST_CID, MAX_PAYLOAD};
 pub use state::SavedVsock;
 
@@ -75,16 +75,18 @@ pub enum VsockError {
 
 impl Vsock {
     /// A device for guest `guest_cid` whose host side listens on `listener`, bound at
-    /// `uds_path`.
+    /// `uds_path`, and reaches host listeners through `connector`.
     pub fn new(
         guest_cid: u64,
         listener: UnixListener,
         uds_path: PathBuf,
+        connector: Connector,
     ) -> Result<Self, VsockError> {
         if guest_cid <= HOST_CID || guest_cid > u64::from(u32::MAX) {
             return Err(VsockError::BadCid(guest_cid));
         }
-        let muxer = muxer::Muxer::new(guest_cid, listener, uds_path).map_err(VsockError::Io)?;
+        let muxer =
+            muxer::Muxer::new(guest_cid, listener, uds_path, connector).map_err(VsockError::Io)?;
         let kick = EventFd::new(EFD_NONBLOCK).map_err(VsockError::Io)?;
         let epoll_fd = muxer.epoll_fd();
         let event = EpollEvent::new(EventSet::IN, kick.as_raw_fd() as u64);

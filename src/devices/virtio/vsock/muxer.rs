@@ -9,7 +9,7 @@ use std::io;
 use std::ops::Bound;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -22,6 +22,11 @@ pub const MAX_CONNECTIONS: usize = 1024;
 const MAX_HANDSHAKES: usize = 64;
 /// Ports the device picks for host-initiated connections start here (as Firecracker's).
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
+
+/// Connects to a host listener without waiting: a stream already non-blocking, or an
+/// error (a listener whose backlog is full refuses at once). The machine provides it
+/// (devices make no sockets of their own).
+pub type Connector = Box<dyn Fn(&Path) -> io::Result<UnixStream> + Send>;
 
 /// A connection's key: (host port, guest port).
 type Key = (u32, u32);
@@ -47,6 +52,7 @@ struct Handshake {
 pub struct Muxer {
     guest_cid: u64,
     uds_path: PathBuf,
+    connector: Connector,
     listener: UnixListener,
     epoll: Epoll,
     handshakes: HashMap<RawFd, Handshake>,
@@ -66,7 +72,12 @@ fn interest() -> EventSet {
 
 impl Muxer {
     /// A muxer for `guest_cid` over `listener` (bound at `uds_path`).
-    pub fn new(guest_cid: u64, listener: UnixListener, uds_path: PathBuf) -> io::Result<Self> {
+    pub fn new(
+        guest_cid: u64,
+        listener: UnixListener,
+        uds_path: PathBuf,
+        connector: Connector,
+    ) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
         let epoll = Epoll::new()?;
         let event = EpollEvent::new(EventSet::IN, listener.as_raw_fd() as u64);
@@ -74,6 +85,7 @@ impl Muxer {
         Ok(Self {
             guest_cid,
             uds_path,
+            connector,
             listener,
             epoll,
             handshakes: HashMap::new(),
@@ -286,18 +298,15 @@ impl Muxer {
         }
     }
 
-    /// The host listener for guest connections to `port`, if there is one. A Unix
-    /// socket's connect does not wait for the listener to accept; it fails at once if
-    /// its backlog is full.
+    /// The host listener for guest connections to `port`, if there is one (the
+    /// connector does not wait: this runs under the device's lock).
     fn connect_host(&self, port: u32) -> Option<UnixStream> {
         if self.connections.len() >= MAX_CONNECTIONS {
             return None;
         }
         let mut path = self.uds_path.clone().into_os_string();
         path.push(format!("_{port}"));
-        let stream = UnixStream::connect(path).ok()?;
-        stream.set_nonblocking(true).ok()?;
-        Some(stream)
+        (self.connector)(Path::new(&path)).ok()
     }
 
     /// Whether a packet waits for the guest.

@@ -34,6 +34,15 @@ struct Guest {
     uds: PathBuf,
 }
 
+/// A connector like the machine's, with std's (blocking) connect: enough for tests.
+fn connector() -> Connector {
+    Box::new(|path| {
+        let stream = UnixStream::connect(path)?;
+        stream.set_nonblocking(true)?;
+        Ok(stream)
+    })
+}
+
 fn uds_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("hushvm-vsock-{}-{name}", std::process::id()))
 }
@@ -43,7 +52,7 @@ impl Guest {
         let uds = uds_path(name);
         let _ = std::fs::remove_file(&uds);
         let listener = UnixListener::bind(&uds).unwrap();
-        let device = Vsock::new(GUEST_CID, listener, uds.clone()).unwrap();
+        let device = Vsock::new(GUEST_CID, listener, uds.clone(), connector()).unwrap();
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEMORY)]).unwrap();
         let driver: Vec<DriverQueue> = (0..3)
             .map(|q| DriverQueue::new(QUEUE_BASE + q * 0x1_0000, 256))
@@ -196,7 +205,9 @@ fn reserved_cids_are_refused() {
     let uds = uds_path("cid");
     let _ = std::fs::remove_file(&uds);
     let listener = UnixListener::bind(&uds).unwrap();
-    let error = Vsock::new(2, listener, uds.clone()).err().unwrap();
+    let error = Vsock::new(2, listener, uds.clone(), connector())
+        .err()
+        .unwrap();
     assert!(matches!(error, VsockError::BadCid(2)));
     let _ = std::fs::remove_file(uds);
 }
