@@ -21,6 +21,7 @@ const GUESTS: &[(&str, &[&str])] = &[
     ("pcitest", &["pcitest.c"]),
     ("pcicfg", &["pcicfg.c"]),
     ("vsock", &["vsock.c"]),
+    ("net", &["net.c", "net_dev.c", "net.h"]),
     (
         "hostile",
         &[

@@ -50,10 +50,12 @@ impl DeviceAccess {
         }
     }
 
-    /// Applies waiting posted writes, in ring order, recording each; call before
-    /// touching a device. Returns the first stop request a posted write made, which is
-    /// also handed to the stop sink (the caller may be the event loop).
-    pub fn settle(&self) -> Option<StopRequest> {
+    /// Applies waiting posted writes, in ring order, recording each. Returns the first
+    /// stop request a posted write made, which is also handed to the stop sink (the
+    /// caller may be the event loop). Private: only [`DeviceAccess::operation`] settles,
+    /// inside the recorder's lock, so the lock order (recorder, drain, device) holds on
+    /// every path.
+    fn settle(&self) -> Option<StopRequest> {
         let recorder = self.recorder.as_deref();
         let mut first_stop = None;
         self.posted.apply_pending(&self.buses, |write, stop| {
@@ -78,31 +80,36 @@ impl DeviceAccess {
     /// before the unregister are still there and no exit may come to apply them.
     pub fn drain_tick(&self, periods: u64) -> Result<(), DrainError> {
         if self.posted.has_pending() {
-            self.operation(|| self.settle());
+            self.operation(|_| ());
         }
         let Some(bounded) = self.posted.bounded() else {
             return Ok(());
         };
         if bounded.tick(periods)? {
-            self.operation(|| self.settle());
+            self.operation(|_| ());
         }
         Ok(())
     }
 
     /// Records what `record` builds, when a trace is being made (the closure, and its
-    /// allocation, run only then).
+    /// allocation, run only then). Call it inside [`DeviceAccess::operation`]: outside
+    /// one the recorder refuses the record (and says so when the trace is finished).
     pub fn record(&self, record: impl FnOnce() -> Record) {
         if let Some(recorder) = &self.recorder {
             recorder.record(&record());
         }
     }
 
-    /// Runs `operation` as one traced operation: alone, its records written together.
-    /// Without a trace it just runs.
-    pub fn operation<T>(&self, operation: impl FnOnce() -> T) -> T {
+    /// The one way to touch devices. Runs `work` as one operation: alone and with its
+    /// records written together when a trace is being made (the recorder's lock is
+    /// taken here and only here, outermost), after the coalesced ring was settled (the
+    /// ordering rule; the drain lock comes second). `work` gets the first stop request
+    /// a posted write made. Device locks are taken inside `work`, so they come third.
+    pub fn operation<T>(&self, work: impl FnOnce(Option<StopRequest>) -> T) -> T {
+        let settled = || work(self.settle());
         match &self.recorder {
-            None => operation(),
-            Some(recorder) => recorder.operation(operation),
+            None => settled(),
+            Some(recorder) => recorder.operation(settled),
         }
     }
 
@@ -112,8 +119,7 @@ impl DeviceAccess {
         operation: impl FnOnce() -> T,
         record: impl FnOnce(&T) -> Record,
     ) -> T {
-        self.operation(|| {
-            let _ = self.settle();
+        self.operation(|_| {
             let result = operation();
             self.record(|| record(&result));
             result

@@ -15,7 +15,7 @@ pub use vsock::{VsockConfig, FIRST_GUEST_CID};
 pub enum ConfigError {
     #[error("invalid size {0:?}: expected a number with an optional K, M or G suffix (default M), e.g. 64M")]
     BadSize(String),
-    #[error("--mem {value}: {source}")]
+    #[error("--mem {value}")]
     Memory {
         value: String,
         #[source]

@@ -5,7 +5,8 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -244,8 +245,9 @@ impl QueuePoller {
 }
 
 /// A level-triggered line's resample eventfd: the guest ended the interrupt; the device
-/// raises the line again if it still asserts it. (Not traced: it changes no register a
-/// guest reads, only when an interrupt arrives.)
+/// raises the line again if it still asserts it. Not recorded itself (it changes no
+/// register a guest reads, only when an interrupt arrives), but an operation like every
+/// other service: the ring settled, the posted writes recorded, the lock order kept.
 pub struct IntxResample {
     event: EventFd,
     device: Arc<Mutex<dyn LevelTriggered>>,
@@ -266,11 +268,17 @@ impl IntxResample {
     }
 }
 
+impl IntxResample {
+    /// The guest ended the interrupt: the device re-raises its line if it must.
+    fn serve(&self) {
+        self.access.operation(|_| self.device.locked().resample());
+    }
+}
+
 impl MutEventSubscriber for IntxResample {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.event.read();
-        let _ = self.access.settle();
-        self.device.locked().resample();
+        self.serve();
     }
 
     fn init(&mut self, ops: &mut EventOps) {
@@ -344,7 +352,7 @@ impl MutEventSubscriber for PostedDrain {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let periods = self.timer.expirations();
         if let Err(error) = self.access.drain_tick(periods) {
-            self.warnings.warn(|| error.to_string());
+            self.warnings.warn(|| crate::errors::chain(&error));
         }
     }
 
@@ -353,3 +361,163 @@ impl MutEventSubscriber for PostedDrain {
         let _ = ops.add(Events::new(&*self.timer, EventSet::IN));
     }
 }
+
+/// What a device's host output tells the event loop: the destination refused bytes
+/// (`WouldBlock`: a full pipe or terminal), so watch it for room; and how many bytes went
+/// nowhere because its reader is gone.
+#[derive(Debug)]
+pub struct OutputWait {
+    /// The destination's fd, which the event loop watches for `EPOLLOUT`.
+    destination: RawFd,
+    /// Written once per refusal episode; the event loop then watches `destination`.
+    refused: EventFd,
+    /// A refusal was signalled and the bytes have not been offered again since.
+    waiting: AtomicBool,
+    /// Bytes dropped because the destination's reader is gone (EPIPE and the like).
+    dropped: AtomicU64,
+}
+
+impl OutputWait {
+    /// Watches `destination`, an fd its owner keeps open for the run.
+    pub fn new(destination: RawFd) -> io::Result<Self> {
+        Ok(Self {
+            destination,
+            refused: EventFd::new(EFD_NONBLOCK)?,
+            waiting: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// The fd to watch for room.
+    pub fn destination(&self) -> RawFd {
+        self.destination
+    }
+
+    /// The eventfd a refusal writes.
+    pub fn refusals(&self) -> &EventFd {
+        &self.refused
+    }
+
+    /// The destination has room (or the caller gives up waiting): the device's next
+    /// refused write signals again. Returns whether a refusal was outstanding.
+    pub fn take_waiting(&self) -> bool {
+        let _ = self.refused.read();
+        self.waiting.swap(false, Ordering::SeqCst)
+    }
+
+    /// True while bytes wait for the destination (a refused write, not yet retried).
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Bytes dropped because the destination's reader is gone.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The destination refused bytes (`WouldBlock`): the device keeps them.
+    pub fn refuse(&self) {
+        if !self.waiting.swap(true, Ordering::SeqCst) {
+            let _ = self.refused.write(1);
+        }
+    }
+
+    /// `bytes` went nowhere: the destination's reader is gone.
+    pub fn drop_bytes(&self, bytes: usize) {
+        self.dropped.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// What a device does when its destination has room again: offer the bytes it holds
+/// (COM1: its FIFO, then THR-empty; virtio-console: its pending bytes, then the transmit
+/// chains it left in the ring). Runs as one [`DeviceAccess::operation`].
+pub type Resume = Arc<dyn Fn(&DeviceAccess) + Send + Sync>;
+
+/// A device's output whose destination may refuse bytes.
+#[derive(Clone)]
+pub struct HeldOutput {
+    /// The device, for messages.
+    pub name: &'static str,
+    pub wait: Arc<OutputWait>,
+    pub resume: Resume,
+}
+
+impl HeldOutput {
+    /// At the stop, on main: offers the held bytes until the destination took them all
+    /// or `deadline` passed (a reader that stopped reading must not keep hushvm from
+    /// exiting). True if nothing is left.
+    pub fn drain_until(&self, access: &DeviceAccess, deadline: std::time::Instant) -> bool {
+        // A device holds bytes only after a refusal, and whoever takes the refusal then
+        // offers them again: with the event loop gone, no refusal means nothing held.
+        while self.wait.take_waiting() {
+            (self.resume)(access);
+            if !self.wait.is_waiting() {
+                break;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || wait_writable(self.wait.destination(), left).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Waits until `fd` can be written (or has failed), at most `timeout`.
+fn wait_writable(fd: RawFd, timeout: Duration) -> io::Result<()> {
+    use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent};
+    let epoll = Epoll::new()?;
+    epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::OUT, 0))?;
+    let millis = i32::try_from(timeout.as_millis().max(1)).unwrap_or(i32::MAX);
+    epoll.wait(millis, &mut [EpollEvent::default()])?;
+    Ok(())
+}
+
+/// A destination that refused a device's bytes (a full pipe): watched for room
+/// (`EPOLLOUT`) only from the refusal until it has some, since a writable pipe would
+/// wake a level-triggered epoll on every turn; then the device resumes its output.
+/// An error or hang-up (the reader is gone) resumes it too: the bytes are then dropped,
+/// counted.
+pub struct OutputRoom {
+    output: HeldOutput,
+    access: DeviceAccess,
+    watching: bool,
+}
+
+impl OutputRoom {
+    pub fn new(output: HeldOutput, access: DeviceAccess) -> Self {
+        Self {
+            output,
+            access,
+            watching: false,
+        }
+    }
+
+    fn destination(&self) -> Events {
+        Events::new_raw(self.output.wait.destination(), EventSet::OUT)
+    }
+}
+
+impl MutEventSubscriber for OutputRoom {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let wait = &self.output.wait;
+        if events.fd() == wait.refusals().as_raw_fd() {
+            let _ = wait.refusals().read();
+            if !self.watching {
+                self.watching = ops.add(self.destination()).is_ok();
+            }
+            return;
+        }
+        let _ = ops.remove(self.destination());
+        self.watching = false;
+        wait.take_waiting();
+        (self.output.resume)(&self.access);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(self.output.wait.refusals(), EventSet::IN));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -78,7 +78,7 @@ struct RunArgs {
     #[arg(long, value_name = "MODEL", default_value = "host")]
     cpu: CpuModel,
     /// Guest RAM (QEMU syntax: 64M, 1G; a plain number is MiB).
-    #[arg(long, default_value = "64M", value_parser = config::parse_memory)]
+    #[arg(long, default_value = "64M", value_parser = parse_memory)]
     mem: MemoryLayout,
     /// Where COM1 goes: stdio, none or file:PATH.
     #[arg(long, default_value = "stdio")]
@@ -275,7 +275,7 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
 fn say_why_it_stopped(report: &RunReport) {
     match &report.stop {
         VmStop::Fault(fault) => {
-            eprintln!("hushvm: the VM stopped: {fault}");
+            eprintln!("hushvm: the VM stopped: {}", hushvm::errors::chain(fault));
             if let Some(registers) = &report.registers {
                 eprintln!("  {registers}");
             }
@@ -469,6 +469,11 @@ fn print_out(text: impl std::fmt::Display) -> Result<()> {
     }
 }
 
+/// `--mem` with its cause: clap shows a value parser's error by its own message only.
+fn parse_memory(text: &str) -> Result<hushvm::layout::MemoryLayout, String> {
+    config::parse_memory(text).map_err(|error| hushvm::errors::chain(&error))
+}
+
 /// clap's error, as one line: its message and any argument it lists, without the usage
 /// block and the pointer to --help.
 fn one_line(error: &clap::Error) -> String {
@@ -505,19 +510,12 @@ fn main() -> ExitCode {
     })
 }
 
-/// The error and its causes on one line. Most of hushvm's errors already show their
-/// source in their own message (and keep it as `source()` for callers that walk the
-/// chain), so a cause is added only when the line does not already say it.
+/// The error and its causes on one line, joined by ": ". Each of hushvm's errors keeps
+/// its cause once, as its source and not in its own message, so nothing repeats.
 fn error_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-    }
-    line
+    error
+        .chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }

@@ -55,7 +55,7 @@ pub struct ReplayReport {
 pub enum ReplayError {
     #[error(transparent)]
     Trace(#[from] TraceError),
-    #[error("cannot rebuild the trace's machine: {0}")]
+    #[error("cannot rebuild the trace's machine")]
     Machine(#[from] MachineError),
 }
 

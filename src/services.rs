@@ -147,11 +147,18 @@ impl DoorbellService {
     /// Serves every queue if the driver published buffers since the last look, with no
     /// doorbell (recorded as a doorbell that names no queue); true if it had.
     pub fn poll(&self, access: &DeviceAccess) -> bool {
-        let moved = self.device.avail_moved();
-        if moved {
-            self.ring(access, None);
-        }
-        moved
+        // One operation, like every path that touches a device (the ring settled first).
+        access.operation(|_| {
+            let moved = self.device.avail_moved();
+            if moved {
+                self.device.notify(None);
+                access.record(|| Record::Doorbell {
+                    slot: self.slot,
+                    queue: None,
+                });
+            }
+            moved
+        })
     }
 }
 

@@ -20,6 +20,10 @@ fn guest_file(name: &str) -> PathBuf {
 
 #[test]
 fn bad_images_are_clear_errors() {
+    // Errors found after the VM exists (hushvm opens /dev/kvm first).
+    if !kvm_available() {
+        return;
+    }
     let missing = scratch("missing.elf");
     assert_clear_error(
         &hushvm(&["run", "--multiboot", missing.to_str().unwrap()]),
@@ -102,6 +106,10 @@ fn bad_sizes_and_options_are_clear_errors() {
 
 #[test]
 fn a_module_that_does_not_fit_is_a_clear_error() {
+    // Errors found after the VM exists (hushvm opens /dev/kvm first).
+    if !kvm_available() {
+        return;
+    }
     let probe = guest_file("probe");
     let module = scratch("big-module");
     std::fs::write(&module, vec![0u8; 3 << 20]).unwrap();
@@ -243,6 +251,10 @@ fn bzimage_header(version: u16, payload: u32) -> Vec<u8> {
 
 #[test]
 fn bad_linux_images_and_cpu_models_are_clear_errors() {
+    // Errors found after the VM exists (hushvm opens /dev/kvm first).
+    if !kvm_available() {
+        return;
+    }
     let truncated = scratch("truncated.bzImage");
     std::fs::write(&truncated, bzimage_header(0x020f, 1 << 20)).unwrap();
     assert_clear_error(

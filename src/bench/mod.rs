@@ -99,7 +99,7 @@ pub enum BenchError {
     UnknownVariant { name: String, known: String },
     #[error("the {0} guest is missing from this build")]
     MissingGuest(&'static str),
-    #[error("cannot create the scratch disk: {0}")]
+    #[error("cannot create the scratch disk")]
     Scratch(#[source] std::io::Error),
     #[error(transparent)]
     Machine(#[from] MachineError),

@@ -73,16 +73,16 @@ pub trait DrainTimer: Send + Sync {
 /// Switching the bounded zones failed.
 #[derive(Debug, Error)]
 pub enum DrainError {
-    #[error("cannot arm the bounded drain's timer: {0}")]
+    #[error("cannot arm the bounded drain's timer")]
     Arm(#[source] io::Error),
-    #[error("cannot register the posted zone of {device} at {addr:#x}: {source}")]
+    #[error("cannot register the posted zone of {device} at {addr:#x}")]
     Register {
         device: &'static str,
         addr: u64,
         #[source]
         source: io::Error,
     },
-    #[error("cannot unregister the posted zone of {device} at {addr:#x}: {source}")]
+    #[error("cannot unregister the posted zone of {device} at {addr:#x}")]
     Unregister {
         device: &'static str,
         addr: u64,

@@ -302,4 +302,61 @@ mod tests {
         assert_eq!(*output.locked(), b"ab");
         assert_eq!(posted.applied(), 4);
     }
+
+    /// COM1's destination is full (a pipe nobody reads). A driver that honours THRE reads
+    /// LSR (an exit, which settles the ring), sees the FIFO empty and posts a FIFO's
+    /// worth: applied in order, they all fit, and THRE stays clear until the destination
+    /// takes them. Only a driver that ignores THRE overflows the FIFO; that byte is lost,
+    /// as on a 16550, and counted.
+    #[test]
+    fn posted_thr_writes_from_a_driver_that_honours_thre_fit_a_full_destination() {
+        use crate::devices::uart::{Uart, TX_FIFO_DEPTH};
+        use std::sync::atomic::AtomicBool;
+        #[derive(Clone, Default)]
+        struct Full(Arc<AtomicBool>, Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Full {
+            fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+                if self.0.load(Ordering::Relaxed) {
+                    return Err(std::io::ErrorKind::WouldBlock.into());
+                }
+                self.1.locked().extend_from_slice(data);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (mut buses, ring, posted) = machine();
+        let full = Full::default();
+        let uart = Arc::new(Mutex::new(Uart::new(full.clone())));
+        buses.pio.insert("com1", 0x3f8, 8, uart.clone()).unwrap();
+        let lsr = |buses: &IoBuses| {
+            let mut data = [0u8];
+            buses.dispatch(AddressSpace::Pio, 0x3fd, Access::Read(&mut data));
+            data[0] & 0x60
+        };
+        buses.dispatch(AddressSpace::Pio, 0x3fa, Access::Write(&[0x01])); // FIFOs on
+        full.0.store(true, Ordering::Relaxed);
+        assert_eq!(lsr(&buses), 0x60, "THRE and TEMT: the driver may send 16");
+        for byte in 0..TX_FIFO_DEPTH as u8 {
+            ring.push(pio_write(0x3f8, b'a' + byte));
+        }
+        // The driver's next LSR read exits; the ring is applied first.
+        posted.apply_pending(&buses, |_, _| {});
+        assert_eq!(lsr(&buses), 0, "the FIFO holds them: THRE and TEMT clear");
+        assert_eq!(uart.locked().lost_bytes(), 0);
+        // A driver that ignores THRE: the shift register takes one more, then bytes go.
+        ring.push(pio_write(0x3f8, b'y'));
+        ring.push(pio_write(0x3f8, b'z'));
+        posted.apply_pending(&buses, |_, _| {});
+        assert_eq!(uart.locked().lost_bytes(), 1);
+        full.0.store(false, Ordering::Relaxed);
+        uart.locked().flush_transmit();
+        let expected: Vec<u8> = (0..TX_FIFO_DEPTH as u8)
+            .map(|b| b'a' + b)
+            .chain([b'y'])
+            .collect();
+        assert_eq!(*full.1.locked(), expected);
+        assert_eq!(lsr(&buses), 0x60);
+    }
 }

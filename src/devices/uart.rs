@@ -18,9 +18,19 @@
 //!   as QEMU's 16550 raises and lowers its pin.
 //! - The transmitter runs at the host's speed: a THR write moves the byte through the
 //!   FIFO and the shift register to the output before the access returns. Bytes stay
-//!   only while the output refuses them (`WouldBlock`); then THRE and TEMT read clear,
-//!   the FIFO fills (16 bytes, plus the shift register) and a write into a full FIFO is
-//!   lost, as on the chip. Every later access, and [`Uart::flush_transmit`], retries.
+//!   only while the output refuses them (`WouldBlock`: the machine's destinations are
+//!   non-blocking, so a full pipe refuses rather than blocking the vCPU under this
+//!   device's lock); then THRE and TEMT read clear, the FIFO fills (16 bytes, plus the
+//!   shift register) and the guest's driver waits, as behind a slow line: that is the
+//!   back-pressure. Every later access retries, and so does [`Uart::flush_transmit`],
+//!   which the machine calls when the destination has room again; THRE and its
+//!   interrupt follow.
+//! - A write into a full FIFO is lost, as on the chip, and counted
+//!   ([`Uart::lost_bytes`]). A driver that honours THRE never makes one, posted THR
+//!   writes included: it reads LSR first, that read exits and settles the ring, so it
+//!   sees the FIFO's true level, and it then writes at most a FIFO's worth. Growing the
+//!   FIFO instead would hide a driver's bug and let a guest make the host buffer
+//!   without bound.
 //! - The THR-empty source is set when THRE goes from clear to set, and when IER.ETBEI
 //!   goes from 0 to 1 while THRE is set (what `serial8250_start_tx` relies on); it is
 //!   cleared by an IIR read that reports it, by a THR write, and by clearing ETBEI.
@@ -159,14 +169,17 @@ impl<W: Write + Send> Uart<W> {
         &self.out
     }
 
-    /// Transmitted bytes that were lost: written into a full FIFO, cleared by FCR, or
-    /// refused by the output with an error other than `WouldBlock`.
+    /// Transmitted bytes that were lost: written into a full FIFO (a driver that ignored
+    /// THRE), cleared by FCR, or refused by the output with an error other than
+    /// `WouldBlock` (the machine's destinations never do: one whose reader is gone takes
+    /// and counts the bytes itself).
     pub fn lost_bytes(&self) -> u64 {
         self.lost
     }
 
     /// Offers the output whatever it refused so far, and raises THR-empty if that
-    /// empties the FIFO.
+    /// empties the FIFO. The machine calls it when a destination that refused bytes has
+    /// room again (`event_loop::OutputRoom`), and at the stop.
     ///
     /// Time bound: a byte the output accepts has left before its THR write returns, so
     /// only bytes refused with `WouldBlock` wait here, and any guest access retries them.

@@ -1,4 +1,5 @@
-//! These need `/dev/kvm` (a VM and a vCPU, never run); without it they fail, unless
+//! These need `/dev/kvm` (a VM and a vCPU, never run), hence their `kvm_` names; they go
+//! through [`crate::kvm::kvm_available`], so without KVM they fail unless
 //! HUSHVM_SKIP_KVM_TESTS=1 asks to skip them, as the integration tests do.
 
 use kvm_bindings::Msrs;
@@ -9,14 +10,10 @@ use crate::loader::entry::DescriptorTable;
 
 /// A VM with the in-kernel irqchip (the LAPIC needs it) and its vCPU 0.
 fn vcpu() -> Option<(VmFd, VcpuFd)> {
-    let kvm = match Kvm::new() {
-        Ok(kvm) => kvm,
-        Err(error) if std::env::var("HUSHVM_SKIP_KVM_TESTS").as_deref() == Ok("1") => {
-            eprintln!("SKIPPED: /dev/kvm: {error}");
-            return None;
-        }
-        Err(error) => panic!("this test needs /dev/kvm: {error}"),
-    };
+    if !crate::kvm::kvm_available() {
+        return None;
+    }
+    let kvm = Kvm::new().expect("/dev/kvm");
     let vm = kvm.create_vm().expect("KVM_CREATE_VM");
     vm.create_irq_chip().expect("KVM_CREATE_IRQCHIP");
     let vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
@@ -42,7 +39,7 @@ fn state(mode: EntryMode) -> EntryState {
 }
 
 #[test]
-fn a_long_mode_entry_state_reads_back() {
+fn kvm_a_long_mode_entry_state_reads_back() {
     let Some((_vm, fd)) = vcpu() else { return };
     set_entry_state(&fd, &state(EntryMode::Long64)).unwrap();
     let sregs = fd.get_sregs().unwrap();
@@ -74,7 +71,7 @@ fn a_long_mode_entry_state_reads_back() {
 }
 
 #[test]
-fn a_protected_mode_entry_state_has_paging_off() {
+fn kvm_a_protected_mode_entry_state_has_paging_off() {
     let Some((_vm, fd)) = vcpu() else { return };
     set_entry_state(&fd, &state(EntryMode::Long64)).unwrap();
     set_entry_state(&fd, &state(EntryMode::Protected32)).unwrap();
@@ -87,7 +84,7 @@ fn a_protected_mode_entry_state_has_paging_off() {
 }
 
 #[test]
-fn boot_msrs_read_back() {
+fn kvm_boot_msrs_read_back() {
     let Some((_vm, fd)) = vcpu() else { return };
     set_boot_msrs(&fd).unwrap();
     let expected = boot_msrs();
@@ -103,7 +100,7 @@ fn boot_msrs_read_back() {
 }
 
 #[test]
-fn fpu_defaults_read_back() {
+fn kvm_fpu_defaults_read_back() {
     let Some((_vm, fd)) = vcpu() else { return };
     set_fpu_defaults(&fd).unwrap();
     assert_eq!(fd.get_fpu().unwrap().fcw, 0x37f);
@@ -113,7 +110,7 @@ fn fpu_defaults_read_back() {
 }
 
 #[test]
-fn lint0_is_extint_and_lint1_is_nmi() {
+fn kvm_lint0_is_extint_and_lint1_is_nmi() {
     let Some((_vm, fd)) = vcpu() else { return };
     set_lint(&fd).unwrap();
     let lapic = fd.get_lapic().unwrap();
@@ -135,13 +132,16 @@ fn lint0_is_extint_and_lint1_is_nmi() {
 /// vmlinux through PVH ~12 s.
 #[test]
 #[ignore = "boots the kernel named by HUSHVM_LINUX_IMAGE for up to three minutes"]
-fn a_real_kernel_prints_the_layouts_memory_map() {
+fn kvm_a_real_kernel_prints_the_layouts_memory_map() {
     use crate::layout::{MemoryLayout, KVM_TSS, MIB};
     use crate::loader::{detect, load_bzimage, load_pvh, KernelFormat, LinuxBoot};
     use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
     use kvm_ioctls::VcpuExit;
     use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+    if !crate::kvm::kvm_available() {
+        return;
+    }
     let path = std::env::var("HUSHVM_LINUX_IMAGE").expect("HUSHVM_LINUX_IMAGE");
     let image = std::fs::read(&path).unwrap();
     let layout = MemoryLayout::new(256 * MIB).unwrap();

@@ -2,12 +2,12 @@
 //! does, and the 64-bit Linux boot protocol for bzImages. `linux-loader` parses and
 //! loads the image and writes `boot_params`; this module checks what the crate does not
 //! (protocol version, truncation, command-line limits), chooses the addresses from
-//! [`crate::layout`] and describes the entry state. PVH is in [`super::pvh`].
+//! [`crate::layout`] and describes the entry state. PVH is in [`super::pvh`]; what both
+//! share, in [`super::linux_boot`].
 
 use std::io::Cursor;
 use std::mem::size_of;
 
-use linux_loader::cmdline::Cmdline;
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{
@@ -15,15 +15,14 @@ use linux_loader::loader::bootparam::{
     LOADED_HIGH, XLF_KERNEL_64,
 };
 use linux_loader::loader::bzimage::BzImage;
-use linux_loader::loader::{load_cmdline, KernelLoader};
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use linux_loader::loader::KernelLoader;
+use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap};
 
 use super::entry::{EntryMode, EntryState};
+use super::linux_boot::{place_initrd, write_cmdline, LinuxBoot};
 use super::x86_64::{write_boot_gdt, write_identity_page_tables, BOOT_CS, BOOT_DS, CODE64};
 use super::{multiboot, pvh, LoaderError};
-use crate::layout::{
-    MemoryLayout, BOOT_STACK_TOP, CMDLINE, CMDLINE_MAX, HIGH_RAM_START, PAGE_SIZE, ZERO_PAGE,
-};
+use crate::layout::{MemoryLayout, BOOT_STACK_TOP, CMDLINE, HIGH_RAM_START, ZERO_PAGE};
 
 /// What `--kernel` holds, recognised from the file as QEMU's -kernel does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,28 +30,6 @@ pub enum KernelFormat {
     Multiboot,
     BzImage,
     PvhElf,
-}
-
-/// A Linux kernel to boot.
-#[derive(Clone, Copy)]
-pub struct LinuxBoot<'a> {
-    pub image: &'a [u8],
-    pub cmdline: &'a str,
-    pub initrd: Option<&'a [u8]>,
-    /// Where the ACPI RSDP is, when hushvm wrote ACPI tables.
-    pub rsdp: Option<u64>,
-}
-
-/// Sizes, not megabytes of image bytes.
-impl std::fmt::Debug for LinuxBoot<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinuxBoot")
-            .field("image_bytes", &self.image.len())
-            .field("cmdline", &self.cmdline)
-            .field("initrd_bytes", &self.initrd.map(<[u8]>::len))
-            .field("rsdp", &self.rsdp)
-            .finish()
-    }
 }
 
 /// Where the setup header starts in a bzImage (and in `boot_params`).
@@ -232,53 +209,6 @@ fn set_e820(params: &mut boot_params, layout: &MemoryLayout) -> Result<(), Loade
     }
     params.e820_entries = map.len() as u8;
     Ok(())
-}
-
-/// Writes the command line at [`CMDLINE`] with `linux-loader`, after checking it against
-/// the kernel's limit (bytes without the NUL) and hushvm's room for it: the crate's own
-/// check reports neither number.
-pub(super) fn write_cmdline(
-    memory: &GuestMemoryMmap,
-    cmdline: &str,
-    kernel_limit: u64,
-) -> Result<(), LoaderError> {
-    let max = kernel_limit.min(CMDLINE_MAX - 1);
-    if cmdline.len() as u64 > max {
-        return Err(LoaderError::CmdlineTooLong {
-            len: cmdline.len(),
-            max,
-        });
-    }
-    if cmdline.contains('\0') {
-        return Err(LoaderError::NulInString("command line"));
-    }
-    let parsed = Cmdline::try_from(cmdline, max as usize + 1).map_err(LoaderError::Cmdline)?;
-    load_cmdline(memory, GuestAddress(CMDLINE), &parsed).map_err(LoaderError::Kernel)
-}
-
-/// Writes the initrd page-aligned as high as it fits below `below` and above `above`
-/// (where QEMU puts it: out of the way of the kernel's decompression and early
-/// allocations); returns its address. `linux-loader` has no placement policy.
-pub(super) fn place_initrd(
-    memory: &GuestMemoryMmap,
-    initrd: &[u8],
-    above: u64,
-    below: u64,
-) -> Result<u64, LoaderError> {
-    let floor = above.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-    let at = below
-        .checked_sub(initrd.len() as u64)
-        .map(|top| top / PAGE_SIZE * PAGE_SIZE)
-        .filter(|&at| at >= floor)
-        .ok_or(LoaderError::InitrdDoesNotFit {
-            size: initrd.len(),
-            below,
-            above,
-        })?;
-    memory
-        .write_slice(initrd, GuestAddress(at))
-        .map_err(|source| LoaderError::GuestMemory { at, source })?;
-    Ok(at)
 }
 
 #[cfg(test)]

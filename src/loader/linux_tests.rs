@@ -1,7 +1,7 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
-use crate::layout::{BOOT_GDT, MIB, PAGE_TABLES};
+use crate::layout::{BOOT_GDT, MIB, PAGE_SIZE, PAGE_TABLES};
 use crate::loader::entry::DescriptorTable;
 use crate::loader::pvh::tests::{boot, memory, pvh_elf};
 use crate::loader::tests::image as multiboot_elf;

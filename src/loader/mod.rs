@@ -7,6 +7,7 @@
 pub mod elf32;
 pub mod entry;
 pub mod linux;
+pub mod linux_boot;
 pub mod multiboot;
 pub mod pvh;
 pub mod x86_64;
@@ -19,7 +20,8 @@ use vm_memory::GuestMemoryMmap;
 use crate::layout::MemoryLayout;
 
 pub use entry::{DescriptorTable, EntryMode, EntryState};
-pub use linux::{detect, load_bzimage, KernelFormat, LinuxBoot};
+pub use linux::{detect, load_bzimage, KernelFormat};
+pub use linux_boot::LinuxBoot;
 pub use multiboot::{kernel_cmdline, Module};
 pub use pvh::load_pvh;
 
@@ -27,7 +29,7 @@ pub use pvh::load_pvh;
 #[derive(Debug, Error)]
 pub enum LoaderError {
     /// The file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read {
         path: PathBuf,
         #[source]
@@ -69,7 +71,7 @@ pub enum LoaderError {
     DoesNotFit { needed: u64, ram: u64 },
     #[error("the {0} contains a NUL byte")]
     NulInString(&'static str),
-    #[error("cannot write guest memory at {at:#x}: {source}")]
+    #[error("cannot write guest memory at {at:#x}")]
     GuestMemory {
         at: u64,
         #[source]
@@ -93,7 +95,7 @@ pub enum LoaderError {
     NoPvhEntry,
     #[error("the command line is {len} bytes; this kernel accepts at most {max}")]
     CmdlineTooLong { len: usize, max: u64 },
-    #[error("invalid command line: {0}")]
+    #[error("invalid command line")]
     Cmdline(#[source] linux_loader::cmdline::Error),
     #[error("the kernel needs RAM up to {end:#x} (to load, then to decompress at its preferred address); RAM below the hole ends at {ram_end:#x}")]
     KernelDoesNotFit { end: u64, ram_end: u64 },
@@ -103,9 +105,9 @@ pub enum LoaderError {
     InitrdDoesNotFit { size: usize, below: u64, above: u64 },
     #[error("the memory map has {entries} entries, more than the boot protocol's {max}")]
     MemoryMapTooLarge { entries: usize, max: usize },
-    #[error("{0}")]
-    Kernel(#[source] linux_loader::loader::Error),
-    #[error("cannot write the boot parameters: {0}")]
+    #[error(transparent)]
+    Kernel(linux_loader::loader::Error),
+    #[error("cannot write the boot parameters")]
     BootParams(#[source] linux_loader::configurator::Error),
 }
 

@@ -16,7 +16,7 @@ use linux_loader::loader::KernelLoader;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::entry::{EntryMode, EntryState};
-use super::linux::{place_initrd, write_cmdline, LinuxBoot};
+use super::linux_boot::{place_initrd, write_cmdline, LinuxBoot};
 use super::x86_64::{write_boot_gdt, BOOT_CS, BOOT_DS, CODE32};
 use super::LoaderError;
 use crate::layout::{MemoryLayout, BOOT_STACK_TOP, CMDLINE, PAGE_SIZE, PVH_START_INFO};

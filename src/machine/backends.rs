@@ -4,15 +4,22 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use crate::access::DeviceAccess;
 use crate::config::{DiskConfig, SerialMode, VsockConfig};
+use crate::devices::rtc::Clock;
 use crate::devices::virtio::block::{DiskBackend, FileDisk, SECTOR};
+use crate::event_loop::{HeldOutput, OutputWait, Resume};
 use crate::sync::LockExt;
+
+use super::devices::Devices;
 
 use super::config::DeviceConfig;
 use super::MachineError;
@@ -74,6 +81,92 @@ pub struct DiskBackendSpec {
     pub describe: String,
 }
 
+/// A destination on the host that never blocks its writer (a vCPU or the event loop,
+/// under the device's lock): opened non-blocking, it refuses what it cannot take now
+/// with `WouldBlock`, which the device keeps (COM1's FIFO, the console's pending bytes)
+/// until the event loop sees room. A destination whose reader is gone takes every byte
+/// and drops it, counted: the guest is not held up by a host that stopped listening.
+pub struct HostOutput {
+    file: File,
+    wait: Arc<OutputWait>,
+}
+
+impl HostOutput {
+    /// `file`, made non-blocking by the caller; and what the event loop watches.
+    fn new(file: File) -> io::Result<(Self, Arc<OutputWait>)> {
+        let wait = Arc::new(OutputWait::new(file.as_raw_fd())?);
+        Ok((
+            Self {
+                file,
+                wait: wait.clone(),
+            },
+            wait,
+        ))
+    }
+}
+
+impl Write for HostOutput {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        loop {
+            return match self.file.write(data) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait.refuse();
+                    Err(e)
+                }
+                Err(_) => {
+                    self.wait.drop_bytes(data.len());
+                    Ok(data.len())
+                }
+                Ok(n) => Ok(n),
+            };
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The destination behind `fd` as a file of its own with `O_NONBLOCK` set, so that no
+/// writer ever waits in `write()`. A pipe, FIFO or terminal is reopened through
+/// `/proc/self/fd` (a description of our own: the flag never reaches the shell that
+/// shares the original; `O_NOCTTY`: a terminal never becomes hushvm's controlling one);
+/// a regular file never refuses and is duplicated as it is; what cannot be reopened (a
+/// socket, a pipe whose reader is gone) gets the flag on the shared description.
+fn non_blocking(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<File> {
+    let duplicate = File::from(fd.try_clone_to_owned()?);
+    if duplicate.metadata()?.file_type().is_file() {
+        return Ok(duplicate);
+    }
+    let reopened = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    match reopened {
+        Ok(file) => Ok(file),
+        Err(_) => {
+            set_non_blocking(&duplicate)?;
+            Ok(duplicate)
+        }
+    }
+}
+
+fn set_non_blocking(file: &File) -> io::Result<()> {
+    // SAFETY: fcntl on an fd we own for the call's duration; F_GETFL/F_SETFL touch no
+    // memory of ours.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let result = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    match result {
+        -1 => Err(io::Error::last_os_error()),
+        _ => Ok(()),
+    }
+}
+
 /// The host side of every device.
 pub struct Backends {
     pub serial: Output,
@@ -89,6 +182,10 @@ pub struct Backends {
     pub disk_syncs: Vec<(std::path::PathBuf, File)>,
     /// The vsock device's listening socket, bound at its `uds_path`.
     pub vsock: Option<(UnixListener, VsockConfig)>,
+    /// COM1's destination, when it is one that can refuse (stdio, a file that is a pipe).
+    pub serial_wait: Option<Arc<OutputWait>>,
+    /// The virtio console's, likewise.
+    pub console_wait: Option<Arc<OutputWait>>,
 }
 
 /// What [`SerialMode::Capture`] outputs collected.
@@ -118,8 +215,18 @@ impl Backends {
             true => Some(Box::new(File::open("/dev/urandom").map_err(MachineError::Entropy)?) as _),
             false => None,
         };
+        let (serial, serial_wait) = output(&devices.serial, &captures.serial)?;
+        let console = devices
+            .virtio_console
+            .as_ref()
+            .map(|mode| output(mode, &captures.console))
+            .transpose()?;
+        let (console, console_wait) = match console {
+            Some((console, wait)) => (Some(console), wait),
+            None => (None, None),
+        };
         Ok(Self {
-            serial: output(&devices.serial, &captures.serial)?,
+            serial,
             serial_name: describe(&devices.serial),
             console_name: devices
                 .virtio_console
@@ -127,11 +234,7 @@ impl Backends {
                 .map_or(String::new(), describe),
             disks,
             entropy,
-            console: devices
-                .virtio_console
-                .as_ref()
-                .map(|mode| output(mode, &captures.console))
-                .transpose()?,
+            console,
             disk_syncs,
             vsock: devices
                 .vsock
@@ -140,6 +243,8 @@ impl Backends {
                     Ok::<_, MachineError>((listen_vsock(&config.uds_path)?, config.clone()))
                 })
                 .transpose()?,
+            serial_wait,
+            console_wait,
         })
     }
 
@@ -163,6 +268,8 @@ impl Backends {
             console: console.then(|| Box::new(output.clone()) as _),
             disk_syncs: Vec::new(),
             vsock: None,
+            serial_wait: None,
+            console_wait: None,
         }
     }
 }
@@ -248,20 +355,88 @@ fn describe(mode: &SerialMode) -> String {
     }
 }
 
-fn output(mode: &SerialMode, capture: &SharedBuffer) -> Result<Output, MachineError> {
-    Ok(match mode {
-        SerialMode::Stdio => Box::new(io::stdout()),
-        SerialMode::None => Box::new(io::sink()),
+/// An output and, for a destination that can refuse bytes, what the event loop watches.
+fn output(
+    mode: &SerialMode,
+    capture: &SharedBuffer,
+) -> Result<(Output, Option<Arc<OutputWait>>), MachineError> {
+    let file = match mode {
+        SerialMode::None => return Ok((Box::new(io::sink()), None)),
+        SerialMode::Capture => return Ok((Box::new(capture.clone()), None)),
+        SerialMode::Stdio => non_blocking(io::stdout().as_fd()).map_err(MachineError::Output)?,
         SerialMode::File(path) => {
-            Box::new(
-                File::create(path).map_err(|source| MachineError::SerialFile {
-                    path: path.clone(),
-                    source,
-                })?,
-            )
+            let file_error = |source| MachineError::SerialFile {
+                path: path.clone(),
+                source,
+            };
+            // Opening a FIFO waits for its reader, as before; writes never wait.
+            let file = File::create(path).map_err(file_error)?;
+            set_non_blocking(&file).map_err(file_error)?;
+            file
         }
-        SerialMode::Capture => Box::new(capture.clone()),
-    })
+    };
+    let (output, wait) = HostOutput::new(file).map_err(MachineError::Output)?;
+    Ok((Box::new(output), Some(wait)))
+}
+
+/// The devices whose destination may refuse bytes, and how each resumes: COM1 offers its
+/// FIFO again; the console's doorbell service runs its queues (its pending bytes first).
+pub fn held_outputs<C: Clock>(
+    (serial, console): (Option<Arc<OutputWait>>, Option<Arc<OutputWait>>),
+    devices: &Devices<C>,
+) -> Vec<HeldOutput> {
+    let mut held = Vec::new();
+    if let Some(wait) = serial {
+        let com1 = devices.com1.clone();
+        let resume: Resume = Arc::new(move |access: &DeviceAccess| {
+            access.operation(|_| com1.locked().flush_transmit());
+        });
+        held.push(HeldOutput {
+            name: "COM1",
+            wait,
+            resume,
+        });
+    }
+    let console_slot = devices
+        .virtio
+        .iter()
+        .find(|wiring| wiring.id == super::inventory::CONSOLE_ID);
+    if let (Some(wait), Some(slot)) = (console, console_slot) {
+        let service = slot.service.clone();
+        let resume: Resume = Arc::new(move |access: &DeviceAccess| service.ring(access, None));
+        held.push(HeldOutput {
+            name: "virtio-console",
+            wait,
+            resume,
+        });
+    }
+    held
+}
+
+/// How long the stop waits for a destination to take the bytes devices still hold.
+const HELD_OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// At the stop, on main: what devices still hold for a slow destination is offered
+/// until it is taken or the grace period ends; what was dropped is said.
+pub fn release_held(held: &[HeldOutput], access: &DeviceAccess) {
+    let deadline = Instant::now() + HELD_OUTPUT_GRACE;
+    for output in held {
+        if !output.drain_until(access, deadline) {
+            eprintln!(
+                "hushvm: warning: {}'s destination took no more output for {:?}; the bytes \
+                 still held were dropped",
+                output.name, HELD_OUTPUT_GRACE
+            );
+        }
+        let dropped = output.wait.dropped();
+        if dropped > 0 {
+            eprintln!(
+                "hushvm: warning: {dropped} bytes of {} output were dropped: its reader \
+                 had gone",
+                output.name
+            );
+        }
+    }
 }
 
 /// Opens a disk image, with the errors a user can act on.
@@ -336,13 +511,13 @@ fn lock(file: &File, readonly: bool) -> io::Result<()> {
 pub enum DiskProblem {
     #[error("no such file")]
     Missing,
-    #[error("not writable ({0}; add ,readonly to use it read-only)")]
+    #[error("not writable (add ,readonly to use it read-only)")]
     NotWritable(#[source] io::Error),
-    #[error("{0}")]
-    Open(#[source] io::Error),
+    #[error(transparent)]
+    Open(io::Error),
     #[error("locked by another process (is another VM using it?)")]
     Locked,
-    #[error("cannot lock it: {0}")]
+    #[error("cannot lock it")]
     Lock(#[source] io::Error),
     #[error("not a regular file")]
     NotAFile,
@@ -410,6 +585,46 @@ mod tests {
         drop((first, _second));
         open(&path, false).expect("the lock goes with the file");
         let _ = std::fs::remove_file(path);
+    }
+
+    /// A pipe nobody reads (`sleep`'s standard input): the destination refuses once full,
+    /// signalling once per episode, without touching the original description's flags;
+    /// once the reader is gone it takes and counts every byte.
+    #[test]
+    fn a_full_pipe_refuses_and_a_gone_reader_drops() {
+        use std::process::{Command, Stdio};
+        let mut reader = Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pipe = reader.stdin.take().unwrap();
+        let (mut output, wait) = HostOutput::new(non_blocking(pipe.as_fd()).unwrap()).unwrap();
+        // SAFETY: F_GETFL on an fd we own; it touches no memory.
+        let flags = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0, "the original stays blocking");
+        let chunk = [b'x'; 4096];
+        let mut taken = 0;
+        let refusal = loop {
+            match output.write(&chunk) {
+                Ok(n) => taken += n,
+                Err(error) => break error,
+            }
+            assert!(taken < 64 << 20, "a pipe holds less");
+        };
+        assert_eq!(refusal.kind(), io::ErrorKind::WouldBlock);
+        assert!(taken >= chunk.len() && wait.is_waiting());
+        assert!(output.write(&chunk).is_err(), "still full");
+        assert!(wait.take_waiting(), "one refusal outstanding");
+        assert!(
+            wait.refusals().read().is_err(),
+            "signalled once, and read by the take"
+        );
+        reader.kill().unwrap();
+        reader.wait().unwrap();
+        assert_eq!(output.write(&chunk).unwrap(), chunk.len());
+        assert_eq!(wait.dropped(), chunk.len() as u64);
+        assert!(!wait.is_waiting());
     }
 
     /// The final sync's duplicate handle shares the lock: closing it keeps the image

@@ -165,7 +165,7 @@ impl VmControl {
         // Every thread that touches devices is parked: applying what the guest posted
         // before it stopped leaves the devices as the guest left them.
         if let Some(access) = access {
-            let _ = access.operation(|| access.settle());
+            access.operation(|_| ());
         }
         Ok(Paused {
             vcpus_out,

@@ -20,9 +20,10 @@ use crate::irq::InterruptLine;
 use crate::layout::{self, gsi, ports, MemoryLayout};
 use crate::services::{InputService, InputTarget, RtcService, Services};
 
-use super::backends::Backends;
+use super::backends::{Backends, Output};
 use super::inventory::{
-    BusPlacement, DeviceEntry, DeviceKind, Interrupt, Inventory, NoCounters, VirtioSpec,
+    BusPlacement, DeviceCounters, DeviceEntry, DeviceKind, Interrupt, Inventory, NoCounters,
+    VirtioSpec,
 };
 use super::pci::{PciBus, Placing};
 use super::platform::Platform;
@@ -52,11 +53,16 @@ pub struct Devices<C: Clock> {
     pub services: Services<C>,
     /// The RTC, to report its state at the end.
     pub rtc: Arc<Mutex<Rtc<C>>>,
+    /// COM1, whose held output the event loop resumes when its destination has room.
+    pub com1: Arc<Mutex<Com1>>,
     /// The virtio devices' doorbells, input and resample fds, for the event loop.
     pub virtio: Vec<VirtioWiring>,
     /// Every device, by id.
     pub inventory: Inventory,
 }
+
+/// COM1 as the machine builds it: a 16550A writing to the serial destination.
+pub type Com1 = Uart<Output>;
 
 /// A device on the port bus: its id, kind, lines and ranges (bus name, port, count).
 struct PortDevice {
@@ -111,46 +117,30 @@ fn shared(device: impl crate::bus::BusDevice + 'static) -> SharedDevice {
     Arc::new(Mutex::new(device))
 }
 
-/// Builds every device of `spec` and places it.
-pub fn build<C: Clock + 'static, P: Clock + 'static>(
+/// The devices on the port bus: the RTC and COM1 (`devices` and their `lines`, in that
+/// order), the other PC devices, and the ACPI power-management registers.
+fn port_devices<P: Clock + 'static>(
     spec: &DeviceSpec,
-    platform: &dyn Platform,
-    backends: Backends,
-    clocks: Clocks<C, P>,
-    memory: &GuestMemoryMmap,
-) -> Result<Devices<C>, MachineError> {
-    let mut buses = IoBuses::default();
-    let mut inventory = Inventory::default();
-    let com1_line = platform.irq_line(gsi::COM1)?;
-    let rtc_line = platform.irq_line(gsi::RTC)?;
-    let mut rtc = Rtc::new(clocks.rtc);
-    rtc.set_memory_size(spec.memory.ram_bytes());
-    rtc.connect_interrupt(rtc_line.clone());
-    let rtc = Arc::new(Mutex::new(rtc));
-    // THR is declared posted with a bounded flush; the machine registers it only while
-    // the guest writes it, and never without the bounded drain (`machine/posted.rs`).
-    let com1 = Arc::new(Mutex::new(Uart::with_options(
-        backends.serial,
-        com1_line.clone(),
-        UartOptions {
-            post_transmit: true,
-        },
-    )));
+    [rtc, com1]: [SharedDevice; 2],
+    [(rtc_gsi, rtc_line), (com1_gsi, com1_line)]: [(u32, Arc<dyn InterruptLine>); 2],
+    serial_name: String,
+    pm_clock: P,
+) -> Vec<PortDevice> {
     let fw_cfg = FwCfg::new(spec.memory.ram_bytes(), u16::from(spec.cpus));
-    let port_devices = [
+    vec![
         PortDevice {
             id: "rtc",
             kind: DeviceKind::Rtc,
-            ranges: vec![("rtc", ports::RTC, ports::RTC_COUNT, rtc.clone())],
-            lines: vec![(gsi::RTC, rtc_line)],
+            ranges: vec![("rtc", ports::RTC, ports::RTC_COUNT, rtc)],
+            lines: vec![(rtc_gsi, rtc_line)],
             backend: "clock".into(),
         },
         PortDevice {
             id: "com1",
             kind: DeviceKind::Uart,
-            ranges: vec![("com1", ports::COM1, ports::COM1_COUNT, com1.clone())],
-            lines: vec![(gsi::COM1, com1_line)],
-            backend: backends.serial_name,
+            ranges: vec![("com1", ports::COM1, ports::COM1_COUNT, com1)],
+            lines: vec![(com1_gsi, com1_line)],
+            backend: serial_name,
         },
         plain(
             "isa-debug-exit",
@@ -209,13 +199,70 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
                     "acpi-pm-timer",
                     ports::ACPI_PM_TIMER,
                     ports::ACPI_PM_TIMER_COUNT,
-                    shared(PmTimer::new(clocks.pm_timer)),
+                    shared(PmTimer::new(pm_clock)),
                 ),
             ],
             lines: Vec::new(),
             backend: "clock".into(),
         },
-    ];
+    ]
+}
+
+/// Bus 0's root, as the inventory lists it; the entry owns the BAR mover.
+fn pci_host(mover: Arc<dyn DeviceCounters>) -> DeviceEntry {
+    DeviceEntry {
+        id: "pci-host".into(),
+        kind: DeviceKind::PciHost,
+        placements: vec![
+            BusPlacement::Pio {
+                port: ports::PCI_CONFIG,
+                count: ports::PCI_CONFIG_COUNT,
+            },
+            BusPlacement::Mmio {
+                base: layout::PCI_ECAM_START,
+                size: layout::PCI_ECAM_SIZE,
+            },
+        ],
+        interrupt: Interrupt::None,
+        backend: String::new(),
+        lines: Vec::new(),
+        device: mover,
+    }
+}
+
+/// Builds every device of `spec` and places it.
+pub fn build<C: Clock + 'static, P: Clock + 'static>(
+    spec: &DeviceSpec,
+    platform: &dyn Platform,
+    backends: Backends,
+    clocks: Clocks<C, P>,
+    memory: &GuestMemoryMmap,
+) -> Result<Devices<C>, MachineError> {
+    let mut buses = IoBuses::default();
+    let mut inventory = Inventory::default();
+    let com1_line = platform.irq_line(gsi::COM1)?;
+    let rtc_line = platform.irq_line(gsi::RTC)?;
+    let mut rtc = Rtc::new(clocks.rtc);
+    rtc.set_memory_size(spec.memory.ram_bytes());
+    rtc.connect_interrupt(rtc_line.clone());
+    let rtc = Arc::new(Mutex::new(rtc));
+    // THR is declared posted with a bounded flush; the machine registers it only while
+    // the guest writes it, and never without the bounded drain (`machine/posted.rs`).
+    let com1 = Arc::new(Mutex::new(Uart::with_options(
+        backends.serial,
+        com1_line.clone(),
+        UartOptions {
+            post_transmit: true,
+        },
+    )));
+    let lines = [(gsi::RTC, rtc_line), (gsi::COM1, com1_line)];
+    let port_devices = port_devices(
+        spec,
+        [rtc.clone(), com1.clone()],
+        lines,
+        backends.serial_name,
+        clocks.pm_timer,
+    );
     for device in port_devices {
         device.place(&mut buses, &mut inventory)?;
     }
@@ -240,27 +287,10 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
         vsock: backends.vsock,
     };
     let (wirings, entries) = virtio::build(&spec.virtio, virtio_backends, &mut placer)?;
-    pci.finish(&mut buses, ResetControl::default())?;
-    inventory.add(DeviceEntry {
-        id: "pci-host".into(),
-        kind: DeviceKind::PciHost,
-        placements: vec![
-            BusPlacement::Pio {
-                port: ports::PCI_CONFIG,
-                count: ports::PCI_CONFIG_COUNT,
-            },
-            BusPlacement::Mmio {
-                base: layout::PCI_ECAM_START,
-                size: layout::PCI_ECAM_SIZE,
-            },
-        ],
-        interrupt: Interrupt::None,
-        backend: String::new(),
-        lines: Vec::new(),
-        device: Arc::new(NoCounters),
-    });
+    let mover = pci.finish(&mut buses, ResetControl::default())?;
+    inventory.add(pci_host(mover));
     entries.into_iter().for_each(|entry| inventory.add(entry));
-    let mut inputs = vec![InputService::new(InputTarget::Com1, com1)];
+    let mut inputs = vec![InputService::new(InputTarget::Com1, com1.clone())];
     inputs.extend(wirings.iter().filter_map(|wiring| wiring.input.clone()));
     Ok(Devices {
         buses,
@@ -273,6 +303,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
             inputs,
         },
         rtc,
+        com1,
         virtio: wirings,
         inventory,
     })
@@ -410,5 +441,86 @@ mod tests {
             entry.counters(),
             [("doorbells", 1), ("notifications", 0), ("interrupts", 0)]
         );
+    }
+}
+
+/// A machine's devices go with it: nothing keeps them (or a disk image's lock) alive
+/// after the machine is dropped (`hushvm bench blk` reopens its image for each variant).
+#[cfg(test)]
+mod lifetime_tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::config::VirtioTransport;
+    use crate::devices::virtio::block::DiskBackend;
+    use crate::machine::backends::{CountingSink, DiskBackendSpec};
+    use crate::machine::inventory::{plan_virtio, VirtioRequest};
+    use crate::machine::platform::Unplugged;
+
+    struct Epoch;
+
+    impl Clock for Epoch {
+        fn now(&self) -> std::time::Duration {
+            std::time::Duration::ZERO
+        }
+    }
+
+    /// A disk that says when it is dropped.
+    struct Watched(Arc<AtomicBool>);
+
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl DiskBackend for Watched {
+        fn size(&self) -> u64 {
+            4096
+        }
+
+        fn read_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+
+        fn write_at(&mut self, _: &[u8], _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_dropped_machine_drops_its_disk_on_either_transport() {
+        for transport in [VirtioTransport::Mmio, VirtioTransport::Pci] {
+            let dropped = Arc::new(AtomicBool::new(false));
+            let memory = MemoryLayout::new(16 << 20).unwrap();
+            let request = VirtioRequest {
+                disks: vec![(None, None)],
+                default: transport,
+                ..VirtioRequest::default()
+            };
+            let spec = DeviceSpec {
+                memory,
+                cpus: 1,
+                doorbell: Doorbell::Exit,
+                virtio: plan_virtio(&request).unwrap(),
+            };
+            let mut backends = Backends::for_replay(&[], false, false, &CountingSink::default());
+            backends.disks.push(DiskBackendSpec {
+                disk: Box::new(Watched(dropped.clone())),
+                readonly: false,
+                describe: String::new(),
+            });
+            let guest = crate::machine::guest_memory(&memory).unwrap();
+            let clocks = Clocks {
+                rtc: Epoch,
+                pm_timer: Epoch,
+            };
+            drop(build(&spec, &Unplugged, backends, clocks, &guest).unwrap());
+            assert!(dropped.load(Ordering::SeqCst), "{transport:?}");
+        }
     }
 }

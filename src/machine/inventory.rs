@@ -189,6 +189,9 @@ pub const FIXED_IDS: &[&str] = &[
     "console0",
 ];
 
+/// The virtio-console's id.
+pub const CONSOLE_ID: &str = "console0";
+
 /// A virtio device to build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtioSpec {
@@ -270,7 +273,7 @@ pub fn plan_virtio(request: &VirtioRequest) -> Result<Vec<VirtioSpec>, ConfigErr
         specs.push(("rng0".into(), VirtioKind::Rng, transport, 1));
     }
     if let Some(transport) = request.console {
-        specs.push(("console0".into(), VirtioKind::Console, transport, 2));
+        specs.push((CONSOLE_ID.into(), VirtioKind::Console, transport, 2));
     }
     if let Some((id, transport)) = &request.vsock {
         if specs.iter().any(|(taken, ..)| taken == id) || FIXED_IDS.contains(&id.as_str()) {

@@ -34,8 +34,8 @@ use crate::config::{SerialMode, VirtioTransport};
 use crate::devices::acpi_pm::MonotonicClock;
 use crate::devices::rtc::{Clock, SystemClock};
 use crate::event_loop::{
-    DoorbellEvent, DrainTimerFd, HostInput, HostSocketEvents, IntxResample, PostedDrain,
-    QueuePoller, RtcTimer, StopWake, Subscriber,
+    DoorbellEvent, DrainTimerFd, HeldOutput, HostInput, HostSocketEvents, IntxResample, OutputRoom,
+    PostedDrain, QueuePoller, RtcTimer, StopWake, Subscriber,
 };
 use crate::kvm::{Hypervisor, KvmError, Vcpu, VcpuOptions, Vm};
 use crate::layout::{self, LayoutError, MemoryLayout};
@@ -67,65 +67,68 @@ pub use signals::{install as install_signal_handlers, signal_name, STOP_SIGNALS}
 /// Setting the machine up failed.
 #[derive(Debug, Error)]
 pub enum MachineError {
-    #[error("cannot allocate {bytes:#x} bytes of guest RAM: {source}")]
+    #[error("cannot allocate {bytes:#x} bytes of guest RAM")]
     Memory {
         bytes: u64,
         #[source]
         source: vm_memory::mmap::FromRangesError,
     },
-    #[error("--mem: {0}")]
+    #[error("--mem")]
     Layout(#[from] LayoutError),
-    #[error("cannot build the ACPI tables: {0}")]
+    #[error("cannot build the ACPI tables")]
     Acpi(#[from] acpi::AcpiError),
-    #[error("cannot write guest memory at {at:#x}: {source}")]
+    #[error("cannot write guest memory at {at:#x}")]
     GuestMemory {
         at: u64,
         #[source]
         source: vm_memory::GuestMemoryError,
     },
-    #[error("cannot load the kernel: {0}")]
+    #[error("cannot load the kernel")]
     Loader(#[from] LoaderError),
     #[error(transparent)]
     Kvm(#[from] KvmError),
-    #[error("cannot place a device: {0}")]
+    #[error("cannot place a device")]
     Bus(#[from] BusError),
-    #[error("cannot build the PCI bus: {0}")]
+    #[error("cannot build the PCI bus")]
     Pci(#[from] crate::devices::pci::PciError),
-    #[error("--cpu: {0}")]
+    #[error("--cpu")]
     Cpuid(#[from] crate::cpuid::CpuidError),
     #[error("--cpus {asked}: this KVM allows 1 to {max}")]
     TooManyCpus { asked: u8, max: usize },
-    #[error("cannot open the serial output file {}: {source}", path.display())]
+    #[error("cannot open the serial output file {}", path.display())]
     SerialFile {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("--disk {}: {problem}", path.display())]
+    #[error("--disk {}", path.display())]
     Disk {
         path: PathBuf,
         #[source]
         problem: DiskProblem,
     },
-    #[error("cannot write the trace {}: {source}", path.display())]
+    #[error("cannot write the trace {}", path.display())]
     Trace {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot open /dev/urandom for virtio-rng: {0}")]
+    #[error("cannot open /dev/urandom for virtio-rng")]
     Entropy(#[source] io::Error),
-    #[error("cannot set up the event loop: {0}")]
+    #[error("cannot set up the event loop")]
     EventLoop(#[source] io::Error),
-    #[error("the event loop failed: {0:?}")]
-    EventManager(event_manager::Error),
-    #[error("cannot install the vCPU kick signal handler: {0}")]
+    /// Standard output could not be made a non-blocking destination.
+    #[error("cannot set up standard output as a device's destination")]
+    Output(#[source] io::Error),
+    #[error("the event loop failed")]
+    EventManager(#[source] event_manager::Error),
+    #[error("cannot install the vCPU kick signal handler")]
     KickSignal(#[source] vmm_sys_util::errno::Error),
-    #[error("cannot start a vCPU thread: {0}")]
+    #[error("cannot start a vCPU thread")]
     SpawnThread(#[source] io::Error),
     #[error("a vCPU or event-loop thread panicked")]
     ThreadPanicked,
-    #[error("seccomp: {0}")]
+    #[error("seccomp")]
     Seccomp(#[from] SeccompError),
     #[error("cannot plan the devices")]
     Devices(#[from] crate::config::ConfigError),
@@ -353,7 +356,7 @@ fn event_loop<C: Clock + 'static>(
     devices: &mut Devices<C>,
     access: &DeviceAccess,
     (wake, state): (StopWake, &Arc<vcpus::StopState>),
-    drain_timer: Option<Arc<DrainTimerFd>>,
+    (drain_timer, held): (Option<Arc<DrainTimerFd>>, &[HeldOutput]),
 ) -> Result<(EventManager<Subscriber>, QueuePoller), MachineError> {
     let mut events = EventManager::<Subscriber>::new().map_err(MachineError::EventManager)?;
     let subscribe = |events: &mut EventManager<Subscriber>, subscriber: Subscriber| {
@@ -395,6 +398,10 @@ fn event_loop<C: Clock + 'static>(
     if let Some(timer) = drain_timer {
         let drain = PostedDrain::new(timer, access.clone());
         subscribe(&mut events, Arc::new(Mutex::new(drain)));
+    }
+    for output in held {
+        let room = OutputRoom::new(output.clone(), access.clone());
+        subscribe(&mut events, Arc::new(Mutex::new(room)));
     }
     subscribe(&mut events, Arc::new(Mutex::new(wake)));
     let signals = signals::SignalStop::new(state.clone()).map_err(MachineError::EventLoop)?;
@@ -438,11 +445,13 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
     let captures = backends::Captures::default();
     let mut backends = Backends::open(&config.devices, &captures)?;
     let disk_syncs = std::mem::take(&mut backends.disk_syncs);
+    let waits = (backends.serial_wait.take(), backends.console_wait.take());
     let clocks = Clocks {
         rtc: MachineClock::new(clock_start, recorder.clone()),
         pm_timer: RecordedClock::new(MonotonicClock::default(), recorder.clone()),
     };
     let mut devices = devices::build(&spec, &vm, backends, clocks, &memory)?;
+    let held = backends::held_outputs(waits, &devices);
     let rsdp = write_acpi_tables(config, &memory, &devices)?;
     let entry = load_kernel(config, &memory, &devices, rsdp)?;
     let vcpus = create_vcpus(&vm, config, &entry)?;
@@ -457,7 +466,8 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
         stops: Some(state.clone()),
     };
     let wake = (wake_subscriber, &state);
-    let events = event_loop(config, &mut devices, &access, wake, posted.drain_timer)?;
+    let timer = posted.drain_timer;
+    let events = event_loop(config, &mut devices, &access, wake, (timer, &held))?;
     vcpu::install_kick_handler().map_err(MachineError::KickSignal)?;
     let shared = vcpus::Shared {
         access: access.clone(),
@@ -472,7 +482,7 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
     // The event-loop thread settles the ring once more after joining the vCPUs: what a
     // guest posted after its last exit still reaches its device, on every stop path.
     let run = vcpus::run(vcpus, &shared, events, config)?;
-    finish_outputs(disk_syncs);
+    finish_outputs(disk_syncs, &held, &access);
     let wall = started.elapsed();
     if let (Some(recorder), Some(path)) = (&recorder, &config.run.record) {
         recorder.finish().map_err(|source| MachineError::Trace {
@@ -493,9 +503,15 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
 
 /// What every stop ends with, whatever stopped the VM (a power-off, a crash, a signal):
 /// the disk's data reaches the image's storage (as a guest's flush would have made it)
-/// and COM1's and the console's output leaves hushvm's buffers. A failure is only
+/// and COM1's and the console's output leaves hushvm's buffers, the bytes the devices
+/// hold for a slow destination included (for a grace period). A failure is only
 /// reported: the run's outcome stands.
-fn finish_outputs(disk_syncs: Vec<(PathBuf, std::fs::File)>) {
+fn finish_outputs(
+    disk_syncs: Vec<(PathBuf, std::fs::File)>,
+    held: &[HeldOutput],
+    access: &DeviceAccess,
+) {
+    backends::release_held(held, access);
     for (path, file) in disk_syncs {
         if let Err(error) = file.sync_data() {
             eprintln!(

@@ -9,28 +9,33 @@
 //! | 0             | host bridge     | -        |
 //! | 1, 2, ...     | virtio devices on PCI in the inventory's order (disks, entropy, console) | 16 + n % 8 |
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::bus::{AddressSpace, IoBuses, SharedDevice, SwappableMmio};
+use crate::bus::IoBuses;
 use crate::config::Doorbell;
 use crate::devices::acpi_pm::ResetControl;
 use crate::devices::pci::host::{BarObserver, PciConfigIo, PciEcam, PciRoot, SharedFunction};
 use crate::devices::pci::msix::{MsiMessage, MsiSink};
 use crate::devices::pci::BarChange;
-use crate::devices::virtio::pci::{VirtioPciTransport, BAR, BAR_SIZE};
+use crate::devices::virtio::pci::VirtioPciTransport;
 use crate::devices::virtio::{OnBus, VirtioDevice};
+use crate::errors::chain;
 use crate::irq::InterruptLine;
-use crate::kvm::{IoEvents, MsiRoutes};
+use crate::kvm::MsiRoutes;
 use crate::layout::{self, ports};
 use crate::ratelimit::RateLimiter;
 use crate::services::LevelTriggered;
 use crate::sync::LockExt;
 
+use super::inventory::DeviceCounters;
 use super::platform::Platform;
 use super::MachineError;
+use bars::{BarMover, PlacedBar};
+
+mod bars;
 
 /// The first GSI of the IOAPIC's PCI pins (16-23); device n's INTA# is on 16 + n % 8.
 const INTX_FIRST_GSI: u32 = 16;
@@ -70,7 +75,7 @@ impl MsiSink for MsiVectors {
         if let Err(error) = routes.set(*gsi, message.map(|m| (m.address, m.data))) {
             self.warnings
                 .locked()
-                .warn(|| format!("cannot route MSI-X vector {vector}: {error}"));
+                .warn(|| format!("cannot route MSI-X vector {vector}: {}", chain(&error)));
         }
     }
 
@@ -81,62 +86,24 @@ impl MsiSink for MsiVectors {
     }
 }
 
-/// A BAR placed on the MMIO bus, with the doorbells that live inside it.
-struct PlacedBar {
-    device: u8,
-    name: &'static str,
-    bar: SharedDevice,
-    /// Where it answers now (None until the first placement).
-    base: Option<u64>,
-    /// Per queue: the eventfd (a duplicate of the event loop's), its offset in the BAR.
-    doorbells: Vec<(EventFd, u64)>,
-}
+/// The root's view of the [`BarMover`]: weak, because the mover holds the MMIO table
+/// that holds ECAM, which holds the root. A strong reference here made a cycle that kept
+/// every device (and a disk image's lock) alive after its machine was dropped; the
+/// inventory's `pci-host` entry owns the mover instead, for as long as the machine.
+struct RootObserver(Weak<BarMover>);
 
-/// Moves a virtio-pci device on the MMIO bus when the guest reprograms its BAR, with its
-/// doorbells: a new bus table is published (no lock on the exit path), and each queue's
-/// ioeventfd is re-registered at its new address. A move onto another device's range is
-/// refused: the device stays where it was, with a rate-limited warning.
-struct BarMover {
-    mmio: Arc<SwappableMmio>,
-    ioevents: Option<IoEvents>,
-    bars: Mutex<Vec<PlacedBar>>,
-    warnings: Mutex<RateLimiter>,
-}
-
-impl BarMover {
-    fn place(&self, bar: &mut PlacedBar, new: u64) -> Result<(), MachineError> {
-        match bar.base {
-            None => self.mmio.insert(bar.name, new, BAR_SIZE, bar.bar.clone())?,
-            Some(old) => self.mmio.relocate(old, new)?,
+impl BarObserver for RootObserver {
+    fn bar_changed(&self, function: u8, change: BarChange) {
+        if let Some(mover) = self.0.upgrade() {
+            mover.bar_changed(function, change);
         }
-        if let Some(ioevents) = &self.ioevents {
-            for (event, offset) in &bar.doorbells {
-                if let Some(old) = bar.base {
-                    ioevents.deassign(event, AddressSpace::Mmio, old + offset, None)?;
-                }
-                ioevents.assign(event, AddressSpace::Mmio, new + offset, None)?;
-            }
-        }
-        bar.base = Some(new);
-        Ok(())
     }
 }
 
-impl BarObserver for BarMover {
-    fn bar_changed(&self, function: u8, change: BarChange) {
-        let mut bars = self.bars.locked();
-        let Some(bar) = bars.iter_mut().find(|bar| bar.device == function) else {
-            return;
-        };
-        if change.bar != BAR || change.new == 0 || bar.base == Some(change.new) {
-            return;
-        }
-        if let Err(error) = self.place(bar, change.new) {
-            let name = bar.name;
-            self.warnings
-                .locked()
-                .warn(|| format!("{name}: BAR moved to {:#x} refused: {error}", change.new));
-        }
+/// The `pci-host` entry's counters: it keeps none, but owns the mover.
+impl DeviceCounters for BarMover {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
     }
 }
 
@@ -173,14 +140,9 @@ pub struct PciBus {
 impl PciBus {
     /// An empty bus 0 whose BARs move on `buses`' MMIO table.
     pub fn new(buses: &IoBuses, platform: &dyn Platform) -> Self {
-        let mover = Arc::new(BarMover {
-            mmio: buses.mmio.clone(),
-            ioevents: platform.ioevents(),
-            bars: Mutex::default(),
-            warnings: Mutex::default(),
-        });
+        let mover = Arc::new(BarMover::new(&buses.mmio, platform.ioevents()));
         Self {
-            root: PciRoot::new(mover.clone()),
+            root: PciRoot::new(Arc::new(RootObserver(Arc::downgrade(&mover)))),
             mover,
             next: 1,
         }
@@ -242,7 +204,7 @@ impl PciBus {
         placing: &Placing<'_>,
         queues: usize,
     ) -> Result<Vec<(EventFd, u32)>, MachineError> {
-        if placing.doorbell == Doorbell::Exit || self.mover.ioevents.is_none() {
+        if placing.doorbell == Doorbell::Exit || !self.mover.has_ioevents() {
             return Ok(Vec::new());
         }
         (0..queues as u32)
@@ -254,8 +216,13 @@ impl PciBus {
     }
 
     /// Assigns the BARs, as firmware would, and places bus 0's root (with `reset` at
-    /// 0xcf9 through it) at CF8/CFC and ECAM.
-    pub fn finish(self, buses: &mut IoBuses, reset: ResetControl) -> Result<(), MachineError> {
+    /// 0xcf9 through it) at CF8/CFC and ECAM; returns what must live as long as the
+    /// machine (the BAR mover), for the inventory to keep.
+    pub fn finish(
+        self,
+        buses: &mut IoBuses,
+        reset: ResetControl,
+    ) -> Result<Arc<dyn DeviceCounters>, MachineError> {
         let root = Arc::new(self.root);
         root.assign_memory_bars(layout::PCI_MMIO32_START..layout::PCI_MMIO32_END)?;
         buses.pio.insert(
@@ -270,7 +237,7 @@ impl PciBus {
             layout::PCI_ECAM_SIZE,
             Arc::new(Mutex::new(PciEcam::new(root))),
         )?;
-        Ok(())
+        Ok(self.mover)
     }
 }
 
@@ -285,7 +252,7 @@ pub fn intx_routes(devices: usize) -> Vec<(u8, u32)> {
 mod tests {
     use super::*;
     use crate::access::DeviceAccess;
-    use crate::bus::{Access, Dispatch};
+    use crate::bus::{Access, AddressSpace, Dispatch};
     use crate::coalesced::{PostedWrite, PostedWrites, QueueRing};
     use crate::exit::VmExit;
     use crate::machine::platform::Unplugged;
@@ -365,7 +332,10 @@ mod tests {
             len: 1,
             data,
         });
-        assert_eq!(access.settle(), Some(crate::bus::StopRequest::Reset));
+        assert_eq!(
+            access.operation(|stop| stop),
+            Some(crate::bus::StopRequest::Reset)
+        );
         let host = access
             .buses
             .dispatch(AddressSpace::Mmio, layout::PCI_ECAM_START, {

@@ -301,7 +301,7 @@ fn spawn_event_loop(
                 looped.deadline,
                 looped.poll,
             );
-            let _ = shared.access.operation(|| shared.access.settle());
+            shared.access.operation(|_| ());
             result
         })
         .map_err(MachineError::SpawnThread)

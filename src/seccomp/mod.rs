@@ -111,23 +111,23 @@ impl fmt::Display for ThreadKind {
 pub enum SeccompError {
     #[error("--seccomp {0:?}: expected kill, log or off")]
     UnknownAction(String),
-    #[error("cannot build the {kind} seccomp filter: {source}")]
+    #[error("cannot build the {kind} seccomp filter")]
     Build {
         kind: ThreadKind,
         #[source]
         source: seccompiler::Error,
     },
-    #[error("cannot install the {kind} seccomp filter: {source}")]
+    #[error("cannot install the {kind} seccomp filter")]
     Install {
         kind: ThreadKind,
         #[source]
         source: seccompiler::Error,
     },
-    #[error("cannot build the vCPU filter's KVM_RUN fast path: {0}")]
+    #[error("cannot build the vCPU filter's KVM_RUN fast path")]
     FastPath(#[source] seccompiler::Error),
     #[error("seccompiler's vCPU program does not start with the architecture check and a load of the syscall number, so the KVM_RUN fast path cannot follow it")]
     UnexpectedShape,
-    #[error("cannot install the SIGSYS handler that reports seccomp violations: {0}")]
+    #[error("cannot install the SIGSYS handler that reports seccomp violations")]
     Handler(#[source] vmm_sys_util::errno::Error),
 }
 

@@ -134,7 +134,7 @@ pub enum Record {
 /// A trace could not be read.
 #[derive(Debug, Error)]
 pub enum TraceError {
-    #[error("cannot read the trace: {0}")]
+    #[error("cannot read the trace")]
     Io(#[from] io::Error),
     #[error("not a hushvm trace (bad magic)")]
     BadMagic,

@@ -31,6 +31,8 @@ thread_local! {
 pub struct Recorder {
     writer: Mutex<Option<TraceWriter<BufWriter<File>>>>,
     failed: AtomicBool,
+    /// A record was made outside an operation, and refused.
+    outside: AtomicBool,
 }
 
 impl Recorder {
@@ -40,11 +42,15 @@ impl Recorder {
         Ok(Arc::new(Self {
             writer: Mutex::new(Some(writer)),
             failed: AtomicBool::new(false),
+            outside: AtomicBool::new(false),
         }))
     }
 
-    /// Appends `record` (at the end of the current operation, if this thread is in one);
-    /// a write error is remembered and reported by [`Recorder::finish`].
+    /// Appends `record` to the current operation's records, written when it ends. The
+    /// recorder's lock is taken only by [`Recorder::operation`], outermost: a record made
+    /// outside an operation (which could hold a device or drain lock and would then take
+    /// the recorder's lock in the wrong order) is refused, and [`Recorder::finish`]
+    /// reports the trace incomplete.
     pub fn record(&self, record: &Record) {
         let queued = PENDING.with(|pending| match pending.borrow_mut().as_mut() {
             Some(pending) => {
@@ -54,14 +60,18 @@ impl Recorder {
             None => false,
         });
         if !queued {
-            let mut writer = self.writer.locked();
-            self.write_all(&mut writer, std::slice::from_ref(record));
+            self.outside.store(true, Ordering::Relaxed);
         }
     }
 
     /// Runs `operation` (which touches devices and records what it did) alone, and writes
-    /// its records together.
+    /// its records together. Inside another operation on this thread it just runs: its
+    /// records join the outer one's.
     pub fn operation<T>(&self, operation: impl FnOnce() -> T) -> T {
+        let nested = PENDING.with(|pending| pending.borrow().is_some());
+        if nested {
+            return operation();
+        }
         let mut writer = self.writer.locked();
         PENDING.with(|pending| *pending.borrow_mut() = Some(Vec::new()));
         let result = operation();
@@ -88,6 +98,11 @@ impl Recorder {
         }
         if self.failed.load(Ordering::Relaxed) {
             return Err(io::Error::other("some trace records could not be written"));
+        }
+        if self.outside.load(Ordering::Relaxed) {
+            return Err(io::Error::other(
+                "some trace records were made outside an operation on devices (a bug)",
+            ));
         }
         Ok(())
     }
@@ -181,5 +196,55 @@ impl Clock for ReplayClock {
             readings.1 = next;
         }
         Duration::from_nanos(readings.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorder(name: &str) -> (Arc<Recorder>, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!("hushvm-{name}-{}.trace", std::process::id()));
+        let machine = MachineDescription {
+            memory: 1 << 20,
+            cpus: 1,
+            rng: false,
+            console: false,
+            pci: false,
+            disk_bytes: 0,
+            clock_start: 0,
+            virtio: Vec::new(),
+        };
+        (Recorder::create(&path, &machine).unwrap(), path)
+    }
+
+    #[test]
+    fn a_nested_operation_joins_the_outer_one() {
+        let (recorder, path) = recorder("nested");
+        recorder.operation(|| {
+            recorder.record(&Record::RtcTick);
+            recorder.operation(|| recorder.record(&Record::Clock(5)));
+        });
+        recorder.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let (mut reader, _) = TraceReader::new(&bytes).unwrap();
+        let mut records = Vec::new();
+        while let Some(record) = reader.next_record().unwrap() {
+            records.push(record);
+        }
+        assert_eq!(records, vec![Record::RtcTick, Record::Clock(5)]);
+    }
+
+    #[test]
+    fn a_record_outside_an_operation_is_refused_and_reported() {
+        let (recorder, path) = recorder("outside");
+        recorder.record(&Record::RtcTick);
+        let error = recorder.finish().unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            error.to_string().contains("outside an operation"),
+            "{error}"
+        );
     }
 }

@@ -41,7 +41,7 @@ impl ExitContext<'_> {
     pub fn handle(&mut self, exit: VmExit<'_>) -> ExitOutcome {
         let access = self.access;
         let written = written_address(&exit);
-        let outcome = access.operation(|| match access.settle() {
+        let outcome = access.operation(|stop| match stop {
             // A posted write stopped the VM (a reset to 0xcf9): the exit is moot.
             Some(request) => ExitOutcome::Stop(VmStop::Guest(request)),
             None => self.handle_exit(exit),
@@ -52,7 +52,7 @@ impl ExitContext<'_> {
         if let Some((space, addr)) = written {
             if let Err(error) = access.posted.exited_write(space, addr) {
                 self.warnings
-                    .warn(|| format!("{error}; its writes keep exiting"));
+                    .warn(|| format!("{}; its writes keep exiting", crate::errors::chain(&error)));
             }
         }
         outcome

@@ -14,13 +14,13 @@
 mod exit;
 
 use std::fmt;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::access::DeviceAccess;
 use crate::bus::StopRequest;
-use crate::kvm::Vcpu;
+use crate::kvm::{KvmError, Vcpu};
 use crate::profile::{ExitClock, ExitKey, ExitProfile};
 use crate::ratelimit::RateLimiter;
 
@@ -42,7 +42,30 @@ pub enum GuestFault {
     /// An exit reason hushvm does not handle.
     UnexpectedExit { reason: u32 },
     /// `KVM_RUN` itself failed.
-    RunFailed(String),
+    RunFailed(RunError),
+}
+
+/// Why `KVM_RUN` failed, shared by the clones of a stop (the first reason is kept and
+/// reported); equal only to itself.
+#[derive(Debug, Clone)]
+pub struct RunError(pub Arc<KvmError>);
+
+impl PartialEq for RunError {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for RunError {}
+
+/// A fault's cause, for the message that reports it (see [`crate::errors::chain`]).
+impl std::error::Error for GuestFault {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            GuestFault::RunFailed(RunError(error)) => Some(&**error),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for GuestFault {
@@ -62,7 +85,7 @@ impl fmt::Display for GuestFault {
             GuestFault::UnexpectedExit { reason } => {
                 write!(f, "unhandled KVM exit reason {reason}")
             }
-            GuestFault::RunFailed(error) => write!(f, "{error}"),
+            GuestFault::RunFailed(_) => write!(f, "the vCPU cannot run"),
         }
     }
 }
@@ -152,7 +175,7 @@ pub fn run(
         }
         let exit = match vcpu.run() {
             Ok(exit) => exit,
-            Err(error) => break VmStop::Fault(GuestFault::RunFailed(error.to_string())),
+            Err(error) => break VmStop::Fault(GuestFault::RunFailed(RunError(Arc::new(error)))),
         };
         let started = timed.then(|| clock.now());
         let key = ExitKey::of(&exit);

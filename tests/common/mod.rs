@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod linux_checks;
+pub mod netns;
 
 use std::time::Duration;
 

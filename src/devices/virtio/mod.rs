@@ -14,6 +14,7 @@ pub mod console;
 pub mod driver;
 pub mod features;
 pub mod mmio;
+pub mod net;
 pub mod pci;
 pub mod rng;
 pub mod state;
@@ -35,7 +36,7 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_
 /// A guest-visible fault in a queue: the driver broke the protocol.
 #[derive(Debug, Error)]
 pub enum QueueError {
-    #[error("virtqueue: {0}")]
+    #[error("virtqueue")]
     Queue(#[from] virtio_queue::Error),
 }
 
@@ -52,6 +53,9 @@ pub trait VirtioDevice: Send + Sync {
     fn features(&self) -> u64;
     /// Reads its configuration space at `offset`; bytes past its end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The driver set DRIVER_OK having accepted `acked_features`: called before the
+    /// first queue of that configuration is served.
+    fn activate(&self, _acked_features: u64) {}
     /// Handles the available chains of queue `index`; returns true if any was used.
     /// Called with the transport's queue lock held, never its register lock.
     fn process_queue(

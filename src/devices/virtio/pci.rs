@@ -31,6 +31,7 @@
 //! still set.
 
 pub mod common;
+mod registers;
 mod state;
 pub use state::SavedPciFunction;
 
@@ -39,17 +40,17 @@ use std::sync::Arc;
 use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_CONSOLE};
 use vm_memory::GuestMemoryMmap;
 
-use super::transport::{Cause, CommonRegisters, Delivery, Registers, VirtioCore};
+use super::transport::{Registers, VirtioCore};
 use super::{OnBus, QueueNotify, SharedBusDevice, VirtioDevice};
 use crate::bus::{Access, BusDevice, StopRequest};
 use crate::devices::pci::config::{
-    BarChange, BarKind, ConfigSpace, PciError, PciIds, COMMAND, COMMAND_BUS_MASTER,
-    COMMAND_INTX_DISABLE,
+    BarChange, BarKind, ConfigSpace, PciError, PciIds, COMMAND, COMMAND_INTX_DISABLE,
 };
 use crate::devices::pci::msix::{MsiSink, MsixLayout, MsixState, MSIX_CAPABILITY_ID};
 use crate::devices::pci::PciFunction;
 use crate::irq::InterruptLine;
 use common::{CommonConfig, Vectors, Written, COMMON_CFG_SIZE};
+pub use registers::PciState;
 
 // The virtio-pci constants (virtio 1.2 section 4.1); virtio-bindings 0.2 has no
 // virtio_pci module, so they are declared here, with the spec's names.
@@ -90,87 +91,6 @@ const PCI_CFG_BAR: u16 = 4;
 const PCI_CFG_OFFSET: u16 = 8;
 const PCI_CFG_LENGTH: u16 = 12;
 const PCI_CFG_DATA: u16 = 16;
-
-/// What virtio-pci keeps beside the common registers, under the same register lock:
-/// configuration space, MSI-X, INTx, and the vector numbers; and how it interrupts.
-pub struct PciState {
-    config: ConfigSpace,
-    msix: MsixState,
-    msix_capability: u16,
-    pci_cfg_capability: u16,
-    intx: Arc<dyn InterruptLine>,
-    vectors: Vectors,
-}
-
-impl PciState {
-    fn intx_active(&self) -> bool {
-        !self.msix.enabled() && self.config.command() & COMMAND_INTX_DISABLE == 0
-    }
-
-    /// The configuration space.
-    pub fn config_space(&self) -> &ConfigSpace {
-        &self.config
-    }
-
-    /// The MSI-X state.
-    pub fn msix(&self) -> &MsixState {
-        &self.msix
-    }
-
-    /// The MSI-X capability's offset in configuration space.
-    pub fn msix_capability(&self) -> u16 {
-        self.msix_capability
-    }
-
-    /// The vector numbers the driver programmed.
-    pub fn vectors(&self) -> &Vectors {
-        &self.vectors
-    }
-}
-
-impl Delivery for PciState {
-    /// Without bus mastering the function may neither touch memory nor send MSIs.
-    fn may_serve(&self) -> bool {
-        self.config.command() & COMMAND_BUS_MASTER != 0
-    }
-
-    fn raise(&mut self, common: &mut CommonRegisters, cause: Cause) {
-        let bit = match cause {
-            Cause::Queues(_) => ISR_QUEUE,
-            Cause::Config => ISR_CONFIG,
-        };
-        if self.msix.enabled() {
-            // With MSI-X only configuration changes set the ISR (virtio 1.2 4.1.4.5.1).
-            let vectors: Vec<u16> = match cause {
-                Cause::Queues(used) => (0..self.vectors.queues.len().min(64))
-                    .filter(|queue| used & (1 << queue) != 0)
-                    .map(|queue| self.vectors.queues[queue])
-                    .collect(),
-                Cause::Config => {
-                    common.raise_status(bit);
-                    vec![self.vectors.config]
-                }
-            };
-            for vector in vectors {
-                if vector != VIRTIO_MSI_NO_VECTOR {
-                    self.msix.notify(vector);
-                }
-            }
-            return;
-        }
-        let rising = common.raise_status(bit) == 0;
-        self.config.set_interrupt_status(true);
-        if rising && self.intx_active() {
-            self.intx.pulse();
-        }
-    }
-
-    fn reset(&mut self) {
-        // A device reset lowers any interrupt it had raised.
-        self.config.set_interrupt_status(false);
-        self.vectors.reset();
-    }
-}
 
 /// A virtio device as a PCI function: the transport core behind virtio-pci's register
 /// layout. Its configuration space goes on the root bus ([`PciFunction`]); BAR 0 is a

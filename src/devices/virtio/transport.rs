@@ -293,6 +293,7 @@ impl<D: VirtioDevice, T: Delivery> VirtioCore<D, T> {
                 .collect();
             work.layout = Some(layout);
             work.polled_avail.clear();
+            self.device.activate(registers.common.features.accepted());
         }
         Some(layout)
     }

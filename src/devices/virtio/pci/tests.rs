@@ -7,7 +7,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::common::*;
 use super::*;
-use crate::devices::pci::config::{BAR0, COMMAND_MEMORY_SPACE, STATUS, STATUS_INTERRUPT};
+use crate::devices::pci::config::{
+    BAR0, COMMAND_BUS_MASTER, COMMAND_MEMORY_SPACE, STATUS, STATUS_INTERRUPT,
+};
 use crate::devices::pci::msix::{MsiMessage, MSIX_ENABLE};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::driver::DriverQueue;
