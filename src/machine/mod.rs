@@ -16,6 +16,7 @@ mod report;
 mod signals;
 mod vcpus;
 mod virtio;
+mod vsock_host;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -49,7 +50,7 @@ use crate::trace::{
 };
 use crate::vcpu;
 
-pub use backends::{open_disk, Backends, CountingSink, DiskProblem, VsockProblem};
+pub use backends::{open_disk, Backends, CountingSink, DiskProblem};
 pub use config::{
     BootConfig, Cures, DeviceConfig, Kernel, MachineConfig, RunOptions, VcpuConfig,
     DEFAULT_EVENT_POLL, DEFAULT_POSTED_DRAIN,
@@ -63,6 +64,7 @@ pub use inventory::{
 pub use platform::{Platform, Unplugged};
 pub use report::{Coalescing, RunReport};
 pub use signals::{install as install_signal_handlers, signal_name, STOP_SIGNALS};
+pub use vsock_host::VsockProblem;
 
 /// Setting the machine up failed.
 #[derive(Debug, Error)]

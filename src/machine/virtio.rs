@@ -339,7 +339,7 @@ pub fn build(
             VirtioKind::Vsock => {
                 let (listener, config) = backends.vsock.take().ok_or_else(missing)?;
                 let describe = format!("uds:{}", config.uds_path.display());
-                let connector = Box::new(super::backends::connect_unix_nonblocking);
+                let connector = Box::new(super::vsock_host::connect_unix_nonblocking);
                 let device = Vsock::new(config.guest_cid, listener, config.uds_path, connector)
                     .map_err(MachineError::Vsock)?;
                 let (mut wiring, entry, placed) = placer.place(spec, device, describe)?;
