@@ -15,6 +15,7 @@ pub mod event_loop;
 pub mod exit;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod insn;
 pub mod irq;
 pub mod kvm;
 pub mod layout;

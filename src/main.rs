@@ -159,6 +159,11 @@ struct RunArgs {
     /// Count exits without timing them (to measure what the profiler's clock costs).
     #[arg(long, hide = true)]
     no_exit_timing: bool,
+    /// Stop the VM when KVM's instruction emulator fails, rather than completing the few
+    /// instructions hushvm knows (INT3, INT n, FWAIT, CLAC/STAC, LDMXCSR/STMXCSR,
+    /// FXSAVE/FXRSTOR): to compare with QEMU, which stops there
+    #[arg(long)]
+    no_emulation_fallback: bool,
     /// What the vCPU and event-loop threads' seccomp filters do with a syscall outside
     /// their lists: kill (report it and exit with status 159), log (the kernel logs it
     /// and lets it run) or off (no filters).
@@ -267,6 +272,7 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
             time_exits: !args.no_exit_timing,
             record: args.record,
             seccomp: args.seccomp,
+            emulation_fallback: !args.no_emulation_fallback,
         },
     })
 }

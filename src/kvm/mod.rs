@@ -1,6 +1,7 @@
 //! Everything that talks to KVM: the only module that imports `kvm-ioctls`.
 
 mod boot;
+mod complete;
 pub mod floor;
 mod irq;
 mod msi;
@@ -16,6 +17,7 @@ use std::ffi::CString;
 use kvm_ioctls::{Cap, Kvm};
 use thiserror::Error;
 
+pub use complete::CompleteError;
 pub use irq::IrqFd;
 pub use msi::MsiRoutes;
 pub use ring::KvmRing;

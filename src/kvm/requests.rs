@@ -3,13 +3,21 @@
 //! module is the one that knows which calls hushvm makes where.
 
 use kvm_bindings::{
-    kvm_coalesced_mmio_zone, kvm_ioeventfd, kvm_irq_routing, kvm_regs, kvm_sregs, KVMIO,
+    kvm_coalesced_mmio_zone, kvm_fpu, kvm_ioeventfd, kvm_irq_routing, kvm_regs, kvm_sregs,
+    kvm_translation, kvm_vcpu_events, KVMIO,
 };
+use vmm_sys_util::ioctl_iowr_nr;
 use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
 
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
 ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
+ioctl_ior_nr!(KVM_GET_FPU, KVMIO, 0x8c, kvm_fpu);
+ioctl_iow_nr!(KVM_SET_FPU, KVMIO, 0x8d, kvm_fpu);
+ioctl_iowr_nr!(KVM_TRANSLATE, KVMIO, 0x85, kvm_translation);
+ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+ioctl_iow_nr!(KVM_SET_VCPU_EVENTS, KVMIO, 0xa0, kvm_vcpu_events);
 ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
 ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
 ioctl_iow_nr!(
@@ -37,8 +45,11 @@ pub type Request = (&'static str, u32);
 /// - `KVM_SET_GSI_ROUTING`: a guest unmasking or reprogramming an MSI-X vector
 ///   ([`super::MsiRoutes::set`], from an MSI-X table or configuration write);
 /// - `KVM_REGISTER_COALESCED_MMIO`: the first exited write to a bounded posted zone
-///   (COM1's THR) registers it ([`super::CoalescedZones`]).
-pub fn vcpu_thread() -> [Request; 6] {
+///   (COM1's THR) registers it ([`super::CoalescedZones`]);
+/// - `KVM_SET_REGS`, `KVM_GET_FPU`, `KVM_SET_FPU`, `KVM_TRANSLATE`,
+///   `KVM_GET_VCPU_EVENTS`, `KVM_SET_VCPU_EVENTS`: completing an instruction KVM's
+///   emulator failed on ([`super::Vcpu::complete_instruction`]).
+pub fn vcpu_thread() -> [Request; 12] {
     [
         ("KVM_RUN", KVM_RUN() as u32),
         ("KVM_GET_REGS", KVM_GET_REGS() as u32),
@@ -49,6 +60,12 @@ pub fn vcpu_thread() -> [Request; 6] {
             "KVM_REGISTER_COALESCED_MMIO",
             KVM_REGISTER_COALESCED_MMIO() as u32,
         ),
+        ("KVM_SET_REGS", KVM_SET_REGS() as u32),
+        ("KVM_GET_FPU", KVM_GET_FPU() as u32),
+        ("KVM_SET_FPU", KVM_SET_FPU() as u32),
+        ("KVM_TRANSLATE", KVM_TRANSLATE() as u32),
+        ("KVM_GET_VCPU_EVENTS", KVM_GET_VCPU_EVENTS() as u32),
+        ("KVM_SET_VCPU_EVENTS", KVM_SET_VCPU_EVENTS() as u32),
     ]
 }
 
@@ -78,6 +95,12 @@ mod tests {
                 ("KVM_IOEVENTFD", 0x4040_ae79),
                 ("KVM_SET_GSI_ROUTING", 0x4008_ae6a),
                 ("KVM_REGISTER_COALESCED_MMIO", 0x4010_ae67),
+                ("KVM_SET_REGS", 0x4090_ae82),
+                ("KVM_GET_FPU", 0x81a0_ae8c),
+                ("KVM_SET_FPU", 0x41a0_ae8d),
+                ("KVM_TRANSLATE", 0xc018_ae85),
+                ("KVM_GET_VCPU_EVENTS", 0x8040_ae9f),
+                ("KVM_SET_VCPU_EVENTS", 0x4040_aea0),
             ]
         );
         assert_eq!(

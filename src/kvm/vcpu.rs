@@ -6,12 +6,13 @@ use std::sync::Arc;
 use kvm_bindings::{
     kvm_run, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HLT, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_INTR,
     KVM_EXIT_IO, KVM_EXIT_IO_OUT, KVM_EXIT_MMIO, KVM_EXIT_SHUTDOWN, KVM_EXIT_SYSTEM_EVENT,
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
 };
 use kvm_ioctls::VcpuFd;
 
 use super::{KvmError, KvmRing, RunFlag, StatsReader};
 use crate::bus::Access;
-use crate::exit::VmExit;
+use crate::exit::{InstructionBytes, VmExit, SUBERROR_EMULATION};
 use crate::loader::EntryState;
 
 /// A vCPU of a [`super::Vm`].
@@ -138,10 +139,7 @@ fn decode(run: &mut kvm_run, run_size: usize) -> VmExit<'_> {
         KVM_EXIT_HLT => VmExit::Halt,
         KVM_EXIT_SHUTDOWN => VmExit::Shutdown,
         KVM_EXIT_INTR => VmExit::Interrupted,
-        KVM_EXIT_INTERNAL_ERROR => VmExit::InternalError {
-            // SAFETY: exit_reason says `internal` is the valid member of the union.
-            suberror: unsafe { run.__bindgen_anon_1.internal.suberror },
-        },
+        KVM_EXIT_INTERNAL_ERROR => decode_internal_error(run),
         KVM_EXIT_FAIL_ENTRY => VmExit::FailEntry {
             // SAFETY: exit_reason says `fail_entry` is the valid member of the union.
             reason: unsafe {
@@ -155,6 +153,32 @@ fn decode(run: &mut kvm_run, run_size: usize) -> VmExit<'_> {
             kind: unsafe { run.__bindgen_anon_1.system_event.type_ },
         },
         reason => VmExit::Unexpected { reason },
+    }
+}
+
+/// An internal error, with the instruction's bytes when KVM gives them (an emulation
+/// failure with the INSTRUCTION_BYTES flag).
+fn decode_internal_error(run: &kvm_run) -> VmExit<'static> {
+    // SAFETY: the caller saw exit_reason KVM_EXIT_INTERNAL_ERROR, so `internal` (and its
+    // emulation-failure view, which shares its suberror and ndata) is the valid member.
+    let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+    let instruction = (suberror == SUBERROR_EMULATION)
+        .then(|| {
+            // SAFETY: as above; the emulation-failure layout is the one KVM writes for
+            // suberror KVM_INTERNAL_ERROR_EMULATION, and every field is plain data.
+            let failure = unsafe { run.__bindgen_anon_1.emulation_failure };
+            let has_bytes =
+                failure.flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES);
+            // SAFETY: the flag says the instruction-bytes member of the inner union is set.
+            let bytes = unsafe { failure.__bindgen_anon_1.__bindgen_anon_1 };
+            (failure.ndata >= 3 && has_bytes != 0 && bytes.insn_size > 0).then(|| {
+                InstructionBytes::new(&bytes.insn_bytes[..usize::from(bytes.insn_size).min(15)])
+            })
+        })
+        .flatten();
+    VmExit::InternalError {
+        suberror,
+        instruction,
     }
 }
 

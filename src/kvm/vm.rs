@@ -108,6 +108,7 @@ impl Vm {
             .filter(|page| *page > 0);
         let coalesced_pio = coalesced_ring_page.is_some() && fd.check_extension(Cap::CoalescedPio);
         let tsc_deadline = fd.check_extension(Cap::TscDeadlineTimer);
+        enable_exit_on_emulation_failure(&fd);
         Ok(Self {
             msi_routes: Arc::new(MsiRoutes::new(fd.clone())),
             fd,
@@ -295,4 +296,18 @@ impl ZoneSwitch for CoalescedZones {
             .unregister_coalesced_mmio(io_address(zone.space, zone.addr), zone.size)
             .map_err(std::io::Error::from)
     }
+}
+
+/// Asks KVM to exit to userspace on every emulation failure, with the instruction's
+/// bytes, where it supports that (KVM_CAP_EXIT_ON_EMULATION_FAILURE): without it a
+/// failure at CPL 3 becomes a #UD in the guest, and the bytes must be read from guest
+/// memory. Best effort: `crate::insn`'s completer reads the bytes itself when KVM
+/// gives none.
+fn enable_exit_on_emulation_failure(fd: &VmFd) {
+    let mut cap = kvm_bindings::kvm_enable_cap {
+        cap: kvm_bindings::KVM_CAP_EXIT_ON_EMULATION_FAILURE,
+        ..Default::default()
+    };
+    cap.args[0] = 1;
+    let _ = fd.enable_cap(&cap);
 }

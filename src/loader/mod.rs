@@ -6,6 +6,7 @@
 
 pub mod elf32;
 pub mod entry;
+pub mod host_cmdline;
 pub mod linux;
 pub mod linux_boot;
 pub mod multiboot;

@@ -113,6 +113,9 @@ pub struct RunOptions {
     pub record: Option<PathBuf>,
     /// What the threads' seccomp filters do with a syscall outside their lists.
     pub seccomp: SeccompAction,
+    /// Complete the few instructions KVM's emulator fails on (`crate::insn`) instead of
+    /// stopping the VM there.
+    pub emulation_fallback: bool,
 }
 
 /// Everything a run needs.
@@ -158,6 +161,7 @@ impl MachineConfig {
                 time_exits: true,
                 record: None,
                 seccomp: SeccompAction::Kill,
+                emulation_fallback: true,
             },
         }
     }

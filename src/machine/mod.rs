@@ -476,6 +476,7 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
         state,
         control: control.shared(),
         time_exits: config.run.time_exits,
+        fallback_ram: config.run.emulation_fallback.then(|| memory.clone()),
         filters: Arc::new(Filters::for_machine(
             config.run.seccomp,
             config.devices.vsock.is_some(),

@@ -9,6 +9,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, SubscriberOps};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::access::{DeviceAccess, StopSink};
@@ -76,6 +77,9 @@ pub struct Shared {
     /// Pause and resume.
     pub control: Arc<Control>,
     pub time_exits: bool,
+    /// Guest RAM, for completing the instructions KVM's emulator fails on; `None` when
+    /// `--no-emulation-fallback` turned that off.
+    pub fallback_ram: Option<GuestMemoryMmap>,
     /// The seccomp filters each thread installs on itself.
     pub filters: Arc<Filters>,
 }
@@ -114,7 +118,13 @@ fn spawn(mut vcpu: Vcpu, shared: Shared) -> Result<VcpuThread, MachineError> {
                 return Err(error);
             }
             let before = read_stats(&stats);
-            let report = vcpu::run(&mut vcpu, &shared.access, &gate, shared.time_exits);
+            let report = vcpu::run(
+                &mut vcpu,
+                &shared.access,
+                &gate,
+                shared.time_exits,
+                shared.fallback_ram.as_ref(),
+            );
             shared.control.vcpu_ended();
             let stats = read_stats(&stats)
                 .into_iter()

@@ -8,6 +8,7 @@ mod clock;
 mod histogram;
 mod report;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -76,7 +77,9 @@ impl ExitKey {
             } => (ExitKind::MmioWrite, *addr),
             VmExit::Halt => (ExitKind::Halt, 0),
             VmExit::Shutdown => (ExitKind::Shutdown, 0),
-            VmExit::InternalError { suberror } => (ExitKind::InternalError, u64::from(*suberror)),
+            VmExit::InternalError { suberror, .. } => {
+                (ExitKind::InternalError, u64::from(*suberror))
+            }
             VmExit::FailEntry { .. } => (ExitKind::FailEntry, 0),
             VmExit::Interrupted => (ExitKind::Interrupted, 0),
             VmExit::SystemEvent { kind } => (ExitKind::SystemEvent, u64::from(*kind)),
@@ -164,6 +167,9 @@ pub struct ExitProfile {
     pub posted_writes: u64,
     /// Accesses no device claimed.
     pub unclaimed: u64,
+    /// Instructions KVM's emulator failed on that hushvm completed, by name
+    /// (`crate::insn`): what this host's KVM cost a guest beyond its exits.
+    pub completed: BTreeMap<&'static str, u64>,
 }
 
 impl ExitProfile {
@@ -193,6 +199,14 @@ impl ExitProfile {
         }
         self.posted_writes += other.posted_writes;
         self.unclaimed += other.unclaimed;
+        for (name, count) in &other.completed {
+            *self.completed.entry(name).or_default() += count;
+        }
+    }
+
+    /// Counts one completed instruction.
+    pub fn count_completed(&mut self, name: &'static str) {
+        *self.completed.entry(name).or_default() += 1;
     }
 
     /// Exits to userspace, of every kind.

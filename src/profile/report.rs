@@ -36,6 +36,8 @@ pub struct ProfileReport {
     pub posted_writes: u64,
     /// Accesses no device claimed.
     pub unclaimed: u64,
+    /// Instructions KVM's emulator failed on that hushvm completed, by name.
+    pub completed_instructions: BTreeMap<String, u64>,
     /// Median handling time of port I/O exits, ns.
     pub pio_median_ns: Option<u64>,
     /// Rows, most samples first.
@@ -97,6 +99,11 @@ impl ProfileReport {
             userspace_exits: profile.total_exits(),
             posted_writes: profile.posted_writes,
             unclaimed: profile.unclaimed,
+            completed_instructions: profile
+                .completed
+                .iter()
+                .map(|(name, count)| (name.to_string(), *count))
+                .collect(),
             pio_median_ns: profile.median_ns(|k| k.kind.is_pio()),
             exits,
             kvm_stats,
@@ -143,6 +150,18 @@ impl ProfileReport {
             "userspace exits: {}  posted writes applied: {}  unclaimed accesses: {}  PIO handling median: {median}",
             self.userspace_exits, self.posted_writes, self.unclaimed
         );
+        if !self.completed_instructions.is_empty() {
+            let completed: Vec<String> = self
+                .completed_instructions
+                .iter()
+                .map(|(name, count)| format!("{name}={count}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "instructions KVM's emulator failed on, completed by hushvm: {}",
+                completed.join(" ")
+            );
+        }
         let kvm: Vec<String> = KEY_KVM_STATS
             .iter()
             .filter_map(|name| self.kvm_stats.get(*name).map(|v| format!("{name}={v}")))

@@ -83,7 +83,7 @@ impl ExitContext<'_> {
             // nothing to wake it.
             VmExit::Halt => ExitOutcome::Stop(VmStop::Fault(GuestFault::Halted)),
             VmExit::Shutdown => ExitOutcome::Stop(VmStop::Fault(GuestFault::TripleFault)),
-            VmExit::InternalError { suberror } => {
+            VmExit::InternalError { suberror, .. } => {
                 ExitOutcome::Stop(VmStop::Fault(GuestFault::InternalError { suberror }))
             }
             VmExit::FailEntry { reason } => {
@@ -342,7 +342,10 @@ mod tests {
             ExitOutcome::Stop(VmStop::Fault(GuestFault::TripleFault))
         );
         assert_eq!(
-            machine.handle(VmExit::InternalError { suberror: 1 }),
+            machine.handle(VmExit::InternalError {
+                suberror: 1,
+                instruction: None
+            }),
             ExitOutcome::Stop(VmStop::Fault(GuestFault::InternalError { suberror: 1 }))
         );
         assert_eq!(

@@ -19,7 +19,10 @@ use std::sync::{Arc, Once};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::access::DeviceAccess;
+use vm_memory::GuestMemoryMmap;
+
 use crate::bus::StopRequest;
+use crate::exit::{VmExit, SUBERROR_EMULATION};
 use crate::kvm::{KvmError, Vcpu};
 use crate::profile::{ExitClock, ExitKey, ExitProfile};
 use crate::ratelimit::RateLimiter;
@@ -43,6 +46,9 @@ pub enum GuestFault {
     UnexpectedExit { reason: u32 },
     /// `KVM_RUN` itself failed.
     RunFailed(RunError),
+    /// KVM's emulator failed on an instruction hushvm does not complete either (or could
+    /// not complete: its operand was unmapped); the message names its bytes and RIP.
+    Uncompleted(String),
 }
 
 /// Why `KVM_RUN` failed, shared by the clones of a stop (the first reason is kept and
@@ -86,6 +92,10 @@ impl fmt::Display for GuestFault {
                 write!(f, "unhandled KVM exit reason {reason}")
             }
             GuestFault::RunFailed(_) => write!(f, "the vCPU cannot run"),
+            GuestFault::Uncompleted(why) => write!(
+                f,
+                "KVM internal error (suberror 1: instruction emulation failed); {why}"
+            ),
         }
     }
 }
@@ -148,6 +158,10 @@ pub struct VcpuReport {
     pub profile: ExitProfile,
 }
 
+/// Where the run loop completes the instructions KVM's emulator fails on (`crate::insn`):
+/// the guest's RAM, for their memory operands. `None`: such a failure stops the VM.
+pub type EmulationFallback<'a> = Option<&'a GuestMemoryMmap>;
+
 /// What the run loop asks its machine between exits (the machine's stop and pause
 /// state; a test's stand-in).
 pub trait VcpuRequests {
@@ -164,6 +178,7 @@ pub fn run(
     access: &DeviceAccess,
     requests: &dyn VcpuRequests,
     timed: bool,
+    fallback: EmulationFallback<'_>,
 ) -> VcpuReport {
     let mut profile = ExitProfile::default();
     let mut warnings = RateLimiter::default();
@@ -179,6 +194,26 @@ pub fn run(
         };
         let started = timed.then(|| clock.now());
         let key = ExitKey::of(&exit);
+        if let (
+            Some(ram),
+            VmExit::InternalError {
+                suberror: SUBERROR_EMULATION,
+                instruction,
+            },
+        ) = (fallback, &exit)
+        {
+            let instruction = *instruction;
+            match vcpu.complete_instruction(instruction, ram) {
+                Ok(name) => {
+                    profile.count_completed(name);
+                    continue;
+                }
+                Err(error) => {
+                    let why = crate::errors::chain(&error);
+                    break VmStop::Fault(GuestFault::Uncompleted(why));
+                }
+            }
+        }
         let mut context = ExitContext {
             access,
             profile: &mut profile,
