@@ -20,6 +20,7 @@ const GUESTS: &[(&str, &[&str])] = &[
     ("console", &["console.c"]),
     ("pcitest", &["pcitest.c"]),
     ("pcicfg", &["pcicfg.c"]),
+    ("vsock", &["vsock.c"]),
     ("net", &["net.c", "net_dev.c", "net.h"]),
     (
         "hostile",

@@ -7,6 +7,9 @@ use thiserror::Error;
 
 use crate::layout::{LayoutError, MemoryLayout};
 
+mod vsock;
+pub use vsock::{VsockConfig, FIRST_GUEST_CID};
+
 /// A bad option value.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -34,6 +37,10 @@ pub enum ConfigError {
     DuplicateDeviceId(String),
     #[error("more virtio-mmio devices than the {0} windows with a line of their own; put one on PCI (transport=pci)")]
     TooManyMmioDevices(u8),
+    #[error("invalid --vsock option {0:?}: expected cid=N,uds=PATH[,id=ID][,transport=pci|mmio]")]
+    BadVsockOption(String),
+    #[error("vsock guest CID {0}: expected 3 to 4294967295 (0 to 2 are reserved)")]
+    BadVsockCid(u64),
 }
 
 /// Parses a size the way QEMU's `-m` does: a plain number is MiB; K, M, G (or KiB, MiB,

@@ -185,6 +185,43 @@ impl MutEventSubscriber for DoorbellEvent {
     }
 }
 
+/// A device's host sockets (vsock): when its fd is readable, the device handles them
+/// and, if it then has packets for the guest, its queues are served as by a doorbell.
+pub struct HostSocketEvents {
+    fd: std::os::fd::RawFd,
+    handle: Arc<dyn Fn() -> bool + Send + Sync>,
+    service: DoorbellService,
+    access: DeviceAccess,
+}
+
+impl HostSocketEvents {
+    pub fn new(
+        fd: std::os::fd::RawFd,
+        handle: Arc<dyn Fn() -> bool + Send + Sync>,
+        service: DoorbellService,
+        access: DeviceAccess,
+    ) -> Self {
+        Self {
+            fd,
+            handle,
+            service,
+            access,
+        }
+    }
+}
+
+impl MutEventSubscriber for HostSocketEvents {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        if (self.handle)() {
+            self.service.ring(&self.access, None);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new_raw(self.fd, EventSet::IN));
+    }
+}
+
 /// The virtqueues the event loop polls while it is busy (`--no-queue-poll` turns it off):
 /// a driver's request is served as soon as it publishes it, without waiting for its
 /// doorbell's ioeventfd to reach epoll. Only devices whose doorbells are ioeventfds are

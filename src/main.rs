@@ -118,6 +118,11 @@ struct RunArgs {
     /// Where the virtio-console device sits, if not where --virtio-transport says.
     #[arg(long, value_name = "pci|mmio", requires = "virtio_console")]
     virtio_console_transport: Option<VirtioTransport>,
+    /// A virtio-vsock device for guest CID N whose host side listens on the Unix socket
+    /// PATH (Firecracker's hybrid vsock: host programs connect there and send
+    /// "CONNECT <port>\n"; guest connections to port P go to PATH_P).
+    #[arg(long, value_name = "cid=N,uds=PATH[,id=ID][,transport=pci|mmio]")]
+    vsock: Option<hushvm::config::VsockConfig>,
     /// Take virtqueue doorbells as ordinary MMIO exits instead of ioeventfds.
     #[arg(long)]
     no_ioeventfd: bool,
@@ -173,9 +178,10 @@ struct BenchArgs {
     /// The workload: rtc (seed 000), eoi (seed 002), tick (RTC tick, seeds 000 + 002),
     /// doorbell (seed 003), blk (virtio-blk), strio, console, pci (configuration
     /// reads through 0xcf8/0xcfc), pause (time from a pause request to every vCPU
-    /// out of KVM_RUN, 1 and 2 vCPUs; --iterations: pauses per VM) or api (Firecracker
+    /// out of KVM_RUN, 1 and 2 vCPUs; --iterations: pauses per VM), api (Firecracker
     /// mode: spawn to socket, InstanceStart to the guest's first output, API latency;
-    /// --iterations: calls of each kind per process).
+    /// --iterations: calls of each kind per process) or vsock (4 KiB messages each way
+    /// through virtio-vsock; --iterations: messages per VM).
     workload: String,
     /// Iterations per measured run (rtc: loop passes; eoi, tick: interrupts; doorbell:
     /// requests; blk: 4 KiB blocks written and read back; pci: configuration reads).
@@ -249,6 +255,7 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
             rng_transport: args.rng_transport,
             console_transport: args.virtio_console_transport,
             virtio_console: args.virtio_console,
+            vsock: args.vsock,
             transport,
         },
         cures: Cures {
@@ -353,6 +360,9 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     if args.workload == "api" {
         return bench_api(&args);
     }
+    if args.workload == "vsock" {
+        return bench_vsock(&args);
+    }
     let workload = bench::workload(&args.workload)
         .ok_or_else(|| bench::BenchError::UnknownWorkload(args.workload.clone()))?;
     let options = BenchOptions {
@@ -371,6 +381,21 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     }
     if !report.all_passed() {
         bail!("a guest reported a failure (exit status other than 1)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hushvm bench vsock`: `--iterations` 4 KiB messages each way per VM.
+fn bench_vsock(args: &BenchArgs) -> Result<ExitCode> {
+    let messages = args.iterations.unwrap_or(bench::vsock::DEFAULT_MESSAGES);
+    let report = bench::vsock::run(messages, args.repeat, args.transport, args.seccomp)?;
+    if args.json {
+        print_out(format_args!("{}\n", serde_json::to_string(&report)?))?;
+    } else {
+        print_out(report.render())?;
+    }
+    if !report.all_passed() {
+        bail!("a vsock run lost bytes or its guest reported an error");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -225,9 +225,6 @@ impl Resources {
         if !self.network_interfaces.is_empty() {
             return Err(unsupported("network-interfaces (virtio-net)"));
         }
-        if self.vsock.is_some() {
-            return Err(unsupported("vsock"));
-        }
         let read = |what, path: &str| {
             loader::read_file(Path::new(path)).map_err(|error| {
                 ApiError::Invalid(format!("cannot load the {what} {path}: {error}"))
@@ -297,6 +294,12 @@ impl Resources {
                 rng_transport: None,
                 console_transport: None,
                 virtio_console: None,
+                vsock: self.vsock.as_ref().map(|vsock| crate::config::VsockConfig {
+                    guest_cid: u64::from(vsock.guest_cid),
+                    uds_path: PathBuf::from(&vsock.uds_path),
+                    vsock_id: vsock.vsock_id.clone(),
+                    transport: None,
+                }),
                 transport: if linux {
                     VirtioTransport::Pci
                 } else {

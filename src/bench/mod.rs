@@ -10,6 +10,7 @@
 pub mod api;
 pub mod pause;
 mod report;
+pub mod vsock;
 mod workloads;
 
 use std::collections::BTreeMap;
@@ -90,7 +91,7 @@ pub struct BenchOptions {
 #[derive(Debug, Error)]
 pub enum BenchError {
     #[error(
-        "unknown workload {0:?}; workloads: rtc, eoi, tick, doorbell, blk, strio, console, pci, pause"
+        "unknown workload {0:?}; workloads: rtc, eoi, tick, doorbell, blk, strio, console, pci, pause, vsock"
     )]
     UnknownWorkload(String),
     #[error("the {0} workload's guest drives virtio-mmio only; --transport pci is for doorbell")]
@@ -103,6 +104,8 @@ pub enum BenchError {
     Scratch(#[source] std::io::Error),
     #[error(transparent)]
     Machine(#[from] MachineError),
+    #[error("the bench's host program failed")]
+    Host(#[source] std::io::Error),
 }
 
 /// The `key=value` numbers on the guest's result line.

@@ -6,12 +6,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::access::DeviceAccess;
-use crate::config::{DiskConfig, SerialMode};
+use crate::config::{DiskConfig, SerialMode, VsockConfig};
 use crate::devices::rtc::Clock;
 use crate::devices::virtio::block::{DiskBackend, FileDisk, SECTOR};
 use crate::event_loop::{HeldOutput, OutputWait, Resume};
@@ -20,6 +21,7 @@ use crate::sync::LockExt;
 use super::devices::Devices;
 
 use super::config::DeviceConfig;
+use super::vsock_host::listen_vsock;
 use super::MachineError;
 
 /// A byte buffer shared between a device's output and the caller.
@@ -178,6 +180,8 @@ pub struct Backends {
     /// A second handle on each disk image, for the `fdatasync` every stop ends with
     /// (a guest that never flushes, a signal): the device owns the first.
     pub disk_syncs: Vec<(std::path::PathBuf, File)>,
+    /// The vsock device's listening socket, bound at its `uds_path`.
+    pub vsock: Option<(UnixListener, VsockConfig)>,
     /// COM1's destination, when it is one that can refuse (stdio, a file that is a pipe).
     pub serial_wait: Option<Arc<OutputWait>>,
     /// The virtio console's, likewise.
@@ -232,6 +236,13 @@ impl Backends {
             entropy,
             console,
             disk_syncs,
+            vsock: devices
+                .vsock
+                .as_ref()
+                .map(|config| {
+                    Ok::<_, MachineError>((listen_vsock(&config.uds_path)?, config.clone()))
+                })
+                .transpose()?,
             serial_wait,
             console_wait,
         })
@@ -256,6 +267,7 @@ impl Backends {
             entropy: rng.then(|| Box::new(io::repeat(0)) as _),
             console: console.then(|| Box::new(output.clone()) as _),
             disk_syncs: Vec::new(),
+            vsock: None,
             serial_wait: None,
             console_wait: None,
         }

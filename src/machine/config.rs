@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{DiskConfig, Doorbell, SerialMode, VirtioTransport};
+use crate::config::{DiskConfig, Doorbell, SerialMode, VirtioTransport, VsockConfig};
 use crate::cpuid::CpuModel;
 use crate::layout::MemoryLayout;
 use crate::loader::Module;
@@ -65,6 +65,8 @@ pub struct DeviceConfig {
     pub console_transport: Option<VirtioTransport>,
     /// A virtio-console device, and where its output goes.
     pub virtio_console: Option<SerialMode>,
+    /// A virtio-vsock device (`--vsock`, or Firecracker's `PUT /vsock`).
+    pub vsock: Option<VsockConfig>,
     /// virtio-mmio or virtio-pci, for each virtio device that does not say.
     pub transport: VirtioTransport,
 }
@@ -150,6 +152,7 @@ impl MachineConfig {
                 rng_transport: None,
                 console_transport: None,
                 virtio_console: None,
+                vsock: None,
                 transport: VirtioTransport::Mmio,
             },
             cures: Cures::default(),

@@ -16,6 +16,7 @@ mod report;
 mod signals;
 mod vcpus;
 mod virtio;
+mod vsock_host;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -34,8 +35,8 @@ use crate::config::{SerialMode, VirtioTransport};
 use crate::devices::acpi_pm::MonotonicClock;
 use crate::devices::rtc::{Clock, SystemClock};
 use crate::event_loop::{
-    DoorbellEvent, DrainTimerFd, HeldOutput, HostInput, IntxResample, OutputRoom, PostedDrain,
-    QueuePoller, RtcTimer, StopWake, Subscriber,
+    DoorbellEvent, DrainTimerFd, HeldOutput, HostInput, HostSocketEvents, IntxResample, OutputRoom,
+    PostedDrain, QueuePoller, RtcTimer, StopWake, Subscriber,
 };
 use crate::kvm::{Hypervisor, KvmError, Vcpu, VcpuOptions, Vm};
 use crate::layout::{self, LayoutError, MemoryLayout};
@@ -63,6 +64,7 @@ pub use inventory::{
 pub use platform::{Platform, Unplugged};
 pub use report::{Coalescing, RunReport};
 pub use signals::{install as install_signal_handlers, signal_name, STOP_SIGNALS};
+pub use vsock_host::VsockProblem;
 
 /// Setting the machine up failed.
 #[derive(Debug, Error)]
@@ -138,6 +140,17 @@ pub enum MachineError {
         "--record: a trace describes at most one disk, with every virtio device on one transport"
     )]
     TraceCannotDescribe,
+    #[error(
+        "--record: a trace cannot describe a vsock device (host programs' bytes are not recorded)"
+    )]
+    TraceCannotDescribeVsock,
+    #[error("--vsock uds={}: {problem}", path.display())]
+    VsockSocket {
+        path: PathBuf,
+        problem: VsockProblem,
+    },
+    #[error("cannot set up the vsock device")]
+    Vsock(#[source] crate::devices::virtio::vsock::VsockError),
 }
 
 /// The virtio devices `config` asks for, planned.
@@ -156,6 +169,10 @@ pub fn virtio_plan(config: &DeviceConfig) -> Result<Vec<VirtioSpec>, MachineErro
             .virtio_console
             .is_some()
             .then_some(config.console_transport.unwrap_or(default)),
+        vsock: config
+            .vsock
+            .as_ref()
+            .map(|vsock| (vsock.id(), vsock.transport.unwrap_or(default))),
         default,
     };
     Ok(plan_virtio(&request)?)
@@ -212,6 +229,10 @@ fn start_trace(
     let Some(path) = &config.run.record else {
         return Ok(None);
     };
+    if plan.iter().any(|spec| spec.kind == VirtioKind::Vsock) {
+        // A trace cannot carry what host programs send through the sockets.
+        return Err(MachineError::TraceCannotDescribeVsock);
+    }
     let devices = &config.devices;
     let disk_bytes: Vec<u64> = devices
         .disks
@@ -234,7 +255,7 @@ fn start_trace(
                 kind: match spec.kind {
                     VirtioKind::Block { .. } => TracedKind::Block,
                     VirtioKind::Rng => TracedKind::Rng,
-                    VirtioKind::Console => TracedKind::Console,
+                    VirtioKind::Console | VirtioKind::Vsock => TracedKind::Console,
                 },
                 pci: spec.transport == VirtioTransport::Pci,
                 disk_bytes: match spec.kind {
@@ -366,6 +387,11 @@ fn event_loop<C: Clock + 'static>(
             let doorbell = DoorbellEvent::new(event, queue, slot.service.clone(), access.clone());
             subscribe(&mut events, Arc::new(Mutex::new(doorbell)));
         }
+        if let Some(sockets) = slot.host_sockets.take() {
+            let service = slot.service.clone();
+            let host = HostSocketEvents::new(sockets.fd, sockets.handle, service, access.clone());
+            subscribe(&mut events, Arc::new(Mutex::new(host)));
+        }
         if let Some((event, device)) = slot.resample.take() {
             let resample = IntxResample::new(event, device, access.clone());
             subscribe(&mut events, Arc::new(Mutex::new(resample)));
@@ -451,7 +477,10 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
         control: control.shared(),
         time_exits: config.run.time_exits,
         fallback_ram: config.run.emulation_fallback.then(|| memory.clone()),
-        filters: Arc::new(Filters::new(config.run.seccomp)?),
+        filters: Arc::new(Filters::for_machine(
+            config.run.seccomp,
+            config.devices.vsock.is_some(),
+        )?),
     };
     // The event-loop thread settles the ring once more after joining the vCPUs: what a
     // guest posted after its last exit still reaches its device, on every stop path.

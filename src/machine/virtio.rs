@@ -14,17 +14,20 @@
 //! for each device present, or through the ACPI tables.
 
 use std::io::Read;
+use std::os::fd::RawFd;
+use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Access, AddressSpace, BusDevice, IoBuses, StopRequest};
-use crate::config::{Doorbell, VirtioTransport};
+use crate::config::{Doorbell, VirtioTransport, VsockConfig};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_SIZE, QUEUE_NOTIFY};
 use crate::devices::virtio::pci::{VirtioPciTransport, BAR_SIZE};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{OnBus, QueueNotify, VirtioDevice};
 use crate::irq::InterruptLine;
 use crate::layout::{self, ports::VIRTIO_PIO_DOORBELL_COUNT};
@@ -55,6 +58,16 @@ pub struct VirtioWiring {
     pub resample: Option<(EventFd, Arc<Mutex<dyn LevelTriggered>>)>,
     /// Its virtio-mmio window, if it is on virtio-mmio.
     pub mmio_window: Option<u8>,
+    /// Host sockets the event loop watches (vsock).
+    pub host_sockets: Option<HostSockets>,
+}
+
+/// A device's host sockets: an fd readable when they have news, and what handles it
+/// (true: the device has packets for the guest, and its queues are to be served).
+#[derive(Clone)]
+pub struct HostSockets {
+    pub fd: RawFd,
+    pub handle: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 /// The host side of the virtio devices, taken as the plan names them.
@@ -62,23 +75,28 @@ pub struct VirtioBackends {
     pub disks: Vec<Option<DiskBackendSpec>>,
     pub entropy: Option<(Box<dyn Read + Send>, String)>,
     pub console: Option<(Output, String)>,
+    pub vsock: Option<(UnixListener, VsockConfig)>,
 }
 
 impl<D: VirtioDevice> DeviceCounters for MmioTransport<D> {
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![
+        let mut counters = vec![
             ("doorbells", self.doorbells()),
             ("notifications", self.notifications()),
-        ]
+        ];
+        counters.extend(self.device().counters());
+        counters
     }
 }
 
 impl<D: VirtioDevice> DeviceCounters for VirtioPciTransport<D> {
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![
+        let mut counters = vec![
             ("doorbells", self.doorbells()),
             ("notifications", self.notifications()),
-        ]
+        ];
+        counters.extend(self.device().counters());
+        counters
     }
 }
 
@@ -130,6 +148,7 @@ impl Placer<'_> {
             service: DoorbellService::new(spec.slot, landed.notify),
             doorbells: landed.doorbells,
             input: None,
+            host_sockets: None,
             resample: landed.resample,
             mmio_window: spec
                 .mmio_window
@@ -269,6 +288,21 @@ fn console_input(placed: Placed<Console<Output>>) -> InputService {
     }
 }
 
+/// The host sockets of a placed vsock device.
+fn vsock_sockets(placed: Placed<Vsock>) -> HostSockets {
+    let (fd, handle): (RawFd, Arc<dyn Fn() -> bool + Send + Sync>) = match placed {
+        Placed::Mmio(transport) => (
+            transport.device().host_fd(),
+            Arc::new(move || transport.device().host_events()),
+        ),
+        Placed::Pci(transport) => (
+            transport.device().host_fd(),
+            Arc::new(move || transport.device().host_events()),
+        ),
+    };
+    HostSockets { fd, handle }
+}
+
 /// Builds and places every device of `plan` over its backend.
 pub fn build(
     plan: &[VirtioSpec],
@@ -300,6 +334,16 @@ pub fn build(
                 let (mut wiring, entry, placed) =
                     placer.place(spec, Console::new(output), describe)?;
                 wiring.input = Some(console_input(placed));
+                (wiring, entry)
+            }
+            VirtioKind::Vsock => {
+                let (listener, config) = backends.vsock.take().ok_or_else(missing)?;
+                let describe = format!("uds:{}", config.uds_path.display());
+                let connector = Box::new(super::vsock_host::connect_unix_nonblocking);
+                let device = Vsock::new(config.guest_cid, listener, config.uds_path, connector)
+                    .map_err(MachineError::Vsock)?;
+                let (mut wiring, entry, placed) = placer.place(spec, device, describe)?;
+                wiring.host_sockets = Some(vsock_sockets(placed));
                 (wiring, entry)
             }
         };

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use seccompiler::sock_filter;
 
 use super::fast_path::{with_hot_call, HotCall};
-use super::{compiled, lists, program, SeccompAction, ThreadKind};
+use super::{compiled, lists, program_for, SeccompAction, ThreadKind};
 use crate::kvm::requests;
 
 /// `AUDIT_ARCH_X86_64` and `AUDIT_ARCH_I386` (`<linux/audit.h>`).
@@ -181,8 +181,10 @@ fn probes() -> Vec<Data> {
 }
 
 fn vcpu_programs(action: SeccompAction) -> (Vec<sock_filter>, Vec<sock_filter>) {
-    let before = compiled(ThreadKind::Vcpu, action).unwrap().unwrap();
-    let after = program(ThreadKind::Vcpu, action).unwrap().unwrap();
+    let before = compiled(ThreadKind::Vcpu, action, false).unwrap().unwrap();
+    let after = program_for(ThreadKind::Vcpu, action, false)
+        .unwrap()
+        .unwrap();
     (before, after)
 }
 
@@ -256,8 +258,34 @@ fn the_kernel_still_skips_the_filter_for_the_same_syscalls() {
 
 #[test]
 fn the_event_loop_filter_is_seccompilers_own() {
-    let event_loop = |f: fn(_, _) -> _| f(ThreadKind::EventLoop, SeccompAction::Kill);
-    assert_eq!(event_loop(program).unwrap(), event_loop(compiled).unwrap());
+    let event_loop = |f: fn(_, _, _) -> _| f(ThreadKind::EventLoop, SeccompAction::Kill, false);
+    assert_eq!(
+        event_loop(program_for).unwrap(),
+        event_loop(compiled).unwrap()
+    );
+}
+
+/// A machine with vsock: Unix sockets on both threads, no other socket family.
+#[test]
+fn host_sockets_allow_unix_sockets_only() {
+    for kind in [ThreadKind::Vcpu, ThreadKind::EventLoop] {
+        let without = compiled(kind, SeccompAction::Kill, false).unwrap().unwrap();
+        let with = compiled(kind, SeccompAction::Kill, true).unwrap().unwrap();
+        let unix = libc::AF_UNIX as u64;
+        let inet = libc::AF_INET as u64;
+        let socket = |program: &[sock_filter], family| {
+            run(program, &Data::call(libc::SYS_socket, &[family, 1, 0])).verdict
+        };
+        assert_eq!(socket(&without, unix), TRAP, "{kind}");
+        assert_eq!(socket(&with, unix), ALLOW, "{kind}");
+        assert_eq!(socket(&with, inet), TRAP, "{kind}");
+        let connect = Data::call(libc::SYS_connect, &[3, 0, 0]);
+        assert_eq!(run(&with, &connect).verdict, ALLOW);
+        assert_eq!(run(&without, &connect).verdict, TRAP);
+        let fionbio = Data::call(libc::SYS_ioctl, &[3, libc::FIONBIO]);
+        assert_eq!(run(&with, &fionbio).verdict, ALLOW);
+        assert_eq!(run(&without, &fionbio).verdict, TRAP);
+    }
 }
 
 #[test]

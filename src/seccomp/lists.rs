@@ -189,6 +189,37 @@ pub fn main_thread() -> Rules {
     rules
 }
 
+/// What a machine with a vsock device adds to both threads (either serves its queues):
+/// Unix sockets only (`socket` with `AF_UNIX`), connecting to a host listener, accepting
+/// host programs, reading and writing streams (std's are `recv` and `send` with
+/// `MSG_NOSIGNAL`, i.e. `recvfrom` and `sendto`), half-closing them, watching them (`epoll_ctl`; the event loop
+/// already may) and making them non-blocking (std's `set_nonblocking` is
+/// `ioctl(FIONBIO)`).
+pub fn add_host_sockets(rules: &mut Rules) {
+    let unix = u64::from(libc::AF_UNIX as u32);
+    rules.insert(
+        libc::SYS_socket,
+        vec![rule(vec![condition(0, SeccompCmpOp::Eq, unix)])],
+    );
+    allow_any(
+        rules,
+        &[
+            libc::SYS_connect,
+            libc::SYS_accept4,
+            libc::SYS_recvfrom,
+            libc::SYS_sendto,
+            libc::SYS_shutdown,
+            libc::SYS_epoll_ctl,
+        ],
+    );
+    let fionbio = rule(vec![condition(
+        1,
+        SeccompCmpOp::Eq,
+        u64::from(libc::FIONBIO as u32),
+    )]);
+    rules.entry(libc::SYS_ioctl).or_default().push(fionbio);
+}
+
 /// One rule per request: argument 1, compared as 32 bits.
 fn ioctls(requests: &[requests::Request]) -> Vec<SeccompRule> {
     requests

@@ -147,7 +147,16 @@ pub fn program(
     kind: ThreadKind,
     action: SeccompAction,
 ) -> Result<Option<BpfProgram>, SeccompError> {
-    let compiled = compiled(kind, action)?;
+    program_for(kind, action, false)
+}
+
+/// [`program`], with `host_sockets` adding what a vsock device's Unix sockets need.
+pub fn program_for(
+    kind: ThreadKind,
+    action: SeccompAction,
+    host_sockets: bool,
+) -> Result<Option<BpfProgram>, SeccompError> {
+    let compiled = compiled(kind, action, host_sockets)?;
     match (kind, compiled) {
         (ThreadKind::Vcpu, Some(program)) => Ok(Some(fast_path::with_hot_call(
             program,
@@ -158,18 +167,25 @@ pub fn program(
 }
 
 /// seccompiler's program for `kind`'s rules under `action`, as it compiles them.
-fn compiled(kind: ThreadKind, action: SeccompAction) -> Result<Option<BpfProgram>, SeccompError> {
+fn compiled(
+    kind: ThreadKind,
+    action: SeccompAction,
+    host_sockets: bool,
+) -> Result<Option<BpfProgram>, SeccompError> {
     let mismatch = match action {
         SeccompAction::Kill => seccompiler::SeccompAction::Trap,
         SeccompAction::Log => seccompiler::SeccompAction::Log,
         SeccompAction::Off => return Ok(None),
     };
-    let rules = match kind {
+    let mut rules = match kind {
         ThreadKind::Vcpu => lists::vcpu(),
         ThreadKind::EventLoop => lists::event_loop(),
         ThreadKind::Api => lists::api(),
         ThreadKind::Main => lists::main_thread(),
     };
+    if host_sockets {
+        lists::add_host_sockets(&mut rules);
+    }
     let build = |error: seccompiler::BackendError| SeccompError::Build {
         kind,
         source: error.into(),
@@ -197,12 +213,17 @@ pub struct Filters {
 impl Filters {
     /// Compiles the programs for `action` and, for `kill`, installs the SIGSYS handler.
     pub fn new(action: SeccompAction) -> Result<Self, SeccompError> {
+        Self::for_machine(action, false)
+    }
+
+    /// [`Filters::new`] for a machine whose devices have host sockets (vsock) or not.
+    pub fn for_machine(action: SeccompAction, host_sockets: bool) -> Result<Self, SeccompError> {
         if action == SeccompAction::Kill {
             report::install_handler().map_err(SeccompError::Handler)?;
         }
         Ok(Self {
-            vcpu: program(ThreadKind::Vcpu, action)?,
-            event_loop: program(ThreadKind::EventLoop, action)?,
+            vcpu: program_for(ThreadKind::Vcpu, action, host_sockets)?,
+            event_loop: program_for(ThreadKind::EventLoop, action, host_sockets)?,
             api: program(ThreadKind::Api, action)?,
             main: program(ThreadKind::Main, action)?,
             selftest: std::env::var_os(SELFTEST_VARIABLE).is_some_and(|v| v == "1"),

@@ -19,6 +19,7 @@ pub mod pci;
 pub mod rng;
 pub mod state;
 pub mod transport;
+pub mod vsock;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -63,6 +64,11 @@ pub trait VirtioDevice: Send + Sync {
         queue: &mut Queue,
         memory: &GuestMemoryMmap,
     ) -> Result<bool, QueueError>;
+    /// Counters of its own, by name, for the inventory (the transport counts doorbells
+    /// and notifications).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Something that can be told a queue has work: a transport, from a doorbell.
