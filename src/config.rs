@@ -26,8 +26,14 @@ pub enum ConfigError {
     BadDoorbell(String),
     #[error("invalid virtio transport {0:?}: expected pci or mmio")]
     BadTransport(String),
-    #[error("invalid --disk option {0:?}: expected PATH or PATH,readonly")]
+    #[error("invalid --disk option {0:?}: expected PATH[,readonly][,id=ID][,transport=pci|mmio]")]
     BadDiskOption(String),
+    #[error("invalid device id {0:?}: expected 1 to 20 letters, digits, '-' or '_'")]
+    BadDeviceId(String),
+    #[error("two devices have the id {0:?}; give each disk its own id=")]
+    DuplicateDeviceId(String),
+    #[error("more virtio-mmio devices than the {0} windows with a line of their own; put one on PCI (transport=pci)")]
+    TooManyMmioDevices(u8),
 }
 
 /// Parses a size the way QEMU's `-m` does: a plain number is MiB; K, M, G (or KiB, MiB,
@@ -117,32 +123,97 @@ impl FromStr for VirtioTransport {
     }
 }
 
-/// `--disk PATH[,readonly]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `--disk PATH[,readonly][,id=ID][,transport=pci|mmio]`, repeatable.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DiskConfig {
     /// The image file.
     pub path: PathBuf,
     /// Refuse the guest's writes (and open the file read-only).
     pub readonly: bool,
+    /// The device's id (default `blkN`, N its position among the disks).
+    pub id: Option<String>,
+    /// Where it sits (default: `--virtio-transport`).
+    pub transport: Option<VirtioTransport>,
+}
+
+impl DiskConfig {
+    /// A writable disk with the default id and transport.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Takes one trailing option; false if `option` is not one.
+    fn take_option(&mut self, option: &str) -> Result<bool, ConfigError> {
+        if option == "readonly" {
+            self.readonly = true;
+        } else if let Some(id) = option.strip_prefix("id=") {
+            check_device_id(id)?;
+            self.id = Some(id.to_string());
+        } else if let Some(transport) = option.strip_prefix("transport=") {
+            self.transport = Some(transport.parse()?);
+        } else {
+            return Ok(false);
+        }
+        Ok(true)
+    }
 }
 
 impl FromStr for DiskConfig {
     type Err = ConfigError;
 
+    /// Options come last; a path may hold commas (`/x/a,b.img,readonly`), but then at
+    /// least one option must follow it, as before options other than `readonly` existed.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (path, readonly) = match text.rsplit_once(',') {
-            Some((path, "readonly")) => (path, true),
-            Some((_, option)) => return Err(ConfigError::BadDiskOption(option.to_string())),
-            None => (text, false),
-        };
+        let mut disk = DiskConfig::default();
+        let mut path = text;
+        let mut options = 0;
+        while let Some((rest, option)) = path.rsplit_once(',') {
+            if !disk.take_option(option)? {
+                if options == 0 {
+                    return Err(ConfigError::BadDiskOption(option.to_string()));
+                }
+                break;
+            }
+            options += 1;
+            path = rest;
+        }
         if path.is_empty() {
             return Err(ConfigError::BadDiskOption(text.to_string()));
         }
-        Ok(DiskConfig {
-            path: PathBuf::from(path),
-            readonly,
-        })
+        disk.path = PathBuf::from(path);
+        Ok(disk)
     }
+}
+
+/// A device id: what reports, traces and (later) the API name a device by.
+pub fn check_device_id(id: &str) -> Result<(), ConfigError> {
+    let valid = (1..=20).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    match valid {
+        true => Ok(()),
+        false => Err(ConfigError::BadDeviceId(id.to_string())),
+    }
+}
+
+/// The disks' ids, defaults filled in (`blkN`); refuses two equal ids and an id that
+/// another device of the machine has (`reserved`).
+pub fn disk_ids(disks: &[DiskConfig], reserved: &[&str]) -> Result<Vec<String>, ConfigError> {
+    let ids: Vec<String> = disks
+        .iter()
+        .enumerate()
+        .map(|(n, disk)| disk.id.clone().unwrap_or_else(|| format!("blk{n}")))
+        .collect();
+    for (n, id) in ids.iter().enumerate() {
+        if ids[..n].contains(id) || reserved.contains(&id.as_str()) {
+            return Err(ConfigError::DuplicateDeviceId(id.clone()));
+        }
+    }
+    Ok(ids)
 }
 
 /// Where COM1's output goes.
@@ -230,24 +301,68 @@ mod tests {
 
     #[test]
     fn disks_and_doorbells_parse() {
-        assert_eq!(
-            "a.img".parse(),
-            Ok(DiskConfig {
-                path: "a.img".into(),
-                readonly: false
-            })
-        );
+        assert_eq!("a.img".parse(), Ok(DiskConfig::new("a.img")));
         assert_eq!(
             "/x/a,b.img,readonly".parse(),
             Ok(DiskConfig {
-                path: "/x/a,b.img".into(),
-                readonly: true
+                readonly: true,
+                ..DiskConfig::new("/x/a,b.img")
             })
         );
         assert!("a.img,rw".parse::<DiskConfig>().is_err());
         assert!(",readonly".parse::<DiskConfig>().is_err());
         assert_eq!("len4".parse(), Ok(Doorbell::Len4));
         assert!("fast".parse::<Doorbell>().is_err());
+    }
+
+    #[test]
+    fn disk_options_take_an_id_and_a_transport_in_any_order() {
+        assert_eq!(
+            "/x/a,b.img,transport=mmio,id=root,readonly".parse(),
+            Ok(DiskConfig {
+                path: "/x/a,b.img".into(),
+                readonly: true,
+                id: Some("root".into()),
+                transport: Some(VirtioTransport::Mmio),
+            })
+        );
+        assert_eq!(
+            "a.img,transport=usb".parse::<DiskConfig>(),
+            Err(ConfigError::BadTransport("usb".into()))
+        );
+        assert_eq!(
+            "a.img,id=".parse::<DiskConfig>(),
+            Err(ConfigError::BadDeviceId(String::new()))
+        );
+        assert_eq!(
+            "a.img,id=a/b".parse::<DiskConfig>(),
+            Err(ConfigError::BadDeviceId("a/b".into()))
+        );
+        assert_eq!(
+            "a.img,id=x,colour=red".parse::<DiskConfig>(),
+            Err(ConfigError::BadDiskOption("colour=red".into()))
+        );
+    }
+
+    #[test]
+    fn disk_ids_default_to_their_position_and_never_repeat() {
+        let named = |id: &str| DiskConfig {
+            id: Some(id.into()),
+            ..DiskConfig::new("a.img")
+        };
+        let disks = [DiskConfig::new("a"), named("data"), DiskConfig::new("c")];
+        assert_eq!(
+            disk_ids(&disks, &["rng0"]).unwrap(),
+            ["blk0", "data", "blk2"]
+        );
+        assert_eq!(
+            disk_ids(&[named("blk1"), DiskConfig::new("b")], &[]),
+            Err(ConfigError::DuplicateDeviceId("blk1".into()))
+        );
+        assert_eq!(
+            disk_ids(&[named("com1")], &["com1"]),
+            Err(ConfigError::DuplicateDeviceId("com1".into()))
+        );
     }
 
     #[test]

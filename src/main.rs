@@ -95,13 +95,17 @@ struct RunArgs {
     /// Let every write exit to userspace: no coalesced PIO.
     #[arg(long)]
     no_coalesce: bool,
-    /// A virtio-blk disk backed by PATH (a multiple of 512 bytes); ",readonly" refuses
-    /// the guest's writes.
-    #[arg(long, value_name = "PATH[,readonly]")]
-    disk: Option<hushvm::config::DiskConfig>,
+    /// A virtio-blk disk backed by PATH (a multiple of 512 bytes), repeatable:
+    /// ",readonly" refuses the guest's writes, ",id=ID" names it (default blkN),
+    /// ",transport=pci|mmio" places it (default --virtio-transport).
+    #[arg(long, value_name = "PATH[,readonly][,id=ID][,transport=pci|mmio]")]
+    disk: Vec<hushvm::config::DiskConfig>,
     /// A virtio-rng device fed from the host's /dev/urandom.
     #[arg(long)]
     rng: bool,
+    /// Where the virtio-rng device sits, if not where --virtio-transport says.
+    #[arg(long, value_name = "pci|mmio", requires = "rng")]
+    rng_transport: Option<VirtioTransport>,
     /// Where the virtio devices sit: pci (virtio-pci with MSI-X; the default for Linux
     /// kernels) or mmio (virtio-mmio; the default for Multiboot kernels).
     #[arg(long, value_name = "pci|mmio")]
@@ -109,6 +113,9 @@ struct RunArgs {
     /// A virtio-console device whose output goes to stdio, none or file:PATH.
     #[arg(long, value_name = "DEST")]
     virtio_console: Option<SerialMode>,
+    /// Where the virtio-console device sits, if not where --virtio-transport says.
+    #[arg(long, value_name = "pci|mmio", requires = "virtio_console")]
+    virtio_console_transport: Option<VirtioTransport>,
     /// Take virtqueue doorbells as ordinary MMIO exits instead of ioeventfds.
     #[arg(long)]
     no_ioeventfd: bool,
@@ -228,8 +235,10 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
         },
         devices: DeviceConfig {
             serial: args.serial,
-            disk: args.disk,
+            disks: args.disk,
             rng: args.rng,
+            rng_transport: args.rng_transport,
+            console_transport: args.virtio_console_transport,
             virtio_console: args.virtio_console,
             transport,
         },
@@ -288,6 +297,22 @@ fn write_profile(report: &RunReport, table: bool, json: Option<&Path>) -> Result
             eprintln!("coalesced PIO zones: {}", zones.join(" "));
         }
         eprintln!("wall time: {:.3} ms", report.wall.as_secs_f64() * 1e3);
+        for device in &report.devices {
+            let counters: Vec<String> = device
+                .counters
+                .iter()
+                .filter(|(_, value)| *value > 0)
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            if !counters.is_empty() {
+                eprintln!(
+                    "device {} ({}): {}",
+                    device.id,
+                    device.kind.name(),
+                    counters.join(" ")
+                );
+            }
+        }
     }
     if let Some(path) = json {
         let json = serde_json::to_string_pretty(&profile)?;

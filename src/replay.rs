@@ -16,12 +16,15 @@ use crate::bus::{Access, Dispatch, IoBuses, StopRequest};
 use crate::config::{Doorbell, VirtioTransport};
 use crate::exit::VmExit;
 use crate::layout::MemoryLayout;
-use crate::machine::{self, Backends, Clocks, CountingSink, DeviceSpec, MachineError, Unplugged};
+use crate::machine::{
+    self, plan_virtio, Backends, Clocks, CountingSink, DeviceSpec, Inventory, MachineError,
+    Unplugged, VirtioRequest,
+};
 use crate::profile::{ExitKey, ExitProfile};
 use crate::ratelimit::RateLimiter;
 use crate::services::{InputTarget, Services};
 use crate::trace::format::{ExitDirection, Record, TraceError, TraceReader, MAX_DATA};
-use crate::trace::{MachineDescription, ReplayClock};
+use crate::trace::{MachineDescription, ReplayClock, TracedKind};
 use crate::vcpu::{ExitContext, ExitOutcome, VmStop};
 
 /// The first read that did not return what was recorded.
@@ -63,7 +66,13 @@ const MAX_REPLAY_DISK: u64 = 1 << 30;
 pub fn decode(bytes: &[u8]) -> Result<(MachineDescription, Vec<Record>), TraceError> {
     let (mut reader, machine) = TraceReader::new(bytes)?;
     let memory_ok = MemoryLayout::new(machine.memory).is_ok();
-    let disk_ok = machine.disk_bytes <= MAX_REPLAY_DISK && machine.disk_bytes % 512 == 0;
+    let disk_fits = |bytes: u64| bytes <= MAX_REPLAY_DISK && bytes % 512 == 0;
+    let disk_ok = disk_fits(machine.disk_bytes)
+        && machine
+            .virtio
+            .iter()
+            .all(|device| disk_fits(device.disk_bytes))
+        && machine.virtio.iter().map(|d| d.disk_bytes).sum::<u64>() <= MAX_REPLAY_DISK;
     if !memory_ok || !disk_ok || machine.cpus == 0 {
         return Err(TraceError::Corrupt {
             what: "machine description",
@@ -114,12 +123,52 @@ pub struct Outside {
     pub timer_rearms: u64,
 }
 
-/// Where the [`Outside`] counters come from.
+/// Where the [`Outside`] counters come from: the inventory's devices, the outputs'
+/// sink, the RTC's re-arm notices.
 struct OutsideCounters {
-    lines: Vec<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    inventory: Inventory,
     output: CountingSink,
-    doorbells: Vec<Arc<dyn Fn() -> u64 + Send + Sync>>,
     rearms: Arc<AtomicU64>,
+}
+
+/// The virtio devices `description` names, as a live run's plan asks for them, and the
+/// disks' sizes: from the header's device list, or else from the version-1 flags.
+fn virtio_request(description: &MachineDescription) -> (VirtioRequest, Vec<u64>) {
+    let transport = |pci: bool| match pci {
+        true => VirtioTransport::Pci,
+        false => VirtioTransport::Mmio,
+    };
+    let default = transport(description.pci);
+    if description.virtio.is_empty() {
+        let disks: Vec<u64> = (description.disk_bytes > 0)
+            .then_some(description.disk_bytes)
+            .into_iter()
+            .collect();
+        let request = VirtioRequest {
+            disks: disks.iter().map(|_| (None, None)).collect(),
+            rng: description.rng.then_some(default),
+            console: description.console.then_some(default),
+            default,
+        };
+        return (request, disks);
+    }
+    let mut request = VirtioRequest {
+        default,
+        ..VirtioRequest::default()
+    };
+    let mut disks = Vec::new();
+    for device in &description.virtio {
+        let on = transport(device.pci);
+        match device.kind {
+            TracedKind::Block => {
+                request.disks.push((Some(device.id.clone()), Some(on)));
+                disks.push(device.disk_bytes);
+            }
+            TracedKind::Rng => request.rng = Some(on),
+            TracedKind::Console => request.console = Some(on),
+        }
+    }
+    (request, disks)
 }
 
 /// A traced machine, rebuilt: what a replay drives.
@@ -136,21 +185,19 @@ impl ReplayMachine {
     pub fn build(description: &MachineDescription) -> Result<Self, MachineError> {
         let memory = MemoryLayout::new(description.memory).map_err(MachineError::Layout)?;
         let guest_memory = machine::guest_memory(&memory)?;
+        let (request, disks) = virtio_request(description);
         let spec = DeviceSpec {
             memory,
             cpus: description.cpus.max(1),
             // Replayed doorbells come from the trace's records, not from fds.
             doorbell: Doorbell::Exit,
-            transport: match description.pci {
-                true => VirtioTransport::Pci,
-                false => VirtioTransport::Mmio,
-            },
+            virtio: plan_virtio(&request)?,
         };
         let output = CountingSink::default();
         let backends = Backends::for_replay(
-            description.disk_bytes,
-            description.rng,
-            description.console,
+            &disks,
+            request.rng.is_some(),
+            request.console.is_some(),
             &output,
         );
         let clock = ReplayClock::new(description.clock_start);
@@ -167,17 +214,8 @@ impl ReplayMachine {
             counter.fetch_add(1, Ordering::Relaxed);
         }));
         let outside = OutsideCounters {
-            lines: devices
-                .lines
-                .iter()
-                .map(|named| named.count.clone())
-                .collect(),
+            inventory: devices.inventory,
             output,
-            doorbells: devices
-                .virtio
-                .iter()
-                .map(|slot| slot.doorbells_rung.clone())
-                .collect(),
             rearms,
         };
         Ok(Self {
@@ -192,9 +230,9 @@ impl ReplayMachine {
     pub fn outside(&self) -> Outside {
         let counters = &self.outside;
         Outside {
-            interrupts: counters.lines.iter().map(|count| count()).sum(),
+            interrupts: counters.inventory.total("interrupts"),
             output_bytes: counters.output.bytes(),
-            doorbells: counters.doorbells.iter().map(|rung| rung()).sum(),
+            doorbells: counters.inventory.total("doorbells"),
             timer_rearms: counters.rearms.load(Ordering::Relaxed),
         }
     }

@@ -10,9 +10,9 @@ use crate::access::DeviceAccess;
 use crate::devices::rtc::{Clock, Rtc};
 use crate::devices::uart::Uart;
 use crate::devices::virtio::console::Console;
-use crate::devices::virtio::mmio::{MmioTransport, QueueNotify};
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::pci::VirtioPciTransport;
-use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::{OnBus, QueueNotify, VirtioDevice};
 use crate::sync::LockExt;
 use crate::trace::Record;
 
@@ -54,18 +54,18 @@ impl<W: io::Write + Send> InputSink for Uart<W> {
     }
 }
 
-impl<W: io::Write + Send> InputSink for MmioTransport<Console<W>> {
+impl<W: io::Write + Send> InputSink for OnBus<MmioTransport<Console<W>>> {
     fn receive(&mut self, bytes: &[u8]) -> usize {
-        let taken = self.device_mut().receive(bytes);
-        self.notify(Some(0));
+        let taken = self.0.device().receive(bytes);
+        self.0.notify(Some(0));
         taken
     }
 }
 
-impl<W: io::Write + Send> InputSink for VirtioPciTransport<Console<W>> {
+impl<W: io::Write + Send> InputSink for OnBus<VirtioPciTransport<Console<W>>> {
     fn receive(&mut self, bytes: &[u8]) -> usize {
-        let taken = self.device_mut().receive(bytes);
-        self.notify(Some(0));
+        let taken = self.0.device().receive(bytes);
+        self.0.notify(Some(0));
         taken
     }
 }
@@ -76,9 +76,9 @@ pub trait LevelTriggered: Send {
     fn resample(&mut self);
 }
 
-impl<D: VirtioDevice> LevelTriggered for VirtioPciTransport<D> {
+impl<D: VirtioDevice> LevelTriggered for OnBus<VirtioPciTransport<D>> {
     fn resample(&mut self) {
-        self.intx_resample();
+        self.0.intx_resample();
     }
 }
 
@@ -125,18 +125,18 @@ impl<C: Clock> RtcService<C> {
 pub struct DoorbellService {
     /// The device's virtio slot, as the trace names it.
     pub slot: u8,
-    device: Arc<Mutex<dyn QueueNotify>>,
+    device: Arc<dyn QueueNotify>,
 }
 
 impl DoorbellService {
-    pub fn new(slot: u8, device: Arc<Mutex<dyn QueueNotify>>) -> Self {
+    pub fn new(slot: u8, device: Arc<dyn QueueNotify>) -> Self {
         Self { slot, device }
     }
 
     /// Serves `queue` (`None`: any queue with work).
     pub fn ring(&self, access: &DeviceAccess, queue: Option<u32>) {
         access.operate(
-            || self.device.locked().notify(queue),
+            || self.device.notify(queue),
             |_| Record::Doorbell {
                 slot: self.slot,
                 queue,
@@ -147,7 +147,7 @@ impl DoorbellService {
     /// Serves every queue if the driver published buffers since the last look, with no
     /// doorbell (recorded as a doorbell that names no queue); true if it had.
     pub fn poll(&self, access: &DeviceAccess) -> bool {
-        let moved = self.device.locked().avail_moved();
+        let moved = self.device.avail_moved();
         if moved {
             self.ring(access, None);
         }

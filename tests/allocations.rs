@@ -57,7 +57,7 @@ const STATUS: u64 = 0x3_0000;
 /// time.
 fn block_read_allocations(requests: u16, bytes: u32) -> (u64, u64) {
     let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
-    let mut device = Block::new(vec![0u8; 1 << 20], false, "alloc");
+    let device = Block::new(vec![0u8; 1 << 20], false, "alloc");
     let mut driver = DriverQueue::new(QUEUE, 256);
     let mut queue = driver.device_queue(256);
     memory
@@ -94,7 +94,7 @@ fn a_block_request_allocates_the_same_whatever_its_size() {
 fn an_entropy_request_allocates_the_same_whatever_its_size() {
     let per = |bytes: u32| {
         let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
-        let mut device = Rng::new(std::io::repeat(7));
+        let device = Rng::new(std::io::repeat(7));
         let mut driver = DriverQueue::new(QUEUE, 64);
         let mut queue = driver.device_queue(64);
         let before = ALLOCATIONS.with(Cell::get);

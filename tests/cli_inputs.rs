@@ -50,8 +50,10 @@ fn bad_option_values_are_clear_errors() {
         ("--cpus", "300", "300 is not in 1..=255"),
         ("--cpu", "pentium", "unknown CPU model"),
         ("--serial", "file:", "invalid serial destination"),
-        ("--disk", "a.img,rw", "expected PATH or PATH,readonly"),
-        ("--disk", ",readonly", "expected PATH or PATH,readonly"),
+        ("--disk", "a.img,rw", "expected PATH[,readonly][,id=ID]"),
+        ("--disk", ",readonly", "expected PATH[,readonly][,id=ID]"),
+        ("--disk", "a.img,transport=isa", "expected pci or mmio"),
+        ("--disk", "a.img,id=a/b", "invalid device id"),
         ("--virtio-console", "tcp:1", "invalid serial destination"),
         ("--virtio-transport", "isa", "expected pci or mmio"),
         ("--timeout", "0", "invalid timeout"),
@@ -206,6 +208,27 @@ fn bad_disks_and_outputs_are_clear_errors() {
         (vec!["--disk", &missing], "no such file"),
         (vec!["--disk", &odd], "not a positive multiple of 512"),
         (vec!["--disk", dir], "not a regular file"),
+        (
+            vec!["--disk", &odd, "--disk", &format!("{odd},id=blk0")],
+            "two devices have the id \"blk0\"",
+        ),
+        (
+            vec!["--disk", &format!("{odd},id=rng0")],
+            "two devices have the id \"rng0\"",
+        ),
+        (
+            vec![
+                "--virtio-transport",
+                "mmio",
+                "--rng",
+                "--virtio-console",
+                "none",
+            ]
+            .into_iter()
+            .chain(["--disk", &odd, "--disk", &odd])
+            .collect(),
+            "more virtio-mmio devices than the 3 windows",
+        ),
         (vec!["--serial", &format!("file:{no_dir}")], "cannot open"),
         (
             vec!["--virtio-console", &format!("file:{no_dir}")],

@@ -101,10 +101,7 @@ fn the_blk_guest_reads_back_what_it_wrote_across_pauses() {
     }
     let path = scratch_disk("pause-blk.img", 4 << 20);
     let mut config = guest_config("blk", "requests=256 pattern=rand");
-    config.devices.disk = Some(DiskConfig {
-        path: path.clone(),
-        readonly: false,
-    });
+    config.devices.disks = vec![DiskConfig::new(path.clone())];
     let paused = pausing(&config);
     let report = &paused.report;
     let text = serial_text(report);

@@ -39,10 +39,7 @@ fn scratch_disk(name: &str, bytes: u64) -> PathBuf {
 fn pci_config(cmdline: &str, disk: Option<PathBuf>, rng: bool, console: bool) -> MachineConfig {
     let mut config = guest_config("pcitest", cmdline);
     config.devices.transport = VirtioTransport::Pci;
-    config.devices.disk = disk.map(|path| DiskConfig {
-        path,
-        readonly: false,
-    });
+    config.devices.disks = disk.map(DiskConfig::new).into_iter().collect();
     config.devices.rng = rng;
     config.devices.virtio_console = console.then_some(hushvm::config::SerialMode::Capture);
     config

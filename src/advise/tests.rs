@@ -13,6 +13,7 @@ fn trace(rng: bool, records: &[Record]) -> Vec<u8> {
         pci: false,
         disk_bytes: 0,
         clock_start: 1_700_000_000_000_000_000,
+        virtio: Vec::new(),
     };
     let mut writer = TraceWriter::new(Vec::new(), &machine).unwrap();
     for record in records {

@@ -158,10 +158,10 @@ fn run_once(
     config.cures.doorbell = variant.doorbell;
     config.cures.queue_poll = variant.queue_poll;
     config.devices.rng = workload.rng;
-    config.devices.disk = disk.map(|disk| DiskConfig {
-        path: disk.0.clone(),
-        readonly: false,
-    });
+    config.devices.disks = disk
+        .map(|disk| DiskConfig::new(&disk.0))
+        .into_iter()
+        .collect();
     config.run.time_exits = options.time_exits;
     config.run.seccomp = options.seccomp;
     Ok(machine::run(&config)?)

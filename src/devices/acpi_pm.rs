@@ -28,6 +28,9 @@ pub const SLP_TYP_S5: u16 = 5;
 /// 0xcf9 bit 2: reset the CPU (the FADT's RESET_VALUE is 0x06, a hard reset).
 pub const RST_CPU: u8 = 1 << 2;
 
+mod state;
+pub use state::{SavedPm1Control, SavedPm1Event, SavedPmTimer, SavedResetControl};
+
 /// Copies the bytes of the little-endian register `value`, `size` bytes wide, that the
 /// read at `offset` covers; bytes past the register read 0.
 fn read_register(value: u32, size: u64, offset: u64, data: &mut [u8]) {
@@ -83,19 +86,29 @@ impl Clock for MonotonicClock {
 #[derive(Debug)]
 pub struct PmTimer<C: Clock> {
     clock: C,
+    /// Nanoseconds added to the clock's: a restored timer goes on from its saved time.
+    offset_nanos: i128,
 }
 
 impl<C: Clock> PmTimer<C> {
     /// A timer counting from `clock`'s zero (a [`MonotonicClock`] reads zero when it is
     /// made). Creating it reads no clock, so a replay's recorded readings line up.
     pub fn new(clock: C) -> Self {
-        Self { clock }
+        Self {
+            clock,
+            offset_nanos: 0,
+        }
     }
 
-    /// The counter: ticks since the clock's zero, wrapping at 2^32.
+    /// The counter: ticks since the timer's zero, wrapping at 2^32.
     pub fn count(&self) -> u32 {
-        let elapsed = self.clock.now().as_nanos();
-        (elapsed * u128::from(PM_TIMER_HZ) / 1_000_000_000) as u32
+        (self.elapsed_nanos() * u128::from(PM_TIMER_HZ) / 1_000_000_000) as u32
+    }
+
+    /// Time since the timer's zero: the clock's, plus a restored timer's offset.
+    fn elapsed_nanos(&self) -> u128 {
+        let nanos = self.clock.now().as_nanos() as i128 + self.offset_nanos;
+        nanos.max(0) as u128
     }
 }
 

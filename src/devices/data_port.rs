@@ -47,6 +47,9 @@ impl BusDevice for DataPort {
     }
 }
 
+mod state;
+pub use state::SavedDataPort;
+
 #[cfg(test)]
 mod tests {
     use super::*;

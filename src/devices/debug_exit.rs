@@ -19,6 +19,9 @@ impl BusDevice for DebugExit {
     }
 }
 
+mod state;
+pub use state::SavedDebugExit;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,6 +74,9 @@ impl BusDevice for FwCfg {
     }
 }
 
+mod state;
+pub use state::SavedFwCfg;
+
 #[cfg(test)]
 mod tests {
     use super::*;

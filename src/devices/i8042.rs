@@ -55,6 +55,9 @@ impl BusDevice for I8042 {
     }
 }
 
+mod state;
+pub use state::SavedI8042;
+
 #[cfg(test)]
 mod tests {
     use super::*;

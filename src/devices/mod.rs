@@ -8,6 +8,7 @@ pub mod debug_exit;
 pub mod fw_cfg;
 pub mod i8042;
 pub mod pci;
+pub mod persist;
 pub mod post_code;
 pub mod rtc;
 pub mod uart;

@@ -20,6 +20,9 @@ impl BusDevice for PostCode {
     }
 }
 
+mod state;
+pub use state::SavedPostCode;
+
 #[cfg(test)]
 mod tests {
     use super::*;

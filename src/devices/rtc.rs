@@ -477,5 +477,8 @@ impl<C: Clock> BusDevice for Rtc<C> {
     }
 }
 
+mod state;
+pub use state::{SavedDate, SavedRtc};
+
 #[cfg(test)]
 mod tests;

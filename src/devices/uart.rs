@@ -49,6 +49,8 @@ use crate::irq::{CountingLine, InterruptLine};
 
 mod regs;
 use regs::*;
+mod state;
+pub use state::SavedUart;
 
 /// Bytes in the transmit FIFO (the shift register holds one more).
 pub const TX_FIFO_DEPTH: usize = 16;

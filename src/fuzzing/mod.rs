@@ -17,10 +17,10 @@ use crate::devices::uart::Uart;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::driver::DriverQueue;
-use crate::devices::virtio::mmio::{MmioTransport, QueueNotify};
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::pci::VirtioPciTransport;
 use crate::devices::virtio::rng::Rng;
-use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::{QueueNotify, VirtioDevice};
 use crate::irq::CountingLine;
 
 const MEMORY: usize = 64 * 1024;
@@ -44,7 +44,7 @@ fn guest_memory(data: &[u8]) -> (GuestMemoryMmap, DriverQueue) {
     (memory, queue)
 }
 
-fn run_device(device: &mut impl VirtioDevice, data: &[u8]) {
+fn run_device(device: &impl VirtioDevice, data: &[u8]) {
     let (memory, driver) = guest_memory(data);
     for index in 0..device.queue_max_sizes().len() {
         let mut queue = driver.device_queue(device.queue_max_sizes()[index]);
@@ -55,14 +55,14 @@ fn run_device(device: &mut impl VirtioDevice, data: &[u8]) {
 
 /// Block requests from arbitrary descriptor chains and headers.
 pub fn virtio_block(data: &[u8]) {
-    let mut device = Block::new(vec![0u8; 16 * 512], false, "fuzz");
-    run_device(&mut device, data);
+    let device = Block::new(vec![0u8; 16 * 512], false, "fuzz");
+    run_device(&device, data);
 }
 
 /// The entropy and console devices on arbitrary chains.
 pub fn virtio_small_devices(data: &[u8]) {
-    run_device(&mut Rng::new(std::io::repeat(7)), data);
-    run_device(&mut Console::new(std::io::sink()), data);
+    run_device(&Rng::new(std::io::repeat(7)), data);
+    run_device(&Console::new(std::io::sink()), data);
 }
 
 /// The transport's registers: arbitrary accesses (offset, width, value), then doorbells.
@@ -356,7 +356,7 @@ mod tests {
         }
         data[DESCRIPTORS + 2] = 1; // avail idx = 1, ring[0] = 0
         let (memory, driver) = guest_memory(&data);
-        let mut device = Block::new(vec![9u8; 16 * 512], false, "fuzz");
+        let device = Block::new(vec![9u8; 16 * 512], false, "fuzz");
         let mut queue = driver.device_queue(128);
         assert!(device.process_queue(0, &mut queue, &memory).unwrap());
         assert_eq!(driver.used(&memory, 0), (0, 513));

@@ -63,16 +63,28 @@ impl Write for CountingSink {
 /// A device's output stream.
 pub type Output = Box<dyn Write + Send>;
 
+/// One disk's backend.
+pub struct DiskBackendSpec {
+    pub disk: Box<dyn DiskBackend>,
+    /// The guest may only read it.
+    pub readonly: bool,
+    /// What the inventory says it is ("file:PATH", "memory").
+    pub describe: String,
+}
+
 /// The host side of every device.
 pub struct Backends {
     pub serial: Output,
-    /// The disk and whether the guest may only read it.
-    pub disk: Option<(Box<dyn DiskBackend>, bool)>,
+    /// What COM1's and the console's outputs are, for the inventory.
+    pub serial_name: String,
+    pub console_name: String,
+    /// The disks, in `--disk` order.
+    pub disks: Vec<DiskBackendSpec>,
     pub entropy: Option<Box<dyn Read + Send>>,
     pub console: Option<Output>,
-    /// A second handle on the disk image, for the `fdatasync` every stop ends with
+    /// A second handle on each disk image, for the `fdatasync` every stop ends with
     /// (a guest that never flushes, a signal): the device owns the first.
-    pub disk_sync: Option<File>,
+    pub disk_syncs: Vec<(std::path::PathBuf, File)>,
 }
 
 /// What [`SerialMode::Capture`] outputs collected.
@@ -85,38 +97,71 @@ pub struct Captures {
 impl Backends {
     /// Opens what `devices` names on the host.
     pub fn open(devices: &DeviceConfig, captures: &Captures) -> Result<Self, MachineError> {
-        let disk = devices.disk.as_ref().map(open_disk).transpose()?;
-        let disk_sync = disk.as_ref().and_then(|d| d.file().try_clone().ok());
-        let readonly = devices.disk.as_ref().is_some_and(|d| d.readonly);
-        let disk = disk.map(|d| (Box::new(d) as Box<dyn DiskBackend>, readonly));
+        let mut disks = Vec::new();
+        let mut disk_syncs = Vec::new();
+        for config in &devices.disks {
+            let disk = open_disk(config)?;
+            if let Ok(file) = disk.file().try_clone() {
+                disk_syncs.push((config.path.clone(), file));
+            }
+            disks.push(DiskBackendSpec {
+                disk: Box::new(disk),
+                readonly: config.readonly,
+                describe: format!("file:{}", config.path.display()),
+            });
+        }
         let entropy = match devices.rng {
             true => Some(Box::new(File::open("/dev/urandom").map_err(MachineError::Entropy)?) as _),
             false => None,
         };
         Ok(Self {
             serial: output(&devices.serial, &captures.serial)?,
-            disk,
+            serial_name: describe(&devices.serial),
+            console_name: devices
+                .virtio_console
+                .as_ref()
+                .map_or(String::new(), describe),
+            disks,
             entropy,
             console: devices
                 .virtio_console
                 .as_ref()
                 .map(|mode| output(mode, &captures.console))
                 .transpose()?,
-            disk_sync,
+            disk_syncs,
         })
     }
 
-    /// Stand-ins for a replay: an in-memory disk of `disk_bytes` (none if 0), zeros for
-    /// entropy, outputs counted into `output` and discarded.
-    pub fn for_replay(disk_bytes: u64, rng: bool, console: bool, output: &CountingSink) -> Self {
-        let disk = vec![0u8; usize::try_from(disk_bytes).unwrap_or(0)];
+    /// Stand-ins for a replay: in-memory disks of `disk_bytes` each, zeros for entropy,
+    /// outputs counted into `output` and discarded.
+    pub fn for_replay(disk_bytes: &[u64], rng: bool, console: bool, output: &CountingSink) -> Self {
+        let disks = disk_bytes
+            .iter()
+            .map(|bytes| DiskBackendSpec {
+                disk: Box::new(vec![0u8; usize::try_from(*bytes).unwrap_or(0)]),
+                readonly: false,
+                describe: "memory".into(),
+            })
+            .collect();
         Self {
             serial: Box::new(output.clone()),
-            disk: (disk_bytes > 0).then(|| (Box::new(disk) as Box<dyn DiskBackend>, false)),
+            serial_name: "sink".into(),
+            console_name: "sink".into(),
+            disks,
             entropy: rng.then(|| Box::new(io::repeat(0)) as _),
             console: console.then(|| Box::new(output.clone()) as _),
-            disk_sync: None,
+            disk_syncs: Vec::new(),
         }
+    }
+}
+
+/// An output as the inventory names it.
+fn describe(mode: &SerialMode) -> String {
+    match mode {
+        SerialMode::Stdio => "stdio".into(),
+        SerialMode::None => "none".into(),
+        SerialMode::File(path) => format!("file:{}", path.display()),
+        SerialMode::Capture => "capture".into(),
     }
 }
 
@@ -234,8 +279,8 @@ mod tests {
 
     fn open(path: &std::path::Path, readonly: bool) -> Result<FileDisk, MachineError> {
         open_disk(&DiskConfig {
-            path: path.to_path_buf(),
             readonly,
+            ..DiskConfig::new(path)
         })
     }
 

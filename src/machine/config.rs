@@ -55,13 +55,17 @@ pub struct BootConfig {
 pub struct DeviceConfig {
     /// Where COM1 goes (and, for stdio, where its input comes from).
     pub serial: SerialMode,
-    /// A virtio-blk disk.
-    pub disk: Option<DiskConfig>,
+    /// virtio-blk disks, in `--disk` order.
+    pub disks: Vec<DiskConfig>,
     /// A virtio-rng device.
     pub rng: bool,
+    /// Where it sits (None: `transport`).
+    pub rng_transport: Option<VirtioTransport>,
+    /// Where the virtio-console sits (None: `transport`).
+    pub console_transport: Option<VirtioTransport>,
     /// A virtio-console device, and where its output goes.
     pub virtio_console: Option<SerialMode>,
-    /// virtio-mmio or virtio-pci.
+    /// virtio-mmio or virtio-pci, for each virtio device that does not say.
     pub transport: VirtioTransport,
 }
 
@@ -138,8 +142,10 @@ impl MachineConfig {
             },
             devices: DeviceConfig {
                 serial: SerialMode::Stdio,
-                disk: None,
+                disks: Vec::new(),
                 rng: false,
+                rng_transport: None,
+                console_transport: None,
                 virtio_console: None,
                 transport: VirtioTransport::Mmio,
             },

@@ -1,13 +1,13 @@
 //! The devices of a machine, built and placed the same way for a live run and for a
 //! replay: only the [`Platform`] (interrupt lines, doorbells), the [`Backends`] and the
-//! RTC's clock differ.
+//! clocks differ. Each device placed is one entry of the [`Inventory`].
 
 use std::sync::{Arc, Mutex};
 
 use vm_memory::GuestMemoryMmap;
 
-use crate::bus::IoBuses;
-use crate::config::{Doorbell, VirtioTransport};
+use crate::bus::{IoBuses, SharedDevice};
+use crate::config::Doorbell;
 use crate::devices::acpi_pm::{Pm1Control, Pm1Event, PmTimer, ResetControl};
 use crate::devices::data_port::DataPort;
 use crate::devices::debug_exit::DebugExit;
@@ -16,26 +16,27 @@ use crate::devices::i8042::I8042;
 use crate::devices::post_code::PostCode;
 use crate::devices::rtc::{Clock, Rtc};
 use crate::devices::uart::{Uart, UartOptions};
-use crate::layout::{gsi, ports, MemoryLayout};
+use crate::irq::InterruptLine;
+use crate::layout::{self, gsi, ports, MemoryLayout};
 use crate::services::{InputService, InputTarget, RtcService, Services};
 
-use super::backends::{Backends, Output};
-use super::pci;
+use super::backends::Backends;
+use super::inventory::{
+    BusPlacement, DeviceEntry, DeviceKind, Interrupt, Inventory, NoCounters, VirtioSpec,
+};
+use super::pci::{PciBus, Placing};
 use super::platform::Platform;
-use super::virtio::{self, Counter, VirtioSlot};
+use super::virtio::{self, Placer, VirtioBackends, VirtioWiring};
 use super::MachineError;
 
-/// COM1 as the machine builds it.
-pub type Com1 = Uart<Output>;
-
 /// What to build.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DeviceSpec {
     pub memory: MemoryLayout,
     pub cpus: u8,
     pub doorbell: Doorbell,
-    /// Where the virtio devices sit.
-    pub transport: VirtioTransport,
+    /// The virtio devices, planned (`inventory::plan_virtio`).
+    pub virtio: Vec<VirtioSpec>,
 }
 
 /// The clocks the devices read: the RTC's wall clock and the PM timer's monotonic one
@@ -45,22 +46,69 @@ pub struct Clocks<C: Clock, P: Clock> {
     pub pm_timer: P,
 }
 
-/// A device's interrupts, by name, to count what it raised.
-pub struct NamedLine {
-    pub name: &'static str,
-    pub count: Counter,
-}
-
 /// The built devices, placed on the buses.
 pub struct Devices<C: Clock> {
     pub buses: IoBuses,
     pub services: Services<C>,
     /// The RTC, to report its state at the end.
     pub rtc: Arc<Mutex<Rtc<C>>>,
-    /// The virtio devices, with their doorbells for the event loop.
-    pub virtio: Vec<VirtioSlot>,
-    /// Every line a device drives.
-    pub lines: Vec<NamedLine>,
+    /// The virtio devices' doorbells, input and resample fds, for the event loop.
+    pub virtio: Vec<VirtioWiring>,
+    /// Every device, by id.
+    pub inventory: Inventory,
+}
+
+/// A device on the port bus: its id, kind, lines and ranges (bus name, port, count).
+struct PortDevice {
+    id: &'static str,
+    kind: DeviceKind,
+    ranges: Vec<(&'static str, u16, u16, SharedDevice)>,
+    lines: Vec<(u32, Arc<dyn InterruptLine>)>,
+    backend: String,
+}
+
+impl PortDevice {
+    fn place(self, buses: &mut IoBuses, inventory: &mut Inventory) -> Result<(), MachineError> {
+        let mut placements = Vec::new();
+        for (name, port, count, device) in self.ranges {
+            buses.pio.insert(name, port, count, device)?;
+            placements.push(BusPlacement::Pio { port, count });
+        }
+        inventory.add(DeviceEntry {
+            id: self.id.into(),
+            kind: self.kind,
+            placements,
+            interrupt: match self.lines.first() {
+                Some((gsi, _)) => Interrupt::Line { gsi: *gsi },
+                None => Interrupt::None,
+            },
+            backend: self.backend,
+            lines: self.lines.into_iter().map(|(_, line)| line).collect(),
+            device: Arc::new(NoCounters),
+        });
+        Ok(())
+    }
+}
+
+/// A device with no lines and no backend, in one port range named like its kind.
+fn plain(
+    id: &'static str,
+    kind: DeviceKind,
+    port: u16,
+    count: u16,
+    device: SharedDevice,
+) -> PortDevice {
+    PortDevice {
+        id,
+        kind,
+        ranges: vec![(kind.name(), port, count, device)],
+        lines: Vec::new(),
+        backend: String::new(),
+    }
+}
+
+fn shared(device: impl crate::bus::BusDevice + 'static) -> SharedDevice {
+    Arc::new(Mutex::new(device))
 }
 
 /// Builds every device of `spec` and places it.
@@ -72,6 +120,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
     memory: &GuestMemoryMmap,
 ) -> Result<Devices<C>, MachineError> {
     let mut buses = IoBuses::default();
+    let mut inventory = Inventory::default();
     let com1_line = platform.irq_line(gsi::COM1)?;
     let rtc_line = platform.irq_line(gsi::RTC)?;
     let mut rtc = Rtc::new(clocks.rtc);
@@ -87,135 +136,277 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
             post_transmit: true,
         },
     )));
-    place_pc_devices(&mut buses, spec, rtc.clone(), com1.clone())?;
-    place_acpi_devices(&mut buses, clocks.pm_timer)?;
-    let virtio_backends = virtio::VirtioBackends {
-        disk: backends.disk,
-        entropy: backends.entropy,
-        console: backends.console,
-    };
-    let on_pci = spec.transport == VirtioTransport::Pci;
-    let (pci_devices, mmio_devices) = match on_pci {
-        true => (virtio_backends, virtio::VirtioBackends::none()),
-        false => (virtio::VirtioBackends::none(), virtio_backends),
-    };
-    let reset = ResetControl::default();
-    let mut slots = pci::build(
-        pci_devices,
-        spec.doorbell,
-        memory,
-        platform,
-        &mut buses,
-        reset,
-    )?;
-    slots.extend(virtio::build(
-        mmio_devices,
-        spec.doorbell,
-        memory,
-        platform,
-        &mut buses,
-    )?);
-    let mut inputs = vec![InputService::new(InputTarget::Com1, com1)];
-    inputs.extend(slots.iter().filter_map(|slot| slot.input.clone()));
-    let mut lines = vec![
-        NamedLine {
-            name: "com1",
-            count: Arc::new(move || com1_line.pulses()),
+    let fw_cfg = FwCfg::new(spec.memory.ram_bytes(), u16::from(spec.cpus));
+    let port_devices = [
+        PortDevice {
+            id: "rtc",
+            kind: DeviceKind::Rtc,
+            ranges: vec![("rtc", ports::RTC, ports::RTC_COUNT, rtc.clone())],
+            lines: vec![(gsi::RTC, rtc_line)],
+            backend: "clock".into(),
         },
-        NamedLine {
-            name: "rtc",
-            count: {
-                let rtc_line = rtc_line.clone();
-                Arc::new(move || rtc_line.pulses())
-            },
+        PortDevice {
+            id: "com1",
+            kind: DeviceKind::Uart,
+            ranges: vec![("com1", ports::COM1, ports::COM1_COUNT, com1.clone())],
+            lines: vec![(gsi::COM1, com1_line)],
+            backend: backends.serial_name,
+        },
+        plain(
+            "isa-debug-exit",
+            DeviceKind::DebugExit,
+            ports::DEBUG_EXIT,
+            ports::DEBUG_EXIT_COUNT,
+            shared(DebugExit),
+        ),
+        plain(
+            "i8042",
+            DeviceKind::I8042,
+            ports::I8042,
+            ports::I8042_COUNT,
+            shared(I8042::default()),
+        ),
+        plain(
+            "post-code",
+            DeviceKind::PostCode,
+            ports::POST_CODE,
+            1,
+            shared(PostCode::default()),
+        ),
+        plain(
+            "fw_cfg",
+            DeviceKind::FwCfg,
+            ports::FW_CFG,
+            ports::FW_CFG_COUNT,
+            shared(fw_cfg),
+        ),
+        plain(
+            "data-port",
+            DeviceKind::DataPort,
+            ports::DATA_PORT,
+            ports::DATA_PORT_COUNT,
+            shared(DataPort::default()),
+        ),
+        // The ACPI power-management registers the FADT describes; the reset register
+        // (0xcf9) sits inside PCI's configuration ports, placed with bus 0 below.
+        PortDevice {
+            id: "acpi-pm",
+            kind: DeviceKind::AcpiPm,
+            ranges: vec![
+                (
+                    "acpi-pm1-event",
+                    ports::ACPI_PM1_EVENT,
+                    ports::ACPI_PM1_EVENT_COUNT,
+                    shared(Pm1Event::default()),
+                ),
+                (
+                    "acpi-pm1-control",
+                    ports::ACPI_PM1_CONTROL,
+                    ports::ACPI_PM1_CONTROL_COUNT,
+                    shared(Pm1Control::default()),
+                ),
+                (
+                    "acpi-pm-timer",
+                    ports::ACPI_PM_TIMER,
+                    ports::ACPI_PM_TIMER_COUNT,
+                    shared(PmTimer::new(clocks.pm_timer)),
+                ),
+            ],
+            lines: Vec::new(),
+            backend: "clock".into(),
         },
     ];
-    lines.extend(slots.iter().map(|slot| NamedLine {
-        name: slot.name,
-        count: slot.interrupts.clone(),
-    }));
+    for device in port_devices {
+        device.place(&mut buses, &mut inventory)?;
+    }
+    let mut pci = PciBus::new(&buses, platform);
+    let mut placer = Placer {
+        placing: Placing {
+            memory,
+            platform,
+            doorbell: spec.doorbell,
+        },
+        pci: &mut pci,
+        buses: &mut buses,
+    };
+    let virtio_backends = VirtioBackends {
+        disks: backends.disks.into_iter().map(Some).collect(),
+        entropy: backends
+            .entropy
+            .map(|source| (source, "urandom".to_string())),
+        console: backends
+            .console
+            .map(|output| (output, backends.console_name)),
+    };
+    let (wirings, entries) = virtio::build(&spec.virtio, virtio_backends, &mut placer)?;
+    pci.finish(&mut buses, ResetControl::default())?;
+    inventory.add(DeviceEntry {
+        id: "pci-host".into(),
+        kind: DeviceKind::PciHost,
+        placements: vec![
+            BusPlacement::Pio {
+                port: ports::PCI_CONFIG,
+                count: ports::PCI_CONFIG_COUNT,
+            },
+            BusPlacement::Mmio {
+                base: layout::PCI_ECAM_START,
+                size: layout::PCI_ECAM_SIZE,
+            },
+        ],
+        interrupt: Interrupt::None,
+        backend: String::new(),
+        lines: Vec::new(),
+        device: Arc::new(NoCounters),
+    });
+    entries.into_iter().for_each(|entry| inventory.add(entry));
+    let mut inputs = vec![InputService::new(InputTarget::Com1, com1)];
+    inputs.extend(wirings.iter().filter_map(|wiring| wiring.input.clone()));
     Ok(Devices {
         buses,
         services: Services {
             rtc: RtcService::new(rtc.clone()),
-            doorbells: slots.iter().map(|slot| slot.service.clone()).collect(),
+            doorbells: wirings
+                .iter()
+                .map(|wiring| wiring.service.clone())
+                .collect(),
             inputs,
         },
         rtc,
-        virtio: slots,
-        lines,
+        virtio: wirings,
+        inventory,
     })
 }
 
-/// The PC devices at their ports.
-fn place_pc_devices<C: Clock + 'static>(
-    buses: &mut IoBuses,
-    spec: &DeviceSpec,
-    rtc: Arc<Mutex<Rtc<C>>>,
-    com1: Arc<Mutex<Com1>>,
-) -> Result<(), MachineError> {
-    let fw_cfg = FwCfg::new(spec.memory.ram_bytes(), u16::from(spec.cpus));
-    let pio = &mut buses.pio;
-    pio.insert("rtc", ports::RTC, ports::RTC_COUNT, rtc)?;
-    pio.insert("com1", ports::COM1, ports::COM1_COUNT, com1)?;
-    pio.insert(
-        "isa-debug-exit",
-        ports::DEBUG_EXIT,
-        ports::DEBUG_EXIT_COUNT,
-        Arc::new(Mutex::new(DebugExit)),
-    )?;
-    pio.insert(
-        "i8042",
-        ports::I8042,
-        ports::I8042_COUNT,
-        Arc::new(Mutex::new(I8042::default())),
-    )?;
-    pio.insert(
-        "post-code",
-        ports::POST_CODE,
-        1,
-        Arc::new(Mutex::new(PostCode::default())),
-    )?;
-    pio.insert(
-        "fw_cfg",
-        ports::FW_CFG,
-        ports::FW_CFG_COUNT,
-        Arc::new(Mutex::new(fw_cfg)),
-    )?;
-    pio.insert(
-        "data-port",
-        ports::DATA_PORT,
-        ports::DATA_PORT_COUNT,
-        Arc::new(Mutex::new(DataPort::default())),
-    )?;
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::VirtioTransport;
+    use crate::devices::rtc::Clock;
+    use crate::machine::backends::CountingSink;
+    use crate::machine::inventory::{plan_virtio, VirtioRequest};
+    use crate::machine::platform::Unplugged;
 
-/// The ACPI power-management registers the FADT describes, and the reset register.
-fn place_acpi_devices<P: Clock + 'static>(
-    buses: &mut IoBuses,
-    pm_clock: P,
-) -> Result<(), MachineError> {
-    let pio = &mut buses.pio;
-    pio.insert(
-        "acpi-pm1-event",
-        ports::ACPI_PM1_EVENT,
-        ports::ACPI_PM1_EVENT_COUNT,
-        Arc::new(Mutex::new(Pm1Event::default())),
-    )?;
-    pio.insert(
-        "acpi-pm1-control",
-        ports::ACPI_PM1_CONTROL,
-        ports::ACPI_PM1_CONTROL_COUNT,
-        Arc::new(Mutex::new(Pm1Control::default())),
-    )?;
-    pio.insert(
-        "acpi-pm-timer",
-        ports::ACPI_PM_TIMER,
-        ports::ACPI_PM_TIMER_COUNT,
-        Arc::new(Mutex::new(PmTimer::new(pm_clock))),
-    )?;
-    // The reset register (0xcf9) sits inside PCI's configuration ports: pci::build
-    // places it.
-    Ok(())
+    struct Epoch;
+
+    impl Clock for Epoch {
+        fn now(&self) -> std::time::Duration {
+            std::time::Duration::ZERO
+        }
+    }
+
+    /// A machine with two disks (PCI, then virtio-mmio), entropy on PCI, a console on
+    /// virtio-mmio.
+    fn mixed() -> Devices<Epoch> {
+        let memory = MemoryLayout::new(16 << 20).unwrap();
+        let request = VirtioRequest {
+            disks: vec![
+                (None, None),
+                (Some("data".into()), Some(VirtioTransport::Mmio)),
+            ],
+            rng: Some(VirtioTransport::Pci),
+            console: Some(VirtioTransport::Mmio),
+            default: VirtioTransport::Pci,
+        };
+        let spec = DeviceSpec {
+            memory,
+            cpus: 1,
+            doorbell: Doorbell::Exit,
+            virtio: plan_virtio(&request).unwrap(),
+        };
+        let backends = Backends::for_replay(&[4096, 8192], true, true, &CountingSink::default());
+        let guest = crate::machine::guest_memory(&memory).unwrap();
+        let clocks = Clocks {
+            rtc: Epoch,
+            pm_timer: Epoch,
+        };
+        build(&spec, &Unplugged, backends, clocks, &guest).unwrap()
+    }
+
+    #[test]
+    fn the_inventory_names_every_device_with_its_placement() {
+        let devices = mixed();
+        let ids: Vec<&str> = devices
+            .inventory
+            .entries()
+            .iter()
+            .map(|entry| entry.id.as_str())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "rtc",
+                "com1",
+                "isa-debug-exit",
+                "i8042",
+                "post-code",
+                "fw_cfg",
+                "data-port",
+                "acpi-pm",
+                "pci-host",
+                "blk0",
+                "data",
+                "rng0",
+                "console0"
+            ]
+        );
+        let entry = |id| devices.inventory.get(id).unwrap();
+        assert_eq!(entry("com1").interrupt, Interrupt::Line { gsi: gsi::COM1 });
+        assert_eq!(
+            entry("blk0").placements,
+            [BusPlacement::Pci {
+                device: 1,
+                bar_size: 0x8000
+            }]
+        );
+        assert_eq!(
+            entry("blk0").interrupt,
+            Interrupt::Pci {
+                intx_gsi: 17,
+                msix_vectors: 2
+            }
+        );
+        assert_eq!(
+            entry("rng0").placements[0],
+            BusPlacement::Pci {
+                device: 2,
+                bar_size: 0x8000
+            }
+        );
+        // The second disk takes the first free window: 0 (the console keeps 2).
+        assert_eq!(
+            entry("data").placements[0],
+            BusPlacement::Mmio {
+                base: layout::virtio_mmio_slot(0),
+                size: 0x1000
+            }
+        );
+        assert_eq!(entry("data").interrupt, Interrupt::Line { gsi: 5 });
+        assert_eq!(entry("console0").interrupt, Interrupt::Line { gsi: 7 });
+        assert_eq!(entry("data").kind, DeviceKind::VirtioBlock);
+        assert_eq!(entry("data").backend, "memory");
+        assert_eq!(entry("data").counter("doorbells"), 0);
+        let windows: Vec<_> = devices.virtio.iter().map(|w| w.mmio_window).collect();
+        assert_eq!(windows, [None, Some(0), None, Some(2)]);
+    }
+
+    #[test]
+    fn counters_come_from_the_devices() {
+        let devices = mixed();
+        let data = devices
+            .services
+            .doorbell(3)
+            .expect("the second disk is slot 3");
+        data.ring(
+            &crate::access::DeviceAccess::plain(Arc::new(IoBuses::default())),
+            None,
+        );
+        let entry = devices.inventory.get("data").unwrap();
+        assert_eq!(entry.counter("doorbells"), 1);
+        assert_eq!(entry.counter("notifications"), 0, "no driver: no work");
+        assert_eq!(devices.inventory.total("doorbells"), 1);
+        assert_eq!(
+            entry.counters(),
+            [("doorbells", 1), ("notifications", 0), ("interrupts", 0)]
+        );
+    }
 }

@@ -8,6 +8,7 @@ mod backends;
 mod config;
 mod control;
 mod devices;
+mod inventory;
 mod pci;
 mod platform;
 mod posted;
@@ -43,7 +44,9 @@ use crate::profile::ExitProfile;
 use crate::seccomp::{Filters, SeccompError};
 use crate::services::InputTarget;
 use crate::sync::LockExt;
-use crate::trace::{MachineClock, MachineDescription, RecordedClock, Recorder};
+use crate::trace::{
+    MachineClock, MachineDescription, RecordedClock, Recorder, TracedKind, TracedVirtio,
+};
 use crate::vcpu;
 
 pub use backends::{open_disk, Backends, CountingSink, DiskProblem};
@@ -53,6 +56,10 @@ pub use config::{
 };
 pub use control::{ControlError, Paused, VmControl};
 pub use devices::{build as build_devices, Clocks, DeviceSpec, Devices};
+pub use inventory::{
+    plan_virtio, BusPlacement, DeviceCounters, DeviceEntry, DeviceKind, Interrupt, Inventory,
+    VirtioKind, VirtioRequest, VirtioSpec,
+};
 pub use platform::{Platform, Unplugged};
 pub use report::{Coalescing, RunReport};
 pub use signals::{install as install_signal_handlers, signal_name, STOP_SIGNALS};
@@ -120,6 +127,35 @@ pub enum MachineError {
     ThreadPanicked,
     #[error("seccomp: {0}")]
     Seccomp(#[from] SeccompError),
+    #[error("cannot plan the devices")]
+    Devices(#[from] crate::config::ConfigError),
+    #[error("device {0} has no backend")]
+    MissingBackend(String),
+    #[error(
+        "--record: a trace describes at most one disk, with every virtio device on one transport"
+    )]
+    TraceCannotDescribe,
+}
+
+/// The virtio devices `config` asks for, planned.
+pub fn virtio_plan(config: &DeviceConfig) -> Result<Vec<VirtioSpec>, MachineError> {
+    let default = config.transport;
+    let request = VirtioRequest {
+        disks: config
+            .disks
+            .iter()
+            .map(|disk| (disk.id.clone(), disk.transport))
+            .collect(),
+        rng: config
+            .rng
+            .then_some(config.rng_transport.unwrap_or(default)),
+        console: config
+            .virtio_console
+            .is_some()
+            .then_some(config.console_transport.unwrap_or(default)),
+        default,
+    };
+    Ok(plan_virtio(&request)?)
 }
 
 /// Guest RAM as the layout places it.
@@ -164,28 +200,56 @@ fn create_vcpus(
     Ok(vcpus)
 }
 
-/// Starts the trace `--record` asks for.
+/// Starts the trace `--record` asks for, describing the devices of `plan`.
 fn start_trace(
     config: &MachineConfig,
+    plan: &[VirtioSpec],
     clock_start: Duration,
 ) -> Result<Option<Arc<Recorder>>, MachineError> {
     let Some(path) = &config.run.record else {
         return Ok(None);
     };
     let devices = &config.devices;
-    let disk_bytes = devices
-        .disk
-        .as_ref()
-        .and_then(|disk| std::fs::metadata(&disk.path).ok())
-        .map_or(0, |metadata| metadata.len());
+    let disk_bytes: Vec<u64> = devices
+        .disks
+        .iter()
+        .map(|disk| std::fs::metadata(&disk.path).map_or(0, |metadata| metadata.len()))
+        .collect();
+    let default_pci = devices.transport == VirtioTransport::Pci;
+    // The version-1 flags describe one disk and one transport for every device; a
+    // machine beyond them is described by the header's device list too.
+    let flags_suffice = disk_bytes.len() <= 1
+        && plan
+            .iter()
+            .all(|spec| (spec.transport == VirtioTransport::Pci) == default_pci);
+    let virtio = match flags_suffice {
+        true => Vec::new(),
+        false => plan
+            .iter()
+            .map(|spec| TracedVirtio {
+                id: spec.id.clone(),
+                kind: match spec.kind {
+                    VirtioKind::Block { .. } => TracedKind::Block,
+                    VirtioKind::Rng => TracedKind::Rng,
+                    VirtioKind::Console => TracedKind::Console,
+                },
+                pci: spec.transport == VirtioTransport::Pci,
+                disk_bytes: match spec.kind {
+                    VirtioKind::Block { disk } => disk_bytes.get(disk).copied().unwrap_or(0),
+                    _ => 0,
+                },
+            })
+            .collect(),
+    };
     let description = MachineDescription {
         memory: config.memory.ram_bytes(),
         cpus: config.vcpus.count,
         rng: devices.rng,
         console: devices.virtio_console.is_some(),
-        pci: devices.transport == VirtioTransport::Pci,
-        disk_bytes,
+        pci: default_pci,
+        disk_bytes: disk_bytes.first().copied().unwrap_or(0),
         clock_start: clock_start.as_nanos() as u64,
+        virtio,
     };
     Recorder::create(path, &description)
         .map(Some)
@@ -204,11 +268,11 @@ fn write_acpi_tables<C: Clock>(
     let windows = devices
         .virtio
         .iter()
-        .filter(|slot| slot.on_mmio)
-        .map(|slot| acpi::VirtioMmioWindow {
-            base: layout::virtio_mmio_slot(slot.index),
+        .filter_map(|wiring| wiring.mmio_window)
+        .map(|window| acpi::VirtioMmioWindow {
+            base: layout::virtio_mmio_slot(window),
             size: layout::VIRTIO_MMIO_SLOT_SIZE,
-            gsi: layout::virtio_mmio_gsi(slot.index),
+            gsi: layout::virtio_mmio_gsi(window),
         })
         .collect();
     let tables = acpi::build(&acpi::AcpiConfig {
@@ -228,7 +292,11 @@ fn write_acpi_tables<C: Clock>(
 /// The PCI host bridge the tables describe: bus 0 only, the layout's windows, QEMU's
 /// I/O window, and the INTx line of each virtio-pci device.
 fn pci_description<C: Clock>(devices: &Devices<C>) -> acpi::AcpiPci {
-    let on_pci = devices.virtio.iter().filter(|slot| !slot.on_mmio).count();
+    let on_pci = devices
+        .virtio
+        .iter()
+        .filter(|wiring| wiring.mmio_window.is_none())
+        .count();
     acpi::AcpiPci {
         ecam_base: layout::PCI_ECAM_START,
         bus_end: 0,
@@ -336,16 +404,16 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
     check_vcpu_count(&hypervisor, config)?;
     let vm = Vm::new(&hypervisor, &memory)?;
     let clock_start = SystemClock.now();
-    let recorder = start_trace(config, clock_start)?;
-    let captures = backends::Captures::default();
     let spec = DeviceSpec {
         memory: config.memory,
         cpus: config.vcpus.count,
         doorbell: config.cures.doorbell,
-        transport: config.devices.transport,
+        virtio: virtio_plan(&config.devices)?,
     };
+    let recorder = start_trace(config, &spec.virtio, clock_start)?;
+    let captures = backends::Captures::default();
     let mut backends = Backends::open(&config.devices, &captures)?;
-    let disk_sync = backends.disk_sync.take();
+    let disk_syncs = std::mem::take(&mut backends.disk_syncs);
     let clocks = Clocks {
         rtc: MachineClock::new(clock_start, recorder.clone()),
         pm_timer: RecordedClock::new(MonotonicClock::default(), recorder.clone()),
@@ -377,7 +445,7 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
     // The event-loop thread settles the ring once more after joining the vCPUs: what a
     // guest posted after its last exit still reaches its device, on every stop path.
     let run = vcpus::run(vcpus, &shared, events, config)?;
-    finish_outputs(config, disk_sync);
+    finish_outputs(disk_syncs);
     let wall = started.elapsed();
     if let (Some(recorder), Some(path)) = (&recorder, &config.run.record) {
         recorder.finish().map_err(|source| MachineError::Trace {
@@ -400,12 +468,12 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
 /// the disk's data reaches the image's storage (as a guest's flush would have made it)
 /// and COM1's and the console's output leaves hushvm's buffers. A failure is only
 /// reported: the run's outcome stands.
-fn finish_outputs(config: &MachineConfig, disk_sync: Option<std::fs::File>) {
-    if let (Some(file), Some(disk)) = (disk_sync, &config.devices.disk) {
+fn finish_outputs(disk_syncs: Vec<(PathBuf, std::fs::File)>) {
+    for (path, file) in disk_syncs {
         if let Err(error) = file.sync_data() {
             eprintln!(
                 "hushvm: warning: --disk {}: cannot sync the image: {error}",
-                disk.path.display()
+                path.display()
             );
         }
     }
@@ -442,16 +510,8 @@ fn report<C: Clock>(
         cpus: config.vcpus.count,
         serial: captures.serial.take(),
         virtio_console: captures.console.take(),
-        interrupts: devices
-            .lines
-            .iter()
-            .map(|named| (named.name, (named.count)()))
-            .collect(),
-        virtio_notifications: devices
-            .virtio
-            .iter()
-            .map(|slot| (slot.notifications)())
-            .sum(),
+        devices: report::DeviceReport::all(&devices.inventory),
+        virtio_notifications: devices.inventory.total("notifications"),
         rtc: devices.rtc.locked().state(),
     }
 }

@@ -7,7 +7,7 @@
 //! | device number | function        | INTx GSI |
 //! |---------------|-----------------|----------|
 //! | 0             | host bridge     | -        |
-//! | 1, 2, 3       | virtio devices in the order block, entropy, console (those present) | 16 + n |
+//! | 1, 2, ...     | virtio devices on PCI in the inventory's order (disks, entropy, console) | 16 + n % 8 |
 
 use std::sync::{Arc, Mutex};
 
@@ -20,20 +20,16 @@ use crate::devices::acpi_pm::ResetControl;
 use crate::devices::pci::host::{BarObserver, PciConfigIo, PciEcam, PciRoot, SharedFunction};
 use crate::devices::pci::msix::{MsiMessage, MsiSink};
 use crate::devices::pci::BarChange;
-use crate::devices::virtio::block::Block;
-use crate::devices::virtio::console::Console;
 use crate::devices::virtio::pci::{VirtioPciTransport, BAR, BAR_SIZE};
-use crate::devices::virtio::rng::Rng;
-use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::{OnBus, VirtioDevice};
 use crate::irq::InterruptLine;
 use crate::kvm::{IoEvents, MsiRoutes};
 use crate::layout::{self, ports};
 use crate::ratelimit::RateLimiter;
-use crate::services::{DoorbellService, InputService, InputTarget, LevelTriggered};
+use crate::services::LevelTriggered;
 use crate::sync::LockExt;
 
 use super::platform::Platform;
-use super::virtio::{VirtioBackends, VirtioSlot, BLOCK_SLOT, CONSOLE_SLOT, DISK_ID, RNG_SLOT};
 use super::MachineError;
 
 /// The first GSI of the IOAPIC's PCI pins (16-23); device n's INTA# is on 16 + n % 8.
@@ -63,11 +59,6 @@ impl MsiVectors {
             routes: platform.msi_routes(),
             warnings: Mutex::default(),
         })
-    }
-
-    /// Messages signalled, over every vector.
-    pub fn signals(&self) -> u64 {
-        self.lines.iter().map(|line| line.pulses()).sum()
     }
 }
 
@@ -149,39 +140,78 @@ impl BarObserver for BarMover {
     }
 }
 
-/// A transport as its bus slot, its PCI function and its services share it.
-type SharedTransport<D> = Arc<Mutex<VirtioPciTransport<D>>>;
-
-/// Everything placing a virtio-pci device needs.
-struct Placement<'a> {
-    memory: &'a GuestMemoryMmap,
-    platform: &'a dyn Platform,
-    doorbell: Doorbell,
-    mover: &'a BarMover,
+/// What placing a device needs from the machine.
+pub struct Placing<'a> {
+    pub memory: &'a GuestMemoryMmap,
+    pub platform: &'a dyn Platform,
+    pub doorbell: Doorbell,
 }
 
-impl Placement<'_> {
-    fn place<D: VirtioDevice + 'static>(
-        &self,
-        root: &mut PciRoot,
-        device_number: u8,
-        (slot, name): (u8, &'static str),
+/// A virtio device placed on bus 0.
+pub struct PlacedPci<D: VirtioDevice> {
+    pub transport: Arc<VirtioPciTransport<D>>,
+    /// Its device number on bus 0 (function 0).
+    pub device_number: u8,
+    pub intx_gsi: u32,
+    pub vectors: u16,
+    /// One eventfd per queue, each with the queue it names.
+    pub doorbells: Vec<(EventFd, Option<u32>)>,
+    /// The INTx line's resample fd, and the function to ask.
+    pub resample: Option<(EventFd, Arc<Mutex<dyn LevelTriggered>>)>,
+    /// Its MSI-X vectors' lines and its INTx line.
+    pub lines: Vec<Arc<dyn InterruptLine>>,
+}
+
+/// Bus 0 while its devices are placed: the root, the BAR mover, the next free device
+/// number (the host bridge is 0).
+pub struct PciBus {
+    root: PciRoot,
+    mover: Arc<BarMover>,
+    next: u8,
+}
+
+impl PciBus {
+    /// An empty bus 0 whose BARs move on `buses`' MMIO table.
+    pub fn new(buses: &IoBuses, platform: &dyn Platform) -> Self {
+        let mover = Arc::new(BarMover {
+            mmio: buses.mmio.clone(),
+            ioevents: platform.ioevents(),
+            bars: Mutex::default(),
+            warnings: Mutex::default(),
+        });
+        Self {
+            root: PciRoot::new(mover.clone()),
+            mover,
+            next: 1,
+        }
+    }
+
+    /// Puts `device` on the next device number: MSI-X vectors, INTx, a doorbell per
+    /// queue that moves with its BAR.
+    pub fn place<D: VirtioDevice + 'static>(
+        &mut self,
+        placing: &Placing<'_>,
+        name: &'static str,
         device: D,
-    ) -> Result<(VirtioSlot, SharedTransport<D>), MachineError> {
+    ) -> Result<PlacedPci<D>, MachineError> {
+        let device_number = self.next;
         let queues = device.queue_max_sizes().len();
-        let vectors = Arc::new(MsiVectors::new(self.platform, queues as u16 + 1)?);
+        let vectors = queues as u16 + 1;
+        let msi = Arc::new(MsiVectors::new(placing.platform, vectors)?);
         let gsi = INTX_FIRST_GSI + u32::from(device_number) % 8;
-        let (intx, resample) = self.platform.level_line(gsi)?;
-        let mut transport =
-            VirtioPciTransport::new(device, self.memory.clone(), vectors.clone(), intx.clone())?;
-        transport.config_space_mut().set_interrupt_line(gsi as u8);
-        let transport = Arc::new(Mutex::new(transport));
-        root.add(device_number, transport.clone() as SharedFunction)?;
-        let doorbells = self.doorbells(queues)?;
+        let (intx, resample) = placing.platform.level_line(gsi)?;
+        let transport =
+            VirtioPciTransport::new(device, placing.memory.clone(), msi.clone(), intx.clone())?;
+        transport.set_interrupt_line(gsi as u8);
+        let transport = Arc::new(transport);
+        let function = Arc::new(Mutex::new(OnBus(transport.clone())));
+        self.root
+            .add(device_number, function.clone() as SharedFunction)?;
+        let doorbells = self.doorbells(placing, queues)?;
         self.mover.bars.locked().push(PlacedBar {
             device: device_number,
             name,
-            bar: transport.clone(),
+            bar: function.clone(),
             base: None,
             doorbells: doorbells
                 .iter()
@@ -191,30 +221,28 @@ impl Placement<'_> {
                 })
                 .collect::<Result<_, MachineError>>()?,
         });
-        let (counter, signals) = (transport.clone(), vectors.clone());
-        let virtio_slot = VirtioSlot {
-            name,
-            index: slot,
-            service: DoorbellService::new(slot, transport.clone()),
+        self.next += 1;
+        let mut lines = msi.lines.clone();
+        lines.push(intx);
+        Ok(PlacedPci {
+            transport,
+            device_number,
+            intx_gsi: gsi,
+            vectors,
             doorbells: doorbells.into_iter().map(|(e, q)| (e, Some(q))).collect(),
-            notifications: Arc::new(move || counter.locked().notifications()),
-            doorbells_rung: {
-                let counter = transport.clone();
-                Arc::new(move || counter.locked().doorbells())
-            },
-            interrupts: Arc::new(move || signals.signals() + intx.pulses()),
-            input: None,
-            on_mmio: false,
-            resample: resample
-                .map(|event| (event, transport.clone() as Arc<Mutex<dyn LevelTriggered>>)),
-        };
-        Ok((virtio_slot, transport))
+            resample: resample.map(|event| (event, function as Arc<Mutex<dyn LevelTriggered>>)),
+            lines,
+        })
     }
 
     /// One eventfd per queue, registered with KVM when the BAR is placed; none when
     /// doorbells exit (or on a platform without ioeventfds).
-    fn doorbells(&self, queues: usize) -> Result<Vec<(EventFd, u32)>, MachineError> {
-        if self.doorbell == Doorbell::Exit || self.mover.ioevents.is_none() {
+    fn doorbells(
+        &self,
+        placing: &Placing<'_>,
+        queues: usize,
+    ) -> Result<Vec<(EventFd, u32)>, MachineError> {
+        if placing.doorbell == Doorbell::Exit || self.mover.ioevents.is_none() {
             return Ok(Vec::new());
         }
         (0..queues as u32)
@@ -224,82 +252,26 @@ impl Placement<'_> {
             })
             .collect()
     }
-}
 
-/// Places bus 0's root (and `reset` at 0xcf9 through it), and the virtio devices of
-/// `backends` on it when there are any; returns the devices.
-pub fn build(
-    backends: VirtioBackends,
-    doorbell: Doorbell,
-    memory: &GuestMemoryMmap,
-    platform: &dyn Platform,
-    buses: &mut IoBuses,
-    reset: ResetControl,
-) -> Result<Vec<VirtioSlot>, MachineError> {
-    let mover = Arc::new(BarMover {
-        mmio: buses.mmio.clone(),
-        ioevents: platform.ioevents(),
-        bars: Mutex::default(),
-        warnings: Mutex::default(),
-    });
-    let mut root = PciRoot::new(mover.clone());
-    let placement = Placement {
-        memory,
-        platform,
-        doorbell,
-        mover: &mover,
-    };
-    let slots = place_virtio(&placement, &mut root, backends)?;
-    let root = Arc::new(root);
-    root.assign_memory_bars(layout::PCI_MMIO32_START..layout::PCI_MMIO32_END)?;
-    buses.pio.insert(
-        "pci-config",
-        ports::PCI_CONFIG,
-        ports::PCI_CONFIG_COUNT,
-        Arc::new(Mutex::new(PciConfigIo::new(root.clone(), reset))),
-    )?;
-    buses.mmio.insert(
-        "pci-ecam",
-        layout::PCI_ECAM_START,
-        layout::PCI_ECAM_SIZE,
-        Arc::new(Mutex::new(PciEcam::new(root))),
-    )?;
-    Ok(slots)
-}
-
-fn place_virtio(
-    placement: &Placement<'_>,
-    root: &mut PciRoot,
-    backends: VirtioBackends,
-) -> Result<Vec<VirtioSlot>, MachineError> {
-    let mut slots = Vec::new();
-    let mut next = 1u8;
-    if let Some((disk, readonly)) = backends.disk {
-        let device = Block::new(disk, readonly, DISK_ID);
-        slots.push(
-            placement
-                .place(root, next, (BLOCK_SLOT, "virtio-blk"), device)?
-                .0,
-        );
-        next += 1;
+    /// Assigns the BARs, as firmware would, and places bus 0's root (with `reset` at
+    /// 0xcf9 through it) at CF8/CFC and ECAM.
+    pub fn finish(self, buses: &mut IoBuses, reset: ResetControl) -> Result<(), MachineError> {
+        let root = Arc::new(self.root);
+        root.assign_memory_bars(layout::PCI_MMIO32_START..layout::PCI_MMIO32_END)?;
+        buses.pio.insert(
+            "pci-config",
+            ports::PCI_CONFIG,
+            ports::PCI_CONFIG_COUNT,
+            Arc::new(Mutex::new(PciConfigIo::new(root.clone(), reset))),
+        )?;
+        buses.mmio.insert(
+            "pci-ecam",
+            layout::PCI_ECAM_START,
+            layout::PCI_ECAM_SIZE,
+            Arc::new(Mutex::new(PciEcam::new(root))),
+        )?;
+        Ok(())
     }
-    if let Some(entropy) = backends.entropy {
-        let device = Rng::new(entropy);
-        slots.push(
-            placement
-                .place(root, next, (RNG_SLOT, "virtio-rng"), device)?
-                .0,
-        );
-        next += 1;
-    }
-    if let Some(output) = backends.console {
-        let device = Console::new(output);
-        let (mut slot, transport) =
-            placement.place(root, next, (CONSOLE_SLOT, "virtio-console"), device)?;
-        slot.input = Some(InputService::new(InputTarget::VirtioConsole, transport));
-        slots.push(slot);
-    }
-    Ok(slots)
 }
 
 /// The INTx routing the ACPI tables describe: (device number, GSI) of each device.
@@ -325,16 +297,11 @@ mod tests {
         let memory =
             GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
         let mut buses = IoBuses::default();
+        let _ = &memory;
         let reset = ResetControl::default();
-        build(
-            VirtioBackends::none(),
-            Doorbell::Len0,
-            &memory,
-            &Unplugged,
-            &mut buses,
-            reset,
-        )
-        .unwrap();
+        PciBus::new(&buses, &Unplugged)
+            .finish(&mut buses, reset)
+            .unwrap();
         let ring = Arc::new(QueueRing::default());
         let access = DeviceAccess {
             buses: Arc::new(buses),

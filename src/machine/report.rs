@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::devices::rtc::RtcState;
+
+use super::inventory::{DeviceKind, Inventory};
 use crate::profile::ExitProfile;
 use crate::vcpu::VmStop;
 
@@ -40,27 +42,65 @@ pub struct RunReport {
     pub serial: Vec<u8>,
     /// The virtio console's output, likewise.
     pub virtio_console: Vec<u8>,
-    /// Interrupt edges each device line carried, by line name ("com1", "rtc",
-    /// "virtio-blk", ...).
-    pub interrupts: BTreeMap<&'static str, u64>,
+    /// Every device's counters, by id, from the inventory.
+    pub devices: Vec<DeviceReport>,
     /// Doorbells that made a virtio device use buffers, over all devices.
     pub virtio_notifications: u64,
     /// The RTC at the end (what the coalescing differential test compares).
     pub rtc: RtcState,
 }
 
+/// One device's counters at the end of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceReport {
+    pub id: String,
+    pub kind: DeviceKind,
+    /// By name: "interrupts" for every device, "doorbells" and "notifications" for the
+    /// virtio devices.
+    pub counters: Vec<(&'static str, u64)>,
+}
+
+impl DeviceReport {
+    /// Every device of `inventory`, as it stands.
+    pub fn all(inventory: &Inventory) -> Vec<Self> {
+        inventory
+            .entries()
+            .iter()
+            .map(|entry| DeviceReport {
+                id: entry.id.clone(),
+                kind: entry.kind,
+                counters: entry.counters(),
+            })
+            .collect()
+    }
+
+    /// Counter `name` (0 if the device keeps none).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters
+            .iter()
+            .find(|(counter, _)| *counter == name)
+            .map_or(0, |(_, value)| *value)
+    }
+}
+
 impl RunReport {
-    /// Edges on the line called `name` (0 if there is none).
-    pub fn interrupts_on(&self, name: &str) -> u64 {
-        self.interrupts.get(name).copied().unwrap_or(0)
+    /// The device with this id.
+    pub fn device(&self, id: &str) -> Option<&DeviceReport> {
+        self.devices.iter().find(|device| device.id == id)
+    }
+
+    /// Interrupts the device `id` raised ("com1", "rtc", "blk0", ...; 0 if none).
+    pub fn interrupts_on(&self, id: &str) -> u64 {
+        self.device(id)
+            .map_or(0, |device| device.counter("interrupts"))
     }
 
     /// Interrupts the virtio devices raised.
     pub fn virtio_interrupts(&self) -> u64 {
-        self.interrupts
+        self.devices
             .iter()
-            .filter(|(name, _)| name.starts_with("virtio"))
-            .map(|(_, count)| count)
+            .filter(|device| device.kind.is_virtio())
+            .map(|device| device.counter("interrupts"))
             .sum()
     }
 }

@@ -1,166 +1,234 @@
-//! The virtio-mmio devices: fixed slots in the 32-bit hole (`layout::virtio_mmio_slot`),
-//! each with its interrupt line (`layout::virtio_mmio_gsi`) and its doorbells.
+//! The virtio devices of a machine, placed through one path: each [`VirtioSpec`] of the
+//! inventory's plan becomes its device over its backend, then goes on virtio-mmio (a
+//! window, its line, its doorbells; below) or on PCI bus 0 (`pci.rs`). Adding a device
+//! kind is one device file and one arm in [`build`].
 //!
-//! | slot | device  | MMIO base   | GSI | PIO doorbell |
-//! |------|---------|-------------|-----|--------------|
-//! | 0    | block   | 0xc0000000  | 5   | 0xb00        |
-//! | 1    | entropy | 0xc0001000  | 6   | 0xb04        |
-//! | 2    | console | 0xc0002000  | 7   | 0xb08        |
+//! | window | device (by default)  | MMIO base   | GSI | PIO doorbell |
+//! |--------|----------------------|-------------|-----|--------------|
+//! | 0      | the first disk       | 0xc0000000  | 5   | 0xb00        |
+//! | 1      | entropy              | 0xc0001000  | 6   | 0xb04        |
+//! | 2      | console              | 0xc0002000  | 7   | 0xb08        |
 //!
-//! Linux finds them through `virtio_mmio.device=4K@BASE:GSI` on its command line, which
-//! hushvm appends for each device present, or through the ACPI tables.
+//! A further disk on virtio-mmio takes a window none of these use. Linux finds them
+//! through `virtio_mmio.device=4K@BASE:GSI` on its command line, which hushvm appends
+//! for each device present, or through the ACPI tables.
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Access, AddressSpace, BusDevice, IoBuses, StopRequest};
-use crate::config::Doorbell;
-use crate::devices::virtio::block::{Block, DiskBackend};
+use crate::config::{Doorbell, VirtioTransport};
+use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
-use crate::devices::virtio::mmio::{MmioTransport, QueueNotify, MMIO_SIZE, QUEUE_NOTIFY};
+use crate::devices::virtio::mmio::{MmioTransport, MMIO_SIZE, QUEUE_NOTIFY};
+use crate::devices::virtio::pci::{VirtioPciTransport, BAR_SIZE};
 use crate::devices::virtio::rng::Rng;
-use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::{OnBus, QueueNotify, VirtioDevice};
+use crate::irq::InterruptLine;
 use crate::layout::{self, ports::VIRTIO_PIO_DOORBELL_COUNT};
 use crate::services::{DoorbellService, InputService, InputTarget, LevelTriggered};
-use crate::sync::LockExt;
 
-use super::backends::Output;
-use super::platform::Platform;
+use super::backends::{DiskBackendSpec, Output};
+use super::inventory::{
+    BusPlacement, DeviceCounters, DeviceEntry, Interrupt, VirtioKind, VirtioSpec,
+};
+use super::pci::{PciBus, Placing};
 use super::MachineError;
 
-/// The block device's slot.
-pub const BLOCK_SLOT: u8 = 0;
-/// The entropy device's slot.
-pub const RNG_SLOT: u8 = 1;
-/// The console's slot.
-pub const CONSOLE_SLOT: u8 = 2;
-/// The serial number virtio-blk reports (VIRTIO_BLK_T_GET_ID).
-pub(super) const DISK_ID: &str = "hushvm-disk0";
+/// The serial number virtio-blk reports (VIRTIO_BLK_T_GET_ID) for the `disk`th disk.
+pub(super) fn disk_serial(disk: usize) -> String {
+    format!("hushvm-disk{disk}")
+}
 
-/// A placed device, as the rest of the machine sees it.
-pub struct VirtioSlot {
-    pub name: &'static str,
-    pub index: u8,
-    /// Its doorbell work, for the event loop (live) or the trace (replay).
+/// What the event loop (live) or the trace (replay) needs of a placed device.
+pub struct VirtioWiring {
+    pub id: String,
+    /// Its doorbell work.
     pub service: DoorbellService,
     /// Doorbell eventfds for the event loop, each with the queue it names (`None`: any).
     pub doorbells: Vec<(EventFd, Option<u32>)>,
-    /// Doorbells that found work, read at the end of the run.
-    pub notifications: Arc<dyn Fn() -> u64 + Send + Sync>,
-    /// Doorbells rung, work or none (a replay's advisor watches it).
-    pub doorbells_rung: Arc<dyn Fn() -> u64 + Send + Sync>,
-    /// Interrupts it raised (edges on its line, or MSI-X messages and INTx edges).
-    pub interrupts: Counter,
     /// Where host input goes, for the console.
     pub input: Option<InputService>,
-    /// On virtio-mmio (its window and line are `layout::virtio_mmio_slot/gsi`).
-    pub on_mmio: bool,
     /// A level-triggered line's resample fd, and the device to ask (virtio-pci INTx).
     pub resample: Option<(EventFd, Arc<Mutex<dyn LevelTriggered>>)>,
+    /// Its virtio-mmio window, if it is on virtio-mmio.
+    pub mmio_window: Option<u8>,
 }
 
-/// A count read at the end of a run.
-pub type Counter = Arc<dyn Fn() -> u64 + Send + Sync>;
-
-/// The host side of the virtio devices; a device is present when its backend is.
+/// The host side of the virtio devices, taken as the plan names them.
 pub struct VirtioBackends {
-    pub disk: Option<(Box<dyn DiskBackend>, bool)>,
-    pub entropy: Option<Box<dyn Read + Send>>,
-    pub console: Option<Output>,
+    pub disks: Vec<Option<DiskBackendSpec>>,
+    pub entropy: Option<(Box<dyn Read + Send>, String)>,
+    pub console: Option<(Output, String)>,
 }
 
-/// A transport as the bus, the doorbells and the input service share it.
-type SharedTransport<D> = Arc<Mutex<MmioTransport<D>>>;
+impl<D: VirtioDevice> DeviceCounters for MmioTransport<D> {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("doorbells", self.doorbells()),
+            ("notifications", self.notifications()),
+        ]
+    }
+}
 
-impl VirtioBackends {
-    /// No devices.
-    pub fn none() -> Self {
-        Self {
-            disk: None,
-            entropy: None,
-            console: None,
-        }
+impl<D: VirtioDevice> DeviceCounters for VirtioPciTransport<D> {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("doorbells", self.doorbells()),
+            ("notifications", self.notifications()),
+        ]
     }
 }
 
 /// A PIO doorbell: a write of a queue index notifies the device (when no ioeventfd took
 /// the write first).
-struct PioDoorbell(Arc<Mutex<dyn QueueNotify>>);
+struct PioDoorbell(Arc<dyn QueueNotify>);
 
 impl BusDevice for PioDoorbell {
     fn access(&mut self, _offset: u64, access: Access<'_>) -> Option<StopRequest> {
         match access {
             Access::Read(data) => data.fill(0),
-            Access::Write(_) => self.0.locked().notify(Some(access.write_value() as u32)),
+            Access::Write(_) => self.0.notify(Some(access.write_value() as u32)),
         }
         None
     }
 }
 
-/// Where one device goes and how its doorbells arrive.
-struct Placement<'a> {
-    memory: &'a GuestMemoryMmap,
-    platform: &'a dyn Platform,
-    doorbell: Doorbell,
+/// A device placed by [`Placer::place`], as the transport it went on.
+enum Placed<D: VirtioDevice> {
+    Mmio(Arc<MmioTransport<D>>),
+    Pci(Arc<VirtioPciTransport<D>>),
 }
 
-impl Placement<'_> {
+/// Places virtio devices on either transport.
+pub struct Placer<'a> {
+    pub placing: Placing<'a>,
+    pub pci: &'a mut PciBus,
+    pub buses: &'a mut IoBuses,
+}
+
+impl Placer<'_> {
+    /// Puts `device` where `spec` says; returns its wiring, its inventory entry (with
+    /// `backend` named) and the transport it is on.
     fn place<D: VirtioDevice + 'static>(
-        &self,
-        slot: u8,
+        &mut self,
+        spec: &VirtioSpec,
+        device: D,
+        backend: String,
+    ) -> Result<(VirtioWiring, DeviceEntry, Placed<D>), MachineError> {
+        let kind = spec.kind.device_kind();
+        let landed = match (spec.transport, spec.mmio_window) {
+            (VirtioTransport::Mmio, Some(window)) => {
+                self.place_mmio(window, kind.name(), device)?
+            }
+            _ => self.place_pci(kind.name(), device)?,
+        };
+        let wiring = VirtioWiring {
+            id: spec.id.clone(),
+            service: DoorbellService::new(spec.slot, landed.notify),
+            doorbells: landed.doorbells,
+            input: None,
+            resample: landed.resample,
+            mmio_window: spec
+                .mmio_window
+                .filter(|_| matches!(landed.placed, Placed::Mmio(_))),
+        };
+        let entry = DeviceEntry {
+            id: spec.id.clone(),
+            kind,
+            placements: landed.placements,
+            interrupt: landed.interrupt,
+            backend,
+            lines: landed.lines,
+            device: landed.counters,
+        };
+        Ok((wiring, entry, landed.placed))
+    }
+
+    /// virtio-mmio window `window`: the registers, the PIO doorbell, the ioeventfds.
+    fn place_mmio<D: VirtioDevice + 'static>(
+        &mut self,
+        window: u8,
         name: &'static str,
         device: D,
-        buses: &mut IoBuses,
-    ) -> Result<(VirtioSlot, SharedTransport<D>), MachineError> {
-        let base = layout::virtio_mmio_slot(slot);
+    ) -> Result<Landed<D>, MachineError> {
+        let base = layout::virtio_mmio_slot(window);
         let queues = device.queue_max_sizes().len() as u32;
-        let interrupt = self.platform.irq_line(layout::virtio_mmio_gsi(slot))?;
-        let transport = Arc::new(Mutex::new(MmioTransport::new(
+        let gsi = layout::virtio_mmio_gsi(window);
+        let line = self.placing.platform.irq_line(gsi)?;
+        let transport = Arc::new(MmioTransport::new(
             device,
-            self.memory.clone(),
-            interrupt.clone(),
-        )));
-        buses
-            .mmio
-            .insert(name, base, MMIO_SIZE, transport.clone())?;
-        let port = layout::virtio_pio_doorbell(slot);
-        let notify: Arc<Mutex<dyn QueueNotify>> = transport.clone();
-        buses.pio.insert(
+            self.placing.memory.clone(),
+            line.clone(),
+        ));
+        let slot_device = Arc::new(Mutex::new(OnBus(transport.clone())));
+        self.buses.mmio.insert(name, base, MMIO_SIZE, slot_device)?;
+        let port = layout::virtio_pio_doorbell(window);
+        let notify: Arc<dyn QueueNotify> = transport.clone();
+        self.buses.pio.insert(
             name,
             port,
             VIRTIO_PIO_DOORBELL_COUNT,
             Arc::new(Mutex::new(PioDoorbell(notify.clone()))),
         )?;
-        let doorbells = self.doorbells(base + QUEUE_NOTIFY, port, queues)?;
-        let (counter, rung) = (transport.clone(), transport.clone());
-        let slot = VirtioSlot {
-            name,
-            index: slot,
-            service: DoorbellService::new(slot, notify),
-            doorbells,
-            notifications: Arc::new(move || counter.locked().notifications()),
-            doorbells_rung: Arc::new(move || rung.locked().doorbells()),
-            interrupts: Arc::new(move || interrupt.pulses()),
-            input: None,
-            on_mmio: true,
+        Ok(Landed {
+            notify,
+            counters: transport.clone(),
+            placed: Placed::Mmio(transport),
+            doorbells: self.mmio_doorbells(base + QUEUE_NOTIFY, port, queues)?,
             resample: None,
-        };
-        Ok((slot, transport))
+            placements: vec![
+                BusPlacement::Mmio {
+                    base,
+                    size: MMIO_SIZE,
+                },
+                BusPlacement::Pio {
+                    port,
+                    count: VIRTIO_PIO_DOORBELL_COUNT,
+                },
+            ],
+            interrupt: Interrupt::Line { gsi },
+            lines: vec![line],
+        })
+    }
+
+    /// The next function on PCI bus 0.
+    fn place_pci<D: VirtioDevice + 'static>(
+        &mut self,
+        name: &'static str,
+        device: D,
+    ) -> Result<Landed<D>, MachineError> {
+        let pci = self.pci.place(&self.placing, name, device)?;
+        Ok(Landed {
+            notify: pci.transport.clone(),
+            counters: pci.transport.clone(),
+            placed: Placed::Pci(pci.transport),
+            doorbells: pci.doorbells,
+            resample: pci.resample,
+            placements: vec![BusPlacement::Pci {
+                device: pci.device_number,
+                bar_size: BAR_SIZE,
+            }],
+            interrupt: Interrupt::Pci {
+                intx_gsi: pci.intx_gsi,
+                msix_vectors: pci.vectors,
+            },
+            lines: pci.lines,
+        })
     }
 
     /// The ioeventfds for a device whose QueueNotify is at `notify` and whose PIO
     /// doorbell is `port`.
-    fn doorbells(
+    fn mmio_doorbells(
         &self,
         notify: u64,
         port: u16,
         queues: u32,
     ) -> Result<Vec<(EventFd, Option<u32>)>, MachineError> {
-        let platform = self.platform;
-        let wanted: Vec<(AddressSpace, u64, Option<u32>)> = match self.doorbell {
+        let platform = self.placing.platform;
+        let wanted: Vec<(AddressSpace, u64, Option<u32>)> = match self.placing.doorbell {
             Doorbell::Exit => Vec::new(),
             Doorbell::Len0 => vec![(AddressSpace::Mmio, notify, None)],
             Doorbell::Len4 => (0..queues)
@@ -178,49 +246,80 @@ impl Placement<'_> {
     }
 }
 
-/// Places the devices whose backends are present, each in its fixed slot.
+/// A device on its transport, before it becomes wiring and an inventory entry.
+struct Landed<D: VirtioDevice> {
+    placed: Placed<D>,
+    notify: Arc<dyn QueueNotify>,
+    counters: Arc<dyn DeviceCounters>,
+    doorbells: Vec<(EventFd, Option<u32>)>,
+    resample: Option<(EventFd, Arc<Mutex<dyn LevelTriggered>>)>,
+    placements: Vec<BusPlacement>,
+    interrupt: Interrupt,
+    lines: Vec<Arc<dyn InterruptLine>>,
+}
+
+/// Host input for a placed console.
+fn console_input(placed: Placed<Console<Output>>) -> InputService {
+    let target = InputTarget::VirtioConsole;
+    match placed {
+        Placed::Mmio(transport) => {
+            InputService::new(target, Arc::new(Mutex::new(OnBus(transport))))
+        }
+        Placed::Pci(transport) => InputService::new(target, Arc::new(Mutex::new(OnBus(transport)))),
+    }
+}
+
+/// Builds and places every device of `plan` over its backend.
 pub fn build(
-    backends: VirtioBackends,
-    doorbell: Doorbell,
-    memory: &GuestMemoryMmap,
-    platform: &dyn Platform,
-    buses: &mut IoBuses,
-) -> Result<Vec<VirtioSlot>, MachineError> {
-    let placement = Placement {
-        memory,
-        platform,
-        doorbell,
-    };
-    let mut slots = Vec::new();
-    if let Some((disk, readonly)) = backends.disk {
-        let device = Block::new(disk, readonly, DISK_ID);
-        slots.push(placement.place(BLOCK_SLOT, "virtio-blk", device, buses)?.0);
+    plan: &[VirtioSpec],
+    mut backends: VirtioBackends,
+    placer: &mut Placer<'_>,
+) -> Result<(Vec<VirtioWiring>, Vec<DeviceEntry>), MachineError> {
+    let mut wirings = Vec::new();
+    let mut entries = Vec::new();
+    for spec in plan {
+        let missing = || MachineError::MissingBackend(spec.id.clone());
+        let (wiring, entry) = match spec.kind {
+            VirtioKind::Block { disk } => {
+                let backend = backends
+                    .disks
+                    .get_mut(disk)
+                    .and_then(Option::take)
+                    .ok_or_else(missing)?;
+                let device = Block::new(backend.disk, backend.readonly, &disk_serial(disk));
+                let (wiring, entry, _) = placer.place(spec, device, backend.describe)?;
+                (wiring, entry)
+            }
+            VirtioKind::Rng => {
+                let (source, describe) = backends.entropy.take().ok_or_else(missing)?;
+                let (wiring, entry, _) = placer.place(spec, Rng::new(source), describe)?;
+                (wiring, entry)
+            }
+            VirtioKind::Console => {
+                let (output, describe) = backends.console.take().ok_or_else(missing)?;
+                let (mut wiring, entry, placed) =
+                    placer.place(spec, Console::new(output), describe)?;
+                wiring.input = Some(console_input(placed));
+                (wiring, entry)
+            }
+        };
+        wirings.push(wiring);
+        entries.push(entry);
     }
-    if let Some(entropy) = backends.entropy {
-        let device = Rng::new(entropy);
-        slots.push(placement.place(RNG_SLOT, "virtio-rng", device, buses)?.0);
-    }
-    if let Some(output) = backends.console {
-        let device = Console::new(output);
-        let (mut slot, transport) =
-            placement.place(CONSOLE_SLOT, "virtio-console", device, buses)?;
-        slot.input = Some(InputService::new(InputTarget::VirtioConsole, transport));
-        slots.push(slot);
-    }
-    Ok(slots)
+    Ok((wirings, entries))
 }
 
 /// What the kernel command line gets for the devices present:
 /// ` virtio_mmio.device=4K@BASE:GSI` each.
-pub fn cmdline_additions(slots: &[VirtioSlot]) -> String {
-    slots
+pub fn cmdline_additions(wirings: &[VirtioWiring]) -> String {
+    wirings
         .iter()
-        .filter(|slot| slot.on_mmio)
-        .map(|slot| {
+        .filter_map(|wiring| wiring.mmio_window)
+        .map(|window| {
             format!(
                 " virtio_mmio.device=4K@{:#x}:{}",
-                layout::virtio_mmio_slot(slot.index),
-                layout::virtio_mmio_gsi(slot.index)
+                layout::virtio_mmio_slot(window),
+                layout::virtio_mmio_gsi(window)
             )
         })
         .collect()

@@ -10,7 +10,7 @@
 //!   5 doorbell      slot:u8 queue:u32  (an ioeventfd doorbell served; u32::MAX: any queue)
 //!   6 input         sink:u8 len:u32 data[len]   (host input: 0 COM1, 1 virtio-console)
 //! machine  memory:u64 cpus:u8 flags:u8 (1 rng, 2 console, 4 virtio on PCI)
-//!          disk_bytes:u64 clock_start:u64
+//!          disk_bytes:u64 clock_start:u64, then (optional) the device list
 //! ```
 //! An exit's data is what the guest wrote, or what hushvm answered to a read; `len` is
 //! `size * count`.
@@ -19,6 +19,7 @@ use std::io::{self, Write};
 
 use thiserror::Error;
 
+use super::device_list::TracedVirtio;
 use crate::bus::AddressSpace;
 
 /// The file's first bytes.
@@ -29,7 +30,7 @@ pub const VERSION: u16 = 1;
 pub const MAX_DATA: u32 = 64 * 1024;
 
 /// What a replay must rebuild: the devices a trace's machine had.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineDescription {
     pub memory: u64,
     pub cpus: u8,
@@ -42,6 +43,10 @@ pub struct MachineDescription {
     pub disk_bytes: u64,
     /// The RTC's clock when the machine was built (ns since the epoch).
     pub clock_start: u64,
+    /// The virtio devices, when the flags above cannot say (several disks, several
+    /// transports): the header's optional device list (`trace/device_list.rs`). Empty: the
+    /// flags describe them.
+    pub virtio: Vec<TracedVirtio>,
 }
 
 const DESCRIPTION_LEN: u16 = 8 + 1 + 1 + 8 + 8;
@@ -150,9 +155,14 @@ pub struct TraceWriter<W: Write> {
 impl<W: Write> TraceWriter<W> {
     /// Writes the header.
     pub fn new(mut out: W, machine: &MachineDescription) -> io::Result<Self> {
+        let devices = super::device_list::encode(&machine.virtio);
+        let header_len = u16::try_from(devices.len())
+            .ok()
+            .and_then(|extra| DESCRIPTION_LEN.checked_add(extra))
+            .ok_or_else(|| io::Error::other("the device list does not fit a trace header"))?;
         out.write_all(MAGIC)?;
         out.write_all(&VERSION.to_le_bytes())?;
-        out.write_all(&DESCRIPTION_LEN.to_le_bytes())?;
+        out.write_all(&header_len.to_le_bytes())?;
         out.write_all(&machine.memory.to_le_bytes())?;
         out.write_all(&[
             machine.cpus,
@@ -160,6 +170,7 @@ impl<W: Write> TraceWriter<W> {
         ])?;
         out.write_all(&machine.disk_bytes.to_le_bytes())?;
         out.write_all(&machine.clock_start.to_le_bytes())?;
+        out.write_all(&devices)?;
         Ok(Self { out })
     }
 
@@ -240,7 +251,11 @@ impl<'a> TraceReader<'a> {
         let flags = reader.u8()?;
         let disk_bytes = reader.u64()?;
         let clock_start = reader.u64()?;
-        reader.take(usize::from(header_len - DESCRIPTION_LEN))?;
+        let extra = reader.take(usize::from(header_len - DESCRIPTION_LEN))?;
+        let virtio = super::device_list::decode(extra).ok_or(TraceError::Corrupt {
+            what: "device list",
+            offset: (MAGIC.len() + 4) as u64 + u64::from(DESCRIPTION_LEN),
+        })?;
         let machine = MachineDescription {
             memory,
             cpus,
@@ -249,6 +264,7 @@ impl<'a> TraceReader<'a> {
             pci: flags & 4 != 0,
             disk_bytes,
             clock_start,
+            virtio,
         };
         Ok((reader, machine))
     }
@@ -380,6 +396,7 @@ mod tests {
             pci: false,
             disk_bytes: 0,
             clock_start: 7,
+            virtio: Vec::new(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Exit traces: recording what reached userspace (and what else changed device state),
 //! and replaying it through fresh buses and devices with no KVM.
 
+pub mod device_list;
 pub mod format;
 
 use crate::sync::LockExt;
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::devices::rtc::{Clock, SystemClock};
+pub use device_list::{TracedKind, TracedVirtio};
 pub use format::{ExitDirection, MachineDescription, Record, TraceError, TraceReader, TraceWriter};
 
 thread_local! {

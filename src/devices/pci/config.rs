@@ -14,6 +14,9 @@
 
 use thiserror::Error;
 
+mod state;
+pub use state::SavedConfigSpace;
+
 /// Bytes of a PCIe configuration space.
 pub const CONFIG_SPACE_SIZE: usize = 4096;
 /// Bytes of the PCI-compatible part: the header and the standard capabilities.

@@ -44,6 +44,9 @@ use crate::bus::{le_value, Access, BusDevice, PostedRegister, StopRequest};
 use crate::devices::acpi_pm::ResetControl;
 use crate::sync::LockExt;
 
+mod state;
+pub use state::SavedPciConfigIo;
+
 /// A function shared between the root and the bus slots of its BARs.
 pub type SharedFunction = Arc<Mutex<dyn PciFunction>>;
 
@@ -114,6 +117,8 @@ impl PciFunction for HostBridge {
 /// Bus 0.
 pub struct PciRoot {
     functions: Vec<Option<SharedFunction>>,
+    /// The host bridge, also in `functions[0]`, as itself: for its saved state.
+    bridge: Arc<Mutex<HostBridge>>,
     observer: Arc<dyn BarObserver>,
 }
 
@@ -132,11 +137,18 @@ impl PciRoot {
     /// Bus 0 with its host bridge; BAR moves go to `observer`.
     pub fn new(observer: Arc<dyn BarObserver>) -> Self {
         let mut functions: Vec<Option<SharedFunction>> = vec![None; usize::from(DEVICES)];
-        functions[0] = Some(Arc::new(Mutex::new(HostBridge::default())));
+        let bridge = Arc::new(Mutex::new(HostBridge::default()));
+        functions[0] = Some(bridge.clone());
         Self {
             functions,
+            bridge,
             observer,
         }
+    }
+
+    /// The host bridge at 00:00.0 (a [`crate::devices::persist::Persist`] device).
+    pub fn host_bridge(&self) -> &Arc<Mutex<HostBridge>> {
+        &self.bridge
     }
 
     /// Places `function` at device number `device` (1 to 31).

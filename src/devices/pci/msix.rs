@@ -12,6 +12,9 @@ use std::sync::Arc;
 
 use super::config::PciError;
 
+mod state;
+pub use state::{SavedMsix, SavedMsixEntry};
+
 /// The capability ID.
 pub const MSIX_CAPABILITY_ID: u8 = 0x11;
 /// Message control: MSI-X enable.

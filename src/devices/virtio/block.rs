@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
 
 use virtio_queue::{Queue, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
@@ -12,6 +13,7 @@ use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
 use super::{serve_chains, Chain, QueueError, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::sync::LockExt;
 
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR: u64 = 512;
@@ -138,14 +140,22 @@ fn in_chunks(
     Ok(())
 }
 
-/// The device.
-pub struct Block<B: DiskBackend> {
+/// The disk and the buffer its requests pass through: what serving a request needs.
+struct BlockIo<B> {
     disk: B,
-    readonly: bool,
-    id: [u8; ID_BYTES],
     /// Data passes through here between guest memory and the disk: allocated once, so a
     /// request allocates nothing of the device's own.
     buffer: Vec<u8>,
+}
+
+/// The device. Its requests run under its own `io` lock (taken by the transport's queue
+/// lock holder only); its configuration (the capacity) is read without it.
+pub struct Block<B: DiskBackend> {
+    io: Mutex<BlockIo<B>>,
+    /// The disk's size, fixed when the device is built.
+    size: u64,
+    readonly: bool,
+    id: [u8; ID_BYTES],
 }
 
 impl<B: DiskBackend> Block<B> {
@@ -156,43 +166,51 @@ impl<B: DiskBackend> Block<B> {
         let len = id.len().min(ID_BYTES);
         bytes[..len].copy_from_slice(&id[..len]);
         Self {
-            disk,
+            size: disk.size(),
+            io: Mutex::new(BlockIo {
+                disk,
+                buffer: vec![0; CHUNK],
+            }),
             readonly,
             id: bytes,
-            buffer: vec![0; CHUNK],
         }
     }
 
-    /// The backing disk.
-    pub fn disk(&self) -> &B {
-        &self.disk
+    /// Runs `look` on the backing disk (waits for a request being served).
+    pub fn with_disk<R>(&self, look: impl FnOnce(&B) -> R) -> R {
+        look(&self.io.locked().disk)
     }
 
     /// The byte offset of `len` bytes at `sector`, if the request lies on the disk.
     fn locate(&self, sector: u64, len: u64) -> Option<u64> {
         let offset = sector.checked_mul(SECTOR)?;
-        (len % SECTOR == 0 && offset.checked_add(len)? <= self.disk.size()).then_some(offset)
+        (len % SECTOR == 0 && offset.checked_add(len)? <= self.size).then_some(offset)
     }
 
-    fn read(&mut self, sector: u64, data: &mut Writer<'_, ()>) -> Result<u32, u8> {
+    fn read(&self, io: &mut BlockIo<B>, sector: u64, data: &mut Writer<'_, ()>) -> Result<u32, u8> {
         let len = data.available_bytes() as u64;
         let offset = self.locate(sector, len).ok_or(S_IOERR)?;
-        let disk = &self.disk;
-        in_chunks(&mut self.buffer, len, |piece, done| {
+        let BlockIo { disk, buffer } = io;
+        in_chunks(buffer, len, |piece, done| {
             disk.read_at(piece, offset + done)?;
             data.write_all(piece)
         })?;
         u32::try_from(len).map_err(|_| S_IOERR)
     }
 
-    fn write(&mut self, sector: u64, data: &mut Reader<'_, ()>) -> Result<u32, u8> {
+    fn write(
+        &self,
+        io: &mut BlockIo<B>,
+        sector: u64,
+        data: &mut Reader<'_, ()>,
+    ) -> Result<u32, u8> {
         if self.readonly {
             return Err(S_IOERR);
         }
         let len = data.available_bytes() as u64;
         let offset = self.locate(sector, len).ok_or(S_IOERR)?;
-        let disk = &mut self.disk;
-        in_chunks(&mut self.buffer, len, |piece, done| {
+        let BlockIo { disk, buffer } = io;
+        in_chunks(buffer, len, |piece, done| {
             data.read_exact(piece)?;
             disk.write_at(piece, offset + done)
         })?;
@@ -200,16 +218,21 @@ impl<B: DiskBackend> Block<B> {
     }
 
     /// Runs one request; returns its status and the data bytes written to the guest.
-    fn run(&mut self, request: &mut Reader<'_, ()>, data: &mut Writer<'_, ()>) -> (u8, u32) {
+    fn run(
+        &self,
+        io: &mut BlockIo<B>,
+        request: &mut Reader<'_, ()>,
+        data: &mut Writer<'_, ()>,
+    ) -> (u8, u32) {
         let Ok(header) = request.read_obj::<[u8; 16]>() else {
             return (S_IOERR, 0);
         };
         let kind = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
         let sector = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
         let result = match kind {
-            T_IN => self.read(sector, data),
-            T_OUT => self.write(sector, request),
-            T_FLUSH => self.disk.flush().map(|()| 0).map_err(|_| S_IOERR),
+            T_IN => self.read(io, sector, data),
+            T_OUT => self.write(io, sector, request),
+            T_FLUSH => io.disk.flush().map(|()| 0).map_err(|_| S_IOERR),
             T_GET_ID => {
                 let len = data.available_bytes().min(ID_BYTES);
                 data.write_all(&self.id[..len])
@@ -226,7 +249,7 @@ impl<B: DiskBackend> Block<B> {
 
     /// Serves one chain: header, data, and a status byte in the last writable byte.
     /// Returns the bytes written into the chain (0 when it has no room for a status).
-    pub fn execute(&mut self, chain: Chain<'_>, memory: &GuestMemoryMmap) -> u32 {
+    fn execute(&self, io: &mut BlockIo<B>, chain: Chain<'_>, memory: &GuestMemoryMmap) -> u32 {
         let (Ok(mut request), Ok(mut data)) = (chain.clone().reader(memory), chain.writer(memory))
         else {
             return 0;
@@ -237,7 +260,7 @@ impl<B: DiskBackend> Block<B> {
         let Ok(mut status) = data.split_at(status_at) else {
             return 0;
         };
-        let (code, written) = self.run(&mut request, &mut data);
+        let (code, written) = self.run(io, &mut request, &mut data);
         match status.write_obj(code) {
             Ok(()) => written + 1,
             Err(_) => 0,
@@ -261,16 +284,17 @@ impl<B: DiskBackend> VirtioDevice for Block<B> {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_blk_config begins with the capacity in sectors.
-        let capacity = (self.disk.size() / SECTOR).to_le_bytes();
+        let capacity = (self.size / SECTOR).to_le_bytes();
         super::read_config_bytes(&capacity, offset, data);
     }
 
     fn process_queue(
-        &mut self,
+        &self,
         _index: usize,
         queue: &mut Queue,
         memory: &GuestMemoryMmap,
     ) -> Result<bool, QueueError> {
-        serve_chains(queue, memory, |chain| self.execute(chain, memory))
+        let mut io = self.io.locked();
+        serve_chains(queue, memory, |chain| self.execute(&mut io, chain, memory))
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
+use std::sync::Mutex;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -10,6 +11,10 @@ use vm_memory::GuestMemoryMmap;
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 
 use super::{serve_chains, QueueError, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::sync::LockExt;
+
+mod state;
+pub use state::SavedConsole;
 
 /// Input waiting for receive buffers is capped; beyond it, input is refused.
 const MAX_PENDING_INPUT: usize = 64 * 1024;
@@ -19,48 +24,58 @@ const MAX_TRANSMIT: usize = 64 * 1024;
 const RECEIVE: usize = 0;
 const QUEUE_SIZES: &[u16] = &[64, 64];
 
-/// The device, writing what the guest sends to `output`.
-pub struct Console<W: Write + Send> {
+/// Where transmitted bytes go, and the buffer they pass through.
+struct Transmit<W> {
     output: W,
-    input: VecDeque<u8>,
-    /// Transmitted bytes pass through here; it keeps its capacity between requests.
-    transmit: Vec<u8>,
+    /// It keeps its capacity between requests.
+    bytes: Vec<u8>,
+}
+
+/// The device, writing what the guest sends to `output`. Host input and transmission
+/// each have their own lock, so input is taken while a transmission writes out.
+pub struct Console<W: Write + Send> {
+    transmit: Mutex<Transmit<W>>,
+    input: Mutex<VecDeque<u8>>,
 }
 
 impl<W: Write + Send> Console<W> {
     /// A console whose output goes to `output`.
     pub fn new(output: W) -> Self {
         Self {
-            output,
-            input: VecDeque::with_capacity(MAX_PENDING_INPUT),
-            transmit: Vec::with_capacity(MAX_TRANSMIT),
+            transmit: Mutex::new(Transmit {
+                output,
+                bytes: Vec::with_capacity(MAX_TRANSMIT),
+            }),
+            input: Mutex::new(VecDeque::with_capacity(MAX_PENDING_INPUT)),
         }
     }
 
     /// Queues host input; returns how many bytes were taken. The transport then runs the
     /// receive queue to deliver them.
-    pub fn receive(&mut self, bytes: &[u8]) -> usize {
-        let taken = bytes.len().min(MAX_PENDING_INPUT - self.input.len());
-        self.input.extend(&bytes[..taken]);
+    pub fn receive(&self, bytes: &[u8]) -> usize {
+        let mut input = self.input.locked();
+        let taken = bytes.len().min(MAX_PENDING_INPUT - input.len());
+        input.extend(&bytes[..taken]);
         taken
     }
 
     /// Fills posted receive buffers from the pending input; leaves other buffers posted.
     fn deliver_input(
-        &mut self,
+        &self,
         queue: &mut Queue,
         memory: &GuestMemoryMmap,
     ) -> Result<bool, QueueError> {
+        let mut input = self.input.locked();
         let mut used = false;
-        while !self.input.is_empty() {
+        while !input.is_empty() {
             let Some(chain) = queue.iter(memory)?.next() else {
                 break;
             };
             let head = chain.head_index();
             let mut written = 0;
             if let Ok(mut writer) = chain.writer(memory) {
-                let count = writer.available_bytes().min(self.input.len());
-                let (front, back) = self.input.as_slices();
+                let count = writer.available_bytes().min(input.len());
+                let (front, back) = input.as_slices();
                 let back = &back[..count.saturating_sub(front.len())];
                 let front = &front[..count.min(front.len())];
                 if writer
@@ -70,7 +85,7 @@ impl<W: Write + Send> Console<W> {
                 {
                     written = count as u32;
                 }
-                self.input.drain(..count);
+                input.drain(..count);
             }
             queue.add_used(memory, head, written)?;
             used = true;
@@ -78,9 +93,9 @@ impl<W: Write + Send> Console<W> {
         Ok(used)
     }
 
-    /// Where the output went.
-    pub fn output(&self) -> &W {
-        &self.output
+    /// Runs `look` on where the output went.
+    pub fn with_output<R>(&self, look: impl FnOnce(&W) -> R) -> R {
+        look(&self.transmit.locked().output)
     }
 }
 
@@ -103,7 +118,7 @@ impl<W: Write + Send> VirtioDevice for Console<W> {
     }
 
     fn process_queue(
-        &mut self,
+        &self,
         index: usize,
         queue: &mut Queue,
         memory: &GuestMemoryMmap,
@@ -111,7 +126,8 @@ impl<W: Write + Send> VirtioDevice for Console<W> {
         if index == RECEIVE {
             return self.deliver_input(queue, memory);
         }
-        let (output, bytes) = (&mut self.output, &mut self.transmit);
+        let mut transmit = self.transmit.locked();
+        let Transmit { output, bytes } = &mut *transmit;
         serve_chains(queue, memory, |chain| {
             if let Ok(reader) = chain.reader(memory) {
                 bytes.clear();

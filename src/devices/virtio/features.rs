@@ -8,6 +8,9 @@ use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_
 
 use super::VIRTIO_F_VERSION_1;
 
+mod state;
+pub use state::SavedFeatures;
+
 /// The two feature windows and what the driver accepted so far.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Negotiation {

@@ -1,9 +1,13 @@
 //! virtio 1.x devices behind the virtio-mmio transport (version 2 registers) or the
 //! modern virtio-pci transport (`pci.rs`).
 //!
-//! A device sees only its queues (`virtio-queue`) and guest memory; the transport
-//! (`mmio.rs`) owns the register state machine, and the machine decides how doorbells
-//! arrive: as MMIO exits, or as ioeventfds serviced by the event loop.
+//! A device sees only its queues (`virtio-queue`) and guest memory; the transport core
+//! (`transport.rs`) owns the register state machine both transports share, each
+//! transport adds its register layout and interrupt delivery, and the machine decides
+//! how doorbells arrive: as exits, or as ioeventfds serviced by the event loop.
+//!
+//! Devices take `&self` and lock their own parts (Cloud Hypervisor's shape): a device's
+//! configuration space is read without any lock a request holds.
 
 pub mod block;
 pub mod console;
@@ -12,12 +16,17 @@ pub mod features;
 pub mod mmio;
 pub mod pci;
 pub mod rng;
+pub mod state;
+pub mod transport;
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use thiserror::Error;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
+
+use crate::bus::{Access, BusDevice, StopRequest};
 
 /// VIRTIO_F_VERSION_1: a modern (non-legacy) device.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -33,7 +42,7 @@ pub enum QueueError {
 pub type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
 
 /// What the transport needs from a device.
-pub trait VirtioDevice: Send {
+pub trait VirtioDevice: Send + Sync {
     /// Its virtio device ID (2 block, 3 console, 4 entropy).
     fn device_type(&self) -> u32;
     /// The largest size of each of its queues.
@@ -43,12 +52,42 @@ pub trait VirtioDevice: Send {
     /// Reads its configuration space at `offset`; bytes past its end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Handles the available chains of queue `index`; returns true if any was used.
+    /// Called with the transport's queue lock held, never its register lock.
     fn process_queue(
-        &mut self,
+        &self,
         index: usize,
         queue: &mut Queue,
         memory: &GuestMemoryMmap,
     ) -> Result<bool, QueueError>;
+}
+
+/// Something that can be told a queue has work: a transport, from a doorbell.
+pub trait QueueNotify: Send + Sync {
+    /// Queue `index` has new buffers; `None`: any queue may have (a length-0 doorbell
+    /// does not say which).
+    fn notify(&self, index: Option<u32>);
+    /// True if the driver published buffers in a ready queue since the last call (no
+    /// doorbell needed); a transport that cannot tell says false.
+    fn avail_moved(&self) -> bool {
+        false
+    }
+}
+
+/// A bus device that locks its own parts, so it is shared (`Arc`) rather than owned by
+/// its bus slot.
+pub trait SharedBusDevice: Send + Sync {
+    fn access(&self, offset: u64, access: Access<'_>) -> Option<StopRequest>;
+}
+
+/// A [`SharedBusDevice`] in a bus slot. The slot's mutex then guards only this handle:
+/// the device's own locks do the work (a doorbell that exits is served on the vCPU
+/// under the slot's mutex, so only that device's other registers wait for it).
+pub struct OnBus<T: ?Sized>(pub Arc<T>);
+
+impl<T: SharedBusDevice + ?Sized> BusDevice for OnBus<T> {
+    fn access(&mut self, offset: u64, access: Access<'_>) -> Option<StopRequest> {
+        self.0.access(offset, access)
+    }
 }
 
 /// Serves every available chain of `queue` with `handle`, which returns how many bytes
@@ -74,7 +113,7 @@ pub fn serve_chains(
 /// made it ready and its rings lie in guest memory. `Ok(true)` if buffers were used; an
 /// error means the driver broke the ring, and the transport asks for a reset.
 pub fn serve_queue<D: VirtioDevice + ?Sized>(
-    device: &mut D,
+    device: &D,
     index: usize,
     queue: Option<&mut Queue>,
     memory: &GuestMemoryMmap,

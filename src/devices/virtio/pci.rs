@@ -1,6 +1,7 @@
 //! The virtio 1.x PCI transport, modern only (virtio 1.2 section 4.1): a PCI function
-//! whose capabilities point into one 64-bit memory BAR, driving the same
-//! [`VirtioDevice`]s as the MMIO transport, with the same queue handling.
+//! whose capabilities point into one 64-bit memory BAR, over the same transport core
+//! ([`VirtioCore`]) as virtio-mmio; only the register layout and the interrupt delivery
+//! ([`PciState`]: MSI-X or INTx) are its own.
 //!
 //! # BAR 0 (32 KiB, 64-bit memory, non-prefetchable)
 //!
@@ -30,14 +31,16 @@
 //! still set.
 
 pub mod common;
+mod state;
+pub use state::SavedPciFunction;
 
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_CONSOLE};
 use vm_memory::GuestMemoryMmap;
 
-use super::mmio::QueueNotify;
-use super::{avail_moved, serve_queue, VirtioDevice};
+use super::transport::{Cause, CommonRegisters, Delivery, Registers, VirtioCore};
+use super::{OnBus, QueueNotify, SharedBusDevice, VirtioDevice};
 use crate::bus::{Access, BusDevice, StopRequest};
 use crate::devices::pci::config::{
     BarChange, BarKind, ConfigSpace, PciError, PciIds, COMMAND, COMMAND_BUS_MASTER,
@@ -46,7 +49,7 @@ use crate::devices::pci::config::{
 use crate::devices::pci::msix::{MsiSink, MsixLayout, MsixState, MSIX_CAPABILITY_ID};
 use crate::devices::pci::PciFunction;
 use crate::irq::InterruptLine;
-use common::{CommonConfig, COMMON_CFG_SIZE, STATUS_NEEDS_RESET};
+use common::{CommonConfig, Vectors, Written, COMMON_CFG_SIZE};
 
 // The virtio-pci constants (virtio 1.2 section 4.1); virtio-bindings 0.2 has no
 // virtio_pci module, so they are declared here, with the spec's names.
@@ -88,39 +91,98 @@ const PCI_CFG_OFFSET: u16 = 8;
 const PCI_CFG_LENGTH: u16 = 12;
 const PCI_CFG_DATA: u16 = 16;
 
-/// What raised an interrupt.
-#[derive(Debug, Clone, Copy)]
-enum Cause {
-    Queue(usize),
-    Config,
-}
-
-/// A virtio device as a PCI function. Its configuration space goes on the root bus
-/// ([`PciFunction`]); BAR 0 is a [`BusDevice`] the machine places where the guest put
-/// the BAR.
-pub struct VirtioPciTransport<D: VirtioDevice> {
-    device: D,
-    memory: GuestMemoryMmap,
+/// What virtio-pci keeps beside the common registers, under the same register lock:
+/// configuration space, MSI-X, INTx, and the vector numbers; and how it interrupts.
+pub struct PciState {
     config: ConfigSpace,
     msix: MsixState,
     msix_capability: u16,
     pci_cfg_capability: u16,
     intx: Arc<dyn InterruptLine>,
-    common: CommonConfig,
-    isr: u8,
-    /// Doorbells that made the device use buffers, for the profiler and benches.
-    notifications: u64,
-    /// Doorbells rung, work or none (what the advisor counts as an effect).
-    doorbells: u64,
-    /// Each queue's available index at the last [`QueueNotify::avail_moved`].
-    polled_avail: Vec<u16>,
+    vectors: Vectors,
+}
+
+impl PciState {
+    fn intx_active(&self) -> bool {
+        !self.msix.enabled() && self.config.command() & COMMAND_INTX_DISABLE == 0
+    }
+
+    /// The configuration space.
+    pub fn config_space(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    /// The MSI-X state.
+    pub fn msix(&self) -> &MsixState {
+        &self.msix
+    }
+
+    /// The MSI-X capability's offset in configuration space.
+    pub fn msix_capability(&self) -> u16 {
+        self.msix_capability
+    }
+
+    /// The vector numbers the driver programmed.
+    pub fn vectors(&self) -> &Vectors {
+        &self.vectors
+    }
+}
+
+impl Delivery for PciState {
+    /// Without bus mastering the function may neither touch memory nor send MSIs.
+    fn may_serve(&self) -> bool {
+        self.config.command() & COMMAND_BUS_MASTER != 0
+    }
+
+    fn raise(&mut self, common: &mut CommonRegisters, cause: Cause) {
+        let bit = match cause {
+            Cause::Queues(_) => ISR_QUEUE,
+            Cause::Config => ISR_CONFIG,
+        };
+        if self.msix.enabled() {
+            // With MSI-X only configuration changes set the ISR (virtio 1.2 4.1.4.5.1).
+            let vectors: Vec<u16> = match cause {
+                Cause::Queues(used) => (0..self.vectors.queues.len().min(64))
+                    .filter(|queue| used & (1 << queue) != 0)
+                    .map(|queue| self.vectors.queues[queue])
+                    .collect(),
+                Cause::Config => {
+                    common.raise_status(bit);
+                    vec![self.vectors.config]
+                }
+            };
+            for vector in vectors {
+                if vector != VIRTIO_MSI_NO_VECTOR {
+                    self.msix.notify(vector);
+                }
+            }
+            return;
+        }
+        let rising = common.raise_status(bit) == 0;
+        self.config.set_interrupt_status(true);
+        if rising && self.intx_active() {
+            self.intx.pulse();
+        }
+    }
+
+    fn reset(&mut self) {
+        // A device reset lowers any interrupt it had raised.
+        self.config.set_interrupt_status(false);
+        self.vectors.reset();
+    }
+}
+
+/// A virtio device as a PCI function: the transport core behind virtio-pci's register
+/// layout. Its configuration space goes on the root bus ([`PciFunction`]); BAR 0 is a
+/// bus device the machine places where the guest put the BAR.
+pub struct VirtioPciTransport<D: VirtioDevice> {
+    core: VirtioCore<D, PciState>,
 }
 
 impl<D: VirtioDevice> std::fmt::Debug for VirtioPciTransport<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VirtioPciTransport")
-            .field("device_type", &self.device.device_type())
-            .field("status", &self.common.status)
+            .field("core", &self.core)
             .finish()
     }
 }
@@ -176,19 +238,16 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
         let msix = MsixState::new(layout, msi)?;
         let (config, msix_capability, pci_cfg_capability) =
             Self::build_config_space(&device, &msix)?;
-        Ok(Self {
-            common: CommonConfig::new(device.queue_max_sizes()),
-            device,
-            memory,
+        let state = PciState {
             config,
             msix,
             msix_capability,
             pci_cfg_capability,
             intx,
-            isr: 0,
-            notifications: 0,
-            doorbells: 0,
-            polled_avail: Vec::new(),
+            vectors: Vectors::new(queues, vectors),
+        };
+        Ok(Self {
+            core: VirtioCore::new(device, memory, state),
         })
     }
 
@@ -242,39 +301,43 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
         Ok((config, msix_capability, pci_cfg))
     }
 
+    /// The shared core (the device, its counters, the registers).
+    pub fn core(&self) -> &VirtioCore<D, PciState> {
+        &self.core
+    }
+
     /// The device, to hand it host input; call [`QueueNotify::notify`] afterwards.
-    pub fn device_mut(&mut self) -> &mut D {
-        &mut self.device
+    pub fn device(&self) -> &D {
+        self.core.device()
     }
 
-    /// The configuration space (the machine may set the interrupt line register).
-    pub fn config_space_mut(&mut self) -> &mut ConfigSpace {
-        &mut self.config
+    /// Sets the interrupt line register (the machine's INTx routing).
+    pub fn set_interrupt_line(&self, line: u8) {
+        self.core
+            .registers()
+            .transport
+            .config
+            .set_interrupt_line(line);
     }
 
-    /// The configuration space.
-    pub fn config_space(&self) -> &ConfigSpace {
-        &self.config
-    }
-
-    /// The MSI-X state.
-    pub fn msix(&self) -> &MsixState {
-        &self.msix
+    /// Runs `look` on the PCI state under the register lock.
+    pub fn with_state<R>(&self, look: impl FnOnce(&PciState) -> R) -> R {
+        look(&self.core.registers().transport)
     }
 
     /// Doorbells that made the device use buffers.
     pub fn notifications(&self) -> u64 {
-        self.notifications
+        self.core.notifications()
     }
 
     /// Doorbells rung, whether or not they found work or the driver was ready.
     pub fn doorbells(&self) -> u64 {
-        self.doorbells
+        self.core.doorbells()
     }
 
     /// Queues the device has.
     pub fn queue_count(&self) -> usize {
-        self.common.queues.len()
+        self.core.device().queue_max_sizes().len()
     }
 
     /// Where, in BAR 0, the doorbell of queue `queue` is: the machine registers one
@@ -285,184 +348,134 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
 
     /// The INTx line's resample: the guest ended the interrupt; raise it again if the
     /// ISR is still set (the line is level-triggered).
-    pub fn intx_resample(&mut self) {
-        if self.intx_active() && self.isr != 0 {
-            self.intx.pulse();
-        }
-    }
-
-    fn intx_active(&self) -> bool {
-        !self.msix.enabled() && self.config.command() & COMMAND_INTX_DISABLE == 0
-    }
-
-    fn interrupt(&mut self, cause: Cause) {
-        let (bit, vector) = match cause {
-            Cause::Queue(index) => (ISR_QUEUE, self.common.queue_vectors.get(index).copied()),
-            Cause::Config => (ISR_CONFIG, Some(self.common.config_vector)),
-        };
-        if self.msix.enabled() {
-            // With MSI-X only configuration changes set the ISR (virtio 1.2 4.1.4.5.1).
-            if bit == ISR_CONFIG {
-                self.isr |= bit;
-            }
-            match vector {
-                Some(VIRTIO_MSI_NO_VECTOR) | None => {}
-                Some(vector) => self.msix.notify(vector),
-            }
-            return;
-        }
-        let rising = self.isr == 0;
-        self.isr |= bit;
-        self.config.set_interrupt_status(true);
-        if rising && self.intx_active() {
-            self.intx.pulse();
-        }
-    }
-
-    /// Reads the ISR: returns it and clears it, lowering the INTx level.
-    fn take_isr(&mut self) -> u8 {
-        self.config.set_interrupt_status(false);
-        std::mem::take(&mut self.isr)
-    }
-
-    /// Marks the device broken, as the virtio spec lets a device do when its driver
-    /// breaks the protocol, and tells the driver.
-    fn needs_reset(&mut self) {
-        self.common.status |= STATUS_NEEDS_RESET;
-        self.interrupt(Cause::Config);
-    }
-
-    fn process(&mut self, index: usize) -> bool {
-        let queue = self.common.queues.get_mut(index);
-        match serve_queue(&mut self.device, index, queue, &self.memory) {
-            Ok(used) => used,
-            Err(_) => {
-                self.needs_reset();
-                false
-            }
+    pub fn intx_resample(&self) {
+        let registers = self.core.registers();
+        if registers.transport.intx_active() && registers.common.interrupt_status() != 0 {
+            registers.transport.intx.pulse();
         }
     }
 
     /// An access to BAR 0 at `offset`, decoded or not (the pci_cfg window reaches it
-    /// with the BAR disabled).
-    fn bar_access(&mut self, offset: u64, access: Access<'_>) {
+    /// with the BAR disabled), under the register lock; returns the queue a doorbell
+    /// named, which the caller serves once the lock is released.
+    fn bar_access(
+        &self,
+        registers: &mut Registers<PciState>,
+        offset: u64,
+        access: Access<'_>,
+    ) -> Option<u32> {
+        let features = self.core.device().features();
         let (region, within) = (offset / REGION * REGION, offset % REGION);
+        let Registers { common, transport } = registers;
+        let mut config = CommonConfig {
+            common,
+            vectors: &mut transport.vectors,
+        };
         match (region, access) {
-            (COMMON_OFFSET, Access::Read(data)) => {
-                self.common.read(within, data, self.device.features())
-            }
+            (COMMON_OFFSET, Access::Read(data)) => config.read(within, data, features),
             (COMMON_OFFSET, Access::Write(data)) => {
-                let (features, vectors) = (self.device.features(), self.msix.vectors());
-                let was = self.common.status;
-                self.common.write(within, data, features, vectors);
-                if was != 0 && self.common.status == 0 {
-                    // A device reset lowers any interrupt it had raised.
-                    self.take_isr();
+                if let Written::Status(value) = config.write(within, data, features) {
+                    registers.write_status(value, features);
                 }
             }
             (ISR_OFFSET, Access::Read(data)) => {
                 data.fill(0);
                 if within == 0 && !data.is_empty() {
-                    data[0] = self.take_isr();
+                    // Reading the ISR clears it, lowering the INTx level.
+                    transport.config.set_interrupt_status(false);
+                    data[0] = common.take_interrupt_status();
                 }
             }
-            (DEVICE_CONFIG_OFFSET, Access::Read(data)) => self.device.read_config(within, data),
+            (DEVICE_CONFIG_OFFSET, Access::Read(data)) => {
+                self.core.device().read_config(within, data)
+            }
             (NOTIFY_OFFSET, Access::Write(_)) => {
                 let multiplier = u64::from(NOTIFY_OFF_MULTIPLIER);
                 if within % multiplier == 0 {
-                    self.notify(Some((within / multiplier) as u32));
+                    return Some((within / multiplier) as u32);
                 }
             }
-            (MSIX_TABLE_OFFSET, Access::Read(data)) => self.msix.read_table(within, data),
-            (MSIX_TABLE_OFFSET, Access::Write(data)) => self.msix.write_table(within, data),
-            (MSIX_PBA_OFFSET, Access::Read(data)) => self.msix.read_pba(within, data),
+            (MSIX_TABLE_OFFSET, Access::Read(data)) => transport.msix.read_table(within, data),
+            (MSIX_TABLE_OFFSET, Access::Write(data)) => transport.msix.write_table(within, data),
+            (MSIX_PBA_OFFSET, Access::Read(data)) => transport.msix.read_pba(within, data),
             (_, Access::Read(data)) => data.fill(0),
             // Device configuration is read-only here, as on the MMIO transport; the ISR
             // and PBA are read-only.
             (_, Access::Write(_)) => {}
         }
+        None
     }
 
     /// A configuration access that reaches the pci_cfg data window: performs the BAR
-    /// access the window describes. Returns false if the access is elsewhere.
-    fn pci_cfg_window(&mut self, offset: u16, access: Access<'_>) -> bool {
-        let data_at = self.pci_cfg_capability + PCI_CFG_DATA;
+    /// access the window describes. Returns None if the access is elsewhere, else the
+    /// queue a doorbell through the window named.
+    fn pci_cfg_window(
+        &self,
+        registers: &mut Registers<PciState>,
+        offset: u16,
+        access: Access<'_>,
+    ) -> Option<Option<u32>> {
+        let cap = registers.transport.pci_cfg_capability;
+        let data_at = cap + PCI_CFG_DATA;
         if !(data_at..data_at + 4).contains(&offset) {
-            return false;
+            return None;
         }
-        let cap = self.pci_cfg_capability;
-        let bar = self.config.u8_at(cap + PCI_CFG_BAR);
-        let at = u64::from(self.config.u32_at(cap + PCI_CFG_OFFSET));
-        let len = self.config.u32_at(cap + PCI_CFG_LENGTH) as usize;
+        let config = &registers.transport.config;
+        let bar = config.u8_at(cap + PCI_CFG_BAR);
+        let at = u64::from(config.u32_at(cap + PCI_CFG_OFFSET));
+        let len = config.u32_at(cap + PCI_CFG_LENGTH) as usize;
         let usable = bar == BAR && matches!(len, 1 | 2 | 4) && at + len as u64 <= BAR_SIZE;
         let mut window = [0u8; 4];
+        let mut doorbell = None;
         match access {
             Access::Read(data) => {
                 if usable {
-                    self.bar_access(at, Access::Read(&mut window[..len]));
-                    self.config.set_bytes(data_at, &window);
+                    doorbell = self.bar_access(registers, at, Access::Read(&mut window[..len]));
+                    registers.transport.config.set_bytes(data_at, &window);
                 }
-                self.config.read(offset, data);
+                registers.transport.config.read(offset, data);
             }
             Access::Write(data) => {
-                self.config.write(offset, data);
+                registers.transport.config.write(offset, data);
                 if usable {
-                    self.config.read(data_at, &mut window);
-                    self.bar_access(at, Access::Write(&window[..len]));
+                    registers.transport.config.read(data_at, &mut window);
+                    doorbell = self.bar_access(registers, at, Access::Write(&window[..len]));
                 }
             }
         }
-        true
+        Some(doorbell)
     }
-}
 
-impl<D: VirtioDevice> QueueNotify for VirtioPciTransport<D> {
-    fn notify(&mut self, index: Option<u32>) {
-        self.doorbells += 1;
-        // Without bus mastering the function may neither touch memory nor send MSIs.
-        if !self.common.driver_ok() || self.config.command() & COMMAND_BUS_MASTER == 0 {
-            return;
+    /// Reads configuration space.
+    pub fn read_config(&self, offset: u16, data: &mut [u8]) {
+        let mut registers = self.core.registers();
+        if self
+            .pci_cfg_window(&mut registers, offset, Access::Read(&mut *data))
+            .is_none()
+        {
+            registers.transport.config.read(offset, data);
         }
-        let queues = match index {
-            Some(index) => index as usize..(index as usize).saturating_add(1),
-            None => 0..self.common.queues.len(),
-        };
-        let mut used = false;
-        for index in queues {
-            if self.process(index) {
-                used = true;
-                self.interrupt(Cause::Queue(index));
+    }
+
+    /// Writes configuration space; returns the BAR move it made.
+    pub fn write_config(&self, offset: u16, data: &[u8]) -> Option<BarChange> {
+        let mut registers = self.core.registers();
+        if let Some(doorbell) = self.pci_cfg_window(&mut registers, offset, Access::Write(data)) {
+            drop(registers);
+            if doorbell.is_some() {
+                self.core.notify(doorbell);
             }
-        }
-        if used {
-            self.notifications += 1;
-        }
-    }
-
-    fn avail_moved(&mut self) -> bool {
-        self.common.driver_ok()
-            && avail_moved(&self.common.queues, &mut self.polled_avail, &self.memory)
-    }
-}
-
-impl<D: VirtioDevice> PciFunction for VirtioPciTransport<D> {
-    fn read_config(&mut self, offset: u16, data: &mut [u8]) {
-        if !self.pci_cfg_window(offset, Access::Read(data)) {
-            self.config.read(offset, data);
-        }
-    }
-
-    fn write_config(&mut self, offset: u16, data: &[u8]) -> Option<BarChange> {
-        if self.pci_cfg_window(offset, Access::Write(data)) {
             return None;
         }
-        let intx_was_disabled = self.config.command() & COMMAND_INTX_DISABLE != 0;
-        let change = self.config.write(offset, data);
+        let state = &mut registers.transport;
+        let intx_was_disabled = state.config.command() & COMMAND_INTX_DISABLE != 0;
+        let change = state.config.write(offset, data);
         let register = offset & !3;
-        if register == self.msix_capability {
-            let control = self.config.u16_at(self.msix_capability + 2);
-            self.msix.write_control(control);
+        if register == state.msix_capability {
+            let control = state.config.u16_at(state.msix_capability + 2);
+            state.msix.write_control(control);
         }
+        drop(registers);
         if register == COMMAND && intx_was_disabled {
             // Unmasking INTx with the ISR set raises the line, as a level would.
             self.intx_resample();
@@ -471,16 +484,64 @@ impl<D: VirtioDevice> PciFunction for VirtioPciTransport<D> {
     }
 }
 
-impl<D: VirtioDevice> BusDevice for VirtioPciTransport<D> {
+impl<D: VirtioDevice> QueueNotify for VirtioPciTransport<D> {
+    fn notify(&self, index: Option<u32>) {
+        self.core.notify(index);
+    }
+
+    fn avail_moved(&self) -> bool {
+        self.core.avail_moved()
+    }
+}
+
+impl<D: VirtioDevice> SharedBusDevice for VirtioPciTransport<D> {
     /// BAR 0, at `offset` from the BAR's address; nothing answers while memory decoding
     /// is off.
-    fn access(&mut self, offset: u64, access: Access<'_>) -> Option<StopRequest> {
-        match access {
-            Access::Read(data) if !self.config.decodes(BAR) => data.fill(0xff),
-            Access::Write(_) if !self.config.decodes(BAR) => {}
-            access => self.bar_access(offset, access),
+    fn access(&self, offset: u64, access: Access<'_>) -> Option<StopRequest> {
+        let mut registers = self.core.registers();
+        let doorbell = match access {
+            Access::Read(data) if !registers.transport.config.decodes(BAR) => {
+                data.fill(0xff);
+                None
+            }
+            Access::Write(_) if !registers.transport.config.decodes(BAR) => None,
+            access => self.bar_access(&mut registers, offset, access),
+        };
+        drop(registers);
+        if doorbell.is_some() {
+            // Served under the queue lock, not the register lock.
+            self.core.notify(doorbell);
         }
         None
+    }
+}
+
+/// The function in a bus slot and on the PCI root, shared.
+impl<D: VirtioDevice> PciFunction for OnBus<VirtioPciTransport<D>> {
+    fn read_config(&mut self, offset: u16, data: &mut [u8]) {
+        self.0.read_config(offset, data)
+    }
+
+    fn write_config(&mut self, offset: u16, data: &[u8]) -> Option<BarChange> {
+        self.0.write_config(offset, data)
+    }
+}
+
+/// Owned (tests, fuzzing).
+impl<D: VirtioDevice> PciFunction for VirtioPciTransport<D> {
+    fn read_config(&mut self, offset: u16, data: &mut [u8]) {
+        VirtioPciTransport::read_config(self, offset, data)
+    }
+
+    fn write_config(&mut self, offset: u16, data: &[u8]) -> Option<BarChange> {
+        VirtioPciTransport::write_config(self, offset, data)
+    }
+}
+
+/// Owned (tests, fuzzing).
+impl<D: VirtioDevice> BusDevice for VirtioPciTransport<D> {
+    fn access(&mut self, offset: u64, access: Access<'_>) -> Option<StopRequest> {
+        SharedBusDevice::access(self, offset, access)
     }
 }
 

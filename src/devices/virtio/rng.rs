@@ -1,6 +1,7 @@
 //! virtio-rng (entropy device, ID 4): fills the driver's buffers with host randomness.
 
 use std::io::{Read, Write};
+use std::sync::Mutex;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -8,24 +9,33 @@ use vm_memory::GuestMemoryMmap;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 
 use super::{serve_chains, QueueError, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::sync::LockExt;
 
 /// The largest buffer served per request; a bigger one gets this many bytes.
 const MAX_REQUEST: usize = 64 * 1024;
 const QUEUE_SIZES: &[u16] = &[64];
 
-/// The device, over any source of random bytes (the host's `/dev/urandom`).
-pub struct Rng<R: Read + Send> {
+/// The source and the buffer requests pass through.
+struct RngIo<R> {
     source: R,
     /// Allocated once: a request allocates nothing of the device's own.
     buffer: Vec<u8>,
+}
+
+/// The device, over any source of random bytes (the host's `/dev/urandom`); requests
+/// run under its own lock.
+pub struct Rng<R: Read + Send> {
+    io: Mutex<RngIo<R>>,
 }
 
 impl<R: Read + Send> Rng<R> {
     /// A device drawing from `source`.
     pub fn new(source: R) -> Self {
         Self {
-            source,
-            buffer: vec![0; MAX_REQUEST],
+            io: Mutex::new(RngIo {
+                source,
+                buffer: vec![0; MAX_REQUEST],
+            }),
         }
     }
 }
@@ -48,12 +58,13 @@ impl<R: Read + Send> VirtioDevice for Rng<R> {
     }
 
     fn process_queue(
-        &mut self,
+        &self,
         _index: usize,
         queue: &mut Queue,
         memory: &GuestMemoryMmap,
     ) -> Result<bool, QueueError> {
-        let (source, buffer) = (&mut self.source, &mut self.buffer);
+        let mut io = self.io.locked();
+        let RngIo { source, buffer } = &mut *io;
         serve_chains(queue, memory, |chain| {
             let Ok(mut writer) = chain.writer(memory) else {
                 return 0;

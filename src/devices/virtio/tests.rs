@@ -8,8 +8,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::block::{Block, SECTOR};
 use super::console::Console;
 use super::driver::{DriverQueue, NEXT, WRITE};
-use super::mmio::{MmioTransport, QueueNotify, QUEUE_NOTIFY};
+use super::mmio::{MmioTransport, QUEUE_NOTIFY};
 use super::rng::Rng;
+use super::QueueNotify;
 use super::{VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::bus::{Access, BusDevice};
 use crate::irq::{CountingLine, InterruptLine};
@@ -35,7 +36,7 @@ fn header(kind: u32, sector: u64) -> [u8; 16] {
 /// Sends one block request: header at DATA, data buffers, status byte; returns
 /// (status, used length).
 fn block_request(
-    device: &mut Block<Vec<u8>>,
+    device: &Block<Vec<u8>>,
     memory: &GuestMemoryMmap,
     kind: u32,
     sector: u64,
@@ -60,9 +61,9 @@ fn block_request(
 #[test]
 fn block_reads_writes_flushes_and_identifies() {
     let memory = memory();
-    let mut device = Block::new(disk(16), false, "hushvm-test-disk");
+    let device = Block::new(disk(16), false, "hushvm-test-disk");
     assert_eq!(
-        block_request(&mut device, &memory, 0, 3, Some((1024, true))),
+        block_request(&device, &memory, 0, 3, Some((1024, true))),
         (0, 1025)
     );
     let mut read = vec![0u8; 1024];
@@ -75,14 +76,14 @@ fn block_reads_writes_flushes_and_identifies() {
         .write_slice(&[0xab; 512], GuestAddress(DATA + 0x1000))
         .unwrap();
     assert_eq!(
-        block_request(&mut device, &memory, 1, 15, Some((512, false))),
+        block_request(&device, &memory, 1, 15, Some((512, false))),
         (0, 1)
     );
-    assert!(device.disk()[15 * 512..].iter().all(|b| *b == 0xab));
-    assert_eq!(block_request(&mut device, &memory, 4, 0, None), (0, 1));
+    assert!(device.with_disk(|disk| disk[15 * 512..].iter().all(|b| *b == 0xab)));
+    assert_eq!(block_request(&device, &memory, 4, 0, None), (0, 1));
 
     assert_eq!(
-        block_request(&mut device, &memory, 8, 0, Some((20, true))),
+        block_request(&device, &memory, 8, 0, Some((20, true))),
         (0, 21)
     );
     let mut id = [0u8; 20];
@@ -99,46 +100,46 @@ fn block_reads_writes_flushes_and_identifies() {
 #[test]
 fn block_rejects_short_odd_out_of_range_and_readonly_requests() {
     let memory = memory();
-    let mut device = Block::new(disk(16), false, "d");
+    let device = Block::new(disk(16), false, "d");
     assert_eq!(
-        block_request(&mut device, &memory, 0, 16, Some((512, true))).0,
+        block_request(&device, &memory, 0, 16, Some((512, true))).0,
         1,
         "past the end"
     );
     assert_eq!(
-        block_request(&mut device, &memory, 0, 15, Some((1024, true))).0,
+        block_request(&device, &memory, 0, 15, Some((1024, true))).0,
         1,
         "runs past the end"
     );
     assert_eq!(
-        block_request(&mut device, &memory, 0, 0, Some((100, true))).0,
+        block_request(&device, &memory, 0, 0, Some((100, true))).0,
         1,
         "not whole sectors"
     );
     assert_eq!(
-        block_request(&mut device, &memory, 0, u64::MAX / 256, Some((512, true))).0,
+        block_request(&device, &memory, 0, u64::MAX / 256, Some((512, true))).0,
         1,
         "overflow"
     );
     assert_eq!(
-        block_request(&mut device, &memory, 99, 0, None).0,
+        block_request(&device, &memory, 99, 0, None).0,
         2,
         "unsupported type"
     );
-    let mut readonly = Block::new(disk(16), true, "d");
+    let readonly = Block::new(disk(16), true, "d");
     assert_eq!(
-        block_request(&mut readonly, &memory, 1, 0, Some((512, false))).0,
+        block_request(&readonly, &memory, 1, 0, Some((512, false))).0,
         1,
         "read-only"
     );
-    assert_eq!(readonly.disk()[0], 0);
+    assert_eq!(readonly.with_disk(|disk| disk[0]), 0);
     assert_ne!(readonly.features() & (1 << 5), 0, "VIRTIO_BLK_F_RO");
 }
 
 /// Runs one chain through a block device and returns the used length.
 fn run_raw_chain(build: impl FnOnce(&GuestMemoryMmap, &mut DriverQueue)) -> u32 {
     let memory = memory();
-    let mut device = Block::new(disk(16), false, "d");
+    let device = Block::new(disk(16), false, "d");
     let mut queue = DriverQueue::new(QUEUE_BASE, 8);
     build(&memory, &mut queue);
     let mut device_queue = queue.device_queue(128);
@@ -209,7 +210,7 @@ fn malformed_chains_get_an_answer_and_the_device_goes_on() {
     );
     // A descriptor index past the table.
     let memory = memory();
-    let mut device = Block::new(disk(16), false, "d");
+    let device = Block::new(disk(16), false, "d");
     let mut queue = DriverQueue::new(QUEUE_BASE, 8);
     queue.publish(&memory, 200);
     let mut device_queue = queue.device_queue(128);
@@ -219,7 +220,7 @@ fn malformed_chains_get_an_answer_and_the_device_goes_on() {
 #[test]
 fn rng_fills_buffers_and_console_forwards_output() {
     let memory = memory();
-    let mut rng = Rng::new(std::io::repeat(0x5a));
+    let rng = Rng::new(std::io::repeat(0x5a));
     let mut queue = DriverQueue::new(QUEUE_BASE, 8);
     queue.add_chain(&memory, &[(DATA, 16, true), (DATA + 16, 16, true)]);
     let mut device_queue = queue.device_queue(64);
@@ -229,7 +230,7 @@ fn rng_fills_buffers_and_console_forwards_output() {
     memory.read_slice(&mut bytes, GuestAddress(DATA)).unwrap();
     assert_eq!(bytes, [0x5a; 32]);
 
-    let mut console = Console::new(Vec::new());
+    let console = Console::new(Vec::new());
     memory.write_slice(b"hello", GuestAddress(DATA)).unwrap();
     let mut queue = DriverQueue::new(QUEUE_BASE, 8);
     queue.add_chain(&memory, &[(DATA, 5, false)]);
@@ -237,13 +238,13 @@ fn rng_fills_buffers_and_console_forwards_output() {
     assert!(console
         .process_queue(1, &mut device_queue, &memory)
         .unwrap());
-    assert_eq!(console.output(), b"hello");
+    assert_eq!(console.with_output(|output| output.clone()), b"hello");
 }
 
 #[test]
 fn console_input_fills_posted_receive_buffers_only() {
     let memory = memory();
-    let mut console = Console::new(Vec::new());
+    let console = Console::new(Vec::new());
     let mut queue = DriverQueue::new(QUEUE_BASE, 8);
     let mut device_queue = queue.device_queue(64);
     assert_eq!(console.receive(b"typed"), 5);

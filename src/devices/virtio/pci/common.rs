@@ -1,19 +1,19 @@
-//! The common configuration structure of virtio-pci (virtio 1.2 section 4.1.4.3):
-//! feature negotiation, device status, and the selected queue's registers.
+//! The common configuration structure of virtio-pci (virtio 1.2 section 4.1.4.3): its
+//! layout over the transport core's registers (feature negotiation, device status, the
+//! selected queue), plus the MSI-X vector numbers only virtio-pci has.
 //!
 //! Every field is handled as a little-endian value: an access inside one field reads
 //! or replaces its bytes (so a driver may write a 64-bit queue address as two dwords),
 //! and an access that is not inside one field reads 0 and is dropped.
 
-use virtio_bindings::virtio_config::{
-    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
-};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::GuestAddress;
 
 use super::VIRTIO_MSI_NO_VECTOR;
-use crate::devices::virtio::features::Negotiation;
+use crate::devices::virtio::transport::CommonRegisters;
+pub use crate::devices::virtio::transport::{
+    STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET,
+};
 
 // Field offsets of `struct virtio_pci_common_cfg` (virtio-bindings 0.2 has no
 // virtio_pci module, so they are declared here, with the spec's names).
@@ -57,65 +57,48 @@ const FIELDS: [(u64, u64); 16] = [
     (QUEUE_DEVICE, 8),
 ];
 
-/// Status bits (virtio-bindings' values are u32; device_status is a byte here).
-pub const STATUS_ACKNOWLEDGE: u8 = VIRTIO_CONFIG_S_ACKNOWLEDGE as u8;
-pub const STATUS_DRIVER: u8 = VIRTIO_CONFIG_S_DRIVER as u8;
-pub const STATUS_DRIVER_OK: u8 = VIRTIO_CONFIG_S_DRIVER_OK as u8;
-pub const STATUS_FEATURES_OK: u8 = VIRTIO_CONFIG_S_FEATURES_OK as u8;
-pub const STATUS_NEEDS_RESET: u8 = VIRTIO_CONFIG_S_NEEDS_RESET as u8;
-
-/// The state behind the common configuration structure.
-#[derive(Debug)]
-pub struct CommonConfig {
-    pub queues: Vec<Queue>,
-    /// MSI-X vector of each queue, or [`VIRTIO_MSI_NO_VECTOR`].
-    pub queue_vectors: Vec<u16>,
-    /// MSI-X vector of configuration changes, or [`VIRTIO_MSI_NO_VECTOR`].
-    pub config_vector: u16,
-    pub status: u8,
-    features: Negotiation,
-    queue_select: u16,
+/// The common configuration over the shared registers: `vectors` are the MSI-X vector
+/// numbers of each queue and of configuration changes, which only virtio-pci has.
+pub struct CommonConfig<'a> {
+    pub common: &'a mut CommonRegisters,
+    pub vectors: &'a mut Vectors,
 }
 
-impl CommonConfig {
-    /// The registers of a device whose queues have these largest sizes (powers of two).
-    pub fn new(max_sizes: &[u16]) -> Self {
-        let queues: Vec<Queue> = max_sizes
-            .iter()
-            .map(|max| Queue::new(*max).expect("queue sizes are powers of two"))
-            .collect();
+/// The MSI-X vector of each queue and of configuration changes, or
+/// [`VIRTIO_MSI_NO_VECTOR`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vectors {
+    pub queues: Vec<u16>,
+    pub config: u16,
+    /// How many vectors the table has: a vector past it reads back as NO_VECTOR.
+    pub table: u16,
+}
+
+impl Vectors {
+    pub fn new(queues: usize, table: u16) -> Self {
         Self {
-            queue_vectors: vec![VIRTIO_MSI_NO_VECTOR; queues.len()],
-            queues,
-            config_vector: VIRTIO_MSI_NO_VECTOR,
-            status: 0,
-            features: Negotiation::default(),
-            queue_select: 0,
+            queues: vec![VIRTIO_MSI_NO_VECTOR; queues],
+            config: VIRTIO_MSI_NO_VECTOR,
+            table,
         }
     }
 
-    /// What a device reset leaves (device_status written 0).
+    /// What a device reset leaves.
     pub fn reset(&mut self) {
-        self.queues.iter_mut().for_each(QueueT::reset);
-        self.queue_vectors.fill(VIRTIO_MSI_NO_VECTOR);
-        self.config_vector = VIRTIO_MSI_NO_VECTOR;
-        self.status = 0;
-        self.features = Negotiation::default();
-        self.queue_select = 0;
+        self.queues.fill(VIRTIO_MSI_NO_VECTOR);
+        self.config = VIRTIO_MSI_NO_VECTOR;
     }
+}
 
-    /// True once the driver has set DRIVER_OK (after FEATURES_OK) and the device has not
-    /// asked for a reset: queues may be served.
-    pub fn driver_ok(&self) -> bool {
-        let ready = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
-        self.status & ready == ready && self.status & STATUS_NEEDS_RESET == 0
-    }
+/// What a write asks of the core beyond the registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Nothing,
+    /// device_status written with this value.
+    Status(u8),
+}
 
-    /// Features the driver accepted.
-    pub fn driver_features(&self) -> u64 {
-        self.features.accepted()
-    }
-
+impl CommonConfig<'_> {
     /// Reads at `offset`; the device offers `features`.
     pub fn read(&self, offset: u64, data: &mut [u8], features: u64) {
         data.fill(0);
@@ -126,39 +109,42 @@ impl CommonConfig {
         }
     }
 
-    /// Writes at `offset`; the device offers `features` and has `vectors` MSI-X vectors.
-    pub fn write(&mut self, offset: u64, data: &[u8], features: u64, vectors: u16) {
-        if let Some((start, _)) = field(offset, data.len()) {
-            let mut bytes = self.get(start, features).to_le_bytes();
-            let at = (offset - start) as usize;
-            bytes[at..at + data.len()].copy_from_slice(data);
-            self.set(start, u64::from_le_bytes(bytes), features, vectors);
-        }
+    /// Writes at `offset`; the device offers `features`. A status write is the caller's
+    /// to apply (the core's reset and FEATURES_OK rules).
+    pub fn write(&mut self, offset: u64, data: &[u8], features: u64) -> Written {
+        let Some((start, _)) = field(offset, data.len()) else {
+            return Written::Nothing;
+        };
+        let mut bytes = self.get(start, features).to_le_bytes();
+        let at = (offset - start) as usize;
+        bytes[at..at + data.len()].copy_from_slice(data);
+        self.set(start, u64::from_le_bytes(bytes))
     }
 
-    fn selected(&self) -> Option<&Queue> {
-        self.queues.get(usize::from(self.queue_select))
+    fn select(&self) -> usize {
+        self.common.queue_select() as usize
     }
 
     /// The value of the field at `start`.
     fn get(&self, start: u64, features: u64) -> u64 {
-        let queue = self.selected();
-        let vector = self.queue_vectors.get(usize::from(self.queue_select));
+        let common = &*self.common;
+        let queue = common.selected();
+        let vector = self.vectors.queues.get(self.select());
         match start {
-            DEVICE_FEATURE_SELECT => u64::from(self.features.device_select()),
-            DEVICE_FEATURE => u64::from(self.features.offered_word(features)),
-            DRIVER_FEATURE_SELECT => u64::from(self.features.driver_select()),
-            DRIVER_FEATURE => u64::from(self.features.accepted_word()),
-            CONFIG_MSIX_VECTOR => u64::from(self.config_vector),
-            NUM_QUEUES => self.queues.len() as u64,
-            DEVICE_STATUS => u64::from(self.status),
+            DEVICE_FEATURE_SELECT => u64::from(common.features().device_select()),
+            DEVICE_FEATURE => u64::from(common.features().offered_word(features)),
+            DRIVER_FEATURE_SELECT => u64::from(common.features().driver_select()),
+            DRIVER_FEATURE => u64::from(common.features().accepted_word()),
+            CONFIG_MSIX_VECTOR => u64::from(self.vectors.config),
+            NUM_QUEUES => common.queue_count() as u64,
+            DEVICE_STATUS => u64::from(common.status()),
             // No device here changes its configuration: the generation stays 0.
             CONFIG_GENERATION => 0,
-            QUEUE_SELECT => u64::from(self.queue_select),
+            QUEUE_SELECT => u64::from(common.queue_select()),
             QUEUE_SIZE => queue.map_or(0, |q| u64::from(q.size())),
             QUEUE_MSIX_VECTOR => vector.map_or(VIRTIO_MSI_NO_VECTOR, |v| *v).into(),
             QUEUE_ENABLE => queue.map_or(0, |q| u64::from(q.ready())),
-            QUEUE_NOTIFY_OFF => queue.map_or(0, |_| u64::from(self.queue_select)),
+            QUEUE_NOTIFY_OFF => queue.map_or(0, |_| u64::from(common.queue_select())),
             QUEUE_DESC => queue.map_or(0, |q| q.desc_table()),
             QUEUE_DRIVER => queue.map_or(0, |q| q.avail_ring()),
             QUEUE_DEVICE => queue.map_or(0, |q| q.used_ring()),
@@ -167,31 +153,41 @@ impl CommonConfig {
     }
 
     /// Sets the field at `start` to `value` (already merged with the bytes not written).
-    fn set(&mut self, start: u64, value: u64, features: u64, vectors: u16) {
+    fn set(&mut self, start: u64, value: u64) -> Written {
         // A vector the table lacks reads back as NO_VECTOR: how the driver learns.
+        let table = self.vectors.table;
         let vector = |value: u64| match value as u16 {
-            v if v < vectors => v,
+            v if v < table => v,
             _ => VIRTIO_MSI_NO_VECTOR,
         };
-        let select = usize::from(self.queue_select);
+        let select = self.select();
+        let features = self.common.features_mut();
         match start {
-            DEVICE_FEATURE_SELECT => self.features.set_device_select(value as u32),
-            DRIVER_FEATURE_SELECT => self.features.set_driver_select(value as u32),
-            DRIVER_FEATURE => self.features.accept_word(value as u32),
-            CONFIG_MSIX_VECTOR => self.config_vector = vector(value),
-            DEVICE_STATUS => self.write_status(value as u8, features),
-            QUEUE_SELECT => self.queue_select = value as u16,
+            DEVICE_FEATURE_SELECT => features.set_device_select(value as u32),
+            DRIVER_FEATURE_SELECT => features.set_driver_select(value as u32),
+            DRIVER_FEATURE => features.accept_word(value as u32),
+            CONFIG_MSIX_VECTOR => self.vectors.config = vector(value),
+            DEVICE_STATUS => return Written::Status(value as u8),
+            // The field is 16 bits wide.
+            QUEUE_SELECT => self.common.set_queue_select(u32::from(value as u16)),
             QUEUE_MSIX_VECTOR => {
-                if let Some(slot) = self.queue_vectors.get_mut(select) {
+                if let Some(slot) = self.vectors.queues.get_mut(select) {
                     *slot = vector(value);
                 }
             }
             _ => self.set_queue_field(start, value),
         }
+        Written::Nothing
     }
 
     fn set_queue_field(&mut self, start: u64, value: u64) {
-        let Some(queue) = self.queues.get_mut(usize::from(self.queue_select)) else {
+        if !matches!(
+            start,
+            QUEUE_SIZE | QUEUE_DESC | QUEUE_DRIVER | QUEUE_DEVICE | QUEUE_ENABLE
+        ) {
+            return;
+        }
+        let Some(queue) = self.common.selected_mut() else {
             return;
         };
         // Bad sizes and misaligned addresses are refused by the queue and leave the old
@@ -214,19 +210,6 @@ impl CommonConfig {
             }
             _ => false,
         };
-    }
-
-    /// A status write: 0 resets; otherwise [`Negotiation::status_after_write`]'s rules.
-    fn write_status(&mut self, value: u8, features: u64) {
-        if value == 0 {
-            self.reset();
-            return;
-        }
-        let status =
-            self.features
-                .status_after_write(u32::from(self.status), u32::from(value), features);
-        // Every status bit is in the low byte.
-        self.status = status as u8;
     }
 }
 

@@ -12,9 +12,10 @@ use crate::devices::pci::msix::{MsiMessage, MSIX_ENABLE};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::driver::DriverQueue;
 use crate::devices::virtio::rng::Rng;
-use crate::devices::virtio::VIRTIO_F_VERSION_1;
+use crate::devices::virtio::{QueueNotify, VIRTIO_F_VERSION_1};
 use crate::irq::CountingLine;
 
+mod state;
 mod wiring;
 
 const QUEUE_BASE: u64 = 0x10_0000;
@@ -130,7 +131,7 @@ impl<D: VirtioDevice> Harness<D> {
 
     /// MSI-X on, and `vector` unmasked with a message.
     fn enable_msix(&mut self, vector: u16) {
-        let control = self.transport.msix_capability + 2;
+        let control = self.transport.with_state(|s| s.msix_capability()) + 2;
         self.config_write(control, u64::from(MSIX_ENABLE), 2);
         let entry = MSIX_TABLE_OFFSET + 16 * u64::from(vector);
         self.write(entry, 0xfee0_0000, 8);
@@ -165,36 +166,38 @@ fn identity_and_bar_describe_a_modern_device() {
 #[test]
 fn capabilities_point_into_bar_0() {
     let h = rng();
-    let caps = h.transport.config_space().capabilities();
-    let ids: Vec<u8> = caps.iter().map(|c| c.1).collect();
-    assert_eq!(ids, vec![9, 9, 9, 9, 9, 0x11]);
-    let space = h.transport.config_space();
-    let described: Vec<_> = caps[..5]
-        .iter()
-        .map(|(at, _)| {
-            let (len, kind, bar) = (
-                space.u8_at(at + 2),
-                space.u8_at(at + 3),
-                space.u8_at(at + 4),
-            );
-            (len, kind, bar, space.u32_at(at + 8), space.u32_at(at + 12))
-        })
-        .collect();
-    assert_eq!(
-        described,
-        vec![
-            (16, 1, 0, 0x0000, 0x38),
-            (20, 2, 0, 0x3000, 0x1000),
-            (16, 3, 0, 0x1000, 1),
-            (16, 4, 0, 0x2000, 0x1000),
-            (20, 5, 0, 0, 0),
-        ]
-    );
-    assert_eq!(space.u32_at(caps[1].0 + 16), NOTIFY_OFF_MULTIPLIER);
-    let msix = caps[5].0;
-    assert_eq!(space.u16_at(msix + 2), 1, "two vectors: queue and config");
-    assert_eq!(space.u32_at(msix + 4), 0x4000);
-    assert_eq!(space.u32_at(msix + 8), 0x5000);
+    h.transport.with_state(|state| {
+        let space = state.config_space();
+        let caps = space.capabilities();
+        let ids: Vec<u8> = caps.iter().map(|c| c.1).collect();
+        assert_eq!(ids, vec![9, 9, 9, 9, 9, 0x11]);
+        let described: Vec<_> = caps[..5]
+            .iter()
+            .map(|(at, _)| {
+                let (len, kind, bar) = (
+                    space.u8_at(at + 2),
+                    space.u8_at(at + 3),
+                    space.u8_at(at + 4),
+                );
+                (len, kind, bar, space.u32_at(at + 8), space.u32_at(at + 12))
+            })
+            .collect();
+        assert_eq!(
+            described,
+            vec![
+                (16, 1, 0, 0x0000, 0x38),
+                (20, 2, 0, 0x3000, 0x1000),
+                (16, 3, 0, 0x1000, 1),
+                (16, 4, 0, 0x2000, 0x1000),
+                (20, 5, 0, 0, 0),
+            ]
+        );
+        assert_eq!(space.u32_at(caps[1].0 + 16), NOTIFY_OFF_MULTIPLIER);
+        let msix = caps[5].0;
+        assert_eq!(space.u16_at(msix + 2), 1, "two vectors: queue and config");
+        assert_eq!(space.u32_at(msix + 4), 0x4000);
+        assert_eq!(space.u32_at(msix + 8), 0x5000);
+    });
 }
 
 #[test]
@@ -401,7 +404,9 @@ fn bar_0_does_not_decode_with_memory_space_off() {
 #[test]
 fn the_pci_cfg_window_reaches_bar_0_without_decoding() {
     let mut h = rng();
-    let cap = h.transport.config_space().capabilities()[4].0;
+    let cap = h
+        .transport
+        .with_state(|s| s.config_space().capabilities()[4].0);
     h.config_write(cap + 8, NUM_QUEUES, 4);
     h.config_write(cap + 12, 2, 4);
     assert_eq!(h.config_read(cap + 16, 4), 1, "num_queues");
@@ -485,12 +490,14 @@ fn random_common_configuration_accesses_keep_the_invariants() {
             }
             _ => h.write(offset, value, len),
         }
-        let common = &h.transport.common;
-        if common.status & STATUS_FEATURES_OK != 0 {
-            assert_ne!(common.driver_features() & VIRTIO_F_VERSION_1, 0);
-            assert_eq!(common.driver_features() & !VIRTIO_F_VERSION_1, 0);
+        let registers = h.transport.core().registers();
+        let common = &registers.common;
+        if common.status() & STATUS_FEATURES_OK != 0 {
+            assert_ne!(common.features().accepted() & VIRTIO_F_VERSION_1, 0);
+            assert_eq!(common.features().accepted() & !VIRTIO_F_VERSION_1, 0);
         }
-        for vector in common.queue_vectors.iter().chain([&common.config_vector]) {
+        let vectors = registers.transport.vectors();
+        for vector in vectors.queues.iter().chain([&vectors.config]) {
             assert!(*vector < 2 || *vector == VIRTIO_MSI_NO_VECTOR);
         }
     }
