@@ -234,6 +234,22 @@ impl Vm {
     pub fn restore_state(&self, saved: &VmState) -> Result<(), KvmError> {
         state::restore_vm(&self.fd, saved)
     }
+
+    /// A handle that saves the VM's state from another thread (a snapshot's).
+    pub fn states(&self) -> VmStates {
+        VmStates(self.fd.clone())
+    }
+}
+
+/// Saves the VM's [`VmState`] while the machine runs (paused).
+#[derive(Debug, Clone)]
+pub struct VmStates(Arc<VmFd>);
+
+impl VmStates {
+    /// The in-kernel PICs', IOAPIC's and clock's state; the vCPUs must be paused.
+    pub fn save(&self) -> Result<VmState, KvmError> {
+        state::save_vm(&self.0)
+    }
 }
 
 /// kvm-ioctls' name for an address in `space`.

@@ -13,12 +13,14 @@ use crate::devices::data_port::DataPort;
 use crate::devices::debug_exit::DebugExit;
 use crate::devices::fw_cfg::FwCfg;
 use crate::devices::i8042::I8042;
+use crate::devices::persist::{DynPersist, SavedState, StateError};
 use crate::devices::post_code::PostCode;
 use crate::devices::rtc::{Clock, Rtc};
 use crate::devices::uart::{Uart, UartOptions};
 use crate::irq::InterruptLine;
 use crate::layout::{self, gsi, ports, MemoryLayout};
 use crate::services::{InputService, InputTarget, RtcService, Services};
+use crate::sync::LockExt;
 
 use super::backends::Backends;
 use super::inventory::{
@@ -56,6 +58,26 @@ pub struct Devices<C: Clock> {
     pub virtio: Vec<VirtioWiring>,
     /// Every device, by id.
     pub inventory: Inventory,
+    /// The saved state of each port device, by id (`acpi-pm/...` for its parts), for
+    /// snapshots. Virtio devices and the PCI host are not in it yet.
+    pub states: Vec<(String, Arc<dyn DeviceStateHandle>)>,
+}
+
+/// A device's saved state, reached through its lock.
+pub trait DeviceStateHandle: Send + Sync {
+    fn save(&self) -> Result<SavedState, StateError>;
+    /// Restores the device; on an error it is unchanged.
+    fn restore(&self, saved: &SavedState) -> Result<(), StateError>;
+}
+
+impl<T: DynPersist + Send> DeviceStateHandle for Mutex<T> {
+    fn save(&self) -> Result<SavedState, StateError> {
+        self.locked().save_saved()
+    }
+
+    fn restore(&self, saved: &SavedState) -> Result<(), StateError> {
+        self.locked().restore_saved(saved)
+    }
 }
 
 /// A device on the port bus: its id, kind, lines and ranges (bus name, port, count).
@@ -107,7 +129,7 @@ fn plain(
     }
 }
 
-fn shared(device: impl crate::bus::BusDevice + 'static) -> SharedDevice {
+fn shared<T>(device: T) -> Arc<Mutex<T>> {
     Arc::new(Mutex::new(device))
 }
 
@@ -136,7 +158,27 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
             post_transmit: true,
         },
     )));
-    let fw_cfg = FwCfg::new(spec.memory.ram_bytes(), u16::from(spec.cpus));
+    let fw_cfg = shared(FwCfg::new(spec.memory.ram_bytes(), u16::from(spec.cpus)));
+    let (debug_exit, i8042, post_code) = (
+        shared(DebugExit),
+        shared(I8042::default()),
+        shared(PostCode::default()),
+    );
+    let data_port = shared(DataPort::default());
+    let (pm1_event, pm1_control) = (shared(Pm1Event::default()), shared(Pm1Control::default()));
+    let pm_timer = shared(PmTimer::new(clocks.pm_timer));
+    let states: Vec<(String, Arc<dyn DeviceStateHandle>)> = vec![
+        ("rtc".into(), rtc.clone()),
+        ("com1".into(), com1.clone()),
+        ("isa-debug-exit".into(), debug_exit.clone()),
+        ("i8042".into(), i8042.clone()),
+        ("post-code".into(), post_code.clone()),
+        ("fw_cfg".into(), fw_cfg.clone()),
+        ("data-port".into(), data_port.clone()),
+        ("acpi-pm/pm1-event".into(), pm1_event.clone()),
+        ("acpi-pm/pm1-control".into(), pm1_control.clone()),
+        ("acpi-pm/pm-timer".into(), pm_timer.clone()),
+    ];
     let port_devices = [
         PortDevice {
             id: "rtc",
@@ -157,35 +199,35 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
             DeviceKind::DebugExit,
             ports::DEBUG_EXIT,
             ports::DEBUG_EXIT_COUNT,
-            shared(DebugExit),
+            debug_exit,
         ),
         plain(
             "i8042",
             DeviceKind::I8042,
             ports::I8042,
             ports::I8042_COUNT,
-            shared(I8042::default()),
+            i8042,
         ),
         plain(
             "post-code",
             DeviceKind::PostCode,
             ports::POST_CODE,
             1,
-            shared(PostCode::default()),
+            post_code,
         ),
         plain(
             "fw_cfg",
             DeviceKind::FwCfg,
             ports::FW_CFG,
             ports::FW_CFG_COUNT,
-            shared(fw_cfg),
+            fw_cfg,
         ),
         plain(
             "data-port",
             DeviceKind::DataPort,
             ports::DATA_PORT,
             ports::DATA_PORT_COUNT,
-            shared(DataPort::default()),
+            data_port,
         ),
         // The ACPI power-management registers the FADT describes; the reset register
         // (0xcf9) sits inside PCI's configuration ports, placed with bus 0 below.
@@ -197,19 +239,19 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
                     "acpi-pm1-event",
                     ports::ACPI_PM1_EVENT,
                     ports::ACPI_PM1_EVENT_COUNT,
-                    shared(Pm1Event::default()),
+                    pm1_event,
                 ),
                 (
                     "acpi-pm1-control",
                     ports::ACPI_PM1_CONTROL,
                     ports::ACPI_PM1_CONTROL_COUNT,
-                    shared(Pm1Control::default()),
+                    pm1_control,
                 ),
                 (
                     "acpi-pm-timer",
                     ports::ACPI_PM_TIMER,
                     ports::ACPI_PM_TIMER_COUNT,
-                    shared(PmTimer::new(clocks.pm_timer)),
+                    pm_timer,
                 ),
             ],
             lines: Vec::new(),
@@ -274,6 +316,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
         rtc,
         virtio: wirings,
         inventory,
+        states,
     })
 }
 

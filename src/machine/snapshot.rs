@@ -1,0 +1,232 @@
+//! Snapshots of a running machine: [`create`] on a paused one, and the restore half that
+//! [`super::restore_controlled`] runs, building the machine through the same code as a
+//! live run (`devices::build`), then putting the saved state in.
+//!
+//! The state file holds the machine's shape ([`SavedMachine`], checked against the
+//! configuration of the restore), the VM's and each vCPU's KVM state, and each device's
+//! saved state by inventory id. The coalesced ring is settled by the pause before any of
+//! it is read, so no posted write is lost or applied twice; the wiring (ioeventfds,
+//! irqfds, coalesced zones, the RTC's timer) is rebuilt by the restore's own build, and
+//! the RTC re-arms its timer from its restored state.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use vm_memory::GuestMemoryMmap;
+
+use crate::devices::persist::{SavedState, StateError};
+use crate::kvm::{KvmError, VcpuState, VmState, VmStates};
+use crate::snapshot::{file, memory, MemoryWritten, SnapshotError, SnapshotPaths};
+
+use super::devices::DeviceStateHandle;
+use super::{ControlError, MachineConfig, VmControl};
+
+/// A snapshot could not be taken or restored.
+#[derive(Debug, Error)]
+pub enum MachineSnapshotError {
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error(transparent)]
+    Files(#[from] SnapshotError),
+    #[error("device {id}")]
+    Device {
+        id: String,
+        #[source]
+        source: StateError,
+    },
+    #[error("device {0} cannot be snapshotted yet (virtio devices' state is not saved)")]
+    Unsupported(String),
+    #[error("the snapshot's {what} is {saved}; this machine's is {configured}")]
+    Mismatch {
+        what: &'static str,
+        saved: String,
+        configured: String,
+    },
+    #[error("the snapshot holds no state for device {0}")]
+    MissingDevice(String),
+}
+
+/// The machine's shape: what a restore's configuration must give again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedMachine {
+    pub ram_bytes: u64,
+    pub cpus: u8,
+    /// The inventory's device ids, in build order.
+    pub devices: Vec<String>,
+}
+
+impl SavedMachine {
+    /// Checks that `other` (the restore's) is this one.
+    fn check(&self, other: &SavedMachine) -> Result<(), MachineSnapshotError> {
+        let mismatch = |what, saved: String, configured: String| {
+            Err(MachineSnapshotError::Mismatch {
+                what,
+                saved,
+                configured,
+            })
+        };
+        if self.ram_bytes != other.ram_bytes {
+            return mismatch(
+                "memory size",
+                self.ram_bytes.to_string(),
+                other.ram_bytes.to_string(),
+            );
+        }
+        if self.cpus != other.cpus {
+            return mismatch("vCPU count", self.cpus.to_string(), other.cpus.to_string());
+        }
+        if self.devices != other.devices {
+            return mismatch(
+                "device list",
+                self.devices.join(","),
+                other.devices.join(","),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What the state file's payload holds.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotState {
+    pub machine: SavedMachine,
+    pub vm: VmState,
+    pub vcpus: Vec<VcpuState>,
+    /// Each device's state by id (`devices::Devices::states`).
+    pub devices: Vec<(String, SavedState)>,
+}
+
+/// What a snapshot of the running machine reads besides its vCPUs.
+pub struct SnapshotSource {
+    pub vm: VmStates,
+    pub memory: GuestMemoryMmap,
+    pub devices: Vec<(String, Arc<dyn DeviceStateHandle>)>,
+    pub machine: SavedMachine,
+    /// The first device whose state is not saved yet: a create is refused while it is
+    /// there.
+    pub unsupported: Option<String>,
+}
+
+/// What [`create`] wrote and how long it took.
+#[derive(Debug, Clone, Copy)]
+pub struct Created {
+    pub state_bytes: u64,
+    pub memory: MemoryWritten,
+    /// From the call to both files written and synced.
+    pub took: Duration,
+}
+
+/// Writes a snapshot of the paused machine `control` runs (Firecracker's
+/// `PUT /snapshot/create` with `snapshot_type` Full): its state to `paths.state`, its RAM
+/// to `paths.memory`. A running VM is refused; on any error the files that were there
+/// are as they were. The machine stays paused.
+pub fn create(control: &VmControl, paths: &SnapshotPaths) -> Result<Created, MachineSnapshotError> {
+    let started = Instant::now();
+    let (source, vcpus) = control.save_vcpus()?;
+    if let Some(id) = &source.unsupported {
+        return Err(MachineSnapshotError::Unsupported(id.clone()));
+    }
+    let vcpus = vcpus.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let devices = source
+        .devices
+        .iter()
+        .map(|(id, handle)| {
+            handle
+                .save()
+                .map(|saved| (id.clone(), saved))
+                .map_err(|source| MachineSnapshotError::Device {
+                    id: id.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let state = SnapshotState {
+        machine: source.machine.clone(),
+        vm: source.vm.save()?,
+        vcpus,
+        devices,
+    };
+    let memory = write_memory_replacing(&source.memory, &paths.memory)?;
+    let state_bytes = file::write(&paths.state, &state)?;
+    Ok(Created {
+        state_bytes,
+        memory,
+        took: started.elapsed(),
+    })
+}
+
+/// [`memory::write`] into a temporary file renamed over `path` once complete.
+fn write_memory_replacing(
+    guest: &GuestMemoryMmap,
+    path: &Path,
+) -> Result<MemoryWritten, SnapshotError> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".partial-{}", std::process::id()));
+    let temporary = path.with_file_name(name);
+    let written = memory::write(guest, &temporary).and_then(|written| {
+        std::fs::rename(&temporary, path).map_err(|source| SnapshotError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(written)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
+}
+
+/// The state file of a restore, read and checked before anything is built.
+pub(super) fn read_state(
+    config: &MachineConfig,
+    paths: &SnapshotPaths,
+) -> Result<SnapshotState, MachineSnapshotError> {
+    let state: SnapshotState = file::read(&paths.state)?;
+    let configured = (config.memory.ram_bytes(), config.vcpus.count);
+    if state.machine.ram_bytes != configured.0 || state.machine.cpus != configured.1 {
+        state.machine.check(&SavedMachine {
+            ram_bytes: configured.0,
+            cpus: configured.1,
+            devices: state.machine.devices.clone(),
+        })?;
+    }
+    if state.vcpus.len() != usize::from(state.machine.cpus) {
+        return Err(MachineSnapshotError::Mismatch {
+            what: "vCPU state count",
+            saved: state.vcpus.len().to_string(),
+            configured: state.machine.cpus.to_string(),
+        });
+    }
+    Ok(state)
+}
+
+/// Checks the built machine against the snapshot's, then restores every device's state:
+/// all are checked (each restore checks its state before it changes anything) in one
+/// pass, in the build's order.
+pub(super) fn restore_devices(
+    state: &SnapshotState,
+    built: &SavedMachine,
+    devices: &[(String, Arc<dyn DeviceStateHandle>)],
+) -> Result<(), MachineSnapshotError> {
+    state.machine.check(built)?;
+    for (id, handle) in devices {
+        let saved = state
+            .devices
+            .iter()
+            .find(|(saved_id, _)| saved_id == id)
+            .map(|(_, saved)| saved)
+            .ok_or_else(|| MachineSnapshotError::MissingDevice(id.clone()))?;
+        handle
+            .restore(saved)
+            .map_err(|source| MachineSnapshotError::Device {
+                id: id.clone(),
+                source,
+            })?;
+    }
+    Ok(())
+}

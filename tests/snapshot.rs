@@ -1,0 +1,170 @@
+//! Snapshots: a guest snapshotted mid-run, its machine stopped, then restored into new
+//! machines that finish its run: the results are an uninterrupted run's. And what a
+//! create or a restore refuses.
+
+mod common;
+
+use std::path::PathBuf;
+use std::thread;
+use std::time::Duration;
+
+use common::{guest_config, kvm_available, run, scratch_dir, serial_text};
+use hushvm::bench::guest_fields;
+use hushvm::bus::StopRequest;
+use hushvm::machine::{self, ControlError, MachineConfig, MachineSnapshotError, VmControl};
+use hushvm::snapshot::SnapshotPaths;
+use hushvm::vcpu::VmStop;
+
+fn snapshot_dir(name: &str) -> PathBuf {
+    let dir = scratch_dir().join(format!("snapshot-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `config`, pauses it after `after`, snapshots it into `paths` and stops it.
+/// Returns what the first machine printed before it stopped.
+fn snapshot_mid_run(config: &MachineConfig, after: Duration, paths: &SnapshotPaths) -> String {
+    let control = VmControl::new();
+    thread::scope(|scope| {
+        let machine = scope.spawn(|| machine::run_controlled(config, &control));
+        thread::sleep(after);
+        control
+            .pause()
+            .expect("the guest is still running at the pause");
+        let created = machine::create_snapshot(&control, paths).expect("a snapshot");
+        assert!(created.memory.written > 0 && created.memory.written < created.memory.size);
+        assert!(created.state_bytes > 0);
+        control.stop().unwrap();
+        let report = machine.join().unwrap().expect("the first machine ran");
+        assert_eq!(report.stop, VmStop::Requested);
+        serial_text(&report)
+    })
+}
+
+fn restore(config: &MachineConfig, paths: &SnapshotPaths) -> machine::RunReport {
+    machine::restore_controlled(config, paths, true, &VmControl::new()).expect("a restored run")
+}
+
+#[test]
+fn the_rtc_guest_restored_from_a_mid_run_snapshot_finishes_as_an_uninterrupted_run() {
+    if !kvm_available() {
+        return;
+    }
+    for cpus in [1, 2] {
+        let mut config = guest_config("rtc", "iterations=20000");
+        config.vcpus.count = cpus;
+        let plain = run(&config);
+        let paths = SnapshotPaths::in_dir(&snapshot_dir(&format!("rtc-{cpus}")));
+        let before = snapshot_mid_run(&config, Duration::from_millis(60), &paths);
+        assert!(
+            !before.contains("rtc:"),
+            "the guest finished first: {before}"
+        );
+        let memory_before = std::fs::read(&paths.memory).unwrap();
+        // The sandbox pattern: the same snapshot restored more than once, each copy on its
+        // own; none writes to the memory file.
+        for copy in 0..2 {
+            let restored = restore(&config, &paths);
+            let text = serial_text(&restored);
+            assert_eq!(
+                restored.stop,
+                VmStop::Guest(StopRequest::Exit(0)),
+                "{cpus} vCPUs, copy {copy}: {text}"
+            );
+            let fields = guest_fields(&restored.serial, "rtc:");
+            let expected = guest_fields(&plain.serial, "rtc:");
+            assert_eq!(fields["errors"], 0, "{text}");
+            assert_eq!(fields["iterations"], expected["iterations"]);
+        }
+        assert!(std::fs::read(&paths.memory).unwrap() == memory_before);
+    }
+}
+
+#[test]
+fn the_tick_guest_restored_gets_its_ticks() {
+    if !kvm_available() {
+        return;
+    }
+    let config = guest_config("tick", "ticks=256");
+    let paths = SnapshotPaths::in_dir(&snapshot_dir("tick"));
+    let before = snapshot_mid_run(&config, Duration::from_millis(100), &paths);
+    assert!(
+        !before.contains("tick:"),
+        "the guest finished first: {before}"
+    );
+    let restored = restore(&config, &paths);
+    let text = serial_text(&restored);
+    assert_eq!(restored.stop, VmStop::Guest(StopRequest::Exit(0)), "{text}");
+    let guest = guest_fields(&restored.serial, "tick:");
+    assert!(guest["interrupts"] >= 256, "{text}");
+}
+
+#[test]
+fn a_create_on_a_running_vm_and_bad_restores_are_refused_clearly() {
+    if !kvm_available() {
+        return;
+    }
+    let config = guest_config("rtc", "iterations=20000");
+    let dir = snapshot_dir("refused");
+    let paths = SnapshotPaths::in_dir(&dir);
+    let control = VmControl::new();
+    thread::scope(|scope| {
+        let machine = scope.spawn(|| machine::run_controlled(&config, &control));
+        thread::sleep(Duration::from_millis(30));
+        let error = machine::create_snapshot(&control, &paths).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                MachineSnapshotError::Control(ControlError::NotPaused)
+            ),
+            "{error}"
+        );
+        assert!(!paths.state.exists() && !paths.memory.exists());
+        control.pause().unwrap();
+        machine::create_snapshot(&control, &paths).unwrap();
+        control.stop().unwrap();
+        machine.join().unwrap().unwrap();
+    });
+    let state = std::fs::read(&paths.state).unwrap();
+    let restore_error = |config: &MachineConfig, paths: &SnapshotPaths| {
+        machine::restore_controlled(config, paths, true, &VmControl::new())
+            .err()
+            .map(|error| error.to_string())
+            .expect("the restore is refused")
+    };
+    // Another memory size, another vCPU count.
+    let mut bigger = config.clone();
+    bigger.memory = hushvm::layout::MemoryLayout::new(config.memory.ram_bytes() * 2).unwrap();
+    let error = restore_error(&bigger, &paths);
+    assert!(error.contains("memory size"), "{error}");
+    let mut two = config.clone();
+    two.vcpus.count = 2;
+    let error = restore_error(&two, &paths);
+    assert!(error.contains("vCPU count"), "{error}");
+    // A truncated, a corrupt state file; a memory file of the wrong size.
+    let broken = SnapshotPaths {
+        state: dir.join("broken"),
+        memory: paths.memory.clone(),
+    };
+    std::fs::write(&broken.state, &state[..state.len() / 2]).unwrap();
+    let error = restore_error(&config, &broken);
+    assert!(error.contains("truncated"), "{error}");
+    let mut corrupt = state.clone();
+    let last = corrupt.len() - 2;
+    corrupt[last] ^= 0x01;
+    std::fs::write(&broken.state, &corrupt).unwrap();
+    let error = restore_error(&config, &broken);
+    assert!(error.contains("checksum"), "{error}");
+    let short_memory = SnapshotPaths {
+        state: paths.state.clone(),
+        memory: dir.join("short-memory"),
+    };
+    std::fs::write(&short_memory.memory, [0u8; 4096]).unwrap();
+    let error = restore_error(&config, &short_memory);
+    assert!(error.contains("memory file holds 4096 bytes"), "{error}");
+    // The originals are untouched: the snapshot still restores.
+    assert_eq!(std::fs::read(&paths.state).unwrap(), state);
+    let restored = restore(&config, &paths);
+    assert_eq!(restored.stop, VmStop::Guest(StopRequest::Exit(0)));
+}
