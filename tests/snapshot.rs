@@ -121,7 +121,12 @@ fn a_create_on_a_running_vm_and_bad_restores_are_refused_clearly() {
             "{error}"
         );
         assert!(!paths.state.exists() && !paths.memory.exists());
-        control.pause().unwrap();
+        if let Err(error) = control.pause() {
+            panic!(
+                "{error}: the machine: {:?}",
+                machine.join().unwrap().map(|r| r.stop)
+            );
+        }
         machine::create_snapshot(&control, &paths).unwrap();
         control.stop().unwrap();
         machine.join().unwrap().unwrap();
@@ -163,8 +168,64 @@ fn a_create_on_a_running_vm_and_bad_restores_are_refused_clearly() {
     std::fs::write(&short_memory.memory, [0u8; 4096]).unwrap();
     let error = restore_error(&config, &short_memory);
     assert!(error.contains("memory file holds 4096 bytes"), "{error}");
+    // A load through a control whose machine has run.
+    let used = VmControl::new();
+    machine::run_controlled(&guest_config("rtc", "iterations=10"), &used).unwrap();
+    let error = machine::restore_controlled(&config, &paths, true, &used).unwrap_err();
+    assert!(error.to_string().contains("already started"), "{error}");
     // The originals are untouched: the snapshot still restores.
     assert_eq!(std::fs::read(&paths.state).unwrap(), state);
     let restored = restore(&config, &paths);
     assert_eq!(restored.stop, VmStop::Guest(StopRequest::Exit(0)));
+}
+
+#[test]
+fn the_command_line_takes_a_snapshot_and_restores_it() {
+    if !kvm_available() {
+        return;
+    }
+    let rtc = common::guest_file("rtc");
+    let dir = snapshot_dir("cli");
+    let hushvm = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--kernel",
+            rtc.to_str().unwrap(),
+            "--cmdline",
+            "iterations=20000",
+        ];
+        args.extend_from_slice(extra);
+        std::process::Command::new(env!("CARGO_BIN_EXE_hushvm"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let dir_arg = dir.to_str().unwrap();
+    let taken = hushvm(&["--snapshot-dir", dir_arg, "--snapshot-after", "0.06"]);
+    let stderr = String::from_utf8_lossy(&taken.stderr);
+    assert!(stderr.contains("hushvm: snapshot in"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&taken.stdout).contains("rtc:"));
+    let restored = hushvm(&["--restore", dir_arg]);
+    let stdout = String::from_utf8_lossy(&restored.stdout);
+    // isa-debug-exit's status, as QEMU gives it: (0 << 1) | 1.
+    assert_eq!(restored.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("errors=0"), "{stdout}");
+}
+
+#[test]
+fn the_snapshot_bench_runs_and_reports_json() {
+    if !kvm_available() {
+        return;
+    }
+    let report = hushvm::bench::snapshot::run(&[128 << 20], 2, 1).expect("the bench runs");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["workload"], "snapshot");
+    let size = &report.variants[0];
+    assert_eq!((size.name.as_str(), size.memory_bytes), ("128M", 128 << 20));
+    assert_eq!(size.restores, 2);
+    assert!(size.restore_min_ns > 0 && size.restore_min_ns <= size.restore_max_ns);
+    assert!(size.create_ns > 0 && size.state_bytes > 0);
+    // The guest touched a small part of its RAM: far less than all of it is written.
+    assert!(size.memory_written_bytes > 0 && size.memory_written_bytes < size.memory_bytes / 4);
+    assert!(report.render().contains("snapshot / 128M"));
 }

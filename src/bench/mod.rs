@@ -9,6 +9,7 @@
 
 pub mod pause;
 mod report;
+pub mod snapshot;
 mod workloads;
 
 use std::collections::BTreeMap;
@@ -89,7 +90,7 @@ pub struct BenchOptions {
 #[derive(Debug, Error)]
 pub enum BenchError {
     #[error(
-        "unknown workload {0:?}; workloads: rtc, eoi, tick, doorbell, blk, strio, console, pci, pause"
+        "unknown workload {0:?}; workloads: rtc, eoi, tick, doorbell, blk, strio, console, pci, pause, snapshot"
     )]
     UnknownWorkload(String),
     #[error("the {0} workload's guest drives virtio-mmio only; --transport pci is for doorbell")]

@@ -42,6 +42,8 @@ pub enum ControlError {
     StoppedWhilePausing,
     #[error("a vCPU of the VM has stopped: its state cannot be saved")]
     VcpuEnded,
+    #[error("the VM has already started: a snapshot loads only into a new one")]
+    AlreadyStarted,
 }
 
 /// Each vCPU's saved state (or why it could not be saved), in vCPU order.
@@ -220,6 +222,23 @@ impl VmControl {
     /// Whether the VM is paused.
     pub fn is_paused(&self) -> bool {
         self.control.state.locked().paused
+    }
+
+    /// Returns once the machine has started: built (or restored) and its vCPU threads
+    /// running; an error if it ended first.
+    pub fn wait_started(&self) -> Result<(), ControlError> {
+        let control = &self.control;
+        let state = control.wait(control.state.locked(), |s| s.phase == Phase::Waiting);
+        match state.phase {
+            Phase::Running => Ok(()),
+            _ => Err(ControlError::NotRunning),
+        }
+    }
+
+    /// Whether this control's machine has not started yet (nor been paused).
+    pub(super) fn is_fresh(&self) -> bool {
+        let state = self.control.state.locked();
+        state.phase == Phase::Waiting && !state.paused && !state.stopping
     }
 
     /// Asks a machine not started yet to start paused (a restore without `resume_vm`):

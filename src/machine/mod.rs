@@ -431,6 +431,10 @@ pub fn start_controlled(
     start: Start<'_>,
     control: &VmControl,
 ) -> Result<RunReport, MachineError> {
+    if matches!(start, Start::Restore { .. }) && !control.is_fresh() {
+        // Not through end(): the machine that has the control goes on as it was.
+        return Err(MachineSnapshotError::from(ControlError::AlreadyStarted).into());
+    }
     let result = build_and_run(config, control, start);
     // Also when the build failed: a pause waiting for the start gets its answer.
     let _ = control.shared().end();

@@ -160,6 +160,30 @@ pub fn create(control: &VmControl, paths: &SnapshotPaths) -> Result<Created, Mac
     })
 }
 
+/// Runs `config`, pauses it `after` its start, writes a snapshot to `paths` and stops
+/// it (`hushvm run --snapshot-dir DIR --snapshot-after SECS`). The report's stop is
+/// [`crate::vcpu::VmStop::Requested`]; a guest that stops first is an error.
+pub fn run_and_snapshot(
+    config: &MachineConfig,
+    after: Duration,
+    paths: &SnapshotPaths,
+) -> Result<(super::RunReport, Created), super::MachineError> {
+    let control = VmControl::new();
+    std::thread::scope(|scope| {
+        let machine = scope.spawn(|| super::run_controlled(config, &control));
+        std::thread::sleep(after);
+        let created = control
+            .pause()
+            .map_err(MachineSnapshotError::from)
+            .and_then(|_| create(&control, paths));
+        let _ = control.stop();
+        let report = machine
+            .join()
+            .map_err(|_| super::MachineError::ThreadPanicked)??;
+        Ok((report, created?))
+    })
+}
+
 /// [`memory::write`] into a temporary file renamed over `path` once complete.
 fn write_memory_replacing(
     guest: &GuestMemoryMmap,
