@@ -229,3 +229,103 @@ fn the_snapshot_bench_runs_and_reports_json() {
     assert!(size.memory_written_bytes > 0 && size.memory_written_bytes < size.memory_bytes / 4);
     assert!(report.render().contains("snapshot / 128M"));
 }
+
+/// A copy of the disk image at `path` for a restored machine. (A process keeps its OFD
+/// lock on an image after its machine has run, so a restore in the same process gets
+/// its own copy: the sandbox pattern gives each restored copy its own disk anyway.)
+fn disk_copy(config: &mut MachineConfig, name: &str) {
+    let copy = scratch_dir().join(name);
+    std::fs::copy(&config.devices.disks[0].path, &copy).unwrap();
+    config.devices.disks = vec![hushvm::config::DiskConfig::new(copy)];
+}
+
+fn scratch_disk(name: &str, bytes: u64) -> PathBuf {
+    let path = scratch_dir().join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(bytes)
+        .unwrap();
+    path
+}
+
+#[test]
+fn the_blk_guest_restored_mid_run_reads_back_what_it_wrote() {
+    if !kvm_available() {
+        return;
+    }
+    let mut config = guest_config("blk", "requests=1024 pattern=rand");
+    let plain_disk = scratch_disk("snapshot-blk-plain.img", 4 << 20);
+    config.devices.disks = vec![hushvm::config::DiskConfig::new(plain_disk)];
+    let plain = run(&config);
+    let expected = guest_fields(&plain.serial, "blk:");
+    assert_eq!(expected["errors"], 0, "{}", serial_text(&plain));
+    let disk = scratch_disk("snapshot-blk.img", 4 << 20);
+    config.devices.disks = vec![hushvm::config::DiskConfig::new(disk.clone())];
+    let paths = SnapshotPaths::in_dir(&snapshot_dir("blk"));
+    // Requests completed before the pause, more after the restore.
+    let before = snapshot_mid_run(&config, plain.wall / 3, &paths);
+    assert!(
+        !before.contains("blk:"),
+        "the guest finished first: {before}"
+    );
+    disk_copy(&mut config, "snapshot-blk-restored.img");
+    let disk = config.devices.disks[0].path.clone();
+    let restored = restore(&config, &paths);
+    let text = serial_text(&restored);
+    assert_eq!(restored.stop, VmStop::Guest(StopRequest::Exit(0)), "{text}");
+    let fields = guest_fields(&restored.serial, "blk:");
+    assert_eq!(fields["errors"], 0, "{text}");
+    assert_eq!(fields["requests"], expected["requests"], "{text}");
+    assert!(
+        restored.virtio_notifications > 0,
+        "requests were made after the restore"
+    );
+    // A disk of another size than the snapshot's is refused before anything is built.
+    std::fs::File::options()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let error = machine::restore_controlled(&config, &paths, true, &VmControl::new())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("disk image sizes"), "{error}");
+}
+
+#[test]
+fn the_pci_guest_restored_after_its_bar_moved_finishes_with_its_msix_vectors() {
+    if !kvm_available() {
+        return;
+    }
+    let mut config = guest_config("pcitest", "action=all requests=400");
+    config.devices.transport = hushvm::config::VirtioTransport::Pci;
+    config.devices.rng = true;
+    let plain_disk = scratch_disk("snapshot-pci-plain.img", 1 << 20);
+    config.devices.disks = vec![hushvm::config::DiskConfig::new(plain_disk)];
+    let plain = run(&config);
+    let disk = scratch_disk("snapshot-pci.img", 1 << 20);
+    config.devices.disks = vec![hushvm::config::DiskConfig::new(disk)];
+    let expected = guest_fields(&plain.serial, "pcitest: blk_ok");
+    assert_eq!(expected["blk_ok"], 1, "{}", serial_text(&plain));
+    let paths = SnapshotPaths::in_dir(&snapshot_dir("pci"));
+    let before = snapshot_mid_run(&config, plain.wall * 2 / 3, &paths);
+    assert!(
+        before.contains("moved=1"),
+        "the BAR moved before the snapshot: {before}"
+    );
+    assert!(
+        !before.contains("blk_ok"),
+        "the guest finished first: {before}"
+    );
+    disk_copy(&mut config, "snapshot-pci-restored.img");
+    let restored = restore(&config, &paths);
+    let text = serial_text(&restored);
+    assert_eq!(restored.stop, VmStop::Guest(StopRequest::Exit(0)), "{text}");
+    let fields = guest_fields(&restored.serial, "pcitest: blk_ok");
+    assert_eq!(fields, expected, "{text}");
+    assert!(
+        restored.virtio_interrupts() > 0,
+        "MSI-X vectors fired after the restore"
+    );
+}

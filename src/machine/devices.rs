@@ -58,8 +58,9 @@ pub struct Devices<C: Clock> {
     pub virtio: Vec<VirtioWiring>,
     /// Every device, by id.
     pub inventory: Inventory,
-    /// The saved state of each port device, by id (`acpi-pm/...` for its parts), for
-    /// snapshots. Virtio devices and the PCI host are not in it yet.
+    /// The saved state of each device, by id (`acpi-pm/...` for its parts), for
+    /// snapshots: the port devices, PCI's host bridge and configuration ports, then the
+    /// virtio devices.
     pub states: Vec<(String, Arc<dyn DeviceStateHandle>)>,
 }
 
@@ -167,7 +168,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
     let data_port = shared(DataPort::default());
     let (pm1_event, pm1_control) = (shared(Pm1Event::default()), shared(Pm1Control::default()));
     let pm_timer = shared(PmTimer::new(clocks.pm_timer));
-    let states: Vec<(String, Arc<dyn DeviceStateHandle>)> = vec![
+    let mut states: Vec<(String, Arc<dyn DeviceStateHandle>)> = vec![
         ("rtc".into(), rtc.clone()),
         ("com1".into(), com1.clone()),
         ("isa-debug-exit".into(), debug_exit.clone()),
@@ -281,7 +282,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
             .map(|output| (output, backends.console_name)),
     };
     let (wirings, entries) = virtio::build(&spec.virtio, virtio_backends, &mut placer)?;
-    pci.finish(&mut buses, ResetControl::default())?;
+    states.extend(pci.finish(&mut buses, ResetControl::default())?);
     inventory.add(DeviceEntry {
         id: "pci-host".into(),
         kind: DeviceKind::PciHost,
@@ -301,6 +302,11 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
         device: Arc::new(NoCounters),
     });
     entries.into_iter().for_each(|entry| inventory.add(entry));
+    states.extend(
+        wirings
+            .iter()
+            .map(|wiring| (wiring.id.clone(), wiring.state.clone())),
+    );
     let mut inputs = vec![InputService::new(InputTarget::Com1, com1)];
     inputs.extend(wirings.iter().filter_map(|wiring| wiring.input.clone()));
     Ok(Devices {

@@ -563,11 +563,8 @@ fn snapshot_source<C: Clock>(
             ram_bytes: config.memory.ram_bytes(),
             cpus: config.vcpus.count,
             devices: entries.iter().map(|entry| entry.id.clone()).collect(),
+            disk_bytes: snapshot::disk_sizes(config),
         },
-        unsupported: entries
-            .iter()
-            .find(|entry| entry.kind.is_virtio())
-            .map(|entry| entry.id.clone()),
     }
 }
 

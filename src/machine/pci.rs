@@ -20,6 +20,11 @@ use crate::devices::acpi_pm::ResetControl;
 use crate::devices::pci::host::{BarObserver, PciConfigIo, PciEcam, PciRoot, SharedFunction};
 use crate::devices::pci::msix::{MsiMessage, MsiSink};
 use crate::devices::pci::BarChange;
+use crate::devices::persist::{SavedState, StateError};
+
+use crate::devices::virtio::state::DeviceState;
+
+use super::devices::DeviceStateHandle;
 use crate::devices::virtio::pci::{VirtioPciTransport, BAR, BAR_SIZE};
 use crate::devices::virtio::{OnBus, VirtioDevice};
 use crate::irq::InterruptLine;
@@ -122,21 +127,57 @@ impl BarMover {
     }
 }
 
-impl BarObserver for BarMover {
-    fn bar_changed(&self, function: u8, change: BarChange) {
+impl BarMover {
+    /// Moves `function`'s BAR as `change` says (nothing for another BAR, a BAR at 0 or
+    /// one already there); returns the device's name and the error of a refused move.
+    fn apply(&self, function: u8, change: BarChange) -> Result<(), (&'static str, MachineError)> {
         let mut bars = self.bars.locked();
         let Some(bar) = bars.iter_mut().find(|bar| bar.device == function) else {
-            return;
+            return Ok(());
         };
         if change.bar != BAR || change.new == 0 || bar.base == Some(change.new) {
-            return;
+            return Ok(());
         }
-        if let Err(error) = self.place(bar, change.new) {
-            let name = bar.name;
+        self.place(bar, change.new)
+            .map_err(|error| (bar.name, error))
+    }
+}
+
+impl BarObserver for BarMover {
+    fn bar_changed(&self, function: u8, change: BarChange) {
+        if let Err((name, error)) = self.apply(function, change) {
             self.warnings
                 .locked()
                 .warn(|| format!("{name}: BAR moved to {:#x} refused: {error}", change.new));
         }
+    }
+}
+
+/// A virtio-pci function's saved state: restoring it moves its BAR where the saved one
+/// was, through the same mover as a guest's move.
+struct PciFunctionState<D: VirtioDevice> {
+    transport: Arc<VirtioPciTransport<D>>,
+    mover: Arc<BarMover>,
+    device_number: u8,
+}
+
+impl<D: VirtioDevice + DeviceState + 'static> DeviceStateHandle for PciFunctionState<D>
+where
+    VirtioPciTransport<D>: Send + Sync,
+{
+    fn save(&self) -> Result<SavedState, StateError> {
+        self.transport.save_saved()
+    }
+
+    fn restore(&self, saved: &SavedState) -> Result<(), StateError> {
+        for change in self.transport.restore_saved(saved)? {
+            self.mover
+                .apply(self.device_number, change)
+                .map_err(|(name, error)| {
+                    StateError::invalid("virtio-pci", format!("{name}: BAR move: {error}"))
+                })?;
+        }
+        Ok(())
     }
 }
 
@@ -160,6 +201,8 @@ pub struct PlacedPci<D: VirtioDevice> {
     pub resample: Option<(EventFd, Arc<Mutex<dyn LevelTriggered>>)>,
     /// Its MSI-X vectors' lines and its INTx line.
     pub lines: Vec<Arc<dyn InterruptLine>>,
+    /// Its saved state, for snapshots.
+    pub state: Arc<dyn DeviceStateHandle>,
 }
 
 /// Bus 0 while its devices are placed: the root, the BAR mover, the next free device
@@ -188,7 +231,7 @@ impl PciBus {
 
     /// Puts `device` on the next device number: MSI-X vectors, INTx, a doorbell per
     /// queue that moves with its BAR.
-    pub fn place<D: VirtioDevice + 'static>(
+    pub fn place<D: VirtioDevice + DeviceState + 'static>(
         &mut self,
         placing: &Placing<'_>,
         name: &'static str,
@@ -224,7 +267,13 @@ impl PciBus {
         self.next += 1;
         let mut lines = msi.lines.clone();
         lines.push(intx);
+        let state = Arc::new(PciFunctionState {
+            transport: transport.clone(),
+            mover: self.mover.clone(),
+            device_number,
+        });
         Ok(PlacedPci {
+            state,
             transport,
             device_number,
             intx_gsi: gsi,
@@ -255,14 +304,25 @@ impl PciBus {
 
     /// Assigns the BARs, as firmware would, and places bus 0's root (with `reset` at
     /// 0xcf9 through it) at CF8/CFC and ECAM.
-    pub fn finish(self, buses: &mut IoBuses, reset: ResetControl) -> Result<(), MachineError> {
+    /// Returns the saved states of the host bridge and of the configuration ports
+    /// (the CF8 address latch), for snapshots.
+    pub fn finish(
+        self,
+        buses: &mut IoBuses,
+        reset: ResetControl,
+    ) -> Result<Vec<(String, Arc<dyn DeviceStateHandle>)>, MachineError> {
         let root = Arc::new(self.root);
         root.assign_memory_bars(layout::PCI_MMIO32_START..layout::PCI_MMIO32_END)?;
+        let config_io = Arc::new(Mutex::new(PciConfigIo::new(root.clone(), reset)));
+        let states: Vec<(String, Arc<dyn DeviceStateHandle>)> = vec![
+            ("pci-host/bridge".into(), root.host_bridge().clone()),
+            ("pci-host/config-io".into(), config_io.clone()),
+        ];
         buses.pio.insert(
             "pci-config",
             ports::PCI_CONFIG,
             ports::PCI_CONFIG_COUNT,
-            Arc::new(Mutex::new(PciConfigIo::new(root.clone(), reset))),
+            config_io,
         )?;
         buses.mmio.insert(
             "pci-ecam",
@@ -270,7 +330,7 @@ impl PciBus {
             layout::PCI_ECAM_SIZE,
             Arc::new(Mutex::new(PciEcam::new(root))),
         )?;
-        Ok(())
+        Ok(states)
     }
 }
 

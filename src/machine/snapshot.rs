@@ -39,8 +39,6 @@ pub enum MachineSnapshotError {
         #[source]
         source: StateError,
     },
-    #[error("device {0} cannot be snapshotted yet (virtio devices' state is not saved)")]
-    Unsupported(String),
     #[error("the snapshot's {what} is {saved}; this machine's is {configured}")]
     Mismatch {
         what: &'static str,
@@ -58,6 +56,18 @@ pub struct SavedMachine {
     pub cpus: u8,
     /// The inventory's device ids, in build order.
     pub devices: Vec<String>,
+    /// Each disk image's size, in `--disk` order (0: unreadable).
+    pub disk_bytes: Vec<u64>,
+}
+
+/// The sizes of the configured disks' images now.
+pub(super) fn disk_sizes(config: &MachineConfig) -> Vec<u64> {
+    config
+        .devices
+        .disks
+        .iter()
+        .map(|disk| std::fs::metadata(&disk.path).map_or(0, |metadata| metadata.len()))
+        .collect()
 }
 
 impl SavedMachine {
@@ -79,6 +89,17 @@ impl SavedMachine {
         }
         if self.cpus != other.cpus {
             return mismatch("vCPU count", self.cpus.to_string(), other.cpus.to_string());
+        }
+        if self.disk_bytes != other.disk_bytes {
+            let sizes = |sizes: &[u64]| {
+                let text: Vec<String> = sizes.iter().map(u64::to_string).collect();
+                format!("[{}] bytes", text.join(", "))
+            };
+            return mismatch(
+                "disk image sizes",
+                sizes(&self.disk_bytes),
+                sizes(&other.disk_bytes),
+            );
         }
         if self.devices != other.devices {
             return mismatch(
@@ -107,9 +128,6 @@ pub struct SnapshotSource {
     pub memory: GuestMemoryMmap,
     pub devices: Vec<(String, Arc<dyn DeviceStateHandle>)>,
     pub machine: SavedMachine,
-    /// The first device whose state is not saved yet: a create is refused while it is
-    /// there.
-    pub unsupported: Option<String>,
 }
 
 /// What [`create`] wrote and how long it took.
@@ -128,9 +146,6 @@ pub struct Created {
 pub fn create(control: &VmControl, paths: &SnapshotPaths) -> Result<Created, MachineSnapshotError> {
     let started = Instant::now();
     let (source, vcpus) = control.save_vcpus()?;
-    if let Some(id) = &source.unsupported {
-        return Err(MachineSnapshotError::Unsupported(id.clone()));
-    }
     let vcpus = vcpus.into_iter().collect::<Result<Vec<_>, _>>()?;
     let devices = source
         .devices
@@ -211,14 +226,13 @@ pub(super) fn read_state(
     paths: &SnapshotPaths,
 ) -> Result<SnapshotState, MachineSnapshotError> {
     let state: SnapshotState = file::read(&paths.state)?;
-    let configured = (config.memory.ram_bytes(), config.vcpus.count);
-    if state.machine.ram_bytes != configured.0 || state.machine.cpus != configured.1 {
-        state.machine.check(&SavedMachine {
-            ram_bytes: configured.0,
-            cpus: configured.1,
-            devices: state.machine.devices.clone(),
-        })?;
-    }
+    // The device list is checked once the machine is built from the configuration.
+    state.machine.check(&SavedMachine {
+        ram_bytes: config.memory.ram_bytes(),
+        cpus: config.vcpus.count,
+        devices: state.machine.devices.clone(),
+        disk_bytes: disk_sizes(config),
+    })?;
     if state.vcpus.len() != usize::from(state.machine.cpus) {
         return Err(MachineSnapshotError::Mismatch {
             what: "vCPU state count",

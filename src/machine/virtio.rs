@@ -30,7 +30,11 @@ use crate::irq::InterruptLine;
 use crate::layout::{self, ports::VIRTIO_PIO_DOORBELL_COUNT};
 use crate::services::{DoorbellService, InputService, InputTarget, LevelTriggered};
 
+use crate::devices::persist::{self, SavedState, StateError};
+use crate::devices::virtio::state::DeviceState;
+
 use super::backends::{DiskBackendSpec, Output};
+use super::devices::DeviceStateHandle;
 use super::inventory::{
     BusPlacement, DeviceCounters, DeviceEntry, Interrupt, VirtioKind, VirtioSpec,
 };
@@ -55,6 +59,24 @@ pub struct VirtioWiring {
     pub resample: Option<(EventFd, Arc<Mutex<dyn LevelTriggered>>)>,
     /// Its virtio-mmio window, if it is on virtio-mmio.
     pub mmio_window: Option<u8>,
+    /// Its saved state (transport, queues, device), for snapshots.
+    pub state: Arc<dyn DeviceStateHandle>,
+}
+
+/// A virtio-mmio device's saved state.
+struct MmioState<D: VirtioDevice>(Arc<MmioTransport<D>>);
+
+impl<D: VirtioDevice + DeviceState + 'static> DeviceStateHandle for MmioState<D>
+where
+    MmioTransport<D>: Send + Sync,
+{
+    fn save(&self) -> Result<SavedState, StateError> {
+        persist::save(&*self.0)
+    }
+
+    fn restore(&self, saved: &SavedState) -> Result<(), StateError> {
+        self.0.restore_shared(saved)
+    }
 }
 
 /// The host side of the virtio devices, taken as the plan names them.
@@ -112,7 +134,7 @@ pub struct Placer<'a> {
 impl Placer<'_> {
     /// Puts `device` where `spec` says; returns its wiring, its inventory entry (with
     /// `backend` named) and the transport it is on.
-    fn place<D: VirtioDevice + 'static>(
+    fn place<D: VirtioDevice + DeviceState + 'static>(
         &mut self,
         spec: &VirtioSpec,
         device: D,
@@ -134,6 +156,7 @@ impl Placer<'_> {
             mmio_window: spec
                 .mmio_window
                 .filter(|_| matches!(landed.placed, Placed::Mmio(_))),
+            state: landed.state,
         };
         let entry = DeviceEntry {
             id: spec.id.clone(),
@@ -148,7 +171,7 @@ impl Placer<'_> {
     }
 
     /// virtio-mmio window `window`: the registers, the PIO doorbell, the ioeventfds.
-    fn place_mmio<D: VirtioDevice + 'static>(
+    fn place_mmio<D: VirtioDevice + DeviceState + 'static>(
         &mut self,
         window: u8,
         name: &'static str,
@@ -176,6 +199,7 @@ impl Placer<'_> {
         Ok(Landed {
             notify,
             counters: transport.clone(),
+            state: Arc::new(MmioState(transport.clone())),
             placed: Placed::Mmio(transport),
             doorbells: self.mmio_doorbells(base + QUEUE_NOTIFY, port, queues)?,
             resample: None,
@@ -195,7 +219,7 @@ impl Placer<'_> {
     }
 
     /// The next function on PCI bus 0.
-    fn place_pci<D: VirtioDevice + 'static>(
+    fn place_pci<D: VirtioDevice + DeviceState + 'static>(
         &mut self,
         name: &'static str,
         device: D,
@@ -204,6 +228,7 @@ impl Placer<'_> {
         Ok(Landed {
             notify: pci.transport.clone(),
             counters: pci.transport.clone(),
+            state: pci.state,
             placed: Placed::Pci(pci.transport),
             doorbells: pci.doorbells,
             resample: pci.resample,
@@ -251,6 +276,7 @@ struct Landed<D: VirtioDevice> {
     placed: Placed<D>,
     notify: Arc<dyn QueueNotify>,
     counters: Arc<dyn DeviceCounters>,
+    state: Arc<dyn DeviceStateHandle>,
     doorbells: Vec<(EventFd, Option<u32>)>,
     resample: Option<(EventFd, Arc<Mutex<dyn LevelTriggered>>)>,
     placements: Vec<BusPlacement>,
