@@ -61,8 +61,11 @@ pub struct Devices<C: Clock> {
     /// The saved state of each device, by id (`acpi-pm/...` for its parts), for
     /// snapshots: the port devices, PCI's host bridge and configuration ports, then the
     /// virtio devices.
-    pub states: Vec<(String, Arc<dyn DeviceStateHandle>)>,
+    pub states: DeviceStates,
 }
+
+/// Device state handles by id, in build order.
+pub type DeviceStates = Vec<(String, Arc<dyn DeviceStateHandle>)>;
 
 /// A device's saved state, reached through its lock.
 pub trait DeviceStateHandle: Send + Sync {
@@ -168,7 +171,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
     let data_port = shared(DataPort::default());
     let (pm1_event, pm1_control) = (shared(Pm1Event::default()), shared(Pm1Control::default()));
     let pm_timer = shared(PmTimer::new(clocks.pm_timer));
-    let mut states: Vec<(String, Arc<dyn DeviceStateHandle>)> = vec![
+    let mut states: DeviceStates = vec![
         ("rtc".into(), rtc.clone()),
         ("com1".into(), com1.clone()),
         ("isa-debug-exit".into(), debug_exit.clone()),

@@ -24,7 +24,7 @@ use crate::devices::persist::{SavedState, StateError};
 
 use crate::devices::virtio::state::DeviceState;
 
-use super::devices::DeviceStateHandle;
+use super::devices::{DeviceStateHandle, DeviceStates};
 use crate::devices::virtio::pci::{VirtioPciTransport, BAR, BAR_SIZE};
 use crate::devices::virtio::{OnBus, VirtioDevice};
 use crate::irq::InterruptLine;
@@ -310,11 +310,11 @@ impl PciBus {
         self,
         buses: &mut IoBuses,
         reset: ResetControl,
-    ) -> Result<Vec<(String, Arc<dyn DeviceStateHandle>)>, MachineError> {
+    ) -> Result<DeviceStates, MachineError> {
         let root = Arc::new(self.root);
         root.assign_memory_bars(layout::PCI_MMIO32_START..layout::PCI_MMIO32_END)?;
         let config_io = Arc::new(Mutex::new(PciConfigIo::new(root.clone(), reset)));
-        let states: Vec<(String, Arc<dyn DeviceStateHandle>)> = vec![
+        let states: DeviceStates = vec![
             ("pci-host/bridge".into(), root.host_bridge().clone()),
             ("pci-host/config-io".into(), config_io.clone()),
         ];

@@ -10,7 +10,6 @@
 //! the RTC re-arms its timer from its restored state.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -21,7 +20,7 @@ use crate::devices::persist::{SavedState, StateError};
 use crate::kvm::{KvmError, VcpuState, VmState, VmStates};
 use crate::snapshot::{file, memory, MemoryWritten, SnapshotError, SnapshotPaths};
 
-use super::devices::DeviceStateHandle;
+use super::devices::DeviceStates;
 use super::{ControlError, MachineConfig, VmControl};
 
 /// A snapshot could not be taken or restored.
@@ -126,7 +125,7 @@ pub struct SnapshotState {
 pub struct SnapshotSource {
     pub vm: VmStates,
     pub memory: GuestMemoryMmap,
-    pub devices: Vec<(String, Arc<dyn DeviceStateHandle>)>,
+    pub devices: DeviceStates,
     pub machine: SavedMachine,
 }
 
@@ -249,7 +248,10 @@ pub(super) fn read_state(
 pub(super) fn restore_devices(
     state: &SnapshotState,
     built: &SavedMachine,
-    devices: &[(String, Arc<dyn DeviceStateHandle>)],
+    devices: &[(
+        String,
+        std::sync::Arc<dyn super::devices::DeviceStateHandle>,
+    )],
 ) -> Result<(), MachineSnapshotError> {
     state.machine.check(built)?;
     for (id, handle) in devices {
