@@ -107,3 +107,25 @@ fn a_memory_file_of_another_size_is_refused() {
     assert!(error.contains("missing"), "{error}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_restored_copy_snapshotted_again_keeps_the_pages_it_never_touched() {
+    let dir = temp_dir("memory-again");
+    let (first, second) = (dir.join("first"), dir.join("second"));
+    let guest = guest();
+    for (addr, value) in TOUCHED {
+        guest.write_obj(value, GuestAddress(addr)).unwrap();
+    }
+    memory::write(&guest, &first).unwrap();
+    // The restored copy's pages are the file's until touched: none is mapped yet.
+    let restored = memory::map(&RANGES, &first).unwrap();
+    restored.write_obj(0x99u8, GuestAddress(0x7000)).unwrap();
+    let written = memory::write(&restored, &second).unwrap();
+    assert_eq!(written.written, 6 * PAGE_SIZE as u64);
+    let again = memory::map(&RANGES, &second).unwrap();
+    for (addr, value) in TOUCHED {
+        assert_eq!(again.read_obj::<u8>(GuestAddress(addr)).unwrap(), value);
+    }
+    assert_eq!(again.read_obj::<u8>(GuestAddress(0x7000)).unwrap(), 0x99);
+    let _ = std::fs::remove_dir_all(dir);
+}
