@@ -111,7 +111,7 @@ fn a_create_on_a_running_vm_and_bad_restores_are_refused_clearly() {
     let control = VmControl::new();
     thread::scope(|scope| {
         let machine = scope.spawn(|| machine::run_controlled(&config, &control));
-        thread::sleep(Duration::from_millis(30));
+        control.wait_started().unwrap();
         let error = machine::create_snapshot(&control, &paths).unwrap_err();
         assert!(
             matches!(
@@ -298,7 +298,7 @@ fn the_pci_guest_restored_after_its_bar_moved_finishes_with_its_msix_vectors() {
     if !kvm_available() {
         return;
     }
-    let mut config = guest_config("pcitest", "action=all requests=400");
+    let mut config = guest_config("pcitest", "action=all requests=1000");
     config.devices.transport = hushvm::config::VirtioTransport::Pci;
     config.devices.rng = true;
     let plain_disk = scratch_disk("snapshot-pci-plain.img", 1 << 20);
@@ -309,7 +309,7 @@ fn the_pci_guest_restored_after_its_bar_moved_finishes_with_its_msix_vectors() {
     let expected = guest_fields(&plain.serial, "pcitest: blk_ok");
     assert_eq!(expected["blk_ok"], 1, "{}", serial_text(&plain));
     let paths = SnapshotPaths::in_dir(&snapshot_dir("pci"));
-    let before = snapshot_mid_run(&config, plain.wall * 2 / 3, &paths);
+    let before = snapshot_mid_run(&config, plain.wall / 3, &paths);
     assert!(
         before.contains("moved=1"),
         "the BAR moved before the snapshot: {before}"

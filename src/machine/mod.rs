@@ -511,6 +511,11 @@ fn build_and_run(
     if let Some((state, resume)) = &restoring {
         // After the event loop's set-up: the RTC's restore re-arms its timer through it.
         snapshot::restore_devices(state, &source.machine, &devices.states)?;
+        // A doorbell rung just before the pause may not have been served: its eventfd
+        // stayed with the old process. Every queue with work is served once now.
+        for wiring in &devices.virtio {
+            wiring.service.ring(&access, None);
+        }
         if !resume {
             control.start_paused();
             vcpus.iter().for_each(|vcpu| vcpu.run_flag().set());
