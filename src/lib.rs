@@ -29,6 +29,7 @@ pub mod ratelimit;
 pub mod replay;
 pub mod seccomp;
 pub mod services;
+pub mod snapshot;
 pub mod sync;
 pub mod trace;
 pub mod vcpu;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use hushvm::snapshot::SnapshotPaths;
 
 use hushvm::bench::{self, BenchOptions};
 use hushvm::bus::StopRequest;
@@ -158,6 +159,15 @@ struct RunArgs {
     /// Record every exit (and every posted write and event that changed a device) to FILE.
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
+    /// Restore the snapshot in DIR (its vmstate and memory files) instead of booting;
+    /// the other options must describe the machine that took it.
+    #[arg(long, value_name = "DIR", conflicts_with = "snapshot_dir")]
+    restore: Option<PathBuf>,
+    /// Snapshot the VM into DIR after --snapshot-after seconds, then stop it.
+    #[arg(long, value_name = "DIR", requires = "snapshot_after")]
+    snapshot_dir: Option<PathBuf>,
+    #[arg(long, value_name = "SECS", value_parser = config::parse_timeout, requires = "snapshot_dir")]
+    snapshot_after: Option<std::time::Duration>,
     /// Count exits without timing them (to measure what the profiler's clock costs).
     #[arg(long, hide = true)]
     no_exit_timing: bool,
@@ -340,14 +350,40 @@ fn write_profile(report: &RunReport, table: bool, json: Option<&Path>) -> Result
 
 fn run(args: RunArgs) -> Result<ExitCode> {
     let (table, json) = (args.profile, args.profile_json.clone());
+    let restore = args.restore.as_deref().map(SnapshotPaths::in_dir);
+    let snapshot = args.snapshot_dir.as_deref().map(SnapshotPaths::in_dir);
+    let after = args.snapshot_after.unwrap_or_default();
     let config = machine_config(args)?;
     // From here a SIGINT, SIGTERM or SIGHUP stops the VM as a power-off does (a signal
     // during the build stops it as soon as it starts). Rust's runtime already ignores
     // SIGPIPE: a closed --serial pipe is a write error that COM1 counts, not a death.
     machine::install_signal_handlers().context("cannot install the signal handlers")?;
     let control = machine::VmControl::new();
-    control.filter_builder_thread();
-    let report = machine::run_controlled(&config, &control)?;
+    let report = match (&restore, &snapshot) {
+        (Some(paths), _) => {
+            control.filter_builder_thread();
+            machine::restore_controlled(&config, paths, true, &control)?
+        }
+        (None, Some(paths)) => {
+            let (report, created) = machine::snapshot::run_and_snapshot(&config, after, paths)?;
+            eprintln!(
+                "hushvm: snapshot in {}: {} bytes of state, {} of {} bytes of RAM written",
+                paths
+                    .state
+                    .parent()
+                    .unwrap_or(paths.state.as_path())
+                    .display(),
+                created.state_bytes,
+                created.memory.written,
+                created.memory.size
+            );
+            report
+        }
+        (None, None) => {
+            control.filter_builder_thread();
+            machine::run_controlled(&config, &control)?
+        }
+    };
     say_why_it_stopped(&report);
     write_profile(&report, table, json.as_deref())?;
     Ok(ExitCode::from((report.stop.exit_status() & 0xff) as u8))
@@ -362,6 +398,15 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     }
     if args.workload == "vsock" {
         return bench_vsock(&args);
+    }
+    if args.workload == "snapshot" {
+        let restores = args.iterations.unwrap_or(bench::snapshot::DEFAULT_RESTORES);
+        let report = bench::snapshot::run(&bench::snapshot::DEFAULT_SIZES, restores, args.repeat)?;
+        return print_out(match args.json {
+            true => format!("{}\n", serde_json::to_string(&report)?),
+            false => report.render(),
+        })
+        .map(|_| ExitCode::SUCCESS);
     }
     let workload = bench::workload(&args.workload)
         .ok_or_else(|| bench::BenchError::UnknownWorkload(args.workload.clone()))?;

@@ -128,7 +128,7 @@ impl Instance {
     /// Waits for the machine handed to the main thread to run (also used when the
     /// config file started it).
     pub fn wait_running(&self) -> Result<(), ApiError> {
-        if self.control.wait_started() {
+        if self.control.wait_started().is_ok() {
             self.inner.locked().phase = Phase::Running;
             logger::info("The microVM is running");
             return Ok(());

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod pause;
 mod report;
+pub mod snapshot;
 pub mod vsock;
 mod workloads;
 
@@ -91,7 +92,7 @@ pub struct BenchOptions {
 #[derive(Debug, Error)]
 pub enum BenchError {
     #[error(
-        "unknown workload {0:?}; workloads: rtc, eoi, tick, doorbell, blk, strio, console, pci, pause, vsock"
+        "unknown workload {0:?}; workloads: rtc, eoi, tick, doorbell, blk, strio, console, pci, pause, vsock, snapshot, api"
     )]
     UnknownWorkload(String),
     #[error("the {0} workload's guest drives virtio-mmio only; --transport pci is for doorbell")]

@@ -8,6 +8,9 @@ mod msi;
 pub mod requests;
 mod ring;
 mod run_flag;
+mod state;
+#[cfg(test)]
+mod state_tests;
 mod stats;
 mod vcpu;
 mod vm;
@@ -22,9 +25,10 @@ pub use irq::IrqFd;
 pub use msi::MsiRoutes;
 pub use ring::KvmRing;
 pub use run_flag::RunFlag;
+pub use state::{FpuState, MsrValue, VcpuState, VmState};
 pub use stats::StatsReader;
 pub use vcpu::Vcpu;
-pub use vm::{CoalescedZones, IoEvents, VcpuOptions, Vm};
+pub use vm::{CoalescedZones, IoEvents, VcpuOptions, Vm, VmStates};
 
 /// Names another KVM device than `/dev/kvm` (tests use it to check the error).
 pub const KVM_DEVICE_VARIABLE: &str = "HUSHVM_KVM_DEVICE";
@@ -59,6 +63,12 @@ pub enum KvmError {
     /// The benchmark floor met an exit the rtc guest never causes.
     #[error("the benchmark floor met an exit it does not serve")]
     UnexpectedFloorExit,
+    /// KVM took only the MSRs before this one from a saved vCPU state.
+    #[error("KVM_SET_MSRS refused MSR {0:#x} of the saved vCPU state")]
+    MsrRefused(u32),
+    /// A saved irqchip state names another chip than the one it is saved as.
+    #[error("saved irqchip state is for chip {found}, expected chip {expected}")]
+    IrqchipId { expected: u32, found: u32 },
     /// Reading KVM's binary statistics failed.
     #[error("reading KVM statistics failed")]
     Stats(#[source] std::io::Error),

@@ -3,11 +3,11 @@
 //! module is the one that knows which calls hushvm makes where.
 
 use kvm_bindings::{
-    kvm_coalesced_mmio_zone, kvm_fpu, kvm_ioeventfd, kvm_irq_routing, kvm_regs, kvm_sregs,
-    kvm_translation, kvm_vcpu_events, KVMIO,
+    kvm_coalesced_mmio_zone, kvm_debugregs, kvm_fpu, kvm_ioeventfd, kvm_irq_routing,
+    kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_regs, kvm_sregs, kvm_translation, kvm_vcpu_events,
+    kvm_xcrs, kvm_xsave, KVMIO,
 };
-use vmm_sys_util::ioctl_iowr_nr;
-use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
@@ -19,6 +19,12 @@ ioctl_iowr_nr!(KVM_TRANSLATE, KVMIO, 0x85, kvm_translation);
 ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
 ioctl_iow_nr!(KVM_SET_VCPU_EVENTS, KVMIO, 0xa0, kvm_vcpu_events);
 ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
+ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
 ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
 ioctl_iow_nr!(
     KVM_REGISTER_COALESCED_MMIO,
@@ -48,8 +54,10 @@ pub type Request = (&'static str, u32);
 ///   (COM1's THR) registers it ([`super::CoalescedZones`]);
 /// - `KVM_SET_REGS`, `KVM_GET_FPU`, `KVM_SET_FPU`, `KVM_TRANSLATE`,
 ///   `KVM_GET_VCPU_EVENTS`, `KVM_SET_VCPU_EVENTS`: completing an instruction KVM's
-///   emulator failed on ([`super::Vcpu::complete_instruction`]).
-pub fn vcpu_thread() -> [Request; 12] {
+///   emulator failed on ([`super::Vcpu::complete_instruction`]);
+/// - the other `KVM_GET_*` calls of a vCPU's saved state (with `KVM_GET_REGS`/`SREGS`): a
+///   parked vCPU saves its own for a snapshot ([`super::Vcpu::save_state`]).
+pub fn vcpu_thread() -> [Request; 18] {
     [
         ("KVM_RUN", KVM_RUN() as u32),
         ("KVM_GET_REGS", KVM_GET_REGS() as u32),
@@ -66,6 +74,12 @@ pub fn vcpu_thread() -> [Request; 12] {
         ("KVM_TRANSLATE", KVM_TRANSLATE() as u32),
         ("KVM_GET_VCPU_EVENTS", KVM_GET_VCPU_EVENTS() as u32),
         ("KVM_SET_VCPU_EVENTS", KVM_SET_VCPU_EVENTS() as u32),
+        ("KVM_GET_MP_STATE", KVM_GET_MP_STATE() as u32),
+        ("KVM_GET_XSAVE", KVM_GET_XSAVE() as u32),
+        ("KVM_GET_XCRS", KVM_GET_XCRS() as u32),
+        ("KVM_GET_DEBUGREGS", KVM_GET_DEBUGREGS() as u32),
+        ("KVM_GET_LAPIC", KVM_GET_LAPIC() as u32),
+        ("KVM_GET_MSRS", KVM_GET_MSRS() as u32),
     ]
 }
 
@@ -101,6 +115,12 @@ mod tests {
                 ("KVM_TRANSLATE", 0xc018_ae85),
                 ("KVM_GET_VCPU_EVENTS", 0x8040_ae9f),
                 ("KVM_SET_VCPU_EVENTS", 0x4040_aea0),
+                ("KVM_GET_MP_STATE", 0x8004_ae98),
+                ("KVM_GET_XSAVE", 0x9000_aea4),
+                ("KVM_GET_XCRS", 0x8188_aea6),
+                ("KVM_GET_DEBUGREGS", 0x8080_aea1),
+                ("KVM_GET_LAPIC", 0x8400_ae8e),
+                ("KVM_GET_MSRS", 0xc008_ae88),
             ]
         );
         assert_eq!(

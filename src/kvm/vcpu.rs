@@ -10,7 +10,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VcpuFd;
 
-use super::{KvmError, KvmRing, RunFlag, StatsReader};
+use super::{KvmError, KvmRing, RunFlag, StatsReader, VcpuState};
 use crate::bus::Access;
 use crate::exit::{InstructionBytes, VmExit, SUBERROR_EMULATION};
 use crate::loader::EntryState;
@@ -22,6 +22,8 @@ pub struct Vcpu {
     id: u8,
     run_size: usize,
     coalesced_ring_page: Option<u32>,
+    /// The MSRs [`Vcpu::save_state`] reads.
+    msrs_to_save: Arc<[u32]>,
     /// `immediate_exit`, which other threads set to get this vCPU out of `KVM_RUN`.
     run_flag: Arc<RunFlag>,
 }
@@ -30,8 +32,8 @@ impl Vcpu {
     pub(super) fn new(
         fd: VcpuFd,
         id: u8,
-        run_size: usize,
-        coalesced_ring_page: Option<u32>,
+        (run_size, coalesced_ring_page): (usize, Option<u32>),
+        msrs_to_save: Arc<[u32]>,
     ) -> Result<Self, KvmError> {
         let run_flag = Arc::new(RunFlag::map(&fd)?);
         Ok(Self {
@@ -39,6 +41,7 @@ impl Vcpu {
             id,
             run_size,
             coalesced_ring_page,
+            msrs_to_save,
             run_flag,
         })
     }
@@ -88,6 +91,17 @@ impl Vcpu {
             self.run_flag.clear();
         }
         Ok(exit)
+    }
+
+    /// Everything KVM holds for this vCPU; it must be out of `KVM_RUN` (paused).
+    pub fn save_state(&self) -> Result<VcpuState, KvmError> {
+        super::state::save_vcpu(&self.fd, &self.msrs_to_save)
+    }
+
+    /// Puts a saved state into this vCPU, created as the saved one was (same id and
+    /// CPUID), after the VM's state is restored.
+    pub fn restore_state(&self, saved: &VcpuState) -> Result<(), KvmError> {
+        super::state::restore_vcpu(&self.fd, saved)
     }
 
     /// Maps the VM's coalesced ring through this vCPU.

@@ -8,7 +8,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{ioctl_error, Hypervisor, IrqFd, KvmError, MsiRoutes, Vcpu};
+use super::{ioctl_error, state, Hypervisor, IrqFd, KvmError, MsiRoutes, Vcpu, VmState};
 use crate::bus::{AddressSpace, PostedZone};
 use crate::coalesced::ZoneSwitch;
 use crate::cpuid::{self, CpuModel, CpuidEntry, CpuidError};
@@ -67,6 +67,8 @@ pub struct Vm {
     coalesced_pio: bool,
     tsc_deadline: bool,
     msi_routes: Arc<MsiRoutes>,
+    /// The MSRs a vCPU's saved state holds (`KVM_GET_MSR_INDEX_LIST`), in restore order.
+    msrs_to_save: Arc<[u32]>,
 }
 
 impl Vm {
@@ -109,7 +111,12 @@ impl Vm {
         let coalesced_pio = coalesced_ring_page.is_some() && fd.check_extension(Cap::CoalescedPio);
         let tsc_deadline = fd.check_extension(Cap::TscDeadlineTimer);
         enable_exit_on_emulation_failure(&fd);
+        let listed = kvm
+            .get_msr_index_list()
+            .map_err(ioctl_error("KVM_GET_MSR_INDEX_LIST"))?;
+        let msrs_to_save = state::msrs_to_save(listed.as_slice()).into();
         Ok(Self {
+            msrs_to_save,
             msi_routes: Arc::new(MsiRoutes::new(fd.clone())),
             fd,
             supported_cpuid,
@@ -206,9 +213,43 @@ impl Vm {
             .map_err(|_| KvmError::MissingCapability("room for the CPUID entries"))?;
         fd.set_cpuid2(&cpuid)
             .map_err(ioctl_error("KVM_SET_CPUID2"))?;
-        let vcpu = Vcpu::new(fd, id, self.run_size, self.coalesced_ring_page)?;
+        let vcpu = Vcpu::new(
+            fd,
+            id,
+            (self.run_size, self.coalesced_ring_page),
+            self.msrs_to_save.clone(),
+        )?;
         vcpu.set_power_on_state()?;
         Ok(vcpu)
+    }
+}
+
+impl Vm {
+    /// The in-kernel PICs' and IOAPIC's state and the KVM clock; the vCPUs must be out of
+    /// `KVM_RUN` (paused).
+    pub fn save_state(&self) -> Result<VmState, KvmError> {
+        state::save_vm(&self.fd)
+    }
+
+    /// Puts a saved [`VmState`] into this VM, before its vCPUs' states are restored.
+    pub fn restore_state(&self, saved: &VmState) -> Result<(), KvmError> {
+        state::restore_vm(&self.fd, saved)
+    }
+
+    /// A handle that saves the VM's state from another thread (a snapshot's).
+    pub fn states(&self) -> VmStates {
+        VmStates(self.fd.clone())
+    }
+}
+
+/// Saves the VM's [`VmState`] while the machine runs (paused).
+#[derive(Debug, Clone)]
+pub struct VmStates(Arc<VmFd>);
+
+impl VmStates {
+    /// The in-kernel PICs', IOAPIC's and clock's state; the vCPUs must be paused.
+    pub fn save(&self) -> Result<VmState, KvmError> {
+        state::save_vm(&self.0)
     }
 }
 

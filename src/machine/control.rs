@@ -22,10 +22,11 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use crate::access::DeviceAccess;
-use crate::kvm::RunFlag;
+use crate::kvm::{KvmError, RunFlag, Vcpu, VcpuState};
 use crate::sync::LockExt;
 use crate::vcpu::{self, VmStop};
 
+use super::snapshot::SnapshotSource;
 use super::vcpus::{StopState, VcpuThread};
 
 /// A request to a [`VmControl`] that cannot be honoured.
@@ -39,7 +40,14 @@ pub enum ControlError {
     NotPaused,
     #[error("the VM stopped before every vCPU was paused")]
     StoppedWhilePausing,
+    #[error("a vCPU of the VM has stopped: its state cannot be saved")]
+    VcpuEnded,
+    #[error("the VM has already started: a snapshot loads only into a new one")]
+    AlreadyStarted,
 }
+
+/// Each vCPU's saved state (or why it could not be saved), in vCPU order.
+pub(super) type SavedVcpus = Vec<Result<VcpuState, KvmError>>;
 
 /// What a pause measured.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +90,11 @@ struct State {
     wake: Option<Arc<EventFd>>,
     access: Option<DeviceAccess>,
     stop: Option<Arc<StopState>>,
+    /// A snapshot's request to the parked vCPUs: each saves its state once per round.
+    save_round: u64,
+    saved_vcpus: Vec<(u8, Result<VcpuState, KvmError>)>,
+    /// What a snapshot of the running machine reads besides its vCPUs.
+    source: Option<Arc<SnapshotSource>>,
 }
 
 /// The shared part: a lock over [`State`] and the condvar on which pausers and parked
@@ -124,6 +137,9 @@ impl VmControl {
             wake: None,
             access: None,
             stop: None,
+            save_round: 0,
+            saved_vcpus: Vec::new(),
+            source: None,
         };
         Self {
             control: Arc::new(Control {
@@ -206,14 +222,6 @@ impl VmControl {
         Ok(())
     }
 
-    /// Waits for the machine to start; false if it ended without running (its build
-    /// failed, or it was stopped first).
-    pub fn wait_started(&self) -> bool {
-        let control = &self.control;
-        let state = control.wait(control.state.locked(), |s| s.phase == Phase::Waiting);
-        state.started > 0
-    }
-
     /// Asks the thread that builds and runs the machine (`run_controlled`'s caller) to
     /// install the `main` seccomp filter once the machine's threads run: for a process that
     /// builds one machine and then only waits for it (`hushvm run`, Firecracker mode); a
@@ -230,6 +238,59 @@ impl VmControl {
     /// Whether the VM is paused.
     pub fn is_paused(&self) -> bool {
         self.control.state.locked().paused
+    }
+
+    /// Returns once the machine has started: built (or restored) and its vCPU threads
+    /// running (it may have ended since); an error if it ended without running (its
+    /// build failed, or it was stopped first).
+    pub fn wait_started(&self) -> Result<(), ControlError> {
+        let control = &self.control;
+        let state = control.wait(control.state.locked(), |s| s.phase == Phase::Waiting);
+        match state.started > 0 {
+            true => Ok(()),
+            false => Err(ControlError::NotRunning),
+        }
+    }
+
+    /// Whether this control's machine has not started yet (nor been paused).
+    pub(super) fn is_fresh(&self) -> bool {
+        let state = self.control.state.locked();
+        state.phase == Phase::Waiting && !state.paused && !state.stopping
+    }
+
+    /// Asks a machine not started yet to start paused (a restore without `resume_vm`):
+    /// its vCPUs park before their first `KVM_RUN` reaches the guest.
+    pub(super) fn start_paused(&self) {
+        let mut state = self.control.state.locked();
+        state.paused = true;
+        self.control.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// The paused machine's snapshot source and its vCPUs' states, each saved by its
+    /// parked vCPU thread (the vCPU fds are theirs), in vCPU order.
+    pub(super) fn save_vcpus(&self) -> Result<(Arc<SnapshotSource>, SavedVcpus), ControlError> {
+        let control = &self.control;
+        let mut state = control.state.locked();
+        if state.phase != Phase::Running || state.stopping {
+            return Err(ControlError::NotRunning);
+        }
+        if !state.paused || !state.all_parked() || !state.event_loop_parked {
+            return Err(ControlError::NotPaused);
+        }
+        if state.ended > 0 {
+            return Err(ControlError::VcpuEnded);
+        }
+        let source = state.source.clone().ok_or(ControlError::NotRunning)?;
+        state.save_round += 1;
+        state.saved_vcpus.clear();
+        control.changed.notify_all();
+        let mut state = control.wait(state, |s| !s.stopping && s.saved_vcpus.len() < s.started);
+        if state.stopping {
+            return Err(ControlError::StoppedWhilePausing);
+        }
+        let mut saved = std::mem::take(&mut state.saved_vcpus);
+        saved.sort_by_key(|(id, _)| *id);
+        Ok((source, saved.into_iter().map(|(_, state)| state).collect()))
     }
 }
 
@@ -311,6 +372,7 @@ impl Control {
         state.stop = None;
         state.access = None;
         state.wake = None;
+        state.source = None;
         self.changed.notify_all();
         state.vcpus.drain(..).map(|vcpu| vcpu.thread).collect()
     }
@@ -325,8 +387,14 @@ impl Control {
         self.changed.notify_all();
     }
 
-    /// A vCPU's `KVM_RUN` was interrupted: parks it while the VM is paused.
-    pub(super) fn park_vcpu(&self) {
+    /// What a snapshot reads besides the vCPUs; set before the machine starts.
+    pub(super) fn set_snapshot_source(&self, source: Arc<SnapshotSource>) {
+        self.state.locked().source = Some(source);
+    }
+
+    /// A vCPU's `KVM_RUN` was interrupted: parks it while the VM is paused, saving its
+    /// state whenever a snapshot asks (outside the lock: the lock is a leaf).
+    pub(super) fn park_vcpu(&self, vcpu: &Vcpu) {
         let mut state = self.state.locked();
         if !state.paused || state.stopping {
             return;
@@ -336,7 +404,21 @@ impl Control {
             state.all_parked_at.get_or_insert_with(Instant::now);
             self.changed.notify_all();
         }
-        let mut state = self.wait(state, |s| s.paused && !s.stopping);
+        let mut served = state.save_round;
+        loop {
+            state = self.wait(state, |s| s.paused && !s.stopping && s.save_round == served);
+            if !state.paused || state.stopping {
+                break;
+            }
+            served = state.save_round;
+            drop(state);
+            let saved = vcpu.save_state();
+            state = self.state.locked();
+            if state.save_round == served {
+                state.saved_vcpus.push((vcpu.id(), saved));
+                self.changed.notify_all();
+            }
+        }
         state.parked -= 1;
     }
 
@@ -369,8 +451,8 @@ impl vcpu::VcpuRequests for VcpuGate {
         self.stop.is_stopping()
     }
 
-    fn park_while_paused(&self) {
-        self.control.park_vcpu();
+    fn park_while_paused(&self, vcpu: &Vcpu) {
+        self.control.park_vcpu(vcpu);
     }
 }
 

@@ -13,12 +13,14 @@ use crate::devices::data_port::DataPort;
 use crate::devices::debug_exit::DebugExit;
 use crate::devices::fw_cfg::FwCfg;
 use crate::devices::i8042::I8042;
+use crate::devices::persist::{DynPersist, SavedState, StateError};
 use crate::devices::post_code::PostCode;
 use crate::devices::rtc::{Clock, Rtc};
 use crate::devices::uart::{Uart, UartOptions};
 use crate::irq::InterruptLine;
 use crate::layout::{self, gsi, ports, MemoryLayout};
 use crate::services::{InputService, InputTarget, RtcService, Services};
+use crate::sync::LockExt;
 
 use super::backends::{Backends, Output};
 use super::inventory::{
@@ -59,6 +61,30 @@ pub struct Devices<C: Clock> {
     pub virtio: Vec<VirtioWiring>,
     /// Every device, by id.
     pub inventory: Inventory,
+    /// The saved state of each device, by id (`acpi-pm/...` for its parts), for
+    /// snapshots: the port devices, PCI's host bridge and configuration ports, then the
+    /// virtio devices.
+    pub states: DeviceStates,
+}
+
+/// Device state handles by id, in build order.
+pub type DeviceStates = Vec<(String, Arc<dyn DeviceStateHandle>)>;
+
+/// A device's saved state, reached through its lock.
+pub trait DeviceStateHandle: Send + Sync {
+    fn save(&self) -> Result<SavedState, StateError>;
+    /// Restores the device; on an error it is unchanged.
+    fn restore(&self, saved: &SavedState) -> Result<(), StateError>;
+}
+
+impl<T: DynPersist + Send> DeviceStateHandle for Mutex<T> {
+    fn save(&self) -> Result<SavedState, StateError> {
+        self.locked().save_saved()
+    }
+
+    fn restore(&self, saved: &SavedState) -> Result<(), StateError> {
+        self.locked().restore_saved(saved)
+    }
 }
 
 /// COM1 as the machine builds it: a 16550A writing to the serial destination.
@@ -113,21 +139,40 @@ fn plain(
     }
 }
 
-fn shared(device: impl crate::bus::BusDevice + 'static) -> SharedDevice {
+fn shared<T>(device: T) -> Arc<Mutex<T>> {
     Arc::new(Mutex::new(device))
 }
 
 /// The devices on the port bus: the RTC and COM1 (`devices` and their `lines`, in that
-/// order), the other PC devices, and the ACPI power-management registers.
+/// order), the other PC devices, and the ACPI power-management registers; and the saved
+/// state handles of those it makes.
 fn port_devices<P: Clock + 'static>(
     spec: &DeviceSpec,
     [rtc, com1]: [SharedDevice; 2],
     [(rtc_gsi, rtc_line), (com1_gsi, com1_line)]: [(u32, Arc<dyn InterruptLine>); 2],
     serial_name: String,
     pm_clock: P,
-) -> Vec<PortDevice> {
-    let fw_cfg = FwCfg::new(spec.memory.ram_bytes(), u16::from(spec.cpus));
-    vec![
+) -> (Vec<PortDevice>, DeviceStates) {
+    let fw_cfg = shared(FwCfg::new(spec.memory.ram_bytes(), u16::from(spec.cpus)));
+    let (debug_exit, i8042, post_code) = (
+        shared(DebugExit),
+        shared(I8042::default()),
+        shared(PostCode::default()),
+    );
+    let data_port = shared(DataPort::default());
+    let (pm1_event, pm1_control) = (shared(Pm1Event::default()), shared(Pm1Control::default()));
+    let pm_timer = shared(PmTimer::new(pm_clock));
+    let states: DeviceStates = vec![
+        ("isa-debug-exit".into(), debug_exit.clone()),
+        ("i8042".into(), i8042.clone()),
+        ("post-code".into(), post_code.clone()),
+        ("fw_cfg".into(), fw_cfg.clone()),
+        ("data-port".into(), data_port.clone()),
+        ("acpi-pm/pm1-event".into(), pm1_event.clone()),
+        ("acpi-pm/pm1-control".into(), pm1_control.clone()),
+        ("acpi-pm/pm-timer".into(), pm_timer.clone()),
+    ];
+    let devices = vec![
         PortDevice {
             id: "rtc",
             kind: DeviceKind::Rtc,
@@ -147,35 +192,35 @@ fn port_devices<P: Clock + 'static>(
             DeviceKind::DebugExit,
             ports::DEBUG_EXIT,
             ports::DEBUG_EXIT_COUNT,
-            shared(DebugExit),
+            debug_exit,
         ),
         plain(
             "i8042",
             DeviceKind::I8042,
             ports::I8042,
             ports::I8042_COUNT,
-            shared(I8042::default()),
+            i8042,
         ),
         plain(
             "post-code",
             DeviceKind::PostCode,
             ports::POST_CODE,
             1,
-            shared(PostCode::default()),
+            post_code,
         ),
         plain(
             "fw_cfg",
             DeviceKind::FwCfg,
             ports::FW_CFG,
             ports::FW_CFG_COUNT,
-            shared(fw_cfg),
+            fw_cfg,
         ),
         plain(
             "data-port",
             DeviceKind::DataPort,
             ports::DATA_PORT,
             ports::DATA_PORT_COUNT,
-            shared(DataPort::default()),
+            data_port,
         ),
         // The ACPI power-management registers the FADT describes; the reset register
         // (0xcf9) sits inside PCI's configuration ports, placed with bus 0 below.
@@ -187,25 +232,26 @@ fn port_devices<P: Clock + 'static>(
                     "acpi-pm1-event",
                     ports::ACPI_PM1_EVENT,
                     ports::ACPI_PM1_EVENT_COUNT,
-                    shared(Pm1Event::default()),
+                    pm1_event,
                 ),
                 (
                     "acpi-pm1-control",
                     ports::ACPI_PM1_CONTROL,
                     ports::ACPI_PM1_CONTROL_COUNT,
-                    shared(Pm1Control::default()),
+                    pm1_control,
                 ),
                 (
                     "acpi-pm-timer",
                     ports::ACPI_PM_TIMER,
                     ports::ACPI_PM_TIMER_COUNT,
-                    shared(PmTimer::new(pm_clock)),
+                    pm_timer,
                 ),
             ],
             lines: Vec::new(),
             backend: "clock".into(),
         },
-    ]
+    ];
+    (devices, states)
 }
 
 /// Bus 0's root, as the inventory lists it; the entry owns the BAR mover.
@@ -256,13 +302,15 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
         },
     )));
     let lines = [(gsi::RTC, rtc_line), (gsi::COM1, com1_line)];
-    let port_devices = port_devices(
+    let (port_devices, port_states) = port_devices(
         spec,
         [rtc.clone(), com1.clone()],
         lines,
         backends.serial_name,
         clocks.pm_timer,
     );
+    let mut states: DeviceStates = vec![("rtc".into(), rtc.clone()), ("com1".into(), com1.clone())];
+    states.extend(port_states);
     for device in port_devices {
         device.place(&mut buses, &mut inventory)?;
     }
@@ -287,9 +335,15 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
         vsock: backends.vsock,
     };
     let (wirings, entries) = virtio::build(&spec.virtio, virtio_backends, &mut placer)?;
-    let mover = pci.finish(&mut buses, ResetControl::default())?;
+    let (mover, pci_states) = pci.finish(&mut buses, ResetControl::default())?;
+    states.extend(pci_states);
     inventory.add(pci_host(mover));
     entries.into_iter().for_each(|entry| inventory.add(entry));
+    states.extend(
+        wirings
+            .iter()
+            .map(|wiring| (wiring.id.clone(), wiring.state.clone())),
+    );
     let mut inputs = vec![InputService::new(InputTarget::Com1, com1.clone())];
     inputs.extend(wirings.iter().filter_map(|wiring| wiring.input.clone()));
     Ok(Devices {
@@ -306,6 +360,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
         com1,
         virtio: wirings,
         inventory,
+        states,
     })
 }
 

@@ -14,6 +14,7 @@ mod platform;
 mod posted;
 mod report;
 mod signals;
+pub mod snapshot;
 mod vcpus;
 mod virtio;
 mod vsock_host;
@@ -64,7 +65,11 @@ pub use inventory::{
 pub use platform::{Platform, Unplugged};
 pub use report::{Coalescing, RunReport};
 pub use signals::{install as install_signal_handlers, signal_name, STOP_SIGNALS};
+pub use snapshot::{create as create_snapshot, Created, MachineSnapshotError};
 pub use vsock_host::VsockProblem;
+
+use crate::snapshot::SnapshotPaths;
+use snapshot::{SavedMachine, SnapshotSource, SnapshotState};
 
 /// Setting the machine up failed.
 #[derive(Debug, Error)]
@@ -136,6 +141,8 @@ pub enum MachineError {
     Devices(#[from] crate::config::ConfigError),
     #[error("device {0} has no backend")]
     MissingBackend(String),
+    #[error(transparent)]
+    Snapshot(#[from] MachineSnapshotError),
     #[error(
         "--record: a trace describes at most one disk, with every virtio device on one transport"
     )]
@@ -178,6 +185,18 @@ pub fn virtio_plan(config: &DeviceConfig) -> Result<Vec<VirtioSpec>, MachineErro
     Ok(plan_virtio(&request)?)
 }
 
+/// How a machine starts: booted from its kernel, or restored from a snapshot.
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    Boot,
+    /// Firecracker's `PUT /snapshot/load`: the machine built as `config` says, its state
+    /// and RAM from `paths`; it runs at once if `resume`, else starts paused.
+    Restore {
+        paths: &'a SnapshotPaths,
+        resume: bool,
+    },
+}
+
 /// Guest RAM as the layout places it.
 pub fn guest_memory(layout: &MemoryLayout) -> Result<GuestMemoryMmap, MachineError> {
     let ranges: Vec<(GuestAddress, usize)> = layout
@@ -201,11 +220,11 @@ fn check_vcpu_count(hypervisor: &Hypervisor, config: &MachineConfig) -> Result<(
     Ok(())
 }
 
-/// Creates the vCPUs; vCPU 0 enters the kernel at `entry`.
+/// Creates the vCPUs; vCPU 0 enters the kernel at `entry` (none for a restore).
 fn create_vcpus(
     vm: &Vm,
     config: &MachineConfig,
-    entry: &EntryState,
+    entry: Option<&EntryState>,
 ) -> Result<Vec<Vcpu>, MachineError> {
     let count = config.vcpus.count;
     let options = VcpuOptions {
@@ -216,7 +235,9 @@ fn create_vcpus(
     let vcpus = (0..count)
         .map(|id| vm.create_vcpu(id, count, &cpuid))
         .collect::<Result<Vec<_>, _>>()?;
-    vcpus[0].set_entry_state(entry)?;
+    if let Some(entry) = entry {
+        vcpus[0].set_entry_state(entry)?;
+    }
     Ok(vcpus)
 }
 
@@ -422,17 +443,57 @@ pub fn run_controlled(
     config: &MachineConfig,
     control: &VmControl,
 ) -> Result<RunReport, MachineError> {
-    let result = build_and_run(config, control);
+    start_controlled(config, Start::Boot, control)
+}
+
+/// Restores the snapshot at `paths` into a machine built as `config` says and runs it
+/// until it stops (`resume` false: it starts paused, for `control` to resume). The
+/// configuration must give the snapshot's memory size, vCPUs and devices.
+pub fn restore_controlled(
+    config: &MachineConfig,
+    paths: &SnapshotPaths,
+    resume: bool,
+    control: &VmControl,
+) -> Result<RunReport, MachineError> {
+    start_controlled(config, Start::Restore { paths, resume }, control)
+}
+
+/// Boots or restores the machine, and runs it until it stops.
+pub fn start_controlled(
+    config: &MachineConfig,
+    start: Start<'_>,
+    control: &VmControl,
+) -> Result<RunReport, MachineError> {
+    if matches!(start, Start::Restore { .. }) && !control.is_fresh() {
+        // Not through end(): the machine that has the control goes on as it was.
+        return Err(MachineSnapshotError::from(ControlError::AlreadyStarted).into());
+    }
+    let result = build_and_run(config, control, start);
     // Also when the build failed: a pause waiting for the start gets its answer.
     let _ = control.shared().end();
     result
 }
 
-fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunReport, MachineError> {
+fn build_and_run(
+    config: &MachineConfig,
+    control: &VmControl,
+    start: Start<'_>,
+) -> Result<RunReport, MachineError> {
     // Calibrate the profiler's clock before the run's wall time starts.
     let _ = crate::profile::ExitClock::get();
     let started = Instant::now();
-    let memory = guest_memory(&config.memory)?;
+    // A restore reads and checks its state file before anything is built.
+    let restoring: Option<(SnapshotState, bool)> = match start {
+        Start::Boot => None,
+        Start::Restore { paths, resume } => Some((snapshot::read_state(config, paths)?, resume)),
+    };
+    let memory = match start {
+        Start::Boot => guest_memory(&config.memory)?,
+        Start::Restore { paths, .. } => {
+            crate::snapshot::memory::map(&config.memory.ram_regions(), &paths.memory)
+                .map_err(MachineSnapshotError::from)?
+        }
+    };
     let hypervisor = Hypervisor::open()?;
     check_vcpu_count(&hypervisor, config)?;
     let vm = Vm::new(&hypervisor, &memory)?;
@@ -454,9 +515,21 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
     };
     let mut devices = devices::build(&spec, &vm, backends, clocks, &memory)?;
     let held = backends::held_outputs(waits, &devices);
-    let rsdp = write_acpi_tables(config, &memory, &devices)?;
-    let entry = load_kernel(config, &memory, &devices, rsdp)?;
-    let vcpus = create_vcpus(&vm, config, &entry)?;
+    // A restored guest's RAM already holds its tables and kernel.
+    let entry = match restoring {
+        None => {
+            let rsdp = write_acpi_tables(config, &memory, &devices)?;
+            Some(load_kernel(config, &memory, &devices, rsdp)?)
+        }
+        Some(_) => None,
+    };
+    let vcpus = create_vcpus(&vm, config, entry.as_ref())?;
+    if let Some((state, _)) = &restoring {
+        vm.restore_state(&state.vm)?;
+        for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
+            vcpu.restore_state(saved)?;
+        }
+    }
     let buses = std::mem::take(&mut devices.buses);
     let posted = posted::posted_writes(config, &vm, &vcpus[0], &buses)?;
     let (wake_subscriber, wake) = StopWake::new().map_err(MachineError::EventLoop)?;
@@ -470,6 +543,21 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
     let wake = (wake_subscriber, &state);
     let timer = posted.drain_timer;
     let events = event_loop(config, &mut devices, &access, wake, (timer, &held))?;
+    let source = snapshot_source(config, &vm, &memory, &devices);
+    if let Some((state, resume)) = &restoring {
+        // After the event loop's set-up: the RTC's restore re-arms its timer through it.
+        snapshot::restore_devices(state, &source.machine, &devices.states)?;
+        // A doorbell rung just before the pause may not have been served: its eventfd
+        // stayed with the old process. Every queue with work is served once now.
+        for wiring in &devices.virtio {
+            wiring.service.ring(&access, None);
+        }
+        if !resume {
+            control.start_paused();
+            vcpus.iter().for_each(|vcpu| vcpu.run_flag().set());
+        }
+    }
+    control.shared().set_snapshot_source(Arc::new(source));
     vcpu::install_kick_handler().map_err(MachineError::KickSignal)?;
     let shared = vcpus::Shared {
         access: access.clone(),
@@ -502,6 +590,27 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
         posted.coalescing,
         wall,
     ))
+}
+
+/// What a snapshot of this machine reads besides its vCPUs.
+fn snapshot_source<C: Clock>(
+    config: &MachineConfig,
+    vm: &Vm,
+    memory: &GuestMemoryMmap,
+    devices: &Devices<C>,
+) -> SnapshotSource {
+    let entries = devices.inventory.entries();
+    SnapshotSource {
+        vm: vm.states(),
+        memory: memory.clone(),
+        devices: devices.states.clone(),
+        machine: SavedMachine {
+            ram_bytes: config.memory.ram_bytes(),
+            cpus: config.vcpus.count,
+            devices: entries.iter().map(|entry| entry.id.clone()).collect(),
+            disk_bytes: snapshot::disk_sizes(config),
+        },
+    }
 }
 
 /// What every stop ends with, whatever stopped the VM (a power-off, a crash, a signal):

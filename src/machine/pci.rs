@@ -20,7 +20,9 @@ use crate::devices::acpi_pm::ResetControl;
 use crate::devices::pci::host::{BarObserver, PciConfigIo, PciEcam, PciRoot, SharedFunction};
 use crate::devices::pci::msix::{MsiMessage, MsiSink};
 use crate::devices::pci::BarChange;
+use crate::devices::persist::{SavedState, StateError};
 use crate::devices::virtio::pci::VirtioPciTransport;
+use crate::devices::virtio::state::DeviceState;
 use crate::devices::virtio::{OnBus, VirtioDevice};
 use crate::errors::chain;
 use crate::irq::InterruptLine;
@@ -30,6 +32,7 @@ use crate::ratelimit::RateLimiter;
 use crate::services::LevelTriggered;
 use crate::sync::LockExt;
 
+use super::devices::{DeviceStateHandle, DeviceStates};
 use super::inventory::DeviceCounters;
 use super::platform::Platform;
 use super::MachineError;
@@ -107,6 +110,34 @@ impl DeviceCounters for BarMover {
     }
 }
 
+/// A virtio-pci function's saved state: restoring it moves its BAR where the saved one
+/// was, through the same mover as a guest's move.
+struct PciFunctionState<D: VirtioDevice> {
+    transport: Arc<VirtioPciTransport<D>>,
+    mover: Arc<BarMover>,
+    device_number: u8,
+}
+
+impl<D: VirtioDevice + DeviceState + 'static> DeviceStateHandle for PciFunctionState<D>
+where
+    VirtioPciTransport<D>: Send + Sync,
+{
+    fn save(&self) -> Result<SavedState, StateError> {
+        self.transport.save_saved()
+    }
+
+    fn restore(&self, saved: &SavedState) -> Result<(), StateError> {
+        for change in self.transport.restore_saved(saved)? {
+            self.mover
+                .apply_change(self.device_number, change)
+                .map_err(|(name, error)| {
+                    StateError::invalid("virtio-pci", format!("{name}: BAR move: {error}"))
+                })?;
+        }
+        Ok(())
+    }
+}
+
 /// What placing a device needs from the machine.
 pub struct Placing<'a> {
     pub memory: &'a GuestMemoryMmap,
@@ -127,6 +158,8 @@ pub struct PlacedPci<D: VirtioDevice> {
     pub resample: Option<(EventFd, Arc<Mutex<dyn LevelTriggered>>)>,
     /// Its MSI-X vectors' lines and its INTx line.
     pub lines: Vec<Arc<dyn InterruptLine>>,
+    /// Its saved state, for snapshots.
+    pub state: Arc<dyn DeviceStateHandle>,
 }
 
 /// Bus 0 while its devices are placed: the root, the BAR mover, the next free device
@@ -150,7 +183,7 @@ impl PciBus {
 
     /// Puts `device` on the next device number: MSI-X vectors, INTx, a doorbell per
     /// queue that moves with its BAR.
-    pub fn place<D: VirtioDevice + 'static>(
+    pub fn place<D: VirtioDevice + DeviceState + 'static>(
         &mut self,
         placing: &Placing<'_>,
         name: &'static str,
@@ -186,7 +219,13 @@ impl PciBus {
         self.next += 1;
         let mut lines = msi.lines.clone();
         lines.push(intx);
+        let state = Arc::new(PciFunctionState {
+            transport: transport.clone(),
+            mover: self.mover.clone(),
+            device_number,
+        });
         Ok(PlacedPci {
+            state,
             transport,
             device_number,
             intx_gsi: gsi,
@@ -216,20 +255,26 @@ impl PciBus {
     }
 
     /// Assigns the BARs, as firmware would, and places bus 0's root (with `reset` at
-    /// 0xcf9 through it) at CF8/CFC and ECAM; returns what must live as long as the
-    /// machine (the BAR mover), for the inventory to keep.
+    /// 0xcf9 through it) at CF8/CFC and ECAM. Returns what must live as long as the
+    /// machine (the BAR mover), for the inventory to keep, and the saved states of the
+    /// host bridge and of the configuration ports (the CF8 address latch), for snapshots.
     pub fn finish(
         self,
         buses: &mut IoBuses,
         reset: ResetControl,
-    ) -> Result<Arc<dyn DeviceCounters>, MachineError> {
+    ) -> Result<(Arc<dyn DeviceCounters>, DeviceStates), MachineError> {
         let root = Arc::new(self.root);
         root.assign_memory_bars(layout::PCI_MMIO32_START..layout::PCI_MMIO32_END)?;
+        let config_io = Arc::new(Mutex::new(PciConfigIo::new(root.clone(), reset)));
+        let states: DeviceStates = vec![
+            ("pci-host/bridge".into(), root.host_bridge().clone()),
+            ("pci-host/config-io".into(), config_io.clone()),
+        ];
         buses.pio.insert(
             "pci-config",
             ports::PCI_CONFIG,
             ports::PCI_CONFIG_COUNT,
-            Arc::new(Mutex::new(PciConfigIo::new(root.clone(), reset))),
+            config_io,
         )?;
         buses.mmio.insert(
             "pci-ecam",
@@ -237,7 +282,7 @@ impl PciBus {
             layout::PCI_ECAM_SIZE,
             Arc::new(Mutex::new(PciEcam::new(root))),
         )?;
-        Ok(self.mover)
+        Ok((self.mover, states))
     }
 }
 

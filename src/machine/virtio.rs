@@ -33,7 +33,11 @@ use crate::irq::InterruptLine;
 use crate::layout::{self, ports::VIRTIO_PIO_DOORBELL_COUNT};
 use crate::services::{DoorbellService, InputService, InputTarget, LevelTriggered};
 
+use crate::devices::persist::{self, SavedState, StateError};
+use crate::devices::virtio::state::DeviceState;
+
 use super::backends::{DiskBackendSpec, Output};
+use super::devices::DeviceStateHandle;
 use super::inventory::{
     BusPlacement, DeviceCounters, DeviceEntry, Interrupt, VirtioKind, VirtioSpec,
 };
@@ -60,6 +64,24 @@ pub struct VirtioWiring {
     pub mmio_window: Option<u8>,
     /// Host sockets the event loop watches (vsock).
     pub host_sockets: Option<HostSockets>,
+    /// Its saved state (transport, queues, device), for snapshots.
+    pub state: Arc<dyn DeviceStateHandle>,
+}
+
+/// A virtio-mmio device's saved state.
+struct MmioState<D: VirtioDevice>(Arc<MmioTransport<D>>);
+
+impl<D: VirtioDevice + DeviceState + 'static> DeviceStateHandle for MmioState<D>
+where
+    MmioTransport<D>: Send + Sync,
+{
+    fn save(&self) -> Result<SavedState, StateError> {
+        persist::save(&*self.0)
+    }
+
+    fn restore(&self, saved: &SavedState) -> Result<(), StateError> {
+        self.0.restore_shared(saved)
+    }
 }
 
 /// A device's host sockets: an fd readable when they have news, and what handles it
@@ -130,7 +152,7 @@ pub struct Placer<'a> {
 impl Placer<'_> {
     /// Puts `device` where `spec` says; returns its wiring, its inventory entry (with
     /// `backend` named) and the transport it is on.
-    fn place<D: VirtioDevice + 'static>(
+    fn place<D: VirtioDevice + DeviceState + 'static>(
         &mut self,
         spec: &VirtioSpec,
         device: D,
@@ -153,6 +175,7 @@ impl Placer<'_> {
             mmio_window: spec
                 .mmio_window
                 .filter(|_| matches!(landed.placed, Placed::Mmio(_))),
+            state: landed.state,
         };
         let entry = DeviceEntry {
             id: spec.id.clone(),
@@ -167,7 +190,7 @@ impl Placer<'_> {
     }
 
     /// virtio-mmio window `window`: the registers, the PIO doorbell, the ioeventfds.
-    fn place_mmio<D: VirtioDevice + 'static>(
+    fn place_mmio<D: VirtioDevice + DeviceState + 'static>(
         &mut self,
         window: u8,
         name: &'static str,
@@ -195,6 +218,7 @@ impl Placer<'_> {
         Ok(Landed {
             notify,
             counters: transport.clone(),
+            state: Arc::new(MmioState(transport.clone())),
             placed: Placed::Mmio(transport),
             doorbells: self.mmio_doorbells(base + QUEUE_NOTIFY, port, queues)?,
             resample: None,
@@ -214,7 +238,7 @@ impl Placer<'_> {
     }
 
     /// The next function on PCI bus 0.
-    fn place_pci<D: VirtioDevice + 'static>(
+    fn place_pci<D: VirtioDevice + DeviceState + 'static>(
         &mut self,
         name: &'static str,
         device: D,
@@ -223,6 +247,7 @@ impl Placer<'_> {
         Ok(Landed {
             notify: pci.transport.clone(),
             counters: pci.transport.clone(),
+            state: pci.state,
             placed: Placed::Pci(pci.transport),
             doorbells: pci.doorbells,
             resample: pci.resample,
@@ -270,6 +295,7 @@ struct Landed<D: VirtioDevice> {
     placed: Placed<D>,
     notify: Arc<dyn QueueNotify>,
     counters: Arc<dyn DeviceCounters>,
+    state: Arc<dyn DeviceStateHandle>,
     doorbells: Vec<(EventFd, Option<u32>)>,
     resample: Option<(EventFd, Arc<Mutex<dyn LevelTriggered>>)>,
     placements: Vec<BusPlacement>,

@@ -168,8 +168,9 @@ pub trait VcpuRequests {
     /// True once the VM is stopping: the loop ends before its next `KVM_RUN`.
     fn stopping(&self) -> bool;
     /// `KVM_RUN` was interrupted: blocks while the VM is paused, counted as parked, and
-    /// returns at resume or stop.
-    fn park_while_paused(&self);
+    /// returns at resume or stop. While parked, `vcpu` saves its state when a snapshot
+    /// asks for it.
+    fn park_while_paused(&self, vcpu: &Vcpu);
 }
 
 /// Runs `vcpu` until the VM stops or `requests` says it is stopping.
@@ -225,7 +226,7 @@ pub fn run(
         profile.record(key, elapsed);
         match outcome {
             ExitOutcome::Stop(stop) => break stop,
-            ExitOutcome::Interrupted => requests.park_while_paused(),
+            ExitOutcome::Interrupted => requests.park_while_paused(vcpu),
             ExitOutcome::Continue => {}
         }
     };

@@ -196,17 +196,29 @@ impl BarMover {
     }
 }
 
-impl BarObserver for BarMover {
-    fn bar_changed(&self, function: u8, change: BarChange) {
+impl BarMover {
+    /// Moves `function`'s BAR as `change` says (nothing for another BAR, a BAR at 0 or
+    /// one already there); returns the device's name and the error of a refused move.
+    pub(super) fn apply_change(
+        &self,
+        function: u8,
+        change: BarChange,
+    ) -> Result<(), (&'static str, MachineError)> {
         let mut bars = self.bars.locked();
         let Some(bar) = bars.iter_mut().find(|bar| bar.device == function) else {
-            return;
+            return Ok(());
         };
         if change.bar != BAR || change.new == 0 || bar.base == Some(change.new) {
-            return;
+            return Ok(());
         }
-        if let Err(error) = self.place(bar, change.new) {
-            let name = bar.name;
+        self.place(bar, change.new)
+            .map_err(|error| (bar.name, error))
+    }
+}
+
+impl BarObserver for BarMover {
+    fn bar_changed(&self, function: u8, change: BarChange) {
+        if let Err((name, error)) = self.apply_change(function, change) {
             self.warnings.locked().warn(|| {
                 format!(
                     "{name}: BAR moved to {:#x} refused: {}",

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{MmioInterrupt, MmioTransport};
-use crate::devices::persist::{Persist, StateError};
+use crate::devices::persist::{open, Persist, SavedState, StateError};
 use crate::devices::virtio::state::DeviceState;
 use crate::devices::virtio::transport::{PersistDelivery, SavedCore};
 use crate::devices::virtio::VirtioDevice;
@@ -48,6 +48,15 @@ impl<D: VirtioDevice + DeviceState> Persist for MmioTransport<D> {
     /// its own. See the transport core's notes on the first doorbell after a restore.
     fn restore(&mut self, state: &Self::State) -> Result<(), StateError> {
         self.core.restore_state(Self::KIND, state)
+    }
+}
+
+impl<D: VirtioDevice + DeviceState> MmioTransport<D> {
+    /// [`Persist::restore`] from its envelope, through a shared transport (the machine
+    /// holds it in an `Arc`; the core locks its own parts).
+    pub fn restore_shared(&self, saved: &SavedState) -> Result<(), StateError> {
+        let state = open::<Self>(saved)?;
+        self.core.restore_state(Self::KIND, &state)
     }
 }
 
