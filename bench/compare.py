@@ -6,8 +6,10 @@ own loop with rdtsc and prints tsc=T on COM1, so boot time and VMM setup drop ou
 are interleaved (A B C A B C ...) and the median of each is reported, with ratios to the
 floor. QEMU comes from Debian's qemu-system-x86 package, installed if missing (as root).
 
-Usage: bench/compare.py [--iterations N] [--runs R] [--no-qemu] [--json]
-Run it from the repository root after `cargo build --release`.
+Usage: bench/compare.py [--iterations N] [--runs R] [--no-qemu] [--json] [--before HUSHVM]
+Run it from the repository root after `cargo build --release`. --before names another
+hushvm binary (an older build, copied aside) that runs interleaved with the others, as
+"before-coalesced", so a change is measured against its parent in the same run.
 """
 import argparse
 import json
@@ -33,7 +35,7 @@ def ensure_qemu():
     return shutil.which("qemu-system-x86_64") is not None
 
 
-def contestants(guest, iterations, with_qemu):
+def contestants(guest, iterations, with_qemu, before):
     cmdline = f"iterations={iterations}"
     hushvm = os.path.join(RELEASE, "hushvm")
     floor = os.path.join(RELEASE, "hushvm-floor")
@@ -47,6 +49,8 @@ def contestants(guest, iterations, with_qemu):
         "floor-baseline": [floor, "--multiboot", guest, "--cmdline", cmdline, "--no-coalesce"],
         "hushvm-baseline": [hushvm, "run", "--multiboot", guest, "--cmdline", cmdline, "--no-coalesce"],
     }
+    if before:
+        runs["before-coalesced"] = [before, "run", "--multiboot", guest, "--cmdline", cmdline]
     if with_qemu:
         # -cpu host/max abort on this host (HOST.md); the default model is used.
         runs["qemu"] = ["timeout", "300", "qemu-system-x86_64", "-accel", "kvm", "-m", "64",
@@ -70,13 +74,14 @@ def main():
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--no-qemu", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--before", help="an older hushvm binary to interleave")
     args = parser.parse_args()
 
     with_qemu = not args.no_qemu and ensure_qemu()
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([os.path.join(RELEASE, "hushvm"), "guests", "--out", tmp], check=True, capture_output=True)
         guest = os.path.join(tmp, "rtc.elf")
-        runs = contestants(guest, args.iterations, with_qemu)
+        runs = contestants(guest, args.iterations, with_qemu, args.before)
         samples = {name: [] for name in runs}
         for _ in range(args.runs):
             for name, command in runs.items():
@@ -96,17 +101,29 @@ def main():
             "hushvm without seccomp/floor (coalesced)": medians["hushvm-coalesced-noseccomp"] / medians["floor-coalesced"],
         },
     }
+    if args.before:
+        report["ratios"]["before/floor (coalesced)"] = medians["before-coalesced"] / medians["floor-coalesced"]
+        report["ratios"]["hushvm/before (coalesced)"] = medians["hushvm-coalesced"] / medians["before-coalesced"]
     if with_qemu:
         report["ratios"]["qemu/floor (coalesced)"] = medians["qemu"] / medians["floor-coalesced"]
         report["ratios"]["hushvm/qemu (coalesced)"] = medians["hushvm-coalesced"] / medians["qemu"]
+    minimums = {name: min(values) for name, values in samples.items()}
+    report["min_ratios"] = {"hushvm/floor (coalesced)": minimums["hushvm-coalesced"] / minimums["floor-coalesced"]}
+    if args.before:
+        report["min_ratios"]["hushvm/before (coalesced)"] = minimums["hushvm-coalesced"] / minimums["before-coalesced"]
+    if with_qemu:
+        report["min_ratios"]["hushvm/qemu (coalesced)"] = minimums["hushvm-coalesced"] / minimums["qemu"]
     if args.json:
         print(json.dumps(report))
         return
     print(f"rtc guest, {args.iterations} iterations, median of {args.runs} interleaved runs (guest TSC ticks per iteration)")
     for name, value in medians.items():
         spread = f"{min(samples[name]):.0f}..{max(samples[name]):.0f}"
-        print(f"  {name:<26} {value:10.0f}   (range {spread})")
+        print(f"  {name:<26} {value:10.0f}   (min {min(samples[name]):.0f}, range {spread})")
     for name, value in report["ratios"].items():
+        print(f"  {name:<34} {value:.4f}")
+    print("ratios of minimums")
+    for name, value in report["min_ratios"].items():
         print(f"  {name:<34} {value:.4f}")
 
 

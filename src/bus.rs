@@ -2,12 +2,14 @@
 //!
 //! Buses are built before any vCPU starts and are read-only afterwards, so the exit path
 //! takes no bus-wide lock: only the one device it reaches is locked. The port bus is a
-//! flat table indexed by port; the MMIO bus is a sorted range table.
+//! two-level table indexed by port (`bus/pio.rs`); the MMIO bus is a sorted range table.
 
 use crate::sync::LockExt;
 
 mod mmio;
+mod pio;
 pub use mmio::{MmioBus, SwappableMmio};
+pub use pio::PioBus;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -245,88 +247,6 @@ fn unclaimed(access: Access<'_>) -> Dispatch {
         data.fill(0xff);
     }
     Dispatch::Unclaimed
-}
-
-const PORT_COUNT: usize = 1 << 16;
-
-/// The I/O port bus: a flat table from port to device, so a lookup costs one index.
-pub struct PioBus {
-    slots: Vec<Slot>,
-    /// Slot index + 1 for every port; 0 where no device is.
-    by_port: Box<[u16]>,
-}
-
-impl fmt::Debug for PioBus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PioBus")
-            .field("slots", &self.slots)
-            .finish()
-    }
-}
-
-impl Default for PioBus {
-    fn default() -> Self {
-        Self {
-            slots: Vec::new(),
-            by_port: vec![0; PORT_COUNT].into_boxed_slice(),
-        }
-    }
-}
-
-impl PioBus {
-    /// Places `device` at ports `[base, base + len)`.
-    pub fn insert(
-        &mut self,
-        name: &'static str,
-        base: u16,
-        len: u16,
-        device: SharedDevice,
-    ) -> Result<(), BusError> {
-        let (base, len) = (u64::from(base), u64::from(len));
-        if len == 0 || base + len > PORT_COUNT as u64 {
-            return Err(BusError::BadRange {
-                name,
-                space: AddressSpace::Pio,
-                base,
-                len,
-            });
-        }
-        check_overlap(&self.slots, name, base, len)?;
-        self.slots.push(Slot {
-            base,
-            len,
-            name,
-            device,
-        });
-        let index = u16::try_from(self.slots.len()).expect("fewer than 65536 port devices");
-        self.by_port[base as usize..(base + len) as usize].fill(index);
-        Ok(())
-    }
-
-    /// Sends an access to the device that claims all of it.
-    pub fn dispatch(&self, port: u16, access: Access<'_>) -> Dispatch {
-        match self.by_port[usize::from(port)] {
-            0 => unclaimed(access),
-            index => {
-                let slot = &self.slots[usize::from(index) - 1];
-                if slot.contains(u64::from(port), access.len() as u64) {
-                    slot.dispatch(u64::from(port), access)
-                } else {
-                    unclaimed(access)
-                }
-            }
-        }
-    }
-
-    fn slots(&self) -> &[Slot] {
-        &self.slots
-    }
-
-    /// The slot that holds `port`.
-    fn slot_at(&self, port: u16) -> Option<&Slot> {
-        let index = self.by_port[usize::from(port)];
-        self.slots.get(usize::from(index).checked_sub(1)?)
-    }
 }
 
 fn check_overlap(slots: &[Slot], name: &'static str, base: u64, len: u64) -> Result<(), BusError> {

@@ -3,7 +3,6 @@
 //! every vCPU keeps dispatching on the table it loaded, with no lock. The old table is
 //! freed when its last reader is done (arc-swap's guarantee).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -13,13 +12,12 @@ use super::{
 };
 use crate::sync::LockExt;
 
-/// The MMIO bus: ranges sorted by base, found by binary search, with the last range hit
-/// tried first (a driver tends to hit one device many times in a row).
-#[derive(Debug, Default)]
+/// The MMIO bus: ranges sorted by base, found by binary search. The table is read-only
+/// once published: no "last hit" hint is kept, since every vCPU writing one on every
+/// miss made the table's cache line bounce between them, and a machine has few ranges.
+#[derive(Debug, Default, Clone)]
 pub struct MmioBus {
     slots: Vec<Slot>,
-    /// Index of the slot the last dispatch found; only a hint, so relaxed ordering.
-    last_hit: AtomicUsize,
 }
 
 impl MmioBus {
@@ -41,7 +39,6 @@ impl MmioBus {
         }
         check_overlap(&self.slots, name, base, len)?;
         let at = self.slots.partition_point(|slot| slot.base < base);
-        self.last_hit.store(0, Ordering::Relaxed);
         self.slots.insert(
             at,
             Slot {
@@ -57,14 +54,9 @@ impl MmioBus {
     /// Sends an access to the device that claims all of it.
     pub fn dispatch(&self, addr: u64, access: Access<'_>) -> Dispatch {
         let len = access.len() as u64;
-        let hint = self.last_hit.load(Ordering::Relaxed);
-        if let Some(slot) = self.slots.get(hint).filter(|slot| slot.contains(addr, len)) {
-            return slot.dispatch(addr, access);
-        }
         let after = self.slots.partition_point(|slot| slot.base <= addr);
         match after.checked_sub(1) {
             Some(index) if self.slots[index].contains(addr, len) => {
-                self.last_hit.store(index, Ordering::Relaxed);
                 self.slots[index].dispatch(addr, access)
             }
             _ => unclaimed(access),
@@ -80,15 +72,6 @@ impl MmioBus {
         let after = self.slots.partition_point(|slot| slot.base <= addr);
         let slot = &self.slots[after.checked_sub(1)?];
         slot.contains(addr, 1).then_some(slot)
-    }
-}
-
-impl Clone for MmioBus {
-    fn clone(&self) -> Self {
-        Self {
-            slots: self.slots.clone(),
-            last_hit: AtomicUsize::new(0),
-        }
     }
 }
 

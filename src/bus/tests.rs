@@ -142,3 +142,39 @@ fn locate_names_the_device_and_the_offset() {
     assert_eq!(buses.locate(AddressSpace::Mmio, 0x1100), None);
     assert_eq!(buses.locate(AddressSpace::Mmio, 0xfff), None);
 }
+
+#[test]
+fn pio_devices_across_and_at_the_ends_of_the_table_pages_are_found() {
+    let (across, last, first) = (recorder(), recorder(), recorder());
+    let mut bus = PioBus::default();
+    bus.insert("across", 0x1fe, 4, across.clone()).unwrap();
+    bus.insert("last", 0xffff, 1, last.clone()).unwrap();
+    bus.insert("first", 0, 1, first.clone()).unwrap();
+    // 0x1fe..0x202 spans two second-level tables; each port keeps its offset.
+    for (port, offset) in [(0x1fe, 0), (0x1ff, 1), (0x200, 2), (0x201, 3)] {
+        let mut data = [0u8; 1];
+        assert_eq!(
+            bus.dispatch(port, Access::Read(&mut data)),
+            Dispatch::Handled(None)
+        );
+        assert_eq!(data, [offset], "port {port:#x}");
+    }
+    bus.dispatch(0xffff, Access::Write(&[7]));
+    bus.dispatch(0, Access::Write(&[9]));
+    assert_eq!(last.lock().unwrap().writes, vec![(0, vec![7])]);
+    assert_eq!(first.lock().unwrap().writes, vec![(0, vec![9])]);
+    // Ports beside them, in a page with a table and in one without, are unclaimed.
+    for port in [0x1fd, 0x202, 0xfffe, 0x8000] {
+        let mut data = [0u8; 1];
+        assert_eq!(
+            bus.dispatch(port, Access::Read(&mut data)),
+            Dispatch::Unclaimed
+        );
+        assert_eq!(data, [0xff], "port {port:#x}");
+    }
+    // An access that runs past its device's end is not the device's.
+    assert_eq!(
+        bus.dispatch(0x201, Access::Write(&[1, 2])),
+        Dispatch::Unclaimed
+    );
+}

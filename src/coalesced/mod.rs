@@ -139,11 +139,14 @@ impl PostedWrites {
         let Some(ring) = &self.ring else { return 0 };
         // `is_empty` reads the ring's consumer index with Acquire: seeing a drainer's pop
         // means seeing the `draining` it raised before popping.
-        if ring.is_empty() && !self.draining.load(Ordering::SeqCst) {
+        if ring.is_empty() && !self.draining.load(Ordering::Acquire) {
             return 0;
         }
         let _order = self.drain.locked();
-        self.draining.store(true, Ordering::SeqCst);
+        // Relaxed is enough: `pop` advances the consumer index with Release, so a reader
+        // that sees the pop (with Acquire) sees this store too. No locked instruction
+        // here, nor in the lowering below: this runs on every exit that finds an entry.
+        self.draining.store(true, Ordering::Relaxed);
         let (mut applied, mut bounded) = (0, 0);
         while let Some(write) = ring.pop() {
             let stop = match buses.dispatch(write.space, write.addr, Access::Write(write.bytes())) {
@@ -156,8 +159,10 @@ impl PostedWrites {
                 bounded += u64::from(zones.covers(write.space, write.addr));
             }
         }
-        self.draining.store(false, Ordering::SeqCst);
-        self.applied.fetch_add(applied, Ordering::Relaxed);
+        self.draining.store(false, Ordering::Release);
+        // Only the holder of `drain` writes `applied`: a plain add, not a locked one.
+        let total = self.applied.load(Ordering::Relaxed) + applied;
+        self.applied.store(total, Ordering::Relaxed);
         if let Some(zones) = &self.bounded {
             zones.saw(bounded);
         }

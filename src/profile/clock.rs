@@ -54,8 +54,14 @@ impl ExitClock {
     /// Time from `start` to now.
     #[inline]
     pub fn since(&self, start: Ticks) -> Duration {
+        Duration::from_nanos(self.ns_since(start))
+    }
+
+    /// Time from `start` to now, ns (the exit path's form: no `Duration` round trip).
+    #[inline]
+    pub fn ns_since(&self, start: Ticks) -> u64 {
         let ticks = read_tsc().saturating_sub(start.0);
-        Duration::from_nanos(((u128::from(ticks) * u128::from(self.ns_per_tick)) >> 32) as u64)
+        ((u128::from(ticks) * u128::from(self.ns_per_tick)) >> 32) as u64
     }
 }
 

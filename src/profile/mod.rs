@@ -175,11 +175,24 @@ pub struct ExitProfile {
 impl ExitProfile {
     /// Records one exit handled in `elapsed`.
     pub fn record(&mut self, key: ExitKey, elapsed: Duration) {
-        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.record_ns(key, u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Records one exit handled in `ns` nanoseconds.
+    #[inline]
+    pub fn record_ns(&mut self, key: ExitKey, ns: u64) {
         self.stats_mut(key).record(ns);
     }
 
     fn stats_mut(&mut self, key: ExitKey) -> &mut ExitStats {
+        // The key hit last, first and without the search's division: the common case.
+        if self
+            .exits
+            .get(self.last_hit)
+            .is_some_and(|(hit, _)| *hit == key)
+        {
+            return &mut self.exits[self.last_hit].1;
+        }
         let count = self.exits.len();
         let found = (0..count)
             .map(|i| (self.last_hit + i) % count)

@@ -118,14 +118,33 @@ impl ExitContext<'_> {
         size: usize,
         access: Access<'_>,
     ) -> ExitOutcome {
+        // One element (every exit but string I/O): no splitting iterator.
+        if access.len() == size {
+            return self.dispatch_element(space, addr, size, access);
+        }
         for element in access.into_elements(size) {
-            let is_write = element.is_write();
-            let result = self.access.buses.dispatch(space, addr, element);
-            if let Some(request) = self.account(space, addr, is_write, size, result) {
-                return ExitOutcome::Stop(VmStop::Guest(request));
+            let outcome = self.dispatch_element(space, addr, size, element);
+            if outcome != ExitOutcome::Continue {
+                return outcome;
             }
         }
         ExitOutcome::Continue
+    }
+
+    #[inline]
+    fn dispatch_element(
+        &mut self,
+        space: AddressSpace,
+        addr: u64,
+        size: usize,
+        element: Access<'_>,
+    ) -> ExitOutcome {
+        let is_write = element.is_write();
+        let result = self.access.buses.dispatch(space, addr, element);
+        match self.account(space, addr, is_write, size, result) {
+            Some(request) => ExitOutcome::Stop(VmStop::Guest(request)),
+            None => ExitOutcome::Continue,
+        }
     }
 
     fn account(
@@ -139,16 +158,21 @@ impl ExitContext<'_> {
         match result {
             Dispatch::Handled(stop) => stop,
             Dispatch::Unclaimed => {
-                self.profile.unclaimed += 1;
-                self.warnings.warn(|| {
-                    let direction = if is_write { "write to" } else { "read of" };
-                    format!(
-                        "guest {direction} unclaimed {space:?} address {addr:#x} ({size} bytes)"
-                    )
-                });
+                self.unclaimed(space, addr, is_write, size);
                 None
             }
         }
+    }
+
+    /// Counts and warns about an access no device claimed: off the hot path's pages.
+    #[cold]
+    #[inline(never)]
+    fn unclaimed(&mut self, space: AddressSpace, addr: u64, is_write: bool, size: usize) {
+        self.profile.unclaimed += 1;
+        self.warnings.warn(|| {
+            let direction = if is_write { "write to" } else { "read of" };
+            format!("guest {direction} unclaimed {space:?} address {addr:#x} ({size} bytes)")
+        });
     }
 }
 

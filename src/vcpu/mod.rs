@@ -222,8 +222,8 @@ pub fn run(
             vcpu: id,
         };
         let outcome = context.handle(exit);
-        let elapsed = started.map(|s| clock.since(s)).unwrap_or_default();
-        profile.record(key, elapsed);
+        let elapsed = started.map_or(0, |s| clock.ns_since(s));
+        profile.record_ns(key, elapsed);
         match outcome {
             ExitOutcome::Stop(stop) => break stop,
             ExitOutcome::Interrupted => requests.park_while_paused(vcpu),
