@@ -100,6 +100,14 @@ struct RunArgs {
     /// ",transport=pci|mmio" places it (default --virtio-transport).
     #[arg(long, value_name = "PATH[,readonly][,id=ID][,transport=pci|mmio]")]
     disk: Vec<hushvm::config::DiskConfig>,
+    /// A virtio-net device on the existing tap NAME, repeatable (ids net0, net1, ...;
+    /// on --virtio-transport): ",mac=MAC" (default 52:54:00:12:34:56 plus N), ",queues=N",
+    /// ",rx_bw=..", ",rx_ops=..", ",tx_bw=..", ",tx_ops=.." (token buckets).
+    #[arg(
+        long = "net",
+        value_name = "tap=NAME[,mac=MAC][,queues=N][,rx_bw=..][,tx_bw=..]"
+    )]
+    net: Vec<String>,
     /// A virtio-rng device fed from the host's /dev/urandom.
     #[arg(long)]
     rng: bool,
@@ -240,6 +248,7 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
             rng_transport: args.rng_transport,
             console_transport: args.virtio_console_transport,
             virtio_console: args.virtio_console,
+            net: hushvm::net::config::parse_net_options(&args.net)?,
             transport,
         },
         cures: Cures {

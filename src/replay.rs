@@ -148,6 +148,7 @@ fn virtio_request(description: &MachineDescription) -> (VirtioRequest, Vec<u64>)
             disks: disks.iter().map(|_| (None, None)).collect(),
             rng: description.rng.then_some(default),
             console: description.console.then_some(default),
+            nets: 0,
             default,
         };
         return (request, disks);

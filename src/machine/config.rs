@@ -65,6 +65,8 @@ pub struct DeviceConfig {
     pub console_transport: Option<VirtioTransport>,
     /// A virtio-console device, and where its output goes.
     pub virtio_console: Option<SerialMode>,
+    /// virtio-net devices on taps, in `--net` order (on `transport`).
+    pub net: Vec<crate::net::config::NetConfig>,
     /// virtio-mmio or virtio-pci, for each virtio device that does not say.
     pub transport: VirtioTransport,
 }
@@ -147,6 +149,7 @@ impl MachineConfig {
                 rng_transport: None,
                 console_transport: None,
                 virtio_console: None,
+                net: Vec::new(),
                 transport: VirtioTransport::Mmio,
             },
             cures: Cures::default(),

@@ -284,6 +284,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
         console: backends
             .console
             .map(|output| (output, backends.console_name)),
+        nets: backends.nets.into_iter().map(Some).collect(),
     };
     let (wirings, entries) = virtio::build(&spec.virtio, virtio_backends, &mut placer)?;
     let mover = pci.finish(&mut buses, ResetControl::default())?;
@@ -336,6 +337,7 @@ mod tests {
             ],
             rng: Some(VirtioTransport::Pci),
             console: Some(VirtioTransport::Mmio),
+            nets: 0,
             default: VirtioTransport::Pci,
         };
         let spec = DeviceSpec {

@@ -28,6 +28,7 @@ pub enum DeviceKind {
     VirtioBlock,
     VirtioRng,
     VirtioConsole,
+    VirtioNet,
 }
 
 impl DeviceKind {
@@ -46,13 +47,17 @@ impl DeviceKind {
             DeviceKind::VirtioBlock => "virtio-blk",
             DeviceKind::VirtioRng => "virtio-rng",
             DeviceKind::VirtioConsole => "virtio-console",
+            DeviceKind::VirtioNet => "virtio-net",
         }
     }
 
     pub fn is_virtio(self) -> bool {
         matches!(
             self,
-            DeviceKind::VirtioBlock | DeviceKind::VirtioRng | DeviceKind::VirtioConsole
+            DeviceKind::VirtioBlock
+                | DeviceKind::VirtioRng
+                | DeviceKind::VirtioConsole
+                | DeviceKind::VirtioNet
         )
     }
 }
@@ -210,6 +215,10 @@ pub enum VirtioKind {
     },
     Rng,
     Console,
+    /// The `net`th `--net` device.
+    Net {
+        net: usize,
+    },
 }
 
 impl VirtioKind {
@@ -218,6 +227,7 @@ impl VirtioKind {
             VirtioKind::Block { .. } => DeviceKind::VirtioBlock,
             VirtioKind::Rng => DeviceKind::VirtioRng,
             VirtioKind::Console => DeviceKind::VirtioConsole,
+            VirtioKind::Net { .. } => DeviceKind::VirtioNet,
         }
     }
 }
@@ -229,15 +239,25 @@ pub struct VirtioRequest {
     pub disks: Vec<(Option<String>, Option<VirtioTransport>)>,
     pub rng: Option<VirtioTransport>,
     pub console: Option<VirtioTransport>,
+    /// How many virtio-net devices (ids `netN`, on the default transport).
+    pub nets: usize,
     /// `--virtio-transport`.
     pub default: VirtioTransport,
+}
+
+/// The trace's device number of the first virtio-net device (the next ones follow).
+pub const NET_SLOT_BASE: u8 = 0x80;
+
+/// The id of the `net`th virtio-net device.
+pub fn net_id(net: usize) -> String {
+    format!("net{net}")
 }
 
 /// virtio-mmio windows with a line of their own (GSIs 5 to 7).
 const MMIO_WINDOWS: u8 = gsi::VIRTIO_MMIO_COUNT as u8;
 
-/// Plans the virtio devices: disks, then the entropy device, then the console (the PCI
-/// device numbers follow this order). On virtio-mmio the first disk, the entropy device
+/// Plans the virtio devices: disks, then the entropy device, then the console, then the
+/// network devices (the PCI device numbers follow this order). On virtio-mmio the first disk, the entropy device
 /// and the console keep windows 0, 1 and 2 (the test guests look there); another disk
 /// takes the first window nothing else takes.
 pub fn plan_virtio(request: &VirtioRequest) -> Result<Vec<VirtioSpec>, ConfigError> {
@@ -249,7 +269,10 @@ pub fn plan_virtio(request: &VirtioRequest) -> Result<Vec<VirtioSpec>, ConfigErr
             ..config::DiskConfig::default()
         })
         .collect();
-    let ids = config::disk_ids(&disks, FIXED_IDS)?;
+    let mut reserved: Vec<String> = FIXED_IDS.iter().map(|id| id.to_string()).collect();
+    reserved.extend((0..request.nets).map(net_id));
+    let reserved: Vec<&str> = reserved.iter().map(String::as_str).collect();
+    let ids = config::disk_ids(&disks, &reserved)?;
     let mut specs = Vec::new();
     for (disk, (id, (_, transport))) in ids.into_iter().zip(&request.disks).enumerate() {
         let slot = if disk == 0 { 0 } else { 2 + disk as u8 };
@@ -261,6 +284,13 @@ pub fn plan_virtio(request: &VirtioRequest) -> Result<Vec<VirtioSpec>, ConfigErr
     }
     if let Some(transport) = request.console {
         specs.push((CONSOLE_ID.into(), VirtioKind::Console, transport, 2));
+    }
+    for net in 0..request.nets {
+        let slot = u8::try_from(net)
+            .ok()
+            .and_then(|net| NET_SLOT_BASE.checked_add(net))
+            .ok_or(ConfigError::TooManyMmioDevices(MMIO_WINDOWS))?;
+        specs.push((net_id(net), VirtioKind::Net { net }, request.default, slot));
     }
     let on_mmio = |(_, _, transport, _): &&(String, VirtioKind, VirtioTransport, u8)| {
         *transport == VirtioTransport::Mmio
@@ -304,6 +334,7 @@ mod tests {
             disks: disks.iter().map(|t| (None, *t)).collect(),
             rng: Some(default),
             console: None,
+            nets: 0,
             default,
         }
     }
@@ -353,6 +384,27 @@ mod tests {
         assert_eq!(plan_virtio(&asked), Err(ConfigError::TooManyMmioDevices(3)));
         asked.disks[1].1 = Some(VirtioTransport::Pci);
         assert!(plan_virtio(&asked).is_ok());
+    }
+
+    #[test]
+    fn network_devices_come_last_with_their_own_slots() {
+        let mut asked = request(&[None], VirtioTransport::Mmio);
+        asked.nets = 1;
+        let specs = plan_virtio(&asked).unwrap();
+        assert_eq!(
+            summary(&specs),
+            [
+                ("blk0", 0, Some(0)),
+                ("rng0", 1, Some(1)),
+                ("net0", NET_SLOT_BASE, Some(2))
+            ]
+        );
+        assert_eq!(specs[2].kind, VirtioKind::Net { net: 0 });
+        asked.disks[0].0 = Some("net0".into());
+        assert_eq!(
+            plan_virtio(&asked),
+            Err(ConfigError::DuplicateDeviceId("net0".into()))
+        );
     }
 
     #[test]

@@ -14,23 +14,26 @@
 //! for each device present, or through the ACPI tables.
 
 use std::io::Read;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::bus::{Access, AddressSpace, BusDevice, IoBuses, StopRequest};
 use crate::config::{Doorbell, VirtioTransport};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_SIZE, QUEUE_NOTIFY};
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::pci::{VirtioPciTransport, BAR_SIZE};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{OnBus, QueueNotify, VirtioDevice};
 use crate::irq::InterruptLine;
 use crate::layout::{self, ports::VIRTIO_PIO_DOORBELL_COUNT};
-use crate::services::{DoorbellService, InputService, InputTarget, LevelTriggered};
+use crate::net::tap::Tap;
+use crate::services::{DoorbellService, InputService, InputTarget, LevelTriggered, NetStatus};
 
-use super::backends::{DiskBackendSpec, Output};
+use super::backends::{monotonic_ns, DiskBackendSpec, NetBackendSpec, Output};
 use super::inventory::{
     BusPlacement, DeviceCounters, DeviceEntry, Interrupt, VirtioKind, VirtioSpec,
 };
@@ -55,6 +58,17 @@ pub struct VirtioWiring {
     pub resample: Option<(EventFd, Arc<Mutex<dyn LevelTriggered>>)>,
     /// Its virtio-mmio window, if it is on virtio-mmio.
     pub mmio_window: Option<u8>,
+    /// For virtio-net: the tap the event loop watches.
+    pub net: Option<NetWiring>,
+}
+
+/// What the event loop watches for a virtio-net device.
+pub struct NetWiring {
+    /// The tap's fd (the device owns the tap for the machine's life).
+    pub tap: RawFd,
+    pub status: Arc<dyn NetStatus>,
+    /// The eventfd the device writes when it starts waiting (full tap, limiter).
+    pub waker: Arc<EventFd>,
 }
 
 /// The host side of the virtio devices, taken as the plan names them.
@@ -62,6 +76,7 @@ pub struct VirtioBackends {
     pub disks: Vec<Option<DiskBackendSpec>>,
     pub entropy: Option<(Box<dyn Read + Send>, String)>,
     pub console: Option<(Output, String)>,
+    pub nets: Vec<Option<NetBackendSpec>>,
 }
 
 impl<D: VirtioDevice> DeviceCounters for MmioTransport<D> {
@@ -134,6 +149,7 @@ impl Placer<'_> {
             mmio_window: spec
                 .mmio_window
                 .filter(|_| matches!(landed.placed, Placed::Mmio(_))),
+            net: None,
         };
         let entry = DeviceEntry {
             id: spec.id.clone(),
@@ -269,6 +285,46 @@ fn console_input(placed: Placed<Console<Output>>) -> InputService {
     }
 }
 
+/// A virtio-net device over its tap, and what the event loop watches for it.
+fn net_device(backend: NetBackendSpec) -> Result<(Net<Tap>, NetWiring), MachineError> {
+    let now = monotonic_ns();
+    let tap = backend.tap.as_raw_fd();
+    let device = Net::new(
+        backend.tap,
+        backend.mac,
+        backend.rx_limit.build(now),
+        backend.tx_limit.build(now),
+        monotonic_ns,
+    );
+    let waker = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(MachineError::EventLoop)?);
+    let wake = waker.clone();
+    device.set_waker(Box::new(move || {
+        let _ = wake.write(1);
+    }));
+    // The status is filled in once the device is placed.
+    let wiring = NetWiring {
+        tap,
+        status: Arc::new(NotPlaced),
+        waker,
+    };
+    Ok((device, wiring))
+}
+
+/// A device's status before it is placed: waits for nothing.
+struct NotPlaced;
+
+impl NetStatus for NotPlaced {
+    fn tx_blocked(&self) -> bool {
+        false
+    }
+    fn retry_after_ns(&self) -> Option<u64> {
+        None
+    }
+    fn now_ns(&self) -> u64 {
+        monotonic_ns()
+    }
+}
+
 /// Builds and places every device of `plan` over its backend.
 pub fn build(
     plan: &[VirtioSpec],
@@ -300,6 +356,22 @@ pub fn build(
                 let (mut wiring, entry, placed) =
                     placer.place(spec, Console::new(output), describe)?;
                 wiring.input = Some(console_input(placed));
+                (wiring, entry)
+            }
+            VirtioKind::Net { net } => {
+                let backend = backends
+                    .nets
+                    .get_mut(net)
+                    .and_then(Option::take)
+                    .ok_or_else(missing)?;
+                let describe = backend.describe.clone();
+                let (device, mut net_wiring) = net_device(backend)?;
+                let (mut wiring, entry, placed) = placer.place(spec, device, describe)?;
+                net_wiring.status = match placed {
+                    Placed::Mmio(transport) => transport,
+                    Placed::Pci(transport) => transport,
+                };
+                wiring.net = Some(net_wiring);
                 (wiring, entry)
             }
         };

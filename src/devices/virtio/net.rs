@@ -18,7 +18,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
@@ -106,6 +106,9 @@ pub struct Net<B: NetBackend> {
     tx_blocked: AtomicBool,
     rx_starved: AtomicBool,
     warnings: Mutex<crate::ratelimit::RateLimiter>,
+    /// Told when the device starts waiting for something only the host side can end (a
+    /// full backend, a limiter): the machine then watches for it.
+    waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
     pub counters: NetCounters,
 }
 
@@ -135,8 +138,26 @@ impl<B: NetBackend> Net<B> {
             tx_blocked: AtomicBool::new(false),
             rx_starved: AtomicBool::new(false),
             warnings: Mutex::default(),
+            waker: OnceLock::new(),
             counters: NetCounters::default(),
         }
+    }
+
+    /// Calls `wake` whenever a transmission meets a full backend or a limiter makes a
+    /// direction wait (the first waker set stays).
+    pub fn set_waker(&self, wake: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.waker.set(wake);
+    }
+
+    fn wake(&self) {
+        if let Some(wake) = self.waker.get() {
+            wake();
+        }
+    }
+
+    /// Now, on the clock the limiters read.
+    pub fn now_ns(&self) -> u64 {
+        (self.clock)()
     }
 
     /// The host side.
@@ -198,6 +219,8 @@ impl<B: NetBackend> Net<B> {
             Admission::Wait(wait) => {
                 let wait = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
                 limit.retry_at_ns = now.saturating_add(wait).max(1);
+                drop(limit);
+                self.wake();
                 false
             }
         }
@@ -309,6 +332,7 @@ impl<B: NetBackend> Net<B> {
                     // Not charged: it goes first when the tap has room.
                     self.tx_blocked.store(true, Ordering::Relaxed);
                     bump(&self.counters.tx_blocked, 1);
+                    self.wake();
                     queue.go_to_previous_position();
                     break;
                 }
