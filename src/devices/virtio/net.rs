@@ -348,6 +348,9 @@ impl<B: NetBackend> Net<B> {
 #[path = "net_rx.rs"]
 mod rx;
 
+#[path = "net_state.rs"]
+pub mod state;
+
 impl<B: NetBackend> VirtioDevice for Net<B> {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_NET
