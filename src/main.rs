@@ -124,6 +124,10 @@ struct RunArgs {
     /// Where the virtio-console device sits, if not where --virtio-transport says.
     #[arg(long, value_name = "pci|mmio", requires = "virtio_console")]
     virtio_console_transport: Option<VirtioTransport>,
+    /// Offer no VIRTIO_RING_F_EVENT_IDX: every doorbell and every used batch's interrupt
+    /// go through, as without notification suppression.
+    #[arg(long)]
+    no_event_idx: bool,
     /// Take virtqueue doorbells as ordinary MMIO exits instead of ioeventfds.
     #[arg(long)]
     no_ioeventfd: bool,
@@ -261,6 +265,7 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
             },
             event_poll: std::time::Duration::from_micros(args.event_poll_us),
             queue_poll: !args.no_queue_poll,
+            event_idx: !args.no_event_idx,
             posted_drain: (args.posted_drain_us > 0)
                 .then(|| std::time::Duration::from_micros(args.posted_drain_us)),
         },

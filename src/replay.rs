@@ -192,6 +192,7 @@ impl ReplayMachine {
             cpus: description.cpus.max(1),
             // Replayed doorbells come from the trace's records, not from fds.
             doorbell: Doorbell::Exit,
+            event_idx: description.event_idx,
             virtio: plan_virtio(&request)?,
         };
         let output = CountingSink::default();

@@ -80,6 +80,9 @@ pub struct Cures {
     pub pv_eoi: bool,
     /// How virtqueue doorbells reach the devices (seed 003).
     pub doorbell: Doorbell,
+    /// Offer VIRTIO_RING_F_EVENT_IDX on every virtio device: doorbells and interrupts
+    /// only past the other side's published index.
+    pub event_idx: bool,
     /// How long the event loop keeps polling after an event before it sleeps.
     pub event_poll: Duration,
     /// While it polls, the event loop also looks at the virtqueues' available indices.
@@ -95,6 +98,7 @@ impl Default for Cures {
             coalesce: true,
             pv_eoi: true,
             doorbell: Doorbell::default(),
+            event_idx: true,
             event_poll: DEFAULT_EVENT_POLL,
             queue_poll: true,
             posted_drain: Some(DEFAULT_POSTED_DRAIN),

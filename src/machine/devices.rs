@@ -36,6 +36,8 @@ pub struct DeviceSpec {
     pub memory: MemoryLayout,
     pub cpus: u8,
     pub doorbell: Doorbell,
+    /// Offer VIRTIO_RING_F_EVENT_IDX (`Cures::event_idx`).
+    pub event_idx: bool,
     /// The virtio devices, planned (`inventory::plan_virtio`).
     pub virtio: Vec<VirtioSpec>,
 }
@@ -272,6 +274,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
             memory,
             platform,
             doorbell: spec.doorbell,
+            event_idx: spec.event_idx,
         },
         pci: &mut pci,
         buses: &mut buses,
@@ -344,6 +347,7 @@ mod tests {
             memory,
             cpus: 1,
             doorbell: Doorbell::Exit,
+            event_idx: true,
             virtio: plan_virtio(&request).unwrap(),
         };
         let backends = Backends::for_replay(&[4096, 8192], true, true, &CountingSink::default());
@@ -506,6 +510,7 @@ mod lifetime_tests {
                 memory,
                 cpus: 1,
                 doorbell: Doorbell::Exit,
+                event_idx: true,
                 virtio: plan_virtio(&request).unwrap(),
             };
             let mut backends = Backends::for_replay(&[], false, false, &CountingSink::default());

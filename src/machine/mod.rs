@@ -264,6 +264,7 @@ fn start_trace(
         rng: devices.rng,
         console: devices.virtio_console.is_some(),
         pci: default_pci,
+        event_idx: config.cures.event_idx,
         disk_bytes: disk_bytes.first().copied().unwrap_or(0),
         clock_start: clock_start.as_nanos() as u64,
         virtio,
@@ -440,6 +441,7 @@ fn build_and_run(config: &MachineConfig, control: &VmControl) -> Result<RunRepor
         memory: config.memory,
         cpus: config.vcpus.count,
         doorbell: config.cures.doorbell,
+        event_idx: config.cures.event_idx,
         virtio: virtio_plan(&config.devices)?,
     };
     let recorder = start_trace(config, &spec.virtio, clock_start)?;

@@ -179,6 +179,7 @@ impl Placer<'_> {
             self.placing.memory.clone(),
             line.clone(),
         ));
+        transport.core().offer_event_idx(self.placing.event_idx);
         let slot_device = Arc::new(Mutex::new(OnBus(transport.clone())));
         self.buses.mmio.insert(name, base, MMIO_SIZE, slot_device)?;
         let port = layout::virtio_pio_doorbell(window);
@@ -217,6 +218,7 @@ impl Placer<'_> {
         device: D,
     ) -> Result<Landed<D>, MachineError> {
         let pci = self.pci.place(&self.placing, name, device)?;
+        pci.transport.core().offer_event_idx(self.placing.event_idx);
         Ok(Landed {
             notify: pci.transport.clone(),
             counters: pci.transport.clone(),

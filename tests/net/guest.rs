@@ -29,12 +29,21 @@ fn the_test_guest_answers_on_hushvm() {
         return;
     }
     let guest = guest_file();
-    for (transport, cmdline) in [
-        ("pci", "irq=1 event_idx=1 mrg_rxbuf=1"),
-        ("pci", "irq=0 event_idx=0 mrg_rxbuf=0"),
-        ("mmio", "transport=mmio slot=0 irq=1"),
+    for (transport, cmdline, options) in [
+        ("pci", "irq=1 event_idx=1 mrg_rxbuf=1", &[][..]),
+        ("pci", "irq=0 event_idx=0 mrg_rxbuf=0", &[]),
+        ("mmio", "transport=mmio slot=0 irq=1", &[]),
+        ("mmio", "transport=mmio slot=0 irq=1", &["--no-event-idx"]),
     ] {
-        run_guest_under_hushvm(&guest, transport, cmdline);
+        let features = run_guest_under_hushvm(&guest, transport, cmdline, options);
+        // The guest accepts EVENT_IDX when offered, unless told not to.
+        let event_idx = cmdline.contains("event_idx=1") || !cmdline.contains("event_idx");
+        let offered = options.is_empty();
+        assert_eq!(
+            features & 1 << 29 != 0,
+            event_idx && offered,
+            "{transport} {cmdline} {options:?}: features {features:#x}"
+        );
     }
 }
 
@@ -76,8 +85,9 @@ fn run_guest_under_qemu(guest: &Path, pci: bool, cmdline: &str) {
 }
 
 /// The test guest on hushvm over the namespace's tap (opened there: hushvm is started by
-/// a thread that entered the namespace), on `transport`.
-fn run_guest_under_hushvm(guest: &Path, transport: &str, cmdline: &str) {
+/// a thread that entered the namespace), on `transport`; returns the features the guest
+/// accepted (the low word, as it reports them).
+fn run_guest_under_hushvm(guest: &Path, transport: &str, cmdline: &str, options: &[&str]) -> u64 {
     let ns = NetNs::new(TapKind::SingleQueue);
     let console = common::scratch_dir().join(format!("net-{}.out", ns.name()));
     let errors = common::scratch_dir().join(format!("net-{}.err", ns.name()));
@@ -86,16 +96,23 @@ fn run_guest_under_hushvm(guest: &Path, transport: &str, cmdline: &str) {
             .args(["run", "--kernel", &guest.display().to_string()])
             .args(["--virtio-transport", transport, "--timeout", "60"])
             .args(["--net", &format!("tap={}", NetNs::TAP)])
+            .args(options)
             .args(["--cmdline", &format!("ip={} {cmdline}", NetNs::GUEST_IP)])
             .stdout(std::fs::File::create(&console).unwrap())
             .stderr(std::fs::File::create(&errors).unwrap())
             .spawn()
             .expect("start hushvm")
     });
-    let context = format!("hushvm --virtio-transport {transport} {cmdline}");
+    let context = format!("hushvm --virtio-transport {transport} {options:?} {cmdline}");
     exchange_and_check(&ns, hushvm, &console, &context);
     let stderr = std::fs::read_to_string(&errors).unwrap_or_default();
     assert!(!stderr.contains("seccomp"), "{context}: {stderr}");
+    let output = std::fs::read_to_string(&console).unwrap();
+    output
+        .split_whitespace()
+        .find_map(|item| item.strip_prefix("features=0x"))
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .unwrap_or_else(|| panic!("{context}: no features in\n{output}"))
 }
 
 /// Pings the guest (small, and large enough to be merged into several buffers), has it
