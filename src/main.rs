@@ -177,11 +177,12 @@ struct RunArgs {
 struct BenchArgs {
     /// The workload: rtc (seed 000), eoi (seed 002), tick (RTC tick, seeds 000 + 002),
     /// doorbell (seed 003), blk (virtio-blk), strio, console, pci (configuration
-    /// reads through 0xcf8/0xcfc) or pause (time from a pause request to every vCPU
+    /// reads through 0xcf8/0xcfc), net (virtio-net transmitting, needs --tap) or pause (time from a pause request to every vCPU
     /// out of KVM_RUN, 1 and 2 vCPUs; --iterations: pauses per VM).
     workload: String,
     /// Iterations per measured run (rtc: loop passes; eoi, tick: interrupts; doorbell:
-    /// requests; blk: 4 KiB blocks written and read back; pci: configuration reads).
+    /// requests; blk: 4 KiB blocks written and read back; pci: configuration reads;
+    /// net: frames sent).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     iterations: Option<u64>,
     /// Repetitions (medians are reported).
@@ -197,12 +198,16 @@ struct BenchArgs {
     #[arg(long)]
     no_exit_timing: bool,
     /// Where the virtio devices sit: mmio, or pci (virtio-pci; the guest is told
-    /// `transport=pci`; doorbell only).
+    /// `transport=pci`; doorbell and net).
     #[arg(long, value_name = "mmio|pci", default_value = "mmio")]
     transport: VirtioTransport,
     /// The seccomp filters' action, as for `run`.
     #[arg(long, value_name = "kill|log|off", default_value = "kill")]
     seccomp: SeccompAction,
+    /// net: the tap its virtio-net device uses (an existing tap, up, in hushvm's network
+    /// namespace, whose host side is 10.77.0.1/24: the guest floods 10.77.0.1 port 9).
+    #[arg(long, value_name = "NAME")]
+    tap: Option<String>,
 }
 
 fn file_name(path: &Path) -> String {
@@ -361,6 +366,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         time_exits: !args.no_exit_timing,
         transport: args.transport,
         seccomp: args.seccomp,
+        tap: args.tap,
     };
     let report = bench::run(workload, &options)?;
     if args.json {

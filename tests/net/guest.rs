@@ -244,3 +244,50 @@ fn wait_for(path: &Path, text: &str, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `hushvm bench net` runs every variant on both transports in a namespace with a few
+/// iterations, and its JSON says each guest sent them all and was satisfied.
+#[test]
+fn the_net_bench_runs_every_variant() {
+    if !netns_available() || !common::kvm_available() {
+        return;
+    }
+    const FRAMES: u64 = 32;
+    for transport in ["mmio", "pci"] {
+        let ns = NetNs::new(TapKind::SingleQueue);
+        let output = ns
+            .command(env!("CARGO_BIN_EXE_hushvm"))
+            .args([
+                "bench",
+                "net",
+                "--tap",
+                NetNs::TAP,
+                "--json",
+                "--repeat",
+                "1",
+            ])
+            .args([
+                "--iterations",
+                &FRAMES.to_string(),
+                "--transport",
+                transport,
+            ])
+            .output()
+            .expect("run hushvm bench net");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{transport}: {stderr}");
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("one JSON object");
+        let variants = report["variants"].as_array().expect("variants");
+        let names: Vec<&str> = variants.iter().filter_map(|v| v["name"].as_str()).collect();
+        assert_eq!(names, ["ioeventfd-event-idx", "ioeventfd", "mmio-exit"]);
+        for variant in variants {
+            assert_eq!(variant["exit_status"], 1, "{transport}: {variant}");
+            let sent = variant["guest"]["tx"]
+                .as_u64()
+                .expect("the guest's tx count");
+            assert!(sent >= FRAMES, "{transport}: {sent} frames sent: {variant}");
+            assert_eq!(variant["guest"]["errors"], 0, "{transport}: {variant}");
+        }
+    }
+}
