@@ -79,6 +79,8 @@ pub trait NetStatus: Send + Sync {
     fn retry_after_ns(&self) -> Option<u64>;
     /// Now, on the limiters' clock.
     fn now_ns(&self) -> u64;
+    /// The device's frame counters (sent, received, dropped, ...), by name.
+    fn counters(&self) -> Vec<(&'static str, u64)>;
 }
 
 macro_rules! net_status_on {
@@ -92,6 +94,9 @@ macro_rules! net_status_on {
             }
             fn now_ns(&self) -> u64 {
                 self.device().now_ns()
+            }
+            fn counters(&self) -> Vec<(&'static str, u64)> {
+                self.device().counters.snapshot()
             }
         }
     };

@@ -325,6 +325,23 @@ impl NetStatus for NotPlaced {
     fn now_ns(&self) -> u64 {
         monotonic_ns()
     }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+}
+
+/// A virtio-net device's counters in the inventory: its transport's, then its frames'.
+struct NetEntryCounters {
+    transport: Arc<dyn DeviceCounters>,
+    net: Arc<dyn NetStatus>,
+}
+
+impl DeviceCounters for NetEntryCounters {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let mut counters = self.transport.counters();
+        counters.extend(self.net.counters());
+        counters
+    }
 }
 
 /// Builds and places every device of `plan` over its backend.
@@ -368,11 +385,15 @@ pub fn build(
                     .ok_or_else(missing)?;
                 let describe = backend.describe.clone();
                 let (device, mut net_wiring) = net_device(backend)?;
-                let (mut wiring, entry, placed) = placer.place(spec, device, describe)?;
+                let (mut wiring, mut entry, placed) = placer.place(spec, device, describe)?;
                 net_wiring.status = match placed {
                     Placed::Mmio(transport) => transport,
                     Placed::Pci(transport) => transport,
                 };
+                entry.device = Arc::new(NetEntryCounters {
+                    transport: entry.device,
+                    net: net_wiring.status.clone(),
+                });
                 wiring.net = Some(net_wiring);
                 (wiring, entry)
             }

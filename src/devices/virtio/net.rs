@@ -84,6 +84,23 @@ pub struct NetCounters {
     pub rx_starved: AtomicU64,
 }
 
+impl NetCounters {
+    /// Every counter by name, for the run's report.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        vec![
+            ("rx_frames", load(&self.rx_frames)),
+            ("rx_bytes", load(&self.rx_bytes)),
+            ("tx_frames", load(&self.tx_frames)),
+            ("tx_bytes", load(&self.tx_bytes)),
+            ("rx_dropped", load(&self.rx_dropped)),
+            ("tx_dropped", load(&self.tx_dropped)),
+            ("tx_blocked", load(&self.tx_blocked)),
+            ("rx_starved", load(&self.rx_starved)),
+        ]
+    }
+}
+
 fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
