@@ -269,7 +269,8 @@ int guest_main(uint32_t magic, const struct mb_info *mbi)
     put_str(options.pci ? " transport=pci\n" : " transport=mmio\n");
     uint64_t start = rdtsc();
     uint32_t count = cmdline_u32(mbi, "flood", 0);
-    if (count) {
+    /* flood=0 sends nothing and stops: a bench's run without iterations. */
+    if (cmdline_value(mbi, "flood")) {
         uint8_t peer[4] = {10, 77, 0, 1};
         parse_ip(cmdline_value(mbi, "peer"), peer);
         flood(count, peer, cmdline_u32(mbi, "size", 64));

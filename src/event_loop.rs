@@ -519,5 +519,9 @@ impl MutEventSubscriber for OutputRoom {
     }
 }
 
+#[path = "event_loop/net.rs"]
+mod net;
+pub use net::NetTapEvents;
+
 #[cfg(test)]
 mod tests;

@@ -103,6 +103,14 @@ struct RunArgs {
     /// ",transport=pci|mmio" places it (default --virtio-transport).
     #[arg(long, value_name = "PATH[,readonly][,id=ID][,transport=pci|mmio]")]
     disk: Vec<hushvm::config::DiskConfig>,
+    /// A virtio-net device on the existing tap NAME, repeatable (ids net0, net1, ...;
+    /// on --virtio-transport): ",mac=MAC" (default 52:54:00:12:34:56 plus N), ",queues=N",
+    /// ",rx_bw=..", ",rx_ops=..", ",tx_bw=..", ",tx_ops=.." (token buckets).
+    #[arg(
+        long = "net",
+        value_name = "tap=NAME[,mac=MAC][,queues=N][,rx_bw=..][,tx_bw=..]"
+    )]
+    net: Vec<String>,
     /// A virtio-rng device fed from the host's /dev/urandom.
     #[arg(long)]
     rng: bool,
@@ -124,6 +132,10 @@ struct RunArgs {
     /// "CONNECT <port>\n"; guest connections to port P go to PATH_P).
     #[arg(long, value_name = "cid=N,uds=PATH[,id=ID][,transport=pci|mmio]")]
     vsock: Option<hushvm::config::VsockConfig>,
+    /// Offer no VIRTIO_RING_F_EVENT_IDX: every doorbell and every used batch's interrupt
+    /// go through, as without notification suppression.
+    #[arg(long)]
+    no_event_idx: bool,
     /// Take virtqueue doorbells as ordinary MMIO exits instead of ioeventfds.
     #[arg(long)]
     no_ioeventfd: bool,
@@ -187,14 +199,15 @@ struct RunArgs {
 struct BenchArgs {
     /// The workload: rtc (seed 000), eoi (seed 002), tick (RTC tick, seeds 000 + 002),
     /// doorbell (seed 003), blk (virtio-blk), strio, console, pci (configuration
-    /// reads through 0xcf8/0xcfc), pause (time from a pause request to every vCPU
-    /// out of KVM_RUN, 1 and 2 vCPUs; --iterations: pauses per VM), api (Firecracker
-    /// mode: spawn to socket, InstanceStart to the guest's first output, API latency;
-    /// --iterations: calls of each kind per process) or vsock (4 KiB messages each way
-    /// through virtio-vsock; --iterations: messages per VM).
+    /// reads through 0xcf8/0xcfc), net (virtio-net transmitting, needs --tap), pause (time
+    /// from a pause request to every vCPU out of KVM_RUN, 1 and 2 vCPUs; --iterations:
+    /// pauses per VM), api (Firecracker mode: spawn to socket, InstanceStart to the
+    /// guest's first output, API latency; --iterations: calls of each kind per process) or
+    /// vsock (4 KiB messages each way through virtio-vsock; --iterations: messages per VM).
     workload: String,
     /// Iterations per measured run (rtc: loop passes; eoi, tick: interrupts; doorbell:
-    /// requests; blk: 4 KiB blocks written and read back; pci: configuration reads).
+    /// requests; blk: 4 KiB blocks written and read back; pci: configuration reads;
+    /// net: frames sent).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     iterations: Option<u64>,
     /// Repetitions (medians are reported).
@@ -210,12 +223,16 @@ struct BenchArgs {
     #[arg(long)]
     no_exit_timing: bool,
     /// Where the virtio devices sit: mmio, or pci (virtio-pci; the guest is told
-    /// `transport=pci`; doorbell only).
+    /// `transport=pci`; doorbell and net).
     #[arg(long, value_name = "mmio|pci", default_value = "mmio")]
     transport: VirtioTransport,
     /// The seccomp filters' action, as for `run`.
     #[arg(long, value_name = "kill|log|off", default_value = "kill")]
     seccomp: SeccompAction,
+    /// net: the tap its virtio-net device uses (an existing tap, up, in hushvm's network
+    /// namespace, whose host side is 10.77.0.1/24: the guest floods 10.77.0.1 port 9).
+    #[arg(long, value_name = "NAME")]
+    tap: Option<String>,
 }
 
 fn file_name(path: &Path) -> String {
@@ -266,6 +283,7 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
             console_transport: args.virtio_console_transport,
             virtio_console: args.virtio_console,
             vsock: args.vsock,
+            net: hushvm::net::config::parse_net_options(&args.net)?,
             transport,
         },
         cures: Cures {
@@ -278,6 +296,7 @@ fn machine_config(args: RunArgs) -> Result<MachineConfig> {
             },
             event_poll: std::time::Duration::from_micros(args.event_poll_us),
             queue_poll: !args.no_queue_poll,
+            event_idx: !args.no_event_idx,
             posted_drain: (args.posted_drain_us > 0)
                 .then(|| std::time::Duration::from_micros(args.posted_drain_us)),
         },
@@ -417,6 +436,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         time_exits: !args.no_exit_timing,
         transport: args.transport,
         seccomp: args.seccomp,
+        tap: args.tap,
     };
     let report = bench::run(workload, &options)?;
     if args.json {

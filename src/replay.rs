@@ -149,6 +149,7 @@ fn virtio_request(description: &MachineDescription) -> (VirtioRequest, Vec<u64>)
             rng: description.rng.then_some(default),
             console: description.console.then_some(default),
             vsock: None,
+            nets: 0,
             default,
         };
         return (request, disks);
@@ -192,6 +193,7 @@ impl ReplayMachine {
             cpus: description.cpus.max(1),
             // Replayed doorbells come from the trace's records, not from fds.
             doorbell: Doorbell::Exit,
+            event_idx: description.event_idx,
             virtio: plan_virtio(&request)?,
         };
         let output = CountingSink::default();

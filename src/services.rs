@@ -11,6 +11,7 @@ use crate::devices::rtc::{Clock, Rtc};
 use crate::devices::uart::Uart;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::{Net, NetBackend};
 use crate::devices::virtio::pci::VirtioPciTransport;
 use crate::devices::virtio::{OnBus, QueueNotify, VirtioDevice};
 use crate::sync::LockExt;
@@ -69,6 +70,39 @@ impl<W: io::Write + Send> InputSink for OnBus<VirtioPciTransport<Console<W>>> {
         taken
     }
 }
+
+/// What the event loop asks of a virtio-net device to know what it waits for.
+pub trait NetStatus: Send + Sync {
+    /// A transmission met a full backend: retry when the tap is writable.
+    fn tx_blocked(&self) -> bool;
+    /// When a limited direction may go on (ns of `now_ns`'s clock), if one waits.
+    fn retry_after_ns(&self) -> Option<u64>;
+    /// Now, on the limiters' clock.
+    fn now_ns(&self) -> u64;
+    /// The device's frame counters (sent, received, dropped, ...), by name.
+    fn counters(&self) -> Vec<(&'static str, u64)>;
+}
+
+macro_rules! net_status_on {
+    ($transport:ident) => {
+        impl<B: NetBackend> NetStatus for $transport<Net<B>> {
+            fn tx_blocked(&self) -> bool {
+                self.device().tx_blocked()
+            }
+            fn retry_after_ns(&self) -> Option<u64> {
+                self.device().retry_after_ns()
+            }
+            fn now_ns(&self) -> u64 {
+                self.device().now_ns()
+            }
+            fn counters(&self) -> Vec<(&'static str, u64)> {
+                self.device().counters.snapshot()
+            }
+        }
+    };
+}
+net_status_on!(MmioTransport);
+net_status_on!(VirtioPciTransport);
 
 /// A device behind a level-triggered line: told when the guest ended the interrupt, it
 /// raises the line again if it still asserts it (PCI INTx through an irqfd's resample).

@@ -11,6 +11,7 @@ fn trace(rng: bool, records: &[Record]) -> Vec<u8> {
         rng,
         console: false,
         pci: false,
+        event_idx: false,
         disk_bytes: 0,
         clock_start: 1_700_000_000_000_000_000,
         virtio: Vec::new(),

@@ -222,9 +222,30 @@ impl Resources {
             .boot_source
             .as_ref()
             .ok_or_else(|| ApiError::Invalid("no kernel: PUT /boot-source first".into()))?;
-        if !self.network_interfaces.is_empty() {
-            return Err(unsupported("network-interfaces (virtio-net)"));
-        }
+        let net = self
+            .network_interfaces
+            .iter()
+            .map(|iface| {
+                let mac = iface
+                    .guest_mac
+                    .as_deref()
+                    .map(str::parse::<crate::net::config::MacAddr>)
+                    .transpose()
+                    .map_err(|()| {
+                        ApiError::Invalid(format!(
+                            "{}: guest_mac {:?} is not a MAC address",
+                            iface.iface_id, iface.guest_mac
+                        ))
+                    })?;
+                Ok(crate::net::config::NetConfig {
+                    tap: iface.host_dev_name.clone(),
+                    mac,
+                    queue_pairs: 1,
+                    rx_limit: iface.rx_rate_limiter.unwrap_or_default(),
+                    tx_limit: iface.tx_rate_limiter.unwrap_or_default(),
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
         let read = |what, path: &str| {
             loader::read_file(Path::new(path)).map_err(|error| {
                 ApiError::Invalid(format!("cannot load the {what} {path}: {error}"))
@@ -294,6 +315,7 @@ impl Resources {
                 rng_transport: None,
                 console_transport: None,
                 virtio_console: None,
+                net,
                 vsock: self.vsock.as_ref().map(|vsock| crate::config::VsockConfig {
                     guest_cid: u64::from(vsock.guest_cid),
                     uds_path: PathBuf::from(&vsock.uds_path),

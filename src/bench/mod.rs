@@ -42,6 +42,8 @@ pub struct Variant {
     pub doorbell: Doorbell,
     /// The event loop polls the virtqueues while it is busy.
     pub queue_poll: bool,
+    /// The virtio devices offer VIRTIO_RING_F_EVENT_IDX.
+    pub event_idx: bool,
     /// Where the virtio devices sit, if this variant fixes it (a reference measured on
     /// the other transport); `None`: `--transport`.
     pub transport: Option<VirtioTransport>,
@@ -69,6 +71,8 @@ pub struct Workload {
     /// The variants with `--transport pci`, if the guest drives virtio-pci too
     /// (`transport=pci` on its command line).
     pub pci_variants: Option<&'static [Variant]>,
+    /// A virtio-net device on `--tap`.
+    pub net: bool,
 }
 
 /// Options of `hushvm bench`.
@@ -86,21 +90,30 @@ pub struct BenchOptions {
     pub transport: VirtioTransport,
     /// The seccomp filters' action.
     pub seccomp: SeccompAction,
+    /// The tap a network workload's device uses (an existing one, up, in the namespace
+    /// hushvm runs in).
+    pub tap: Option<String>,
 }
 
 /// The bench could not run.
 #[derive(Debug, Error)]
 pub enum BenchError {
     #[error(
-        "unknown workload {0:?}; workloads: rtc, eoi, tick, doorbell, blk, strio, console, pci, pause, vsock, snapshot, api"
+        "unknown workload {0:?}; workloads: rtc, eoi, tick, doorbell, blk, strio, console, pci, pause, vsock, snapshot, api, net"
     )]
     UnknownWorkload(String),
-    #[error("the {0} workload's guest drives virtio-mmio only; --transport pci is for doorbell")]
+    #[error(
+        "the {0} workload's guest drives virtio-mmio only; --transport pci is for doorbell and net"
+    )]
     NoPciTransport(&'static str),
     #[error("unknown variant {name:?}; variants: {known}")]
     UnknownVariant { name: String, known: String },
     #[error("the {0} guest is missing from this build")]
     MissingGuest(&'static str),
+    #[error("the {0} workload needs --tap NAME (an existing tap; see tests/net.rs)")]
+    NoTap(&'static str),
+    #[error("--tap")]
+    Tap(#[source] crate::net::config::NetConfigError),
     #[error("cannot create the scratch disk")]
     Scratch(#[source] std::io::Error),
     #[error(transparent)]
@@ -162,6 +175,15 @@ fn run_once(
     config.cures.pv_eoi = variant.pv_eoi;
     config.cures.doorbell = variant.doorbell;
     config.cures.queue_poll = variant.queue_poll;
+    config.cures.event_idx = variant.event_idx;
+    if workload.net {
+        let tap = options
+            .tap
+            .as_ref()
+            .ok_or(BenchError::NoTap(workload.name))?;
+        config.devices.net = crate::net::config::parse_net_options(&[format!("tap={tap}")])
+            .map_err(BenchError::Tap)?;
+    }
     config.devices.rng = workload.rng;
     config.devices.disks = disk
         .map(|disk| DiskConfig::new(&disk.0))
@@ -273,6 +295,7 @@ mod tests {
             time_exits: false,
             transport: VirtioTransport::Pci,
             seccomp: SeccompAction::Off,
+            tap: None,
         };
         // Refused before any VM is made.
         assert!(matches!(
@@ -284,6 +307,6 @@ mod tests {
             .filter(|w| w.pci_variants.is_some())
             .map(|w| w.name)
             .collect();
-        assert_eq!(takes_pci, ["doorbell"]);
+        assert_eq!(takes_pci, ["doorbell", "net"]);
     }
 }

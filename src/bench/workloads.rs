@@ -16,6 +16,7 @@ const fn variant(
         cmdline,
         doorbell: Doorbell::Len0,
         queue_poll: true,
+        event_idx: true,
         transport: None,
     }
 }
@@ -28,6 +29,7 @@ const fn doorbell(name: &'static str, doorbell: Doorbell, cmdline: &'static str)
         cmdline,
         doorbell,
         queue_poll: true,
+        event_idx: true,
         transport: None,
     }
 }
@@ -37,6 +39,14 @@ const fn doorbell(name: &'static str, doorbell: Doorbell, cmdline: &'static str)
 const fn without_queue_poll(variant: Variant) -> Variant {
     Variant {
         queue_poll: false,
+        ..variant
+    }
+}
+
+/// A variant whose devices offer no VIRTIO_RING_F_EVENT_IDX.
+const fn without_event_idx(variant: Variant) -> Variant {
+    Variant {
+        event_idx: false,
         ..variant
     }
 }
@@ -65,6 +75,7 @@ pub const WORKLOADS: &[Workload] = &[
         rng: false,
         disk_bytes: 0,
         pci_variants: None,
+        net: false,
     },
     // Seed 002: LAPIC timer interrupts, EOI written or skipped through PV EOI.
     Workload {
@@ -82,6 +93,7 @@ pub const WORKLOADS: &[Workload] = &[
         rng: false,
         disk_bytes: 0,
         pci_variants: None,
+        net: false,
     },
     // Seed 000's Windows pattern: the RTC periodic interrupt as the tick.
     Workload {
@@ -99,6 +111,7 @@ pub const WORKLOADS: &[Workload] = &[
         rng: false,
         disk_bytes: 0,
         pci_variants: None,
+        net: false,
     },
     // Seed 003: a virtqueue doorbell per small request (4 bytes from virtio-rng).
     Workload {
@@ -128,6 +141,7 @@ pub const WORKLOADS: &[Workload] = &[
                 "doorbell=pio",
             )),
         ]),
+        net: false,
     },
     // virtio-blk: 4 KiB blocks written, flushed, read back and checked.
     Workload {
@@ -145,6 +159,7 @@ pub const WORKLOADS: &[Workload] = &[
         rng: false,
         disk_bytes: 64 << 20,
         pci_variants: None,
+        net: false,
     },
     // String I/O (seed 004's exception): a buffer out with rep outsb, back with rep insw.
     Workload {
@@ -160,6 +175,7 @@ pub const WORKLOADS: &[Workload] = &[
         rng: false,
         disk_bytes: 0,
         pci_variants: None,
+        net: false,
     },
     // Issue 11: a console printing through COM1 in Linux's three ways; posted: THR writes
     // wait in the coalesced ring (bounded drain) instead of exiting.
@@ -180,6 +196,7 @@ pub const WORKLOADS: &[Workload] = &[
         rng: false,
         disk_bytes: 0,
         pci_variants: None,
+        net: false,
     },
     // Linux's PCI configuration read: the address to 0xcf8 (posted when coalesced), then
     // the data from 0xcfc; the host bridge's ID each time.
@@ -196,6 +213,39 @@ pub const WORKLOADS: &[Workload] = &[
         rng: false,
         disk_bytes: 0,
         pci_variants: None,
+        net: false,
+    },
+    // Issue 18: the net guest floods its tap (UDP to the namespace's host side, port 9,
+    // which drops them): one frame per iteration; doorbells as ioeventfds with
+    // EVENT_IDX, without it, and as MMIO exits. Needs `--tap`.
+    Workload {
+        name: "net",
+        guest: "net",
+        count_key: "flood",
+        default_iterations: 4096,
+        // Not "net:": the ready line starts so too.
+        result_prefix: "net: rx=",
+        variants: &[
+            doorbell(
+                "ioeventfd-event-idx",
+                Doorbell::Len0,
+                "transport=mmio slot=0",
+            ),
+            without_event_idx(doorbell(
+                "ioeventfd",
+                Doorbell::Len0,
+                "transport=mmio slot=0 event_idx=0",
+            )),
+            doorbell("mmio-exit", Doorbell::Exit, "transport=mmio slot=0"),
+        ],
+        rng: false,
+        disk_bytes: 0,
+        pci_variants: Some(&[
+            doorbell("ioeventfd-event-idx", Doorbell::Len0, ""),
+            without_event_idx(doorbell("ioeventfd", Doorbell::Len0, "event_idx=0")),
+            doorbell("mmio-exit", Doorbell::Exit, ""),
+        ]),
+        net: true,
     },
 ];
 

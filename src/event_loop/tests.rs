@@ -52,6 +52,7 @@ fn recording_access(name: &str, entered: mpsc::Sender<()>) -> (DeviceAccess, Arc
         rng: false,
         console: false,
         pci: true,
+        event_idx: false,
         disk_bytes: 0,
         clock_start: 0,
         virtio: Vec::new(),

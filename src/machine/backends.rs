@@ -16,11 +16,15 @@ use crate::config::{DiskConfig, SerialMode, VsockConfig};
 use crate::devices::rtc::Clock;
 use crate::devices::virtio::block::{DiskBackend, FileDisk, SECTOR};
 use crate::event_loop::{HeldOutput, OutputWait, Resume};
+use crate::net::config::{MacAddr, NetConfig};
+use crate::net::tap::Tap;
+use crate::rate_limiter::RateLimiterConfig;
 use crate::sync::LockExt;
 
 use super::devices::Devices;
 
 use super::config::DeviceConfig;
+use super::inventory::net_id;
 use super::vsock_host::listen_vsock;
 use super::MachineError;
 
@@ -167,6 +171,48 @@ fn set_non_blocking(file: &File) -> io::Result<()> {
     }
 }
 
+/// A virtio-net device's host side: its tap, its address and its limits.
+pub struct NetBackendSpec {
+    pub tap: Tap,
+    pub mac: [u8; 6],
+    pub rx_limit: RateLimiterConfig,
+    pub tx_limit: RateLimiterConfig,
+    /// "tap:NAME", for the inventory.
+    pub describe: String,
+}
+
+/// Opens the taps `--net` names: one queue pair each (several are not offered yet).
+fn open_nets(configs: &[NetConfig]) -> Result<Vec<NetBackendSpec>, MachineError> {
+    let mut nets = Vec::new();
+    for (index, config) in configs.iter().enumerate() {
+        if config.queue_pairs != 1 {
+            return Err(MachineError::NetQueuePairs {
+                tap: config.tap.clone(),
+                asked: config.queue_pairs,
+            });
+        }
+        let tap = Tap::open(&config.tap, 1)?
+            .pop()
+            .ok_or_else(|| MachineError::MissingBackend(net_id(index)))?;
+        let default_mac = MacAddr::default_for(u8::try_from(index).unwrap_or(u8::MAX));
+        nets.push(NetBackendSpec {
+            tap,
+            mac: config.mac.unwrap_or(default_mac).0,
+            rx_limit: config.rx_limit,
+            tx_limit: config.tx_limit,
+            describe: format!("tap:{}", config.tap),
+        });
+    }
+    Ok(nets)
+}
+
+/// The monotonic clock the network limiters read, in nanoseconds since its first use.
+pub fn monotonic_ns() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// The host side of every device.
 pub struct Backends {
     pub serial: Output,
@@ -186,6 +232,8 @@ pub struct Backends {
     pub serial_wait: Option<Arc<OutputWait>>,
     /// The virtio console's, likewise.
     pub console_wait: Option<Arc<OutputWait>>,
+    /// The virtio-net devices' taps, in `--net` order.
+    pub nets: Vec<NetBackendSpec>,
 }
 
 /// What [`SerialMode::Capture`] outputs collected.
@@ -245,6 +293,7 @@ impl Backends {
                 .transpose()?,
             serial_wait,
             console_wait,
+            nets: open_nets(&devices.net)?,
         })
     }
 
@@ -270,6 +319,7 @@ impl Backends {
             vsock: None,
             serial_wait: None,
             console_wait: None,
+            nets: Vec::new(),
         }
     }
 }

@@ -67,6 +67,8 @@ pub struct DeviceConfig {
     pub virtio_console: Option<SerialMode>,
     /// A virtio-vsock device (`--vsock`, or Firecracker's `PUT /vsock`).
     pub vsock: Option<VsockConfig>,
+    /// virtio-net devices on taps, in `--net` order (on `transport`).
+    pub net: Vec<crate::net::config::NetConfig>,
     /// virtio-mmio or virtio-pci, for each virtio device that does not say.
     pub transport: VirtioTransport,
 }
@@ -80,6 +82,9 @@ pub struct Cures {
     pub pv_eoi: bool,
     /// How virtqueue doorbells reach the devices (seed 003).
     pub doorbell: Doorbell,
+    /// Offer VIRTIO_RING_F_EVENT_IDX on every virtio device: doorbells and interrupts
+    /// only past the other side's published index.
+    pub event_idx: bool,
     /// How long the event loop keeps polling after an event before it sleeps.
     pub event_poll: Duration,
     /// While it polls, the event loop also looks at the virtqueues' available indices.
@@ -95,6 +100,7 @@ impl Default for Cures {
             coalesce: true,
             pv_eoi: true,
             doorbell: Doorbell::default(),
+            event_idx: true,
             event_poll: DEFAULT_EVENT_POLL,
             queue_poll: true,
             posted_drain: Some(DEFAULT_POSTED_DRAIN),
@@ -153,6 +159,7 @@ impl MachineConfig {
                 console_transport: None,
                 virtio_console: None,
                 vsock: None,
+                net: Vec::new(),
                 transport: VirtioTransport::Mmio,
             },
             cures: Cures::default(),

@@ -38,6 +38,8 @@ pub struct DeviceSpec {
     pub memory: MemoryLayout,
     pub cpus: u8,
     pub doorbell: Doorbell,
+    /// Offer VIRTIO_RING_F_EVENT_IDX (`Cures::event_idx`).
+    pub event_idx: bool,
     /// The virtio devices, planned (`inventory::plan_virtio`).
     pub virtio: Vec<VirtioSpec>,
 }
@@ -320,6 +322,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
             memory,
             platform,
             doorbell: spec.doorbell,
+            event_idx: spec.event_idx,
         },
         pci: &mut pci,
         buses: &mut buses,
@@ -333,6 +336,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
             .console
             .map(|output| (output, backends.console_name)),
         vsock: backends.vsock,
+        nets: backends.nets.into_iter().map(Some).collect(),
     };
     let (wirings, entries) = virtio::build(&spec.virtio, virtio_backends, &mut placer)?;
     let (mover, pci_states) = pci.finish(&mut buses, ResetControl::default())?;
@@ -393,12 +397,14 @@ mod tests {
             rng: Some(VirtioTransport::Pci),
             console: Some(VirtioTransport::Mmio),
             vsock: None,
+            nets: 0,
             default: VirtioTransport::Pci,
         };
         let spec = DeviceSpec {
             memory,
             cpus: 1,
             doorbell: Doorbell::Exit,
+            event_idx: true,
             virtio: plan_virtio(&request).unwrap(),
         };
         let backends = Backends::for_replay(&[4096, 8192], true, true, &CountingSink::default());
@@ -561,6 +567,7 @@ mod lifetime_tests {
                 memory,
                 cpus: 1,
                 doorbell: Doorbell::Exit,
+                event_idx: true,
                 virtio: plan_virtio(&request).unwrap(),
             };
             let mut backends = Backends::for_replay(&[], false, false, &CountingSink::default());

@@ -29,6 +29,7 @@ pub enum DeviceKind {
     VirtioRng,
     VirtioConsole,
     VirtioVsock,
+    VirtioNet,
 }
 
 impl DeviceKind {
@@ -48,6 +49,7 @@ impl DeviceKind {
             DeviceKind::VirtioRng => "virtio-rng",
             DeviceKind::VirtioConsole => "virtio-console",
             DeviceKind::VirtioVsock => "virtio-vsock",
+            DeviceKind::VirtioNet => "virtio-net",
         }
     }
 
@@ -58,6 +60,7 @@ impl DeviceKind {
                 | DeviceKind::VirtioRng
                 | DeviceKind::VirtioConsole
                 | DeviceKind::VirtioVsock
+                | DeviceKind::VirtioNet
         )
     }
 }
@@ -216,6 +219,10 @@ pub enum VirtioKind {
     Rng,
     Console,
     Vsock,
+    /// The `net`th `--net` device.
+    Net {
+        net: usize,
+    },
 }
 
 /// The trace slot of the vsock device (no trace describes it; a slot of its own keeps
@@ -229,6 +236,7 @@ impl VirtioKind {
             VirtioKind::Rng => DeviceKind::VirtioRng,
             VirtioKind::Console => DeviceKind::VirtioConsole,
             VirtioKind::Vsock => DeviceKind::VirtioVsock,
+            VirtioKind::Net { .. } => DeviceKind::VirtioNet,
         }
     }
 }
@@ -242,15 +250,25 @@ pub struct VirtioRequest {
     pub console: Option<VirtioTransport>,
     /// The vsock device's id and transport.
     pub vsock: Option<(String, VirtioTransport)>,
+    /// How many virtio-net devices (ids `netN`, on the default transport).
+    pub nets: usize,
     /// `--virtio-transport`.
     pub default: VirtioTransport,
+}
+
+/// The trace's device number of the first virtio-net device (the next ones follow).
+pub const NET_SLOT_BASE: u8 = 0x80;
+
+/// The id of the `net`th virtio-net device.
+pub fn net_id(net: usize) -> String {
+    format!("net{net}")
 }
 
 /// virtio-mmio windows with a line of their own (GSIs 5 to 7).
 const MMIO_WINDOWS: u8 = gsi::VIRTIO_MMIO_COUNT as u8;
 
-/// Plans the virtio devices: disks, then the entropy device, then the console (the PCI
-/// device numbers follow this order). On virtio-mmio the first disk, the entropy device
+/// Plans the virtio devices: disks, then the entropy device, then the console, then the
+/// network devices (the PCI device numbers follow this order). On virtio-mmio the first disk, the entropy device
 /// and the console keep windows 0, 1 and 2 (the test guests look there); another disk
 /// takes the first window nothing else takes.
 pub fn plan_virtio(request: &VirtioRequest) -> Result<Vec<VirtioSpec>, ConfigError> {
@@ -262,7 +280,10 @@ pub fn plan_virtio(request: &VirtioRequest) -> Result<Vec<VirtioSpec>, ConfigErr
             ..config::DiskConfig::default()
         })
         .collect();
-    let ids = config::disk_ids(&disks, FIXED_IDS)?;
+    let mut reserved: Vec<String> = FIXED_IDS.iter().map(|id| id.to_string()).collect();
+    reserved.extend((0..request.nets).map(net_id));
+    let reserved: Vec<&str> = reserved.iter().map(String::as_str).collect();
+    let ids = config::disk_ids(&disks, &reserved)?;
     let mut specs = Vec::new();
     for (disk, (id, (_, transport))) in ids.into_iter().zip(&request.disks).enumerate() {
         let slot = if disk == 0 { 0 } else { 2 + disk as u8 };
@@ -280,6 +301,13 @@ pub fn plan_virtio(request: &VirtioRequest) -> Result<Vec<VirtioSpec>, ConfigErr
             return Err(ConfigError::DuplicateDeviceId(id.clone()));
         }
         specs.push((id.clone(), VirtioKind::Vsock, *transport, VSOCK_SLOT));
+    }
+    for net in 0..request.nets {
+        let slot = u8::try_from(net)
+            .ok()
+            .and_then(|net| NET_SLOT_BASE.checked_add(net))
+            .ok_or(ConfigError::TooManyMmioDevices(MMIO_WINDOWS))?;
+        specs.push((net_id(net), VirtioKind::Net { net }, request.default, slot));
     }
     let on_mmio = |(_, _, transport, _): &&(String, VirtioKind, VirtioTransport, u8)| {
         *transport == VirtioTransport::Mmio
@@ -324,6 +352,7 @@ mod tests {
             rng: Some(default),
             console: None,
             vsock: None,
+            nets: 0,
             default,
         }
     }
@@ -393,6 +422,27 @@ mod tests {
         assert_eq!(
             plan_virtio(&asked),
             Err(ConfigError::DuplicateDeviceId("blk0".into()))
+        );
+    }
+
+    #[test]
+    fn network_devices_come_last_with_their_own_slots() {
+        let mut asked = request(&[None], VirtioTransport::Mmio);
+        asked.nets = 1;
+        let specs = plan_virtio(&asked).unwrap();
+        assert_eq!(
+            summary(&specs),
+            [
+                ("blk0", 0, Some(0)),
+                ("rng0", 1, Some(1)),
+                ("net0", NET_SLOT_BASE, Some(2))
+            ]
+        );
+        assert_eq!(specs[2].kind, VirtioKind::Net { net: 0 });
+        asked.disks[0].0 = Some("net0".into());
+        assert_eq!(
+            plan_virtio(&asked),
+            Err(ConfigError::DuplicateDeviceId("net0".into()))
         );
     }
 

@@ -143,6 +143,8 @@ pub struct Placing<'a> {
     pub memory: &'a GuestMemoryMmap,
     pub platform: &'a dyn Platform,
     pub doorbell: Doorbell,
+    /// Offer VIRTIO_RING_F_EVENT_IDX.
+    pub event_idx: bool,
 }
 
 /// A virtio device placed on bus 0.

@@ -14,29 +14,31 @@
 //! for each device present, or through the ACPI tables.
 
 use std::io::Read;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};
 
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::bus::{Access, AddressSpace, BusDevice, IoBuses, StopRequest};
 use crate::config::{Doorbell, VirtioTransport, VsockConfig};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_SIZE, QUEUE_NOTIFY};
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::pci::{VirtioPciTransport, BAR_SIZE};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{OnBus, QueueNotify, VirtioDevice};
 use crate::irq::InterruptLine;
 use crate::layout::{self, ports::VIRTIO_PIO_DOORBELL_COUNT};
-use crate::services::{DoorbellService, InputService, InputTarget, LevelTriggered};
+use crate::net::tap::Tap;
+use crate::services::{DoorbellService, InputService, InputTarget, LevelTriggered, NetStatus};
 
 use crate::devices::persist::{self, SavedState, StateError};
 use crate::devices::virtio::state::DeviceState;
 
-use super::backends::{DiskBackendSpec, Output};
+use super::backends::{monotonic_ns, DiskBackendSpec, NetBackendSpec, Output};
 use super::devices::DeviceStateHandle;
 use super::inventory::{
     BusPlacement, DeviceCounters, DeviceEntry, Interrupt, VirtioKind, VirtioSpec,
@@ -66,6 +68,8 @@ pub struct VirtioWiring {
     pub host_sockets: Option<HostSockets>,
     /// Its saved state (transport, queues, device), for snapshots.
     pub state: Arc<dyn DeviceStateHandle>,
+    /// For virtio-net: the tap the event loop watches.
+    pub net: Option<NetWiring>,
 }
 
 /// A virtio-mmio device's saved state.
@@ -92,12 +96,22 @@ pub struct HostSockets {
     pub handle: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
+/// What the event loop watches for a virtio-net device.
+pub struct NetWiring {
+    /// The tap's fd (the device owns the tap for the machine's life).
+    pub tap: RawFd,
+    pub status: Arc<dyn NetStatus>,
+    /// The eventfd the device writes when it starts waiting (full tap, limiter).
+    pub waker: Arc<EventFd>,
+}
+
 /// The host side of the virtio devices, taken as the plan names them.
 pub struct VirtioBackends {
     pub disks: Vec<Option<DiskBackendSpec>>,
     pub entropy: Option<(Box<dyn Read + Send>, String)>,
     pub console: Option<(Output, String)>,
     pub vsock: Option<(UnixListener, VsockConfig)>,
+    pub nets: Vec<Option<NetBackendSpec>>,
 }
 
 impl<D: VirtioDevice> DeviceCounters for MmioTransport<D> {
@@ -176,6 +190,7 @@ impl Placer<'_> {
                 .mmio_window
                 .filter(|_| matches!(landed.placed, Placed::Mmio(_))),
             state: landed.state,
+            net: None,
         };
         let entry = DeviceEntry {
             id: spec.id.clone(),
@@ -205,6 +220,7 @@ impl Placer<'_> {
             self.placing.memory.clone(),
             line.clone(),
         ));
+        transport.core().offer_event_idx(self.placing.event_idx);
         let slot_device = Arc::new(Mutex::new(OnBus(transport.clone())));
         self.buses.mmio.insert(name, base, MMIO_SIZE, slot_device)?;
         let port = layout::virtio_pio_doorbell(window);
@@ -244,6 +260,7 @@ impl Placer<'_> {
         device: D,
     ) -> Result<Landed<D>, MachineError> {
         let pci = self.pci.place(&self.placing, name, device)?;
+        pci.transport.core().offer_event_idx(self.placing.event_idx);
         Ok(Landed {
             notify: pci.transport.clone(),
             counters: pci.transport.clone(),
@@ -329,6 +346,63 @@ fn vsock_sockets(placed: Placed<Vsock>) -> HostSockets {
     HostSockets { fd, handle }
 }
 
+/// A virtio-net device over its tap, and what the event loop watches for it.
+fn net_device(backend: NetBackendSpec) -> Result<(Net<Tap>, NetWiring), MachineError> {
+    let now = monotonic_ns();
+    let tap = backend.tap.as_raw_fd();
+    let device = Net::new(
+        backend.tap,
+        backend.mac,
+        backend.rx_limit.build(now),
+        backend.tx_limit.build(now),
+        monotonic_ns,
+    );
+    let waker = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(MachineError::EventLoop)?);
+    let wake = waker.clone();
+    device.set_waker(Box::new(move || {
+        let _ = wake.write(1);
+    }));
+    // The status is filled in once the device is placed.
+    let wiring = NetWiring {
+        tap,
+        status: Arc::new(NotPlaced),
+        waker,
+    };
+    Ok((device, wiring))
+}
+
+/// A device's status before it is placed: waits for nothing.
+struct NotPlaced;
+
+impl NetStatus for NotPlaced {
+    fn tx_blocked(&self) -> bool {
+        false
+    }
+    fn retry_after_ns(&self) -> Option<u64> {
+        None
+    }
+    fn now_ns(&self) -> u64 {
+        monotonic_ns()
+    }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+}
+
+/// A virtio-net device's counters in the inventory: its transport's, then its frames'.
+struct NetEntryCounters {
+    transport: Arc<dyn DeviceCounters>,
+    net: Arc<dyn NetStatus>,
+}
+
+impl DeviceCounters for NetEntryCounters {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let mut counters = self.transport.counters();
+        counters.extend(self.net.counters());
+        counters
+    }
+}
+
 /// Builds and places every device of `plan` over its backend.
 pub fn build(
     plan: &[VirtioSpec],
@@ -370,6 +444,26 @@ pub fn build(
                     .map_err(MachineError::Vsock)?;
                 let (mut wiring, entry, placed) = placer.place(spec, device, describe)?;
                 wiring.host_sockets = Some(vsock_sockets(placed));
+                (wiring, entry)
+            }
+            VirtioKind::Net { net } => {
+                let backend = backends
+                    .nets
+                    .get_mut(net)
+                    .and_then(Option::take)
+                    .ok_or_else(missing)?;
+                let describe = backend.describe.clone();
+                let (device, mut net_wiring) = net_device(backend)?;
+                let (mut wiring, mut entry, placed) = placer.place(spec, device, describe)?;
+                net_wiring.status = match placed {
+                    Placed::Mmio(transport) => transport,
+                    Placed::Pci(transport) => transport,
+                };
+                entry.device = Arc::new(NetEntryCounters {
+                    transport: entry.device,
+                    net: net_wiring.status.clone(),
+                });
+                wiring.net = Some(net_wiring);
                 (wiring, entry)
             }
         };

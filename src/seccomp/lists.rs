@@ -41,6 +41,9 @@ const VCPU: &[libc::c_long] = &[
     libc::SYS_pwrite64,
     libc::SYS_fdatasync,
     libc::SYS_timerfd_settime,
+    // virtio-net served inline: frames to and from the tap.
+    libc::SYS_readv,
+    libc::SYS_writev,
 ];
 
 /// The event loop's calls beyond [`COMMON`]: epoll, its timers, the same device files as
@@ -54,6 +57,8 @@ const EVENT_LOOP: &[libc::c_long] = &[
     libc::SYS_pread64,
     libc::SYS_pwrite64,
     libc::SYS_fdatasync,
+    libc::SYS_readv,
+    libc::SYS_writev,
     libc::SYS_getpid,
     libc::SYS_tgkill,
     libc::SYS_nanosleep,
@@ -144,21 +149,32 @@ fn common() -> Rules {
     rules
 }
 
+/// The ioctls beyond KVM's that a thread serving devices issues: virtio-net's
+/// activation sets the tap's offloads (TUNSETOFFLOAD) on whichever thread the driver's
+/// status write reaches.
+const DEVICE_IOCTLS: &[requests::Request] = &[("TUNSETOFFLOAD", libc::TUNSETOFFLOAD as u32)];
+
 /// A vCPU thread: [`COMMON`], [`VCPU`], and `ioctl` for the requests
-/// [`requests::vcpu_thread`] lists only (argument 1, compared as 32 bits).
+/// [`requests::vcpu_thread`] and [`DEVICE_IOCTLS`] list only (argument 1, compared as
+/// 32 bits).
 pub fn vcpu() -> Rules {
     let mut rules = common();
     allow_any(&mut rules, VCPU);
-    rules.insert(libc::SYS_ioctl, ioctls(&requests::vcpu_thread()));
+    let mut allowed = requests::vcpu_thread().to_vec();
+    allowed.extend_from_slice(DEVICE_IOCTLS);
+    rules.insert(libc::SYS_ioctl, ioctls(&allowed));
     rules
 }
 
 /// The event-loop thread: [`COMMON`], [`EVENT_LOOP`], and `ioctl` for
-/// [`requests::event_loop_thread`] only (unregistering an idle bounded zone).
+/// [`requests::event_loop_thread`] (unregistering an idle bounded zone) and
+/// [`DEVICE_IOCTLS`] only.
 pub fn event_loop() -> Rules {
     let mut rules = common();
     allow_any(&mut rules, EVENT_LOOP);
-    rules.insert(libc::SYS_ioctl, ioctls(&requests::event_loop_thread()));
+    let mut allowed = requests::event_loop_thread().to_vec();
+    allowed.extend_from_slice(DEVICE_IOCTLS);
+    rules.insert(libc::SYS_ioctl, ioctls(&allowed));
     rules
 }
 
@@ -236,11 +252,11 @@ mod tests {
     fn each_thread_may_issue_only_its_own_kvm_ioctls() {
         assert_eq!(
             event_loop()[&libc::SYS_ioctl].len(),
-            requests::event_loop_thread().len()
+            requests::event_loop_thread().len() + DEVICE_IOCTLS.len()
         );
         assert_eq!(
             vcpu()[&libc::SYS_ioctl].len(),
-            requests::vcpu_thread().len()
+            requests::vcpu_thread().len() + DEVICE_IOCTLS.len()
         );
     }
 

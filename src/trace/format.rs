@@ -9,7 +9,8 @@
 //!   4 rtc tick                         (the event loop's RTC timer fired)
 //!   5 doorbell      slot:u8 queue:u32  (an ioeventfd doorbell served; u32::MAX: any queue)
 //!   6 input         sink:u8 len:u32 data[len]   (host input: 0 COM1, 1 virtio-console)
-//! machine  memory:u64 cpus:u8 flags:u8 (1 rng, 2 console, 4 virtio on PCI)
+//! machine  memory:u64 cpus:u8 flags:u8 (1 rng, 2 console, 4 virtio on PCI,
+//!          8 VIRTIO_RING_F_EVENT_IDX offered)
 //!          disk_bytes:u64 clock_start:u64, then (optional) the device list
 //! ```
 //! An exit's data is what the guest wrote, or what hushvm answered to a read; `len` is
@@ -39,6 +40,9 @@ pub struct MachineDescription {
     /// The virtio devices sat on PCI (virtio-pci) rather than on virtio-mmio. Version-1
     /// traces made before PCI existed have the bit clear.
     pub pci: bool,
+    /// The virtio devices offered VIRTIO_RING_F_EVENT_IDX (traces made before it existed
+    /// have the bit clear, and their devices did not).
+    pub event_idx: bool,
     /// Size of the virtio-blk disk, 0 for none.
     pub disk_bytes: u64,
     /// The RTC's clock when the machine was built (ns since the epoch).
@@ -166,7 +170,10 @@ impl<W: Write> TraceWriter<W> {
         out.write_all(&machine.memory.to_le_bytes())?;
         out.write_all(&[
             machine.cpus,
-            u8::from(machine.rng) | (u8::from(machine.console) << 1) | (u8::from(machine.pci) << 2),
+            u8::from(machine.rng)
+                | (u8::from(machine.console) << 1)
+                | (u8::from(machine.pci) << 2)
+                | (u8::from(machine.event_idx) << 3),
         ])?;
         out.write_all(&machine.disk_bytes.to_le_bytes())?;
         out.write_all(&machine.clock_start.to_le_bytes())?;
@@ -262,6 +269,7 @@ impl<'a> TraceReader<'a> {
             rng: flags & 1 != 0,
             console: flags & 2 != 0,
             pci: flags & 4 != 0,
+            event_idx: flags & 8 != 0,
             disk_bytes,
             clock_start,
             virtio,
@@ -394,6 +402,7 @@ mod tests {
             rng: true,
             console: false,
             pci: false,
+            event_idx: false,
             disk_bytes: 0,
             clock_start: 7,
             virtio: Vec::new(),

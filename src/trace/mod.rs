@@ -211,6 +211,7 @@ mod tests {
             rng: false,
             console: false,
             pci: false,
+            event_idx: false,
             disk_bytes: 0,
             clock_start: 0,
             virtio: Vec::new(),

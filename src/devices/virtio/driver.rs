@@ -111,6 +111,22 @@ impl DriverQueue {
         (id, len)
     }
 
+    /// Sets the avail ring's used_event (VIRTIO_RING_F_EVENT_IDX): interrupt once the used
+    /// index passes `index`.
+    pub fn set_used_event(&self, memory: &GuestMemoryMmap, index: u16) {
+        let at = self.avail + 4 + 2 * u64::from(self.size);
+        memory
+            .write_obj(index, GuestAddress(at))
+            .expect("used_event in memory");
+    }
+
+    /// The used ring's avail_event (VIRTIO_RING_F_EVENT_IDX): the device wants a doorbell
+    /// once the available index passes it.
+    pub fn avail_event(&self, memory: &GuestMemoryMmap) -> u16 {
+        let at = self.used + 4 + 8 * u64::from(self.size);
+        memory.read_obj(GuestAddress(at)).expect("avail_event")
+    }
+
     /// Where the registers of a transport should point: (descriptors, avail, used).
     pub fn addresses(&self) -> (u64, u64, u64) {
         (self.desc, self.avail, self.used)

@@ -97,7 +97,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             VIRTIO_MMIO_VERSION => VERSION,
             VIRTIO_MMIO_DEVICE_ID => device.device_type(),
             VIRTIO_MMIO_VENDOR_ID => VENDOR,
-            VIRTIO_MMIO_DEVICE_FEATURES => common.features().offered_word(device.features()),
+            VIRTIO_MMIO_DEVICE_FEATURES => common.features().offered_word(self.core.offered()),
             VIRTIO_MMIO_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
             VIRTIO_MMIO_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
             VIRTIO_MMIO_INTERRUPT_STATUS => u32::from(common.interrupt_status()),
@@ -132,9 +132,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             }
             VIRTIO_MMIO_INTERRUPT_ACK => common.acknowledge(value as u8),
             // Every status bit is in the low byte.
-            VIRTIO_MMIO_STATUS => {
-                registers.write_status(value as u8, self.core.device().features())
-            }
+            VIRTIO_MMIO_STATUS => registers.write_status(value as u8, self.core.offered()),
             VIRTIO_MMIO_QUEUE_DESC_LOW
             | VIRTIO_MMIO_QUEUE_DESC_HIGH
             | VIRTIO_MMIO_QUEUE_AVAIL_LOW

@@ -120,20 +120,39 @@ pub fn serve_chains(
 }
 
 /// What a transport does when a queue may have work: serves queue `index` if the driver
-/// made it ready and its rings lie in guest memory. `Ok(true)` if buffers were used; an
-/// error means the driver broke the ring, and the transport asks for a reset.
+/// made it ready and its rings lie in guest memory. `Ok(true)` if buffers were used and
+/// the driver wants to hear of it; an error means the driver broke the ring, and the
+/// transport asks for a reset.
+///
+/// With VIRTIO_RING_F_EVENT_IDX (virtio-queue keeps the ring side): after serving, the
+/// device publishes avail_event (`enable_notification`, which says whether buffers came
+/// meanwhile, served then in another pass) and interrupts only once it passed the
+/// driver's used_event (`needs_notification`). Another pass runs only if the last one
+/// took buffers: a device that leaves buffers posted on purpose (virtio-net's receive
+/// queue with no frame waiting, a transmission the tap refused) does not spin.
 pub fn serve_queue<D: VirtioDevice + ?Sized>(
     device: &D,
     index: usize,
     queue: Option<&mut Queue>,
     memory: &GuestMemoryMmap,
 ) -> Result<bool, QueueError> {
-    match queue {
-        Some(queue) if queue.ready() && queue.is_valid(memory) => {
-            device.process_queue(index, queue, memory)
-        }
-        _ => Ok(false),
+    let queue = match queue {
+        Some(queue) if queue.ready() && queue.is_valid(memory) => queue,
+        _ => return Ok(false),
+    };
+    if !queue.event_idx_enabled() {
+        return device.process_queue(index, queue, memory);
     }
+    let mut used = false;
+    loop {
+        let before = queue.next_avail();
+        used |= device.process_queue(index, queue, memory)?;
+        let more = queue.enable_notification(memory)?;
+        if !more || queue.next_avail() == before {
+            break;
+        }
+    }
+    Ok(used && queue.needs_notification(memory)?)
 }
 
 /// Whether the driver published buffers since the last look, without a doorbell: the
@@ -169,3 +188,7 @@ pub fn read_config_bytes(source: &[u8], offset: u64, data: &mut [u8]) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+#[path = "event_idx_tests.rs"]
+mod event_idx_tests;

@@ -18,7 +18,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
@@ -84,6 +84,23 @@ pub struct NetCounters {
     pub rx_starved: AtomicU64,
 }
 
+impl NetCounters {
+    /// Every counter by name, for the run's report.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        vec![
+            ("rx_frames", load(&self.rx_frames)),
+            ("rx_bytes", load(&self.rx_bytes)),
+            ("tx_frames", load(&self.tx_frames)),
+            ("tx_bytes", load(&self.tx_bytes)),
+            ("rx_dropped", load(&self.rx_dropped)),
+            ("tx_dropped", load(&self.tx_dropped)),
+            ("tx_blocked", load(&self.tx_blocked)),
+            ("rx_starved", load(&self.rx_starved)),
+        ]
+    }
+}
+
 fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
@@ -106,6 +123,9 @@ pub struct Net<B: NetBackend> {
     tx_blocked: AtomicBool,
     rx_starved: AtomicBool,
     warnings: Mutex<crate::ratelimit::RateLimiter>,
+    /// Told when the device starts waiting for something only the host side can end (a
+    /// full backend, a limiter): the machine then watches for it.
+    waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
     pub counters: NetCounters,
 }
 
@@ -135,8 +155,26 @@ impl<B: NetBackend> Net<B> {
             tx_blocked: AtomicBool::new(false),
             rx_starved: AtomicBool::new(false),
             warnings: Mutex::default(),
+            waker: OnceLock::new(),
             counters: NetCounters::default(),
         }
+    }
+
+    /// Calls `wake` whenever a transmission meets a full backend or a limiter makes a
+    /// direction wait (the first waker set stays).
+    pub fn set_waker(&self, wake: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.waker.set(wake);
+    }
+
+    fn wake(&self) {
+        if let Some(wake) = self.waker.get() {
+            wake();
+        }
+    }
+
+    /// Now, on the clock the limiters read.
+    pub fn now_ns(&self) -> u64 {
+        (self.clock)()
     }
 
     /// The host side.
@@ -198,6 +236,8 @@ impl<B: NetBackend> Net<B> {
             Admission::Wait(wait) => {
                 let wait = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
                 limit.retry_at_ns = now.saturating_add(wait).max(1);
+                drop(limit);
+                self.wake();
                 false
             }
         }
@@ -309,6 +349,7 @@ impl<B: NetBackend> Net<B> {
                     // Not charged: it goes first when the tap has room.
                     self.tx_blocked.store(true, Ordering::Relaxed);
                     bump(&self.counters.tx_blocked, 1);
+                    self.wake();
                     queue.go_to_previous_position();
                     break;
                 }
@@ -323,6 +364,9 @@ impl<B: NetBackend> Net<B> {
 
 #[path = "net_rx.rs"]
 mod rx;
+
+#[path = "net_state.rs"]
+pub mod state;
 
 impl<B: NetBackend> VirtioDevice for Net<B> {
     fn device_type(&self) -> u32 {

@@ -442,3 +442,26 @@ fn a_frame_longer_than_the_buffers_is_dropped_not_handed_over_cut() {
     assert_eq!(rig.rx.used_idx(&rig.memory), 1);
     assert_eq!(rig.rx.used(&rig.memory, 0).1, (HEADER_LEN + 100) as u32);
 }
+
+#[test]
+fn saved_state_brings_back_the_accepted_offloads_and_counts() {
+    use crate::devices::virtio::state::DeviceState;
+    let device = Net::new(Fake::default(), MAC, None, None, || 0);
+    let acked = VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_CSUM | 1 << VIRTIO_NET_F_HOST_TSO4;
+    device.activate(acked);
+    device.counters.tx_frames.store(7, Ordering::Relaxed);
+    let saved = device.save_device();
+    let text = serde_json::to_string(&saved).unwrap();
+    let saved: state::SavedNet = serde_json::from_str(&text).unwrap();
+    let fresh = Net::new(Fake::default(), MAC, None, None, || 0);
+    fresh.check_device("virtio-net", &saved).unwrap();
+    fresh.restore_device(&saved);
+    assert_eq!(fresh.backend().features.load(Ordering::Relaxed), acked);
+    assert_eq!(fresh.counters.tx_frames.load(Ordering::Relaxed), 7);
+    assert!(fresh.acked(VIRTIO_NET_F_HOST_TSO4));
+    let impossible = state::SavedNet {
+        acked: 1 << 63,
+        ..saved
+    };
+    assert!(fresh.check_device("virtio-net", &impossible).is_err());
+}

@@ -284,7 +284,7 @@ impl<D: VirtioDevice> VirtioPciTransport<D> {
         offset: u64,
         access: Access<'_>,
     ) -> Option<u32> {
-        let features = self.core.device().features();
+        let features = self.core.offered();
         let (region, within) = (offset / REGION * REGION, offset % REGION);
         let Registers { common, transport } = registers;
         let mut config = CommonConfig {

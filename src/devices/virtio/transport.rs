@@ -22,13 +22,14 @@
 //! therefore never waits for a request in flight: one that was being served when the
 //! driver reset completes into the old rings and raises nothing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
 };
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -226,7 +227,12 @@ pub struct VirtioCore<D: VirtioDevice, T: Delivery> {
     registers: Mutex<Registers<T>>,
     work: Mutex<Work>,
     counts: Counts,
+    /// VIRTIO_RING_F_EVENT_IDX is offered (`--no-event-idx` turns it off).
+    event_idx: AtomicBool,
 }
+
+/// The feature bit of VIRTIO_RING_F_EVENT_IDX.
+pub const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 
 impl<D: VirtioDevice, T: Delivery> std::fmt::Debug for VirtioCore<D, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -250,6 +256,22 @@ impl<D: VirtioDevice, T: Delivery> VirtioCore<D, T> {
             }),
             work: Mutex::default(),
             counts: Counts::default(),
+            event_idx: AtomicBool::new(true),
+        }
+    }
+
+    /// Whether VIRTIO_RING_F_EVENT_IDX is offered (it is unless turned off here, before
+    /// the driver first reads the features).
+    pub fn offer_event_idx(&self, offered: bool) {
+        self.event_idx.store(offered, Ordering::Relaxed);
+    }
+
+    /// The features the transport offers: the device's, and EVENT_IDX (the core keeps
+    /// the ring side of it for every device).
+    pub fn offered(&self) -> u64 {
+        match self.event_idx.load(Ordering::Relaxed) {
+            true => self.device.features() | EVENT_IDX,
+            false => self.device.features(),
         }
     }
 
@@ -293,7 +315,13 @@ impl<D: VirtioDevice, T: Delivery> VirtioCore<D, T> {
                 .collect();
             work.layout = Some(layout);
             work.polled_avail.clear();
-            self.device.activate(registers.common.features.accepted());
+            let accepted = registers.common.features.accepted();
+            let event_idx = accepted & EVENT_IDX != 0;
+            work.queues
+                .iter_mut()
+                .for_each(|queue| queue.set_event_idx(event_idx));
+            // The device sees only its own features.
+            self.device.activate(accepted & !EVENT_IDX);
         }
         Some(layout)
     }

@@ -206,7 +206,7 @@ fn capabilities_point_into_bar_0() {
 fn device_features_read_through_their_select() {
     let mut h = rng();
     h.enable();
-    assert_eq!(h.read(DEVICE_FEATURE, 4), 0);
+    assert_eq!(h.read(DEVICE_FEATURE, 4), 1 << 29, "EVENT_IDX is bit 29");
     h.write(DEVICE_FEATURE_SELECT, 1, 4);
     assert_eq!(h.read(DEVICE_FEATURE, 4), 1, "VERSION_1 is bit 32");
     h.write(DEVICE_FEATURE_SELECT, 2, 4);
