@@ -190,7 +190,7 @@ fn run_machine(instance: &Instance, config: &MachineConfig, starter: &Starter) -
             Ok(ExitCode::from((report.stop.exit_status() & 0xff) as u8))
         }
         Err(error) => {
-            let _ = starter.failures.send(error.to_string());
+            let _ = starter.failures.send(hushvm::errors::chain(&error));
             // The API thread answers InstanceStart with this error; its response is
             // written by the server loop, so give it that moment before the process ends.
             std::thread::sleep(Duration::from_millis(200));

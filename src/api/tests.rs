@@ -119,7 +119,9 @@ fn start_needs_a_kernel_and_the_vsock_reaches_the_machine() {
         }),
         ..Resources::default()
     };
-    let config = resources.machine_config().expect("a kernel is all a machine needs");
+    let config = resources
+        .machine_config()
+        .expect("a kernel is all a machine needs");
     let vsock = config.devices.vsock.expect("PUT /vsock's device");
     assert_eq!(vsock.guest_cid, 3);
     assert_eq!(vsock.uds_path, std::path::PathBuf::from("/tmp/v.sock"));

@@ -109,7 +109,11 @@ const MAIN: &[libc::c_long] = &[
     libc::SYS_newfstatat,
     libc::SYS_lseek,
     libc::SYS_writev,
+    // The stop's last offer of held output waits for its destination's room.
+    libc::SYS_epoll_create1,
     libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
 ];
 
 fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
