@@ -8,11 +8,11 @@
 use std::sync::Arc;
 
 use crate::bus::{IoBuses, StopRequest};
-use crate::coalesced::{DrainError, PostedWrites};
+use crate::posted::{DrainError, PostedWrites};
 use crate::trace::{Record, Recorder};
 
 /// Where a stop request goes that a posted write made off the exit path (a reset written
-/// to 0xcf9, applied when an event-loop service settles the ring).
+/// to 0xcf9, applied when an event-loop service drains the ring).
 pub trait StopSink: Send + Sync {
     fn request(&self, request: StopRequest);
 }
@@ -52,10 +52,10 @@ impl DeviceAccess {
 
     /// Applies waiting posted writes, in ring order, recording each. Returns the first
     /// stop request a posted write made, which is also handed to the stop sink (the
-    /// caller may be the event loop). Private: only [`DeviceAccess::operation`] settles,
+    /// caller may be the event loop). Private: only [`DeviceAccess::operation`] drains,
     /// inside the recorder's lock, so the lock order (recorder, drain, device) holds on
     /// every path.
-    fn settle(&self) -> Option<StopRequest> {
+    fn drain_ring(&self) -> Option<StopRequest> {
         let recorder = self.recorder.as_deref();
         let mut first_stop = None;
         self.posted.apply_pending(&self.buses, |write, stop| {
@@ -102,19 +102,19 @@ impl DeviceAccess {
 
     /// The one way to touch devices. Runs `work` as one operation: alone and with its
     /// records written together when a trace is being made (the recorder's lock is
-    /// taken here and only here, outermost), after the coalesced ring was settled (the
+    /// taken here and only here, outermost), after the coalesced ring was drained (the
     /// ordering rule; the drain lock comes second). `work` gets the first stop request
     /// a posted write made. Device locks are taken inside `work`, so they come third.
     pub fn operation<T>(&self, work: impl FnOnce(Option<StopRequest>) -> T) -> T {
-        let settled = || work(self.settle());
+        let drained = || work(self.drain_ring());
         match &self.recorder {
-            None => settled(),
-            Some(recorder) => recorder.operation(settled),
+            None => drained(),
+            Some(recorder) => recorder.operation(drained),
         }
     }
 
-    /// The shape of every event-loop service: settle the ring, do the work, record it.
-    pub fn operate<T>(
+    /// The shape of every event-loop service: drain the ring, do the work, record it.
+    pub fn recorded_operation<T>(
         &self,
         operation: impl FnOnce() -> T,
         record: impl FnOnce(&T) -> Record,

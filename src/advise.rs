@@ -6,7 +6,7 @@
 //! did outside themselves ([`Outside`]: interrupt edges, host output, doorbells, timer
 //! re-arms) and whether the write stopped the VM. Devices share no state but those, so
 //! a write that changed none of them can only be seen through a later access to its own
-//! device: a latch, safe to post, because every access settles the ring first. What it
+//! device: a latch, safe to post, because every access drains the ring first. What it
 //! cannot see is said in docs/advise.md.
 
 use std::collections::BTreeMap;

@@ -36,7 +36,7 @@ mod tests {
     #[test]
     fn a_run_failure_keeps_its_cause() {
         use crate::kvm::KvmError;
-        use crate::vcpu::{GuestFault, RunError};
+        use crate::run_loop::{GuestFault, RunError};
         let error = KvmError::Ioctl {
             what: "KVM_RUN",
             source: kvm_ioctls::Error::new(libc::EFAULT),

@@ -15,8 +15,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::access::DeviceAccess;
-use crate::coalesced::DrainTimer;
 use crate::devices::rtc::Clock;
+use crate::posted::DrainTimer;
 use crate::ratelimit::RateLimiter;
 use crate::services::{DoorbellService, InputService, LevelTriggered, RtcService};
 use crate::sync::LockExt;
@@ -247,7 +247,7 @@ impl QueuePoller {
 /// A level-triggered line's resample eventfd: the guest ended the interrupt; the device
 /// raises the line again if it still asserts it. Not recorded itself (it changes no
 /// register a guest reads, only when an interrupt arrives), but an operation like every
-/// other service: the ring settled, the posted writes recorded, the lock order kept.
+/// other service: the ring drained, the posted writes recorded, the lock order kept.
 pub struct IntxResample {
     event: EventFd,
     device: Arc<Mutex<dyn LevelTriggered>>,
@@ -332,13 +332,13 @@ impl DrainTimer for DrainTimerFd {
 /// so such a write takes effect within the period, and lets the zones' policy
 /// deactivate them once the guest stopped writing them (`coalesced::bounded`). While
 /// they are inactive the timer is disarmed and this never runs.
-pub struct PostedDrain {
+pub struct DrainTick {
     timer: Arc<DrainTimerFd>,
     access: DeviceAccess,
     warnings: RateLimiter,
 }
 
-impl PostedDrain {
+impl DrainTick {
     pub fn new(timer: Arc<DrainTimerFd>, access: DeviceAccess) -> Self {
         Self {
             timer,
@@ -348,7 +348,7 @@ impl PostedDrain {
     }
 }
 
-impl MutEventSubscriber for PostedDrain {
+impl MutEventSubscriber for DrainTick {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let periods = self.timer.expirations();
         if let Err(error) = self.access.drain_tick(periods) {

@@ -7,7 +7,6 @@ pub mod advise;
 pub mod api;
 pub mod bench;
 pub mod bus;
-pub mod coalesced;
 pub mod config;
 pub mod cpuid;
 pub mod devices;
@@ -23,16 +22,17 @@ pub mod layout;
 pub mod loader;
 pub mod machine;
 pub mod net;
+pub mod posted;
 pub mod profile;
 pub mod rate_limiter;
 pub mod ratelimit;
 pub mod replay;
+pub mod run_loop;
 pub mod seccomp;
 pub mod services;
 pub mod snapshot;
 pub mod sync;
 pub mod trace;
-pub mod vcpu;
 
 /// The test guests, built from `guests/` by `build.rs` and embedded in the binary.
 pub mod guests {

@@ -21,8 +21,8 @@ use hushvm::machine::{
     RunReport, VcpuConfig,
 };
 use hushvm::profile::ProfileReport;
+use hushvm::run_loop::VmStop;
 use hushvm::seccomp::SeccompAction;
-use hushvm::vcpu::VmStop;
 
 #[derive(Parser)]
 #[command(

@@ -22,10 +22,10 @@ use crate::machine::{
 };
 use crate::profile::{ExitKey, ExitProfile};
 use crate::ratelimit::RateLimiter;
+use crate::run_loop::{ExitContext, ExitOutcome, VmStop};
 use crate::services::{InputTarget, Services};
 use crate::trace::format::{ExitDirection, Record, TraceError, TraceReader, MAX_DATA};
 use crate::trace::{MachineDescription, ReplayClock, TracedKind};
-use crate::vcpu::{ExitContext, ExitOutcome, VmStop};
 
 /// The first read that did not return what was recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -137,7 +137,7 @@ impl<C: Clock> RtcService<C> {
     /// Lets the RTC raise what is due; returns when its next event is due (`None`: no
     /// event enabled).
     pub fn tick(&self, access: &DeviceAccess) -> Option<Duration> {
-        access.operate(
+        access.recorded_operation(
             || {
                 let mut rtc = self.rtc.locked();
                 rtc.tick();
@@ -169,7 +169,7 @@ impl DoorbellService {
 
     /// Serves `queue` (`None`: any queue with work).
     pub fn ring(&self, access: &DeviceAccess, queue: Option<u32>) {
-        access.operate(
+        access.recorded_operation(
             || self.device.notify(queue),
             |_| Record::Doorbell {
                 slot: self.slot,
@@ -181,7 +181,7 @@ impl DoorbellService {
     /// Serves every queue if the driver published buffers since the last look, with no
     /// doorbell (recorded as a doorbell that names no queue); true if it had.
     pub fn poll(&self, access: &DeviceAccess) -> bool {
-        // One operation, like every path that touches a device (the ring settled first).
+        // One operation, like every path that touches a device (the ring drained first).
         access.operation(|_| {
             let moved = self.device.avail_moved();
             if moved {
@@ -210,7 +210,7 @@ impl InputService {
 
     /// Hands `data` to the device; returns how many bytes it took.
     pub fn deliver(&self, access: &DeviceAccess, data: &[u8]) -> usize {
-        access.operate(
+        access.recorded_operation(
             || self.device.locked().receive(data),
             |taken| Record::Input {
                 sink: self.target.sink(),

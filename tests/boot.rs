@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{field, guest_config, kvm_available, run, serial_text};
 use hushvm::loader::Module;
 use hushvm::profile::{ExitKey, ExitKind};
-use hushvm::vcpu::{GuestFault, VmStop};
+use hushvm::run_loop::{GuestFault, VmStop};
 
 #[test]
 fn the_guest_sees_multiboot_information_and_fw_cfg() {

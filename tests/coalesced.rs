@@ -7,7 +7,7 @@ use common::{guest_config, kvm_available, run};
 use hushvm::bus::StopRequest;
 use hushvm::machine::{Coalescing, RunReport};
 use hushvm::profile::{ExitKey, ExitKind};
-use hushvm::vcpu::VmStop;
+use hushvm::run_loop::VmStop;
 
 /// The rtc guest first programs 64 NVRAM bytes (64 index writes, 64 data writes).
 const SETUP_INDEX_WRITES: u64 = 64;

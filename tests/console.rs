@@ -8,7 +8,7 @@ use common::{guest_config, kvm_available, run};
 use hushvm::bench::guest_fields;
 use hushvm::bus::StopRequest;
 use hushvm::profile::ExitKind;
-use hushvm::vcpu::VmStop;
+use hushvm::run_loop::VmStop;
 
 /// The payload the guest prints: byte i is '\n' every 64th, else 'A' + i % 26.
 fn expected(bytes: u32) -> Vec<u8> {

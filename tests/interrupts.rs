@@ -6,7 +6,7 @@ mod common;
 use common::{field, guest_config, kvm_available, run, serial_text};
 use hushvm::bench::guest_fields;
 use hushvm::bus::StopRequest;
-use hushvm::vcpu::VmStop;
+use hushvm::run_loop::VmStop;
 
 #[test]
 fn the_uart_interrupt_reaches_the_guest_through_the_ioapic() {

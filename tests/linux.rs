@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use common::{kvm_available, linux_checks, scratch_dir};
 use hushvm::layout::MemoryLayout;
 use hushvm::loader::host_cmdline::emulated_kvm_cmdline;
-use hushvm::vcpu::{GuestFault, VmStop};
+use hushvm::run_loop::{GuestFault, VmStop};
 
 /// The kernel command line of every boot (`nokaslr`: the bzImage's INT3 self-test then
 /// runs at the address the vmlinux file says; PVH entry never randomises).

@@ -13,7 +13,7 @@ use hushvm::bench::{guest_fields, run_pausing, Pacing, PausedRun};
 use hushvm::bus::StopRequest;
 use hushvm::config::DiskConfig;
 use hushvm::machine::{self, ControlError, MachineConfig, VmControl};
-use hushvm::vcpu::VmStop;
+use hushvm::run_loop::VmStop;
 
 /// Pauses every few milliseconds until the guest stops.
 const OFTEN: Pacing = Pacing {

@@ -6,7 +6,7 @@ mod common;
 
 use common::{guest_config, kvm_available};
 use hushvm::machine::{self, VmControl};
-use hushvm::vcpu::VmStop;
+use hushvm::run_loop::VmStop;
 
 #[test]
 fn sigterm_stops_a_paused_vm_as_a_power_off_does() {

@@ -13,7 +13,7 @@ use hushvm::bus::StopRequest;
 use hushvm::config::{DiskConfig, Doorbell, VirtioTransport};
 use hushvm::machine::{MachineConfig, RunReport};
 use hushvm::profile::ExitKind;
-use hushvm::vcpu::VmStop;
+use hushvm::run_loop::VmStop;
 
 /// The 32-bit window hushvm assigns BARs in.
 const WINDOW: std::ops::Range<u64> = 0xc100_0000..0xe000_0000;

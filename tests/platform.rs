@@ -9,7 +9,7 @@ use hushvm::cpuid::CpuModel;
 use hushvm::kvm::{Hypervisor, VcpuOptions, Vm};
 use hushvm::layout::MemoryLayout;
 use hushvm::profile::ExitKind;
-use hushvm::vcpu::VmStop;
+use hushvm::run_loop::VmStop;
 
 #[test]
 fn acpi_s5_powers_off_and_0xcf9_resets() {

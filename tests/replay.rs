@@ -181,7 +181,7 @@ fn fresh_recordings_replay_without_divergence() {
         let report = run(&config);
         assert_eq!(
             report.stop,
-            hushvm::vcpu::VmStop::Guest(StopRequest::Exit(0)),
+            hushvm::run_loop::VmStop::Guest(StopRequest::Exit(0)),
             "{name}"
         );
         let bytes = std::fs::read(config.run.record.as_ref().unwrap()).unwrap();

@@ -12,8 +12,8 @@ use common::{guest_config, kvm_available, run, scratch_dir, serial_text};
 use hushvm::bench::guest_fields;
 use hushvm::bus::StopRequest;
 use hushvm::machine::{self, ControlError, MachineConfig, MachineSnapshotError, VmControl};
+use hushvm::run_loop::VmStop;
 use hushvm::snapshot::SnapshotPaths;
-use hushvm::vcpu::VmStop;
 
 fn snapshot_dir(name: &str) -> PathBuf {
     let dir = scratch_dir().join(format!("snapshot-{name}"));

@@ -12,7 +12,7 @@ use common::{guest_config, kvm_available, run, serial_text};
 use hushvm::bench::guest_fields;
 use hushvm::config::{DiskConfig, Doorbell};
 use hushvm::profile::{ExitKey, ExitKind};
-use hushvm::vcpu::VmStop;
+use hushvm::run_loop::VmStop;
 
 const RNG_NOTIFY: u64 = 0xc000_1050;
 const RNG_PIO_DOORBELL: u64 = 0x604;

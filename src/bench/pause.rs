@@ -70,7 +70,7 @@ pub struct PauseResult {
     pub vcpus_out_median_ns: u64,
     pub vcpus_out_min_ns: u64,
     pub vcpus_out_max_ns: u64,
-    /// Request to the machine quiet (event loop parked, ring settled), ns, median.
+    /// Request to the machine quiet (event loop parked, ring drained), ns, median.
     pub quiet_median_ns: u64,
 }
 

@@ -27,7 +27,7 @@
 //!   interrupt follow.
 //! - A write into a full FIFO is lost, as on the chip, and counted
 //!   ([`Uart::lost_bytes`]). A driver that honours THRE never makes one, posted THR
-//!   writes included: it reads LSR first, that read exits and settles the ring, so it
+//!   writes included: it reads LSR first, that read exits and drains the ring, so it
 //!   sees the FIFO's true level, and it then writes at most a FIFO's worth. Growing the
 //!   FIFO instead would hide a driver's bug and let a guest make the host buffer
 //!   without bound.
@@ -43,8 +43,8 @@
 //!
 //! Posting THR (offset 0, one byte) is safe: a posted write only latches. With DLAB
 //! clear it queues a byte: the host output and a looped-back byte are seen only through
-//! a later access, which settles the ring first, and the THR-empty edge comes when the
-//! ring is settled instead of at the write, which to the guest is a slower transmitter
+//! a later access, which drains the ring first, and the THR-empty edge comes when the
+//! ring is drained instead of at the write, which to the guest is a slower transmitter
 //! (the machine bounds that delay: see [`Uart::flush_transmit`]). With DLAB set the same
 //! write is a DLL write, which only latches too. So offset 0 can be posted whatever LCR
 //! says; posted-ness is fixed when the machine is built, so
@@ -75,7 +75,7 @@ const POSTED_THR: [PostedRegister; 1] = [PostedRegister::bounded(0, 1)];
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UartOptions {
     /// Declare offset 0 (THR, or DLL with DLAB set) posted, so KVM may queue its writes
-    /// in the coalesced ring. The machine must then settle the ring within a bounded
+    /// in the coalesced ring. The machine must then drain the ring within a bounded
     /// time (see [`Uart::flush_transmit`]).
     pub post_transmit: bool,
 }
@@ -184,8 +184,8 @@ impl<W: Write + Send> Uart<W> {
     /// Time bound: a byte the output accepts has left before its THR write returns, so
     /// only bytes refused with `WouldBlock` wait here, and any guest access retries them.
     /// With [`UartOptions::post_transmit`], a THR byte is not in the device at all until
-    /// the machine settles the coalesced ring. So the machine's bounded drain must
-    /// settle the ring and then call this, at least once per period P: a transmitted
+    /// the machine drains the coalesced ring. So the machine's bounded drain must
+    /// drain the ring and then call this, at least once per period P: a transmitted
     /// byte the output takes then reaches it (and its THR-empty interrupt the guest)
     /// within P of the write, whatever the guest does next (it may halt in the kernel,
     /// where nothing exits, while it waits for that interrupt).

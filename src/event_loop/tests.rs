@@ -3,12 +3,12 @@ use std::thread;
 
 use super::*;
 use crate::bus::{Access, AddressSpace, BusDevice, IoBuses, StopRequest};
-use crate::coalesced::{PostedWrite, PostedWriteRing, PostedWrites, QueueRing};
 use crate::exit::VmExit;
+use crate::posted::{MemoryRing, PostedWrite, PostedWriteRing, PostedWrites};
 use crate::profile::ExitProfile;
+use crate::run_loop::ExitContext;
 use crate::services::LevelTriggered;
 use crate::trace::{MachineDescription, Recorder};
-use crate::vcpu::ExitContext;
 
 /// A device that, when a write reaches it, tells `entered` and then takes its time:
 /// whoever applied the write holds the drain lock that long.
@@ -35,7 +35,7 @@ impl LevelTriggered for Resampled {
     }
 }
 
-fn recording_access(name: &str, entered: mpsc::Sender<()>) -> (DeviceAccess, Arc<QueueRing>) {
+fn recording_access(name: &str, entered: mpsc::Sender<()>) -> (DeviceAccess, Arc<MemoryRing>) {
     let mut buses = IoBuses::default();
     let slow = SlowDevice {
         entered: Mutex::new(entered),
@@ -44,7 +44,7 @@ fn recording_access(name: &str, entered: mpsc::Sender<()>) -> (DeviceAccess, Arc
         .pio
         .insert("slow", 0x80, 1, Arc::new(Mutex::new(slow)))
         .unwrap();
-    let ring = Arc::new(QueueRing::default());
+    let ring = Arc::new(MemoryRing::default());
     let path = std::env::temp_dir().join(format!("hushvm-{name}-{}.trace", std::process::id()));
     let machine = MachineDescription {
         memory: 1 << 20,
@@ -67,7 +67,7 @@ fn recording_access(name: &str, entered: mpsc::Sender<()>) -> (DeviceAccess, Arc
     (access, ring)
 }
 
-/// Issue 17 item 1. With `--record`, the event loop's INTx resample settled the ring
+/// Issue 17 item 1. With `--record`, the event loop's INTx resample drained the ring
 /// outside a traced operation: it held the drain lock while recording the applied write
 /// took the recorder's lock, and a vCPU's exit takes the recorder's lock first, the
 /// drain lock inside. The slow device holds the event loop in the drain long enough for

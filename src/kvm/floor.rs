@@ -7,8 +7,8 @@
 use kvm_ioctls::VcpuExit;
 
 use super::{ioctl_error, KvmError, KvmRing, Vcpu};
-use crate::coalesced::PostedWriteRing;
 use crate::layout::ports;
+use crate::posted::PostedWriteRing;
 
 /// How the floor loop ended.
 #[derive(Debug)]

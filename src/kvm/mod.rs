@@ -28,7 +28,7 @@ pub use run_flag::RunFlag;
 pub use state::{FpuState, MsrValue, VcpuState, VmState};
 pub use stats::StatsReader;
 pub use vcpu::Vcpu;
-pub use vm::{CoalescedZones, IoEvents, VcpuOptions, Vm, VmStates};
+pub use vm::{IoEvents, KvmZones, VcpuOptions, Vm, VmStates};
 
 /// Names another KVM device than `/dev/kvm` (tests use it to check the error).
 pub const KVM_DEVICE_VARIABLE: &str = "HUSHVM_KVM_DEVICE";

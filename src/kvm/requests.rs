@@ -51,7 +51,7 @@ pub type Request = (&'static str, u32);
 /// - `KVM_SET_GSI_ROUTING`: a guest unmasking or reprogramming an MSI-X vector
 ///   ([`super::MsiRoutes::set`], from an MSI-X table or configuration write);
 /// - `KVM_REGISTER_COALESCED_MMIO`: the first exited write to a bounded posted zone
-///   (COM1's THR) registers it ([`super::CoalescedZones`]);
+///   (COM1's THR) registers it ([`super::KvmZones`]);
 /// - `KVM_SET_REGS`, `KVM_GET_FPU`, `KVM_SET_FPU`, `KVM_TRANSLATE`,
 ///   `KVM_GET_VCPU_EVENTS`, `KVM_SET_VCPU_EVENTS`: completing an instruction KVM's
 ///   emulator failed on ([`super::Vcpu::complete_instruction`]);
@@ -84,7 +84,7 @@ pub fn vcpu_thread() -> [Request; 18] {
 }
 
 /// What the event-loop thread asks of KVM: only `KVM_UNREGISTER_COALESCED_MMIO`, when the
-/// bounded drain finds a bounded zone idle ([`super::CoalescedZones`]). Its other work is
+/// bounded drain finds a bounded zone idle ([`super::KvmZones`]). Its other work is
 /// eventfd and timerfd reads and writes.
 pub fn event_loop_thread() -> [Request; 1] {
     [(

@@ -10,7 +10,7 @@ use kvm_ioctls::VcpuFd;
 
 use super::KvmError;
 use crate::bus::AddressSpace;
-use crate::coalesced::{PostedWrite, PostedWriteRing};
+use crate::posted::{PostedWrite, PostedWriteRing};
 
 /// The mapped ring page.
 #[derive(Debug)]

@@ -10,9 +10,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{ioctl_error, state, Hypervisor, IrqFd, KvmError, MsiRoutes, Vcpu, VmState};
 use crate::bus::{AddressSpace, PostedZone};
-use crate::coalesced::ZoneSwitch;
 use crate::cpuid::{self, CpuModel, CpuidEntry, CpuidError};
 use crate::layout::{KVM_IDENTITY_MAP, KVM_TSS};
+use crate::posted::ZoneSwitch;
 
 /// How to set up each vCPU.
 #[derive(Debug, Clone)]
@@ -142,8 +142,8 @@ impl Vm {
 
     /// A handle that registers and unregisters coalesced zones while the VM runs (the
     /// bounded zones, which are registered only while the guest writes them).
-    pub fn coalesced_zones(&self) -> CoalescedZones {
-        CoalescedZones(self.fd.clone())
+    pub fn coalesced_zones(&self) -> KvmZones {
+        KvmZones(self.fd.clone())
     }
 
     /// An interrupt line to `gsi` of the in-kernel irqchip (IOAPIC pin and, below 16,
@@ -318,7 +318,7 @@ impl IoEvents {
 /// unregisters it once idle (`KVM_UNREGISTER_COALESCED_MMIO`); both are in those
 /// threads' seccomp lists (`requests`).
 #[derive(Debug, Clone)]
-pub struct CoalescedZones(Arc<VmFd>);
+pub struct KvmZones(Arc<VmFd>);
 
 /// Posts the writes to `zone` from now on: the one registration path, for the zones
 /// registered at start and the bounded ones registered on first use.
@@ -326,7 +326,7 @@ fn register_zone(fd: &VmFd, zone: &PostedZone) -> Result<(), kvm_ioctls::Error> 
     fd.register_coalesced_mmio(io_address(zone.space, zone.addr), zone.size)
 }
 
-impl ZoneSwitch for CoalescedZones {
+impl ZoneSwitch for KvmZones {
     fn register(&self, zone: &PostedZone) -> std::io::Result<()> {
         register_zone(&self.0, zone).map_err(std::io::Error::from)
     }

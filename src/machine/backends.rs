@@ -21,10 +21,10 @@ use crate::net::tap::Tap;
 use crate::rate_limiter::RateLimiterConfig;
 use crate::sync::LockExt;
 
-use super::devices::Devices;
+use super::device_table::Devices;
 
-use super::config::DeviceConfig;
 use super::inventory::net_id;
+use super::machine_config::DeviceConfig;
 use super::vsock_host::listen_vsock;
 use super::MachineError;
 

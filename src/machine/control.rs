@@ -4,7 +4,7 @@
 //! flag and the kick signal (`kvm::RunFlag`), and wakes the event loop. Each vCPU parks
 //! on the condvar after its interrupted run (so KVM has completed its last exit first);
 //! the event loop parks in a quiet epoll that serves only stop signals and its wake-up.
-//! When every vCPU still running and the event loop are parked, `pause` settles the
+//! When every vCPU still running and the event loop are parked, `pause` drains the
 //! coalesced ring and returns: nothing touches a device until `resume`.
 //!
 //! While paused the host's events wait in the kernel: timer expiries, doorbells and input
@@ -23,11 +23,11 @@ use vmm_sys_util::signal::Killable;
 
 use crate::access::DeviceAccess;
 use crate::kvm::{KvmError, RunFlag, Vcpu, VcpuState};
+use crate::run_loop::{self, VmStop};
 use crate::sync::LockExt;
-use crate::vcpu::{self, VmStop};
 
 use super::snapshot::SnapshotSource;
-use super::vcpus::{StopState, VcpuThread};
+use super::threads::{StopState, VcpuThread};
 
 /// A request to a [`VmControl`] that cannot be honoured.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub(super) type SavedVcpus = Vec<Result<VcpuState, KvmError>>;
 pub struct Paused {
     /// From the request to the last vCPU out of `KVM_RUN` and parked.
     pub vcpus_out: Duration,
-    /// From the request to the machine quiet: the event loop parked, the ring settled.
+    /// From the request to the machine quiet: the event loop parked, the ring drained.
     pub quiet: Duration,
 }
 
@@ -156,7 +156,7 @@ impl VmControl {
     }
 
     /// Returns once every vCPU is out of `KVM_RUN` and parked, the event loop is parked
-    /// and the coalesced ring is settled. Waits for the machine to start if it has not.
+    /// and the coalesced ring is drained. Waits for the machine to start if it has not.
     pub fn pause(&self) -> Result<Paused, ControlError> {
         let control = &self.control;
         let mut state = control.wait(control.state.locked(), |s| s.phase == Phase::Waiting);
@@ -305,7 +305,7 @@ impl State {
         for vcpu in &self.vcpus {
             vcpu.flag.set();
             if !vcpu.thread.is_finished() {
-                let _ = vcpu.thread.kill(vcpu::kick_signal());
+                let _ = vcpu.thread.kill(run_loop::kick_signal());
             }
         }
     }
@@ -446,7 +446,7 @@ pub(super) struct VcpuGate {
     pub control: Arc<Control>,
 }
 
-impl vcpu::VcpuRequests for VcpuGate {
+impl run_loop::VcpuRequests for VcpuGate {
     fn stopping(&self) -> bool {
         self.stop.is_stopping()
     }

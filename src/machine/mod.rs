@@ -1,22 +1,22 @@
 //! A PC-like machine, described by [`MachineConfig`] and built in small steps:
 //! layout -> guest memory -> VM -> platform devices -> ACPI tables -> boot loader ->
 //! vCPUs -> run.
-//! Replay builds its devices through the same [`devices::build`], on an [`Unplugged`]
+//! Replay builds its devices through the same [`device_table::build`], on an [`Unplugged`]
 //! platform.
 
 mod backends;
-mod config;
 mod control;
-mod devices;
+mod device_table;
 mod inventory;
-mod pci;
+mod machine_config;
+mod pci_bus;
 mod platform;
-mod posted;
-mod report;
+mod posted_setup;
+mod run_report;
 mod signals;
 pub mod snapshot;
-mod vcpus;
-mod virtio;
+mod threads;
+mod virtio_placement;
 mod vsock_host;
 
 use std::collections::BTreeMap;
@@ -36,34 +36,34 @@ use crate::config::{SerialMode, VirtioTransport};
 use crate::devices::acpi_pm::MonotonicClock;
 use crate::devices::rtc::{Clock, SystemClock};
 use crate::event_loop::{
-    DoorbellEvent, DrainTimerFd, HeldOutput, HostInput, HostSocketEvents, IntxResample,
-    NetTapEvents, OutputRoom, PostedDrain, QueuePoller, RtcTimer, StopWake, Subscriber,
+    DoorbellEvent, DrainTick, DrainTimerFd, HeldOutput, HostInput, HostSocketEvents, IntxResample,
+    NetTapEvents, OutputRoom, QueuePoller, RtcTimer, StopWake, Subscriber,
 };
 use crate::kvm::{Hypervisor, KvmError, Vcpu, VcpuOptions, Vm};
 use crate::layout::{self, LayoutError, MemoryLayout};
 use crate::loader::{self, BootRequest, EntryState, LoaderError};
 use crate::profile::ExitProfile;
+use crate::run_loop;
 use crate::seccomp::{Filters, SeccompError};
 use crate::services::InputTarget;
 use crate::sync::LockExt;
 use crate::trace::{
     MachineClock, MachineDescription, RecordedClock, Recorder, TracedKind, TracedVirtio,
 };
-use crate::vcpu;
 
 pub use backends::{open_disk, Backends, CountingSink, DiskProblem};
-pub use config::{
-    BootConfig, Cures, DeviceConfig, Kernel, MachineConfig, RunOptions, VcpuConfig,
-    DEFAULT_EVENT_POLL, DEFAULT_POSTED_DRAIN,
-};
 pub use control::{ControlError, Paused, VmControl};
-pub use devices::{build as build_devices, Clocks, DeviceSpec, Devices};
+pub use device_table::{build as build_devices, Clocks, DeviceSpec, Devices};
 pub use inventory::{
     plan_virtio, BusPlacement, DeviceCounters, DeviceEntry, DeviceKind, Interrupt, Inventory,
     VirtioKind, VirtioRequest, VirtioSpec, FIXED_IDS,
 };
+pub use machine_config::{
+    BootConfig, Cures, DeviceConfig, Kernel, MachineConfig, RunOptions, VcpuConfig,
+    DEFAULT_EVENT_POLL, DEFAULT_POSTED_DRAIN,
+};
 pub use platform::{Platform, Unplugged};
-pub use report::{Coalescing, RunReport};
+pub use run_report::{Coalescing, RunReport};
 pub use signals::{install as install_signal_handlers, signal_name, STOP_SIGNALS};
 pub use snapshot::{create as create_snapshot, Created, MachineSnapshotError};
 pub use vsock_host::VsockProblem;
@@ -362,7 +362,7 @@ fn pci_description<C: Clock>(devices: &Devices<C>) -> acpi::AcpiPci {
         bus_end: 0,
         mmio32: layout::PCI_MMIO32_START..layout::PCI_MMIO32_END,
         io: Some(layout::ports::PCI_IO_START..=u16::MAX),
-        intx: pci::intx_routes(on_pci),
+        intx: pci_bus::intx_routes(on_pci),
     }
 }
 
@@ -375,7 +375,7 @@ fn load_kernel<C: Clock>(
 ) -> Result<EntryState, MachineError> {
     let boot = &config.boot;
     let mut cmdline = boot.cmdline.clone();
-    cmdline.push_str(&virtio::cmdline_additions(&devices.virtio));
+    cmdline.push_str(&virtio_placement::cmdline_additions(&devices.virtio));
     let request = BootRequest {
         kernel_name: &boot.kernel.name,
         image: &boot.kernel.image,
@@ -393,7 +393,7 @@ fn event_loop<C: Clock + 'static>(
     config: &MachineConfig,
     devices: &mut Devices<C>,
     access: &DeviceAccess,
-    (wake, state): (StopWake, &Arc<vcpus::StopState>),
+    (wake, state): (StopWake, &Arc<threads::StopState>),
     (drain_timer, held): (Option<Arc<DrainTimerFd>>, &[HeldOutput]),
 ) -> Result<(EventManager<Subscriber>, QueuePoller), MachineError> {
     let mut events = EventManager::<Subscriber>::new().map_err(MachineError::EventManager)?;
@@ -445,7 +445,7 @@ fn event_loop<C: Clock + 'static>(
         }
     }
     if let Some(timer) = drain_timer {
-        let drain = PostedDrain::new(timer, access.clone());
+        let drain = DrainTick::new(timer, access.clone());
         subscribe(&mut events, Arc::new(Mutex::new(drain)));
     }
     for output in held {
@@ -540,7 +540,7 @@ fn build_and_run(
         rtc: MachineClock::new(clock_start, recorder.clone()),
         pm_timer: RecordedClock::new(MonotonicClock::default(), recorder.clone()),
     };
-    let mut devices = devices::build(&spec, &vm, backends, clocks, &memory)?;
+    let mut devices = device_table::build(&spec, &vm, backends, clocks, &memory)?;
     let held = backends::held_outputs(waits, &devices);
     // A restored guest's RAM already holds its tables and kernel.
     let entry = match restoring {
@@ -558,9 +558,9 @@ fn build_and_run(
         }
     }
     let buses = std::mem::take(&mut devices.buses);
-    let posted = posted::posted_writes(config, &vm, &vcpus[0], &buses)?;
+    let posted = posted_setup::posted_writes(config, &vm, &vcpus[0], &buses)?;
     let (wake_subscriber, wake) = StopWake::new().map_err(MachineError::EventLoop)?;
-    let state = Arc::new(vcpus::StopState::new(wake, control.shared()));
+    let state = Arc::new(threads::StopState::new(wake, control.shared()));
     let access = DeviceAccess {
         buses: Arc::new(buses),
         posted: Arc::new(posted.writes),
@@ -585,8 +585,8 @@ fn build_and_run(
         }
     }
     control.shared().set_snapshot_source(Arc::new(source));
-    vcpu::install_kick_handler().map_err(MachineError::KickSignal)?;
-    let shared = vcpus::Shared {
+    run_loop::install_kick_handler().map_err(MachineError::KickSignal)?;
+    let shared = threads::Shared {
         access: access.clone(),
         state,
         control: control.shared(),
@@ -597,9 +597,9 @@ fn build_and_run(
             config.devices.vsock.is_some(),
         )?),
     };
-    // The event-loop thread settles the ring once more after joining the vCPUs: what a
+    // The event-loop thread drains the ring once more after joining the vCPUs: what a
     // guest posted after its last exit still reaches its device, on every stop path.
-    let run = vcpus::run(vcpus, &shared, events, config)?;
+    let run = threads::run(vcpus, &shared, events, config)?;
     finish_outputs(disk_syncs, &held, &access);
     let wall = started.elapsed();
     if let (Some(recorder), Some(path)) = (&recorder, &config.run.record) {
@@ -666,7 +666,7 @@ fn finish_outputs(
 /// Gathers what the run measured.
 fn report<C: Clock>(
     config: &MachineConfig,
-    run: vcpus::RunOutcome,
+    run: threads::RunOutcome,
     devices: &Devices<C>,
     access: &DeviceAccess,
     captures: &backends::Captures,
@@ -692,7 +692,7 @@ fn report<C: Clock>(
         cpus: config.vcpus.count,
         serial: captures.serial.take(),
         virtio_console: captures.console.take(),
-        devices: report::DeviceReport::all(&devices.inventory),
+        devices: run_report::DeviceReport::all(&devices.inventory),
         virtio_notifications: devices.inventory.total("notifications"),
         rtc: devices.rtc.locked().state(),
     }

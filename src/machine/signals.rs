@@ -1,7 +1,7 @@
 //! SIGINT, SIGTERM and SIGHUP stop the VM the way a power-off does. The handler only
 //! stores the signal's number and writes an eventfd (both async-signal-safe); the event
 //! loop's [`SignalStop`] reads them and takes the ordinary stop path, so the vCPUs are
-//! joined, the posted ring settled, the disk synced and the outputs flushed before the
+//! joined, the posted ring drained, the disk synced and the outputs flushed before the
 //! process exits with 128 + the signal's number.
 //!
 //! Only the binary installs the handler ([`install`]): a library caller (the tests, the
@@ -15,9 +15,9 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::register_signal_handler;
 
-use crate::vcpu::VmStop;
+use crate::run_loop::VmStop;
 
-use super::vcpus::StopState;
+use super::threads::StopState;
 
 /// The signals that stop the VM.
 pub const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];

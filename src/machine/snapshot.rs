@@ -4,7 +4,7 @@
 //!
 //! The state file holds the machine's shape ([`SavedMachine`], checked against the
 //! configuration of the restore), the VM's and each vCPU's KVM state, and each device's
-//! saved state by inventory id. The coalesced ring is settled by the pause before any of
+//! saved state by inventory id. The coalesced ring is drained by the pause before any of
 //! it is read, so no posted write is lost or applied twice; the wiring (ioeventfds,
 //! irqfds, coalesced zones, the RTC's timer) is rebuilt by the restore's own build, and
 //! the RTC re-arms its timer from its restored state.
@@ -20,7 +20,7 @@ use crate::devices::persist::{SavedState, StateError};
 use crate::kvm::{KvmError, VcpuState, VmState, VmStates};
 use crate::snapshot::{file, memory, MemoryWritten, SnapshotError, SnapshotPaths};
 
-use super::devices::DeviceStates;
+use super::device_table::DeviceStates;
 use super::{ControlError, MachineConfig, VmControl};
 
 /// A snapshot could not be taken or restored.
@@ -176,7 +176,7 @@ pub fn create(control: &VmControl, paths: &SnapshotPaths) -> Result<Created, Mac
 
 /// Runs `config`, pauses it `after` its start, writes a snapshot to `paths` and stops
 /// it (`hushvm run --snapshot-dir DIR --snapshot-after SECS`). The report's stop is
-/// [`crate::vcpu::VmStop::Requested`]; a guest that stops first is an error.
+/// [`crate::run_loop::VmStop::Requested`]; a guest that stops first is an error.
 pub fn run_and_snapshot(
     config: &MachineConfig,
     after: Duration,
@@ -250,7 +250,7 @@ pub(super) fn restore_devices(
     built: &SavedMachine,
     devices: &[(
         String,
-        std::sync::Arc<dyn super::devices::DeviceStateHandle>,
+        std::sync::Arc<dyn super::device_table::DeviceStateHandle>,
     )],
 ) -> Result<(), MachineSnapshotError> {
     state.machine.check(built)?;

@@ -20,8 +20,8 @@
 //!
 //! Caution for the machine: KVM posts every write that lies wholly inside a coalesced
 //! zone, so the zone 0xcf8+4 also posts byte writes to 0xcf9. A reset written there
-//! then reaches [`ResetControl`] only when the ring is next settled, and the
-//! [`StopRequest::Reset`] it returns must be honoured by whoever settles (the exit path
+//! then reaches [`ResetControl`] only when the ring is next drained, and the
+//! [`StopRequest::Reset`] it returns must be honoured by whoever drains (the exit path
 //! and the services), or the reset is lost. That is why the address register's flush
 //! rule is [`crate::bus::Flush::Bounded`] although the address itself only latches: a
 //! reset must take effect at once, not at an exit that may never come. So the zone is

@@ -3,7 +3,7 @@
 
 use super::*;
 
-/// What `autoconfig` settles on, by the port type's name.
+/// What `autoconfig` picks, by the port type's name.
 fn linux_port_type<W: Write + Send>(uart: &mut Uart<W>) -> &'static str {
     // Existence: IER's low nibble holds what is written.
     let saved_ier = read(uart, IER);

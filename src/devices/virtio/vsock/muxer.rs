@@ -243,13 +243,13 @@ impl Muxer {
         }
         if events.intersects(EventSet::OUT | EventSet::ERROR | EventSet::HANG_UP) {
             let verdict = connection.flush_to_host();
-            self.settle(key, verdict);
+            self.drain_ring(key, verdict);
         }
         true
     }
 
     /// Acts on a verdict about connection `key`.
-    fn settle(&mut self, key: Key, verdict: Verdict) {
+    fn drain_ring(&mut self, key: Key, verdict: Verdict) {
         match verdict {
             Verdict::Keep => {}
             Verdict::Forget => self.remove(key),
@@ -279,7 +279,7 @@ impl Muxer {
             if verdict == Verdict::Reset && op == Op::Rw {
                 self.counts.credit_violations += 1;
             }
-            self.settle(key, verdict);
+            self.drain_ring(key, verdict);
             return;
         }
         if op != Op::Request {

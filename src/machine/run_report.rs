@@ -7,7 +7,7 @@ use crate::devices::rtc::RtcState;
 
 use super::inventory::{DeviceKind, Inventory};
 use crate::profile::ExitProfile;
-use crate::vcpu::VmStop;
+use crate::run_loop::VmStop;
 
 /// What the posted-write machinery did.
 #[derive(Debug, Clone, PartialEq, Eq)]

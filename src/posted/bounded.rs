@@ -7,7 +7,7 @@
 //!   to one is an ordinary exit, served directly, and the exit path then *activates*
 //!   them: the drain timer is armed (periodic at the bound) and the zones registered;
 //! - each timer tick drains the ring; after [`IDLE_PERIODS`] periods in which no bounded
-//!   write was applied (by a tick or by any exit's settle), the tick *deactivates*:
+//!   write was applied (by a tick or by any exit's drain), the tick *deactivates*:
 //!   unregisters the zones, drains once more, disarms the timer.
 //!
 //! So a guest that never writes THR (the rtc bench) arms no timer at all.
@@ -23,7 +23,7 @@
 //! - **Deactivation unregisters, then drains.** KVM's unregister returns only after
 //!   `synchronize_srcu`: every write that a vCPU was posting to the zone is in the ring
 //!   by then, and every later write exits. The drain after it applies the former at
-//!   once; the exit path serves the latter (settling the ring first, so order holds).
+//!   once; the exit path serves the latter (draining the ring first, so order holds).
 //! - **A vCPU activating while the event loop deactivates** waits for the control lock
 //!   and re-checks the policy under it: either it activates before (the tick then sees
 //!   an active policy and a fresh write count, or deactivates a zone registered anew,
@@ -182,7 +182,7 @@ pub struct BoundedDrain {
     /// True when a bounded write's exit needs no activation: the zones are registered,
     /// or registering them failed and every write is served by its exit from now on.
     /// Written under `control`; read without it on every exit that writes a zone.
-    settled: AtomicBool,
+    activation_done: AtomicBool,
     /// Bounded writes applied so far, by any drainer (the policy's sign of life).
     seen: AtomicU64,
     control: Mutex<Control>,
@@ -198,7 +198,7 @@ impl std::fmt::Debug for BoundedDrain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BoundedDrain")
             .field("zones", &self.zones)
-            .field("settled", &self.settled)
+            .field("activation_done", &self.activation_done)
             .finish_non_exhaustive()
     }
 }
@@ -213,7 +213,7 @@ impl BoundedDrain {
     ) -> Self {
         Self {
             zones,
-            settled: AtomicBool::new(false),
+            activation_done: AtomicBool::new(false),
             seen: AtomicU64::new(0),
             control: Mutex::new(Control {
                 policy: BoundedDrainPolicy::new(period, IDLE_PERIODS),
@@ -243,15 +243,15 @@ impl BoundedDrain {
     }
 
     /// True while the zones are registered (or given up on).
-    pub fn is_settled(&self) -> bool {
-        self.settled.load(Ordering::Acquire)
+    pub fn activation_done(&self) -> bool {
+        self.activation_done.load(Ordering::Acquire)
     }
 
     /// The exit path, after serving a write that exited: activates the zones if the
     /// write was to one of them and they are not registered. One atomic load in the
     /// common case.
     pub fn exited_write(&self, space: AddressSpace, addr: u64) -> Result<(), DrainError> {
-        if self.is_settled() || !self.covers(space, addr) {
+        if self.activation_done() || !self.covers(space, addr) {
             return Ok(());
         }
         self.activate()
@@ -271,7 +271,7 @@ impl BoundedDrain {
             // timer, if armed, is disarmed by the event loop's next tick (see `tick`).
             control.policy.abandon();
         }
-        self.settled.store(true, Ordering::Release);
+        self.activation_done.store(true, Ordering::Release);
         result
     }
 
@@ -320,7 +320,7 @@ impl BoundedDrain {
                 });
             }
         }
-        self.settled.store(false, Ordering::Release);
+        self.activation_done.store(false, Ordering::Release);
         // A timer left armed by a failed disarm only costs ticks the inactive policy
         // ignores.
         let _ = control.timer.disarm();

@@ -7,13 +7,13 @@ use std::sync::Mutex;
 use super::*;
 use crate::access::DeviceAccess;
 use crate::bus::{Access, Flush, IoBuses};
-use crate::coalesced::{PostedWrite, PostedWrites, QueueRing};
 use crate::devices::uart::{Uart, UartOptions};
 use crate::exit::VmExit;
 use crate::irq::CountingLine;
+use crate::posted::{MemoryRing, PostedWrite, PostedWrites};
 use crate::profile::ExitProfile;
 use crate::ratelimit::RateLimiter;
-use crate::vcpu::{ExitContext, ExitOutcome};
+use crate::run_loop::{ExitContext, ExitOutcome};
 
 const PERIOD: Duration = Duration::from_millis(1);
 
@@ -33,7 +33,7 @@ fn a_write_seen_keeps_it_armed_and_idle_periods_deactivate() {
     for _ in 1..IDLE_PERIODS {
         assert_eq!(policy.tick(1, 0), Tick::Keep);
     }
-    // A bounded write applied (by the drain or by any exit's settle) starts over.
+    // A bounded write applied (by the drain or by any exit's drain) starts over.
     assert_eq!(policy.tick(1, 1), Tick::Keep);
     for _ in 1..IDLE_PERIODS {
         assert_eq!(policy.tick(1, 1), Tick::Keep);
@@ -135,7 +135,7 @@ impl DrainTimer for FakeTimer {
 /// posts THR writes only while the fake hypervisor has the zone registered.
 struct Machine {
     log: Arc<Log>,
-    ring: Arc<QueueRing>,
+    ring: Arc<MemoryRing>,
     access: DeviceAccess,
     output: Arc<Mutex<Vec<u8>>>,
     profile: ExitProfile,
@@ -173,7 +173,7 @@ impl Machine {
         let log = Arc::new(Log::default());
         let switch = Box::new(FakeSwitch(log.clone()));
         let timer = Arc::new(FakeTimer(log.clone()));
-        let ring = Arc::new(QueueRing::default());
+        let ring = Arc::new(MemoryRing::default());
         let bounded = BoundedDrain::new(zones, PERIOD, switch, timer);
         let posted = PostedWrites::new(ring.clone()).with_bounded(bounded);
         let access = DeviceAccess {
@@ -258,7 +258,7 @@ fn other_exited_writes_activate_nothing() {
     }
     .handle(exit);
     assert!(machine.log.calls().is_empty());
-    assert!(!machine.bounded().is_settled());
+    assert!(!machine.bounded().activation_done());
 }
 
 #[test]
@@ -286,7 +286,7 @@ fn a_failed_unregister_keeps_the_drain_running() {
         .count();
     assert_eq!(errors, 1);
     assert_eq!(machine.log.calls(), ["unregister"], "still armed");
-    assert!(machine.bounded().is_settled());
+    assert!(machine.bounded().activation_done());
     assert!(!machine.write_thr(b'b'), "still posted, and still drained");
     machine.access.drain_tick(1).unwrap();
     assert_eq!(*machine.output.locked(), b"ab");

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use super::{Coalescing, MachineConfig, MachineError};
 use crate::bus::{AddressSpace, Flush, IoBuses, PostedZone};
-use crate::coalesced::{BoundedDrain, PostedWrites};
 use crate::event_loop::DrainTimerFd;
 use crate::kvm::{Vcpu, Vm};
+use crate::posted::{BoundedDrain, PostedWrites};
 
 /// What posting needs at run time.
 pub(super) struct Posted {

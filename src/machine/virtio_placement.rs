@@ -39,11 +39,11 @@ use crate::devices::persist::{self, SavedState, StateError};
 use crate::devices::virtio::state::DeviceState;
 
 use super::backends::{monotonic_ns, DiskBackendSpec, NetBackendSpec, Output};
-use super::devices::DeviceStateHandle;
+use super::device_table::DeviceStateHandle;
 use super::inventory::{
     BusPlacement, DeviceCounters, DeviceEntry, Interrupt, VirtioKind, VirtioSpec,
 };
-use super::pci::{PciBus, Placing};
+use super::pci_bus::{PciBus, Placing};
 use super::MachineError;
 
 /// The serial number virtio-blk reports (VIRTIO_BLK_T_GET_ID) for the `disk`th disk.

@@ -32,7 +32,7 @@ use crate::ratelimit::RateLimiter;
 use crate::services::LevelTriggered;
 use crate::sync::LockExt;
 
-use super::devices::{DeviceStateHandle, DeviceStates};
+use super::device_table::{DeviceStateHandle, DeviceStates};
 use super::inventory::DeviceCounters;
 use super::platform::Platform;
 use super::MachineError;
@@ -300,14 +300,14 @@ mod tests {
     use super::*;
     use crate::access::DeviceAccess;
     use crate::bus::{Access, AddressSpace, Dispatch};
-    use crate::coalesced::{PostedWrite, PostedWrites, QueueRing};
     use crate::exit::VmExit;
     use crate::machine::platform::Unplugged;
+    use crate::posted::{MemoryRing, PostedWrite, PostedWrites};
     use crate::profile::ExitProfile;
-    use crate::vcpu::ExitContext;
+    use crate::run_loop::ExitContext;
 
     /// Bus 0 with its host bridge, and the ring KVM would fill.
-    fn machine() -> (DeviceAccess, Arc<QueueRing>) {
+    fn machine() -> (DeviceAccess, Arc<MemoryRing>) {
         let memory =
             GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
         let mut buses = IoBuses::default();
@@ -316,7 +316,7 @@ mod tests {
         PciBus::new(&buses, &Unplugged)
             .finish(&mut buses, reset)
             .unwrap();
-        let ring = Arc::new(QueueRing::default());
+        let ring = Arc::new(MemoryRing::default());
         let access = DeviceAccess {
             buses: Arc::new(buses),
             posted: Arc::new(PostedWrites::new(ring.clone())),
@@ -326,7 +326,7 @@ mod tests {
         (access, ring)
     }
 
-    fn posted_address(ring: &QueueRing, address: u32) {
+    fn posted_address(ring: &MemoryRing, address: u32) {
         let mut data = [0u8; 8];
         data[..4].copy_from_slice(&address.to_le_bytes());
         ring.push(PostedWrite {

@@ -196,8 +196,8 @@ fn written_address(exit: &VmExit<'_>) -> Option<(AddressSpace, u64)> {
 mod tests {
     use super::*;
     use crate::bus::{BusDevice, IoBuses, PostedRegister};
-    use crate::coalesced::{PostedWrite, PostedWrites, QueueRing};
     use crate::devices::debug_exit::DebugExit;
+    use crate::posted::{MemoryRing, PostedWrite, PostedWrites};
     use std::sync::{Arc, Mutex};
 
     /// A data port that records what it got and answers reads from a counter.
@@ -232,7 +232,7 @@ mod tests {
     struct Machine {
         access: DeviceAccess,
         port: Arc<Mutex<DataPort>>,
-        ring: Arc<QueueRing>,
+        ring: Arc<MemoryRing>,
         profile: ExitProfile,
         warnings: RateLimiter,
     }
@@ -246,7 +246,7 @@ mod tests {
                 .pio
                 .insert("exit", 0xf4, 4, Arc::new(Mutex::new(DebugExit)))
                 .unwrap();
-            let ring = Arc::new(QueueRing::default());
+            let ring = Arc::new(MemoryRing::default());
             let posted = PostedWrites::new(ring.clone());
             Self {
                 access: DeviceAccess {

@@ -16,9 +16,9 @@ use crate::access::{DeviceAccess, StopSink};
 use crate::bus::StopRequest;
 use crate::event_loop::{QueuePoller, Subscriber};
 use crate::kvm::{StatsReader, Vcpu};
+use crate::run_loop::{self, VcpuReport, VmStop};
 use crate::seccomp::{Filters, SeccompError, ThreadKind};
 use crate::sync::LockExt;
-use crate::vcpu::{self, VcpuReport, VmStop};
 
 use super::control::{Control, QuietWake, VcpuGate};
 use super::signals::SignalStop;
@@ -118,7 +118,7 @@ fn spawn(mut vcpu: Vcpu, shared: Shared) -> Result<VcpuThread, MachineError> {
                 return Err(error);
             }
             let before = read_stats(&stats);
-            let report = vcpu::run(
+            let report = run_loop::run(
                 &mut vcpu,
                 &shared.access,
                 &gate,
@@ -283,7 +283,7 @@ impl EventLoop {
 type EventLoopThread = JoinHandle<Result<(Vec<Outcome>, bool), MachineError>>;
 
 /// Starts the event-loop thread: it installs its filter, says so on `ready`, waits until
-/// the vCPU threads are started (`started`), runs the loop until they stop, and settles
+/// the vCPU threads are started (`started`), runs the loop until they stop, and drains
 /// the ring once more after they are joined (what a guest posted after its last exit, a
 /// console byte before a crash or a timeout, still reaches its device).
 fn spawn_event_loop(

@@ -27,9 +27,9 @@ use super::inventory::{
     BusPlacement, DeviceCounters, DeviceEntry, DeviceKind, Interrupt, Inventory, NoCounters,
     VirtioSpec,
 };
-use super::pci::{PciBus, Placing};
+use super::pci_bus::{PciBus, Placing};
 use super::platform::Platform;
-use super::virtio::{self, Placer, VirtioBackends, VirtioWiring};
+use super::virtio_placement::{self, Placer, VirtioBackends, VirtioWiring};
 use super::MachineError;
 
 /// What to build.
@@ -295,7 +295,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
     rtc.connect_interrupt(rtc_line.clone());
     let rtc = Arc::new(Mutex::new(rtc));
     // THR is declared posted with a bounded flush; the machine registers it only while
-    // the guest writes it, and never without the bounded drain (`machine/posted.rs`).
+    // the guest writes it, and never without the bounded drain (`machine/posted_setup.rs`).
     let com1 = Arc::new(Mutex::new(Uart::with_options(
         backends.serial,
         com1_line.clone(),
@@ -338,7 +338,7 @@ pub fn build<C: Clock + 'static, P: Clock + 'static>(
         vsock: backends.vsock,
         nets: backends.nets.into_iter().map(Some).collect(),
     };
-    let (wirings, entries) = virtio::build(&spec.virtio, virtio_backends, &mut placer)?;
+    let (wirings, entries) = virtio_placement::build(&spec.virtio, virtio_backends, &mut placer)?;
     let (mover, pci_states) = pci.finish(&mut buses, ResetControl::default())?;
     states.extend(pci_states);
     inventory.add(pci_host(mover));

@@ -172,18 +172,18 @@ impl PostedWrites {
 
 /// A ring in memory, for tests and replay.
 #[derive(Debug, Default)]
-pub struct QueueRing {
+pub struct MemoryRing {
     entries: Mutex<std::collections::VecDeque<PostedWrite>>,
 }
 
-impl QueueRing {
+impl MemoryRing {
     /// Appends an entry, as KVM would on a posted write.
     pub fn push(&self, write: PostedWrite) {
         self.entries.locked().push_back(write);
     }
 }
 
-impl PostedWriteRing for QueueRing {
+impl PostedWriteRing for MemoryRing {
     fn is_empty(&self) -> bool {
         self.entries.locked().is_empty()
     }
@@ -209,11 +209,11 @@ mod tests {
         }
     }
 
-    fn machine() -> (IoBuses, Arc<QueueRing>, PostedWrites) {
+    fn machine() -> (IoBuses, Arc<MemoryRing>, PostedWrites) {
         let mut buses = IoBuses::default();
         let rtc = Arc::new(Mutex::new(Rtc::new(SystemClock)));
         buses.pio.insert("rtc", 0x70, 2, rtc).unwrap();
-        let ring = Arc::new(QueueRing::default());
+        let ring = Arc::new(MemoryRing::default());
         let posted = PostedWrites::new(ring.clone());
         (buses, ring, posted)
     }
@@ -309,7 +309,7 @@ mod tests {
     }
 
     /// COM1's destination is full (a pipe nobody reads). A driver that honours THRE reads
-    /// LSR (an exit, which settles the ring), sees the FIFO empty and posts a FIFO's
+    /// LSR (an exit, which drains the ring), sees the FIFO empty and posts a FIFO's
     /// worth: applied in order, they all fit, and THRE stays clear until the destination
     /// takes them. Only a driver that ignores THRE overflows the FIFO; that byte is lost,
     /// as on a 16550, and counted.
