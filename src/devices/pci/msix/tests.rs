@@ -4,18 +4,18 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 
-/// What the sink was told, in order.
+/// What the sink was told, in order (the saved-state tests record with it too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Event {
+pub(super) enum Event {
     Program(u16, Option<MsiMessage>),
     Signal(u16),
 }
 
 #[derive(Default)]
-struct Recorder(Mutex<Vec<Event>>);
+pub(super) struct Recorder(Mutex<Vec<Event>>);
 
 impl Recorder {
-    fn take(&self) -> Vec<Event> {
+    pub(super) fn take(&self) -> Vec<Event> {
         std::mem::take(&mut self.0.lock().unwrap())
     }
 }

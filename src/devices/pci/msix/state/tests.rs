@@ -2,40 +2,17 @@
 //! with a memory BAR and an MSI-X capability, the table and PBA in that BAR), saved
 //! mid-use and restored into a fresh one.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use super::super::{MsiMessage, MsiSink, MsixLayout, MsixState, MSIX_CAPABILITY_ID};
+use super::super::{MsiMessage, MsixLayout, MsixState, MSIX_CAPABILITY_ID};
 use super::*;
 use crate::bus::{Access, BusDevice, StopRequest};
 use crate::devices::pci::config::{
     BarChange, BarKind, ConfigSpace, PciIds, SavedConfigSpace, BAR0, COMMAND, COMMAND_MEMORY_SPACE,
 };
+use crate::devices::pci::msix::tests::{Event, Recorder};
 use crate::devices::persist::testing::{restores_identically, run, through_json, Step};
 use crate::devices::persist::{open, Persist};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Event {
-    Program(u16, Option<MsiMessage>),
-    Signal(u16),
-}
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<Event>>);
-
-impl Recorder {
-    fn take(&self) -> Vec<Event> {
-        std::mem::take(&mut self.0.lock().unwrap())
-    }
-}
-
-impl MsiSink for Recorder {
-    fn program(&self, vector: u16, message: Option<MsiMessage>) {
-        self.0.lock().unwrap().push(Event::Program(vector, message));
-    }
-    fn signal(&self, vector: u16) {
-        self.0.lock().unwrap().push(Event::Signal(vector));
-    }
-}
 
 const LAYOUT: MsixLayout = MsixLayout {
     vectors: 3,
