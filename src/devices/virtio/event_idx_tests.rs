@@ -5,32 +5,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use super::driver::DriverQueue;
 use super::mmio::{MmioTransport, QUEUE_NOTIFY};
 use super::rng::Rng;
+use super::tests::{memory, read32, write32};
 use super::transport::EVENT_IDX;
 use super::{serve_queue, QueueError, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::bus::{Access, BusDevice};
 use crate::irq::{CountingLine, InterruptLine};
 
 const QUEUE_BASE: u64 = 0x10_0000;
 const DATA: u64 = 0x20_0000;
-
-fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap()
-}
-
-fn write32(transport: &mut impl BusDevice, offset: u64, value: u32) {
-    transport.access(offset, Access::Write(&value.to_le_bytes()));
-}
-
-fn read32(transport: &mut impl BusDevice, offset: u64) -> u32 {
-    let mut data = [0u8; 4];
-    transport.access(offset, Access::Read(&mut data));
-    u32::from_le_bytes(data)
-}
 
 /// A driver's bring-up of virtio-mmio accepting `features`, queue 0 on `queue`; returns
 /// the status after FEATURES_OK.

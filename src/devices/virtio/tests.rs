@@ -18,7 +18,7 @@ use crate::irq::{CountingLine, InterruptLine};
 const QUEUE_BASE: u64 = 0x10_0000;
 const DATA: u64 = 0x20_0000;
 
-fn memory() -> GuestMemoryMmap {
+pub(super) fn memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap()
 }
 
@@ -272,11 +272,11 @@ fn console_input_fills_posted_receive_buffers_only() {
     assert_eq!(&bytes, b"typed");
 }
 
-fn write32(transport: &mut impl BusDevice, offset: u64, value: u32) {
+pub(super) fn write32(transport: &mut impl BusDevice, offset: u64, value: u32) {
     transport.access(offset, Access::Write(&value.to_le_bytes()));
 }
 
-fn read32(transport: &mut impl BusDevice, offset: u64) -> u32 {
+pub(super) fn read32(transport: &mut impl BusDevice, offset: u64) -> u32 {
     let mut data = [0u8; 4];
     transport.access(offset, Access::Read(&mut data));
     u32::from_le_bytes(data)
